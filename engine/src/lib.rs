@@ -1,0 +1,1 @@
+//! The bootlun engine (being written).

@@ -1,0 +1,1 @@
+//! PDU wire formats (in progress).

@@ -1,0 +1,12 @@
+//! The `bootlun` command line. Parsing and wiring only: the target lives in
+//! `bootlun-frontends`, the engine in `bootlun-engine`, the PXE services in
+//! `bootlun-pxe`.
+
+mod cli;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
