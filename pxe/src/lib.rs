@@ -1,6 +1,9 @@
 //! PXE sidecars: DHCP, TFTP and HTTP servers, boot-entry discovery and
 //! boot-menu generation. (Skeleton: being written.)
 
+pub mod dhcp;
+pub mod tftp;
+
 use serde::Deserialize;
 
 /// What the PXE services need to know about the iSCSI target they
