@@ -1,21 +1,70 @@
 //! PXE sidecars: DHCP, TFTP and HTTP servers, boot-entry discovery and
-//! boot-menu generation. (Skeleton: being written.)
+//! boot-menu generation.
+//!
+//! [`start`] is what `bootlun serve` calls; [`bootentries_main`] is the
+//! `bootlun bootentries` dry run.
 
+pub mod bootentries;
 pub mod dhcp;
+pub mod http;
+pub mod iface;
+pub mod menu;
 pub mod tftp;
 
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+use bootentries::{BootEntry, BootMount, Source};
+use menu::{Chap, MenuConfig};
+
+/// Initiator IQN advertised when the caller does not choose one.
+pub const DEFAULT_INITIATOR: &str = "iqn.2025-01.org.bootlun:initiator";
+/// Arguments stripped from kernel command lines by default.
+pub const DEFAULT_STRIP: &str = "quiet";
+/// Default location of the iPXE binaries (Debian package `ipxe`).
+pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// What the PXE services need to know about the iSCSI target they
 /// advertise.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IscsiExport {
     /// Target IQN.
     pub target_name: String,
     /// TCP port of the iSCSI portal.
     pub port: u16,
-    /// LUN numbers exported.
+    /// LUN numbers exported (the first is the boot LUN).
     pub luns: Vec<u64>,
+    /// Initiator IQN the booted system should use (`None`:
+    /// [`DEFAULT_INITIATOR`]).
+    pub initiator_name: Option<String>,
+    /// CHAP user name and secret the target requires, if any.
+    pub chap: Option<(String, String)>,
+}
+
+/// How the booted system finds its root disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMethod {
+    /// dracut `netroot=iscsi:…` on the kernel command line.
+    #[default]
+    Netroot,
+    /// iPXE `sanhook`s the LUNs and publishes an iBFT; dracut reads it.
+    Ibft,
+    /// iPXE boots the disk's own boot loader (`sanboot`).
+    Sanboot,
+}
+
+/// DHCP sidecar mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DhcpModeArg {
+    /// Hand out addresses and boot information.
+    #[default]
+    Server,
+    /// ProxyDHCP: boot information only, next to another DHCP server.
+    Proxy,
+    /// No DHCP.
+    Off,
 }
 
 /// `serve` flags that turn on and tune the PXE sidecars. Every field is
@@ -24,29 +73,377 @@ pub struct IscsiExport {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PxeArgs {
     /// Network interface whose IPv4 address the PXE services use; turns them on.
-    #[arg(long)]
+    #[arg(long, value_name = "IFACE")]
     pub pxe_interface: Option<String>,
+    /// Directory holding the kernels to offer (a /boot tree).
+    #[arg(long, value_name = "DIR", conflicts_with = "boot_device")]
+    pub boot_dir: Option<PathBuf>,
+    /// Block device with the kernels, mounted read-only: a path, UUID=… or LABEL=….
+    #[arg(long, value_name = "DEV")]
+    pub boot_device: Option<String>,
+    /// Subdirectory of the boot device holding the kernels [default: /].
+    #[arg(long, value_name = "PATH")]
+    pub boot_path: Option<String>,
+    /// Kernel command line of entries that have none (kernels found without BLS entries).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline_default: Option<String>,
+    /// How the booted system mounts its root [default: netroot].
+    #[arg(long, value_enum)]
+    pub boot_method: Option<BootMethod>,
+    /// Seconds the menu waits before booting the default entry; 0 boots it at once [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub menu_timeout: Option<u32>,
+    /// User name required to see the boot menu.
+    #[arg(long, requires = "menu_password")]
+    pub menu_user: Option<String>,
+    /// Password required to see the boot menu.
+    #[arg(long, requires = "menu_user")]
+    pub menu_password: Option<String>,
+    /// Directory of iPXE binaries served over TFTP and HTTP [default: /usr/lib/ipxe].
+    #[arg(long, value_name = "DIR")]
+    pub ipxe_dir: Option<PathBuf>,
+    /// DHCP sidecar: full server, ProxyDHCP next to another server, or off [default: server].
+    #[arg(long, value_enum)]
+    pub dhcp_mode: Option<DhcpModeArg>,
+    /// Addresses handed out in server mode, START-END [default: the address after ours].
+    #[arg(long, value_name = "START-END")]
+    pub dhcp_pool: Option<String>,
+    /// TCP port of the HTTP server [default: 80].
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// Kernel arguments removed from every entry, comma- or space-separated [default: quiet].
+    #[arg(long, value_name = "ARGS")]
+    pub strip_args: Option<String>,
+    /// Also put the CHAP credentials on the kernel command line (netroot).
+    #[arg(long)]
+    pub cmdline_chap: Option<bool>,
+}
+
+macro_rules! merge_fields {
+    ($self:ident, $file:ident, $($f:ident),*) => {
+        $( if $self.$f.is_none() { $self.$f = $file.$f; } )*
+    };
 }
 
 impl PxeArgs {
     /// Fill every field not given on the command line from the config file.
     pub fn merge_from(&mut self, file: PxeArgs) {
-        if self.pxe_interface.is_none() {
-            self.pxe_interface = file.pxe_interface;
+        merge_fields!(
+            self, file, pxe_interface, boot_dir, boot_device, boot_path, cmdline_default, boot_method,
+            menu_timeout, menu_user, menu_password, ipxe_dir, dhcp_mode, dhcp_pool, http_port,
+            strip_args, cmdline_chap
+        );
+    }
+
+    fn strip_list(&self) -> Vec<String> {
+        split_list(self.strip_args.as_deref().unwrap_or(DEFAULT_STRIP))
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where the kernels are: a directory, or a mounted device (kept mounted
+/// for as long as this lives).
+struct BootSource {
+    dir: PathBuf,
+    _mount: Option<BootMount>,
+}
+
+fn boot_source(
+    boot_dir: Option<&Path>,
+    boot_device: Option<&str>,
+    boot_path: Option<&str>,
+) -> Result<Option<BootSource>, String> {
+    let sub = boot_path.unwrap_or("/").trim_start_matches('/');
+    match (boot_dir, boot_device) {
+        (Some(_), Some(_)) => Err("--boot-dir and --boot-device cannot be used together".into()),
+        (Some(d), None) => Ok(Some(BootSource { dir: d.join(sub), _mount: None })),
+        (None, Some(dev)) => {
+            let m = BootMount::mount(dev)?;
+            let dir = m.dir.join(sub);
+            Ok(Some(BootSource { dir, _mount: Some(m) }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn source_flag(boot_dir: Option<&Path>, boot_device: Option<&str>) -> String {
+    match (boot_dir, boot_device) {
+        (Some(d), _) => format!("--boot-dir {}", d.display()),
+        (None, d) => format!("--boot-device {}", d.unwrap_or("")),
+    }
+}
+
+/// The HTTP route table for `entries`: the menus, every kernel and initrd
+/// (only those, and only if they resolve inside `boot_dir`), and the
+/// regular files of `ipxe_dir` under `/ipxe/`.
+pub fn routes(
+    cfg: &MenuConfig,
+    entries: &[BootEntry],
+    boot_dir: &Path,
+    ipxe_dir: Option<&Path>,
+) -> Result<http::Router, String> {
+    use http::Resource;
+    let mut r = http::Router::default();
+    let menu = menu::ipxe_menu(cfg, entries);
+    if cfg.login {
+        r.routes.insert("/boot.ipxe".into(), Resource::text(menu::ipxe_login(cfg), "text/plain"));
+        let mut m = Resource::text(menu, "text/plain");
+        m.auth = true;
+        r.routes.insert("/menu.ipxe".into(), m);
+    } else {
+        r.routes.insert("/boot.ipxe".into(), Resource::text(menu.clone(), "text/plain"));
+        r.routes.insert("/menu.ipxe".into(), Resource::text(menu, "text/plain"));
+    }
+    r.routes.insert("/pxelinux.cfg/default".into(), Resource::text(menu::pxelinux(cfg, entries), "text/plain"));
+    let jail = std::fs::canonicalize(boot_dir).map_err(|e| format!("{}: {e}", boot_dir.display()))?;
+    for e in entries {
+        for rel in std::iter::once(&e.linux).chain(e.initrd.iter()) {
+            let p = boot_dir.join(rel);
+            match std::fs::canonicalize(&p) {
+                Ok(c) if c.starts_with(&jail) && c.is_file() => {
+                    let key = http::normalize_target(&menu::url_path(rel)).map_err(|_| format!("{rel}: unusable file name"))?;
+                    r.routes.insert(key, Resource::file(c));
+                }
+                Ok(c) => tracing::warn!("{}: resolves to {} outside {}, not served", p.display(), c.display(), jail.display()),
+                Err(err) => tracing::warn!("{}: {err}, not served", p.display()),
+            }
         }
     }
+    if let Some(d) = ipxe_dir {
+        if let (Ok(jail), Ok(rd)) = (std::fs::canonicalize(d), std::fs::read_dir(d)) {
+            for de in rd.flatten() {
+                let Ok(c) = std::fs::canonicalize(de.path()) else { continue };
+                if !c.is_file() || !c.starts_with(&jail) {
+                    continue;
+                }
+                let name = de.file_name().to_string_lossy().into_owned();
+                r.routes.insert(format!("/ipxe/{name}"), Resource::file(c));
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// Running sidecars; dropping it does not stop them (they live as long as
 /// the process).
-pub struct PxeHandle;
+pub struct PxeHandle {
+    /// The HTTP server.
+    pub http: http::HttpServer,
+    /// Address the services advertise.
+    pub server: std::net::Ipv4Addr,
+    /// Entries on the menu.
+    pub entries: Vec<BootEntry>,
+    /// Other sidecar threads (DHCP, TFTP).
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    _boot: Option<BootSource>,
+}
+
+impl PxeHandle {
+    /// Stop the HTTP server (tests); other sidecars run until exit.
+    pub fn stop(self) {
+        self.http.stop();
+    }
+}
+
+fn menu_config(
+    server: String,
+    http_port: u16,
+    export: &IscsiExport,
+    method: BootMethod,
+    timeout: u32,
+    login: bool,
+    strip: Vec<String>,
+    chap_on_cmdline: bool,
+) -> MenuConfig {
+    MenuConfig {
+        server,
+        http_port,
+        target_name: export.target_name.clone(),
+        iscsi_port: if export.port == 0 { 3260 } else { export.port },
+        luns: if export.luns.is_empty() { vec![0] } else { export.luns.clone() },
+        initiator_name: export.initiator_name.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
+        chap: export.chap.clone().map(|(user, secret)| Chap { user, secret }),
+        chap_on_cmdline,
+        method,
+        timeout,
+        login,
+        strip,
+    }
+}
 
 /// Start the sidecars described by `args`, or return `Ok(None)` when
 /// `--pxe-interface` is not set. Errors are one line for the operator.
 pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, String> {
-    let _ = export;
-    match &args.pxe_interface {
-        None => Ok(None),
-        Some(i) => Err(format!("--pxe-interface {i}: PXE services are not built yet")),
+    let Some(ifname) = &args.pxe_interface else { return Ok(None) };
+    let ifa = iface::ipv4_of(ifname)?;
+    let method = args.boot_method.unwrap_or_default();
+    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), args.boot_path.as_deref())?;
+    let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
+    let (entries, boot_dir) = match &src {
+        Some(s) => match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
+            Ok((_, e)) => (e, Some(s.dir.clone())),
+            Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
+            Err(e) => return Err(format!("{flag}: {e}")),
+        },
+        None if method == BootMethod::Sanboot => (Vec::new(), None),
+        None => return Err("--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)".into()),
+    };
+    let http_port = args.http_port.unwrap_or(80);
+    let login = args.menu_user.is_some() && args.menu_password.is_some();
+    let cfg = menu_config(
+        ifa.addr.to_string(),
+        http_port,
+        export,
+        method,
+        args.menu_timeout.unwrap_or(5),
+        login,
+        args.strip_list(),
+        args.cmdline_chap.unwrap_or(false),
+    );
+    let ipxe_dir = args.ipxe_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
+    let empty = std::env::temp_dir();
+    let mut router = routes(&cfg, &entries, boot_dir.as_deref().unwrap_or(&empty), Some(&ipxe_dir))?;
+    if login {
+        router.auth = Some((args.menu_user.clone().unwrap(), args.menu_password.clone().unwrap()));
+    }
+    let listen = std::net::SocketAddr::from((ifa.addr, http_port));
+    let http = http::spawn(http::HttpConfig::new(listen, router))?;
+    for e in &entries {
+        tracing::info!("pxe: entry {:?} kernel {}", e.title, e.linux);
+    }
+    let threads = sidecars::spawn(args, ifname, &ifa, &cfg, &ipxe_dir)?;
+    Ok(Some(PxeHandle { http, server: ifa.addr, entries, threads, _boot: src }))
+}
+
+mod sidecars {
+    //! DHCP and TFTP wiring.
+    use super::*;
+
+    pub(super) fn spawn(
+        args: &PxeArgs,
+        ifname: &str,
+        ifa: &iface::IfaceAddr,
+        cfg: &MenuConfig,
+        ipxe_dir: &Path,
+    ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+        let _ = (args, ifname, ifa, cfg, ipxe_dir);
+        Ok(Vec::new())
+    }
+}
+
+/// Flags of `bootlun bootentries`: print what `serve --pxe-interface`
+/// would offer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootentriesArgs {
+    /// Directory holding the kernels (a /boot tree).
+    #[arg(long, value_name = "DIR", conflicts_with = "boot_device", required_unless_present = "boot_device")]
+    pub boot_dir: Option<PathBuf>,
+    /// Block device with the kernels, mounted read-only: a path, UUID=… or LABEL=….
+    #[arg(long, value_name = "DEV")]
+    pub boot_device: Option<String>,
+    /// Subdirectory of the boot device holding the kernels.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub boot_path: String,
+    /// Output: the iPXE menu, pxelinux.cfg/default, or JSON.
+    #[arg(long, value_enum, default_value = "ipxe")]
+    pub format: BootentriesFormat,
+    /// Server address used in URLs and iSCSI URIs.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub server: String,
+    /// HTTP port used in URLs.
+    #[arg(long, value_name = "PORT", default_value_t = 80)]
+    pub http_port: u16,
+    /// Target IQN.
+    #[arg(long, value_name = "IQN", default_value = "iqn.2025-01.org.bootlun:target")]
+    pub target_name: String,
+    /// iSCSI portal port.
+    #[arg(long, value_name = "PORT", default_value_t = 3260)]
+    pub iscsi_port: u16,
+    /// Initiator IQN handed to the booted system.
+    #[arg(long, value_name = "IQN", default_value = DEFAULT_INITIATOR)]
+    pub initiator_name: String,
+    /// How the booted system mounts its root.
+    #[arg(long, value_enum, default_value = "netroot")]
+    pub boot_method: BootMethod,
+    /// Kernel command line of entries that have none.
+    #[arg(long, value_name = "ARGS", default_value = "", allow_hyphen_values = true)]
+    pub cmdline_default: String,
+    /// Menu timeout in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub menu_timeout: u32,
+    /// Kernel arguments removed from every entry, comma- or space-separated.
+    #[arg(long, value_name = "ARGS", default_value = DEFAULT_STRIP)]
+    pub strip_args: String,
+}
+
+/// Output format of `bootlun bootentries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootentriesFormat {
+    /// iPXE script.
+    Ipxe,
+    /// `pxelinux.cfg/default`.
+    Pxelinux,
+    /// JSON.
+    Json,
+}
+
+/// Render the dry run as text (the body of [`bootentries_main`]).
+pub fn bootentries_render(args: &BootentriesArgs) -> Result<String, String> {
+    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), Some(&args.boot_path))?
+        .ok_or("one of --boot-dir or --boot-device is required")?;
+    let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
+    let found = bootentries::discover(&src.dir, &args.cmdline_default);
+    let (source, entries) = match found {
+        Ok(x) => x,
+        Err(_) if args.boot_method == BootMethod::Sanboot => (Source::KernelScan, Vec::new()),
+        Err(e) => return Err(format!("{flag}: {e}")),
+    };
+    let export = IscsiExport {
+        target_name: args.target_name.clone(),
+        port: args.iscsi_port,
+        luns: vec![0],
+        initiator_name: Some(args.initiator_name.clone()),
+        chap: None,
+    };
+    let cfg = menu_config(
+        args.server.clone(),
+        args.http_port,
+        &export,
+        args.boot_method,
+        args.menu_timeout,
+        false,
+        split_list(&args.strip_args),
+        false,
+    );
+    Ok(match args.format {
+        BootentriesFormat::Ipxe => menu::ipxe_menu(&cfg, &entries),
+        BootentriesFormat::Pxelinux => menu::pxelinux(&cfg, &entries),
+        BootentriesFormat::Json => menu::json(&cfg, source, &entries),
+    })
+}
+
+/// `bootlun bootentries`: print the menu that would be served. Exit 0 on
+/// success; 2 with one line on stderr when the flags name nothing usable
+/// (missing directory, no kernels, unmountable device).
+pub fn bootentries_main(args: &BootentriesArgs) -> std::process::ExitCode {
+    match bootentries_render(args) {
+        Ok(s) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            if out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_err() {
+                return std::process::ExitCode::from(1);
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bootlun bootentries: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

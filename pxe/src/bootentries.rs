@@ -1,0 +1,406 @@
+//! Boot-entry discovery in a boot directory.
+//!
+//! Two sources, in order of preference:
+//! 1. Boot Loader Specification entries, `loader/entries/*.conf`
+//!    (Fedora, RHEL, systemd-boot installs). Paths inside them are relative
+//!    to the root of the boot directory.
+//! 2. Plain kernel/initrd pairs: `vmlinuz-VER` with `initramfs-VER.img`
+//!    (Fedora, Arch: `vmlinuz-linux` + `initramfs-linux.img`) or
+//!    `initrd.img-VER` (Debian, Ubuntu), newest first.
+
+use std::cmp::Ordering;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One bootable kernel found in the boot directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootEntry {
+    /// Stable identifier: the BLS file stem, or the kernel file name.
+    pub id: String,
+    /// Human-readable menu title.
+    pub title: String,
+    /// Kernel version, when known.
+    pub version: Option<String>,
+    /// Kernel path relative to the boot directory root, without a leading `/`.
+    pub linux: String,
+    /// Initrd paths relative to the boot directory root, in load order.
+    pub initrd: Vec<String>,
+    /// Kernel command line from the entry (or the configured default),
+    /// before stripping and before the iSCSI arguments are added.
+    pub options: String,
+    /// `machine-id` key of a BLS entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+/// Where entries came from (reported by the dry run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// `loader/entries/*.conf`.
+    Bls,
+    /// `vmlinuz-*` files next to their initrds.
+    KernelScan,
+}
+
+/// Early microcode images some distributions (Arch) load before the initrd.
+const MICROCODE_IMAGES: &[&str] = &["intel-ucode.img", "amd-ucode.img"];
+
+/// Discover entries in `dir`. `cmdline_default` is the command line of
+/// entries that have none (kernel scan). Entries come sorted, default first.
+/// An empty result is an error: a one-line message without the directory
+/// name (callers prefix the flag that named it).
+pub fn discover(dir: &Path, cmdline_default: &str) -> Result<(Source, Vec<BootEntry>), String> {
+    let meta = fs::metadata(dir).map_err(|e| io_msg(&e))?;
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    let bls = discover_bls(dir)?;
+    if !bls.is_empty() {
+        return Ok((Source::Bls, bls));
+    }
+    let scanned = discover_kernels(dir, cmdline_default)?;
+    if !scanned.is_empty() {
+        return Ok((Source::KernelScan, scanned));
+    }
+    Err("no kernels found (looked for loader/entries/*.conf and vmlinuz-*)".into())
+}
+
+fn io_msg(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parse every `loader/entries/*.conf` under `dir`. Entries whose kernel file
+/// is missing are skipped with a warning.
+pub fn discover_bls(dir: &Path) -> Result<Vec<BootEntry>, String> {
+    let edir = dir.join("loader/entries");
+    let rd = match fs::read_dir(&edir) {
+        Ok(rd) => rd,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut found: Vec<(Option<String>, BootEntry)> = Vec::new();
+    for de in rd.flatten() {
+        let name = de.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".conf") else { continue };
+        if stem.is_empty() || name.starts_with('.') {
+            continue;
+        }
+        let text = match fs::read_to_string(de.path()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("bootentries: {}: {e}", de.path().display());
+                continue;
+            }
+        };
+        let Some((sort_key, entry)) = parse_bls(stem, &text) else {
+            tracing::warn!("bootentries: {}: no `linux` key, skipped", de.path().display());
+            continue;
+        };
+        if !dir.join(&entry.linux).is_file() {
+            tracing::warn!("bootentries: {}: kernel {} missing, skipped", name, entry.linux);
+            continue;
+        }
+        found.push((sort_key, entry));
+    }
+    found.sort_by(|(ka, a), (kb, b)| bls_order(ka.as_deref(), a, kb.as_deref(), b));
+    Ok(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// BLS ordering: entries with a sort-key first (ascending), then machine-id,
+/// then version descending; ties and entries without sort-key by file name,
+/// descending version order (newest first).
+fn bls_order(ka: Option<&str>, a: &BootEntry, kb: Option<&str>, b: &BootEntry) -> Ordering {
+    match (ka, kb) {
+        (Some(x), Some(y)) => x
+            .cmp(y)
+            .then_with(|| a.machine_id.cmp(&b.machine_id))
+            .then_with(|| vercmp(b.version.as_deref().unwrap_or(""), a.version.as_deref().unwrap_or("")))
+            .then_with(|| vercmp(&b.id, &a.id)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => vercmp(b.version.as_deref().unwrap_or(""), a.version.as_deref().unwrap_or(""))
+            .then_with(|| vercmp(&b.id, &a.id)),
+    }
+}
+
+/// Parse one BLS entry. Returns its sort-key and the entry, or `None` when
+/// it has no kernel.
+pub fn parse_bls(stem: &str, text: &str) -> Option<(Option<String>, BootEntry)> {
+    let mut e = BootEntry {
+        id: stem.to_string(),
+        title: String::new(),
+        version: None,
+        linux: String::new(),
+        initrd: Vec::new(),
+        options: String::new(),
+        machine_id: None,
+    };
+    let mut sort_key = None;
+    let mut options: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, val) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+            Some((k, v)) => (k, v.trim()),
+            None => (line, ""),
+        };
+        match key {
+            "title" => e.title = val.to_string(),
+            "version" => e.version = Some(val.to_string()),
+            "linux" => e.linux = rel(val),
+            "initrd" => e.initrd.extend(val.split_ascii_whitespace().map(rel)),
+            "options" => options.push(val.to_string()),
+            "machine-id" => e.machine_id = Some(val.to_string()),
+            "sort-key" => sort_key = Some(val.to_string()),
+            _ => {}
+        }
+    }
+    if e.linux.is_empty() {
+        return None;
+    }
+    e.options = options.join(" ");
+    if e.title.is_empty() {
+        e.title = match &e.version {
+            Some(v) => format!("Linux {v}"),
+            None => stem.to_string(),
+        };
+    }
+    Some((sort_key, e))
+}
+
+/// BLS paths are absolute from the boot partition root; keep them relative.
+fn rel(p: &str) -> String {
+    p.trim_start_matches('/').to_string()
+}
+
+/// Scan `dir` (not recursively) for `vmlinuz-VER` with a matching initrd.
+pub fn discover_kernels(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>, String> {
+    let rd = fs::read_dir(dir).map_err(|e| io_msg(&e))?;
+    let mut found: Vec<(SystemTime, BootEntry)> = Vec::new();
+    let microcode: Vec<String> = MICROCODE_IMAGES
+        .iter()
+        .filter(|m| dir.join(m).is_file())
+        .map(|m| m.to_string())
+        .collect();
+    for de in rd.flatten() {
+        let name = de.file_name().to_string_lossy().into_owned();
+        let Some(ver) = name.strip_prefix("vmlinuz-") else { continue };
+        if ver.is_empty() || name.ends_with(".hmac") || name.ends_with(".sig") {
+            continue;
+        }
+        let path = de.path();
+        let Ok(meta) = fs::metadata(&path) else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let candidates = [format!("initramfs-{ver}.img"), format!("initrd.img-{ver}")];
+        let Some(initrd) = candidates.into_iter().find(|c| dir.join(c).is_file()) else {
+            tracing::info!("bootentries: {name}: no initramfs-{ver}.img or initrd.img-{ver}, skipped");
+            continue;
+        };
+        let mut initrds = microcode.clone();
+        initrds.push(initrd);
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        found.push((
+            mtime,
+            BootEntry {
+                id: name.clone(),
+                title: format!("Linux {ver}"),
+                version: Some(ver.to_string()),
+                linux: name.clone(),
+                initrd: initrds,
+                options: cmdline_default.to_string(),
+                machine_id: None,
+            },
+        ));
+    }
+    found.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| vercmp(&b.id, &a.id)));
+    Ok(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Remove every argument whose name (the part before `=`, or the whole
+/// argument) is in `strip`.
+pub fn strip_args(cmdline: &str, strip: &[String]) -> String {
+    cmdline
+        .split_ascii_whitespace()
+        .filter(|a| {
+            let name = a.split_once('=').map(|(n, _)| n).unwrap_or(a);
+            !strip.iter().any(|s| s == a || s == name)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Version comparison in the spirit of `strverscmp`/`rpmvercmp`: runs of
+/// digits compare numerically, everything else byte-wise; `~` sorts before
+/// anything (pre-releases).
+pub fn vercmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (ca, cb) = (a[i], b[j]);
+        if ca.is_ascii_digit() && cb.is_ascii_digit() {
+            let si = i;
+            while i < a.len() && a[i].is_ascii_digit() {
+                i += 1;
+            }
+            let sj = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let na = trim_zeros(&a[si..i]);
+            let nb = trim_zeros(&b[sj..j]);
+            let o = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if o != Ordering::Equal {
+                return o;
+            }
+            continue;
+        }
+        if ca != cb {
+            return match (ca, cb) {
+                (b'~', _) => Ordering::Less,
+                (_, b'~') => Ordering::Greater,
+                _ => ca.cmp(&cb),
+            };
+        }
+        i += 1;
+        j += 1;
+    }
+    match (i < a.len(), j < b.len()) {
+        (true, false) if a[i] == b'~' => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (false, true) if b[j] == b'~' => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => Ordering::Equal,
+    }
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let k = d.iter().position(|&c| c != b'0').unwrap_or(d.len());
+    &d[k..]
+}
+
+/// Resolve `--boot-device`: a device path, `UUID=…` or `LABEL=…` (also
+/// `PARTUUID=`/`PARTLABEL=`), through `/dev/disk/by-*`.
+pub fn resolve_device(spec: &str) -> Result<PathBuf, String> {
+    let by = |kind: &str, v: &str| -> Result<PathBuf, String> {
+        let p = Path::new("/dev/disk").join(kind).join(v);
+        fs::canonicalize(&p).map_err(|_| format!("--boot-device {spec}: {} does not exist", p.display()))
+    };
+    if let Some(v) = spec.strip_prefix("UUID=") {
+        by("by-uuid", v)
+    } else if let Some(v) = spec.strip_prefix("LABEL=") {
+        by("by-label", v)
+    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
+        by("by-partuuid", v)
+    } else if let Some(v) = spec.strip_prefix("PARTLABEL=") {
+        by("by-partlabel", v)
+    } else {
+        let p = PathBuf::from(spec);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(format!("--boot-device {spec}: no such device"))
+        }
+    }
+}
+
+/// A read-only mount of the boot device, unmounted on drop.
+#[derive(Debug)]
+pub struct BootMount {
+    /// Mount point (a fresh directory under the runtime directory).
+    pub dir: PathBuf,
+}
+
+impl BootMount {
+    /// Mount `spec` read-only, trying every block filesystem the kernel knows.
+    pub fn mount(spec: &str) -> Result<BootMount, String> {
+        let dev = resolve_device(spec)?;
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| std::env::temp_dir());
+        let dir = base.join(format!("bootlun-boot.{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| format!("--boot-device {spec}: {}: {e}", dir.display()))?;
+        let fstypes: Vec<String> = fs::read_to_string("/proc/filesystems")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("nodev"))
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let cdev = cstr(dev.as_os_str())?;
+        let cdir = cstr(dir.as_os_str())?;
+        let mut last = String::from("no filesystem types available");
+        for t in &fstypes {
+            let ct = std::ffi::CString::new(t.as_str()).unwrap();
+            // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+            let r = unsafe {
+                libc::mount(cdev.as_ptr(), cdir.as_ptr(), ct.as_ptr(), libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC, std::ptr::null())
+            };
+            if r == 0 {
+                tracing::info!("boot device {} ({t}) mounted read-only at {}", dev.display(), dir.display());
+                return Ok(BootMount { dir });
+            }
+            last = std::io::Error::last_os_error().to_string();
+        }
+        let _ = fs::remove_dir(&dir);
+        Err(format!("--boot-device {spec}: cannot mount {} read-only: {last}", dev.display()))
+    }
+}
+
+impl Drop for BootMount {
+    fn drop(&mut self) {
+        if let Ok(c) = cstr(self.dir.as_os_str()) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn cstr(s: &std::ffi::OsStr) -> Result<std::ffi::CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(s.as_bytes()).map_err(|_| format!("{}: path contains NUL", s.to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vercmp_orders_kernels() {
+        assert_eq!(vercmp("6.10.0", "6.9.12"), Ordering::Greater);
+        assert_eq!(vercmp("6.1.0-13-amd64", "6.1.0-9-amd64"), Ordering::Greater);
+        assert_eq!(vercmp("1.0~rc1", "1.0"), Ordering::Less);
+        assert_eq!(vercmp("abc", "abc"), Ordering::Equal);
+        assert_eq!(vercmp("007", "7"), Ordering::Equal);
+    }
+
+    #[test]
+    fn strip_by_name_or_whole() {
+        let s = vec!["quiet".to_string(), "rhgb".to_string(), "splash".to_string()];
+        assert_eq!(strip_args("ro quiet  rhgb root=UUID=x splash=silent", &s), "ro root=UUID=x");
+    }
+
+    #[test]
+    fn bls_parse_keys() {
+        let (k, e) = parse_bls(
+            "abc-6.5.6",
+            "# c\ntitle Fedora Linux (6.5.6)\nversion 6.5.6\nlinux /vmlinuz-6.5.6\ninitrd /a.img /b.img\ninitrd /c.img\noptions root=UUID=1 ro\noptions quiet\nsort-key fedora\n",
+        )
+        .unwrap();
+        assert_eq!(k.as_deref(), Some("fedora"));
+        assert_eq!(e.linux, "vmlinuz-6.5.6");
+        assert_eq!(e.initrd, ["a.img", "b.img", "c.img"]);
+        assert_eq!(e.options, "root=UUID=1 ro quiet");
+        assert!(parse_bls("x", "title t\n").is_none());
+    }
+}
