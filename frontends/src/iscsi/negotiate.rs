@@ -764,3 +764,1093 @@ impl Negotiator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LoginFailure::*;
+    use Stage::{FullFeature as FF, Operational as Op, Security as Sec};
+
+    const TGT: &str = "iqn.2026-01.org.example:boot";
+    const INI: &str = "iqn.2004-10.com.ubuntu:01:f00d";
+
+    fn exists(name: &str) -> bool {
+        name == TGT
+    }
+
+    fn text(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for (k, v) in pairs {
+            format_key(&mut t, k, v);
+        }
+        t
+    }
+
+    type Answer = Result<(bool, Vec<(String, String)>), LoginFailure>;
+
+    fn step(
+        n: &mut Negotiator,
+        csg: Stage,
+        transit: bool,
+        nsg: Stage,
+        pairs: &[(&str, &str)],
+    ) -> Answer {
+        step_raw(n, csg, transit, nsg, &text(pairs))
+    }
+
+    fn step_raw(n: &mut Negotiator, csg: Stage, transit: bool, nsg: Stage, raw: &[u8]) -> Answer {
+        let mut out = b"prefix".to_vec();
+        let r = n.step(csg, transit, nsg, raw, &exists, &mut out);
+        assert!(out.starts_with(b"prefix"));
+        let body = &out[6..];
+        match r {
+            Ok(s) => {
+                let pairs = parse_text(body).expect("response text must parse");
+                Ok((
+                    s.transit,
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                ))
+            }
+            Err(e) => {
+                assert!(body.is_empty(), "no text on failure");
+                Err(e)
+            }
+        }
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn leading<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v = vec![
+            ("InitiatorName", INI),
+            ("TargetName", TGT),
+            ("SessionType", "Normal"),
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    fn chap_limits() -> Limits {
+        Limits {
+            chap: Some(ChapSecret {
+                user: "ipxe-user".to_owned(),
+                secret: b"verysecretpw".to_vec(),
+            }),
+            ..Limits::default()
+        }
+    }
+
+    fn chap_negotiator() -> Negotiator {
+        let mut n = Negotiator::new(chap_limits());
+        n.fixed_challenge = Some((0x2a, (1..=16).collect()));
+        n
+    }
+
+    /// Security stage with AuthMethod=None, operational stage with the values
+    /// open-iscsi sends by default.
+    #[test]
+    fn open_iscsi_login() {
+        let mut n = Negotiator::new(Limits::default());
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("InitiatorName", INI),
+                ("InitiatorAlias", "host1"),
+                ("TargetName", TGT),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[("AuthMethod", "None"), ("TargetPortalGroupTag", "1")])
+            ))
+        );
+        assert!(n.authenticated());
+        let ops = [
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("DefaultTime2Wait", "2"),
+            ("DefaultTime2Retain", "0"),
+            ("IFMarker", "No"),
+            ("OFMarker", "No"),
+            ("ErrorRecoveryLevel", "0"),
+            ("InitialR2T", "No"),
+            ("ImmediateData", "Yes"),
+            ("MaxBurstLength", "16776192"),
+            ("FirstBurstLength", "262144"),
+            ("MaxOutstandingR2T", "1"),
+            ("MaxConnections", "1"),
+            ("DataPDUInOrder", "Yes"),
+            ("DataSequenceInOrder", "Yes"),
+            ("MaxRecvDataSegmentLength", "262144"),
+        ];
+        let r = step(&mut n, Op, true, FF, &ops);
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[
+                    ("HeaderDigest", "None"),
+                    ("DataDigest", "None"),
+                    ("DefaultTime2Wait", "2"),
+                    ("DefaultTime2Retain", "0"),
+                    ("IFMarker", "Reject"),
+                    ("OFMarker", "Reject"),
+                    ("ErrorRecoveryLevel", "0"),
+                    ("InitialR2T", "No"),
+                    ("ImmediateData", "Yes"),
+                    ("MaxBurstLength", "1048576"),
+                    ("FirstBurstLength", "262144"),
+                    ("MaxOutstandingR2T", "1"),
+                    ("MaxConnections", "1"),
+                    ("DataPDUInOrder", "Yes"),
+                    ("DataSequenceInOrder", "Yes"),
+                    ("MaxRecvDataSegmentLength", "262144"),
+                ])
+            ))
+        );
+        assert!(n.is_complete());
+        let p = n.params();
+        assert_eq!(p.session_type, SessionType::Normal);
+        assert_eq!(p.initiator_name, INI);
+        assert_eq!(p.initiator_alias, "host1");
+        assert_eq!(p.target_name, TGT);
+        assert!(!p.header_digest && !p.data_digest);
+        assert_eq!(p.initiator_max_recv_dsl, 262144);
+        assert_eq!(p.target_max_recv_dsl, 262144);
+        assert_eq!(p.max_burst_length, 1048576);
+        assert_eq!(p.first_burst_length, 262144);
+        assert!(!p.initial_r2t && p.immediate_data);
+        assert_eq!(p.max_outstanding_r2t, 1);
+        assert_eq!(p.error_recovery_level, 0);
+        assert_eq!((p.default_time2wait, p.default_time2retain), (2, 0));
+        // Nothing may follow the transition to full feature phase.
+        assert_eq!(step(&mut n, FF, false, FF, &[]), Err(InitiatorError));
+    }
+
+    const IPXE_OPS: [(&str, &str); 14] = [
+        ("HeaderDigest", "None"),
+        ("DataDigest", "None"),
+        ("MaxConnections", "1"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+        ("MaxRecvDataSegmentLength", "8192"),
+        ("MaxBurstLength", "262144"),
+        ("FirstBurstLength", "65536"),
+        ("DefaultTime2Wait", "0"),
+        ("DefaultTime2Retain", "0"),
+        ("MaxOutstandingR2T", "1"),
+        ("DataPDUInOrder", "Yes"),
+        ("DataSequenceInOrder", "Yes"),
+        ("ErrorRecoveryLevel", "0"),
+    ];
+
+    /// iPXE: CHAP (MD5) in the security stage, then its operational values.
+    #[test]
+    fn ipxe_login_with_chap() {
+        let mut n = chap_negotiator();
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                (
+                    "InitiatorName",
+                    "iqn.2010-04.org.ipxe:00000000-0000-0000-0000-000000000000",
+                ),
+                ("TargetName", TGT),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        );
+        // Authentication has only started: no transit yet.
+        assert_eq!(
+            r,
+            Ok((
+                false,
+                owned(&[("AuthMethod", "CHAP"), ("TargetPortalGroupTag", "1")])
+            ))
+        );
+        assert!(n.auth_in_progress());
+        let r = step(&mut n, Sec, true, Op, &[("CHAP_A", "5")]);
+        assert_eq!(
+            r,
+            Ok((
+                false,
+                owned(&[
+                    ("CHAP_A", "5"),
+                    ("CHAP_I", "42"),
+                    ("CHAP_C", "0x0102030405060708090a0b0c0d0e0f10"),
+                ])
+            ))
+        );
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", "0xdcff8b6a836896fa609ec24c742b0517"),
+            ],
+        );
+        assert_eq!(r, Ok((true, vec![])));
+        assert!(n.authenticated() && !n.auth_in_progress());
+        let r = step(&mut n, Op, true, FF, &IPXE_OPS);
+        let mut expected: Vec<(&str, &str)> = IPXE_OPS
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "MaxRecvDataSegmentLength")
+            .collect();
+        expected.push(("MaxRecvDataSegmentLength", "262144"));
+        assert_eq!(r, Ok((true, owned(&expected))));
+        let p = n.params();
+        assert_eq!(p.initiator_max_recv_dsl, 8192);
+        assert_eq!(p.target_max_recv_dsl, 262144);
+        assert_eq!((p.max_burst_length, p.first_burst_length), (262144, 65536));
+        assert!(p.initial_r2t && !p.immediate_data);
+        assert_eq!((p.default_time2wait, p.default_time2retain), (0, 0));
+        assert!(n.is_complete());
+    }
+
+    /// Agree on CHAP and get the (fixed) challenge.
+    fn to_challenge(n: &mut Negotiator) {
+        let r = step(n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")]));
+        assert!(matches!(r, Ok((false, _))));
+        let r = step(n, Sec, false, Op, &[("CHAP_A", "5")]);
+        assert!(matches!(r, Ok((false, _))));
+    }
+
+    #[test]
+    fn chap_failures() {
+        let good_r = "0xdcff8b6a836896fa609ec24c742b0517";
+        let bad_r = "0xdcff8b6a836896fa609ec24c742b0518";
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![("CHAP_N", "ipxe-user"), ("CHAP_R", bad_r)],
+            vec![("CHAP_N", "other-user"), ("CHAP_R", good_r)],
+            vec![
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", "dcff8b6a836896fa609ec24c742b0517"),
+            ],
+            vec![("CHAP_N", "ipxe-user"), ("CHAP_R", "0xdcff")],
+            vec![("CHAP_N", "ipxe-user")],
+            vec![("CHAP_R", good_r)],
+            // Mutual CHAP without target credentials configured.
+            vec![
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", good_r),
+                ("CHAP_I", "7"),
+                ("CHAP_C", "0xa0a1"),
+            ],
+        ];
+        for case in cases {
+            let mut n = chap_negotiator();
+            to_challenge(&mut n);
+            assert_eq!(
+                step(&mut n, Sec, true, Op, &case),
+                Err(AuthFailed),
+                "{case:?}"
+            );
+            assert!(!n.authenticated());
+            // The login is over.
+            assert_eq!(step(&mut n, Sec, true, Op, &[]), Err(InitiatorError));
+        }
+    }
+
+    #[test]
+    fn chap_negotiation_failures() {
+        // Initiator offers only None while a secret is configured.
+        let mut n = chap_negotiator();
+        assert_eq!(
+            step(&mut n, Sec, true, Op, &leading(&[("AuthMethod", "None")])),
+            Err(AuthFailed)
+        );
+        // No AuthMethod at all, asking to move on.
+        let mut n = chap_negotiator();
+        assert_eq!(step(&mut n, Sec, true, Op, &leading(&[])), Err(AuthFailed));
+        // Skipping the security stage.
+        let mut n = chap_negotiator();
+        assert_eq!(step(&mut n, Op, true, FF, &leading(&[])), Err(AuthFailed));
+        // Only unsupported algorithms (SHA-1).
+        let mut n = chap_negotiator();
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
+        assert_eq!(
+            step(&mut n, Sec, false, Op, &[("CHAP_A", "6")]),
+            Err(AuthFailed)
+        );
+        // Response before the challenge.
+        let mut n = chap_negotiator();
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
+        assert_eq!(
+            step(
+                &mut n,
+                Sec,
+                true,
+                Op,
+                &[("CHAP_N", "ipxe-user"), ("CHAP_R", "0x00")]
+            ),
+            Err(AuthFailed)
+        );
+        // CHAP keys without CHAP agreed.
+        let mut n = Negotiator::new(Limits::default());
+        assert_eq!(
+            step(
+                &mut n,
+                Sec,
+                false,
+                Op,
+                &leading(&[("AuthMethod", "None"), ("CHAP_A", "5")])
+            ),
+            Err(InitiatorError)
+        );
+        // Without a secret, CHAP alone is rejected, and transit then fails.
+        let mut n = Negotiator::new(Limits::default());
+        assert_eq!(
+            step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])),
+            Ok((
+                false,
+                owned(&[("AuthMethod", "Reject"), ("TargetPortalGroupTag", "1")])
+            ))
+        );
+        assert_eq!(step(&mut n, Sec, true, Op, &[]), Err(AuthFailed));
+    }
+
+    #[test]
+    fn chap_steps_without_keys_keep_waiting() {
+        let mut n = chap_negotiator();
+        step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &leading(&[("AuthMethod", "CHAP,None")]),
+        )
+        .unwrap();
+        assert_eq!(step(&mut n, Sec, true, Op, &[]), Ok((false, vec![])));
+        step(&mut n, Sec, true, Op, &[("CHAP_A", "5")]).unwrap();
+        assert_eq!(step(&mut n, Sec, true, Op, &[]), Ok((false, vec![])));
+        assert!(n.auth_in_progress());
+    }
+
+    #[test]
+    fn chap_algorithm_in_first_request_and_sha256() {
+        let mut n = Negotiator::new(chap_limits());
+        n.fixed_challenge = Some((0x2a, (1..=32).collect()));
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &leading(&[("AuthMethod", "CHAP"), ("CHAP_A", "8,7,5")]),
+        );
+        let challenge: Vec<u8> = (1..=32).collect();
+        assert_eq!(
+            r,
+            Ok((
+                false,
+                owned(&[
+                    ("AuthMethod", "CHAP"),
+                    ("CHAP_A", "7"),
+                    ("CHAP_I", "42"),
+                    ("CHAP_C", &encode_hex(&challenge)),
+                    ("TargetPortalGroupTag", "1"),
+                ])
+            ))
+        );
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            FF,
+            &[
+                ("CHAP_N", "ipxe-user"),
+                (
+                    "CHAP_R",
+                    "0xb22c82574ceb2c3ad6ac41f868697e6dfe3485001e2128dbebd96599ba4ac8a6",
+                ),
+            ],
+        );
+        // Straight from security to full feature phase.
+        assert_eq!(r, Ok((true, vec![])));
+        assert!(n.is_complete());
+        // No operational stage: the RFC defaults stay.
+        assert_eq!(n.params().target_max_recv_dsl, 8192);
+        assert_eq!(n.params().initiator_max_recv_dsl, 8192);
+    }
+
+    #[test]
+    fn mutual_chap() {
+        let target_creds = ChapSecret {
+            user: "target-user".to_owned(),
+            secret: b"targetsecret12".to_vec(),
+        };
+        let good_r = "0xdcff8b6a836896fa609ec24c742b0517";
+        let mut n = chap_negotiator().with_mutual_chap(target_creds.clone());
+        to_challenge(&mut n);
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", good_r),
+                ("CHAP_I", "7"),
+                ("CHAP_C", "0xa0a1a2a3a4a5a6a7a8a9aaabacadaeaf"),
+            ],
+        );
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[
+                    ("CHAP_N", "target-user"),
+                    ("CHAP_R", "0x30a9511cafc012c47f7f69c424fe4ac3")
+                ])
+            ))
+        );
+        // The initiator reflecting the target's own challenge.
+        let mut n = chap_negotiator().with_mutual_chap(target_creds.clone());
+        to_challenge(&mut n);
+        let reflected = [
+            ("CHAP_N", "ipxe-user"),
+            ("CHAP_R", good_r),
+            ("CHAP_I", "42"),
+            ("CHAP_C", "0x0102030405060708090a0b0c0d0e0f10"),
+        ];
+        assert_eq!(step(&mut n, Sec, true, Op, &reflected), Err(AuthFailed));
+        // CHAP_I without CHAP_C, and a bad identifier.
+        for extra in [
+            vec![("CHAP_I", "7")],
+            vec![("CHAP_I", "256"), ("CHAP_C", "0xa0")],
+        ] {
+            let mut n = chap_negotiator().with_mutual_chap(target_creds.clone());
+            to_challenge(&mut n);
+            let mut keys = vec![("CHAP_N", "ipxe-user"), ("CHAP_R", good_r)];
+            keys.extend(extra);
+            assert_eq!(step(&mut n, Sec, true, Op, &keys), Err(AuthFailed));
+        }
+        // The same secret in both directions is refused.
+        let mut n = chap_negotiator().with_mutual_chap(ChapSecret {
+            user: "t".to_owned(),
+            secret: b"verysecretpw".to_vec(),
+        });
+        to_challenge(&mut n);
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", good_r),
+                ("CHAP_I", "7"),
+                ("CHAP_C", "0xa0a1"),
+            ],
+        );
+        assert_eq!(r, Err(AuthFailed));
+    }
+
+    #[test]
+    fn random_challenge_round_trip() {
+        let mut n = Negotiator::new(chap_limits());
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
+        let (_, resp) = step(&mut n, Sec, false, Op, &[("CHAP_A", "5")]).unwrap();
+        let id: u8 = resp[1].1.parse().unwrap();
+        let challenge = decode_binary(&resp[2].1).unwrap();
+        assert_eq!(challenge.len(), 16);
+        let r = ChapAlgorithm::Md5.response(id, b"verysecretpw", &challenge);
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[("CHAP_N", "ipxe-user"), ("CHAP_R", &encode_hex(&r))],
+        );
+        assert_eq!(r, Ok((true, vec![])));
+    }
+
+    #[test]
+    fn leading_keys() {
+        let cases: Vec<(Vec<(&str, &str)>, LoginFailure)> = vec![
+            (
+                vec![("TargetName", TGT), ("AuthMethod", "None")],
+                MissingParameter,
+            ),
+            (
+                vec![("InitiatorName", ""), ("TargetName", TGT)],
+                MissingParameter,
+            ),
+            (
+                vec![("InitiatorName", INI), ("AuthMethod", "None")],
+                MissingParameter,
+            ),
+            (
+                vec![("InitiatorName", INI), ("SessionType", "Normal")],
+                MissingParameter,
+            ),
+            (
+                vec![("InitiatorName", INI), ("TargetName", "iqn.x:other")],
+                TargetNotFound,
+            ),
+            (
+                vec![
+                    ("InitiatorName", INI),
+                    ("SessionType", "Bogus"),
+                    ("TargetName", TGT),
+                ],
+                SessionTypeUnsupported,
+            ),
+        ];
+        for (pairs, fail) in cases {
+            for stage in [Sec, Op] {
+                let mut n = Negotiator::new(Limits::default());
+                assert_eq!(
+                    step(&mut n, stage, true, FF, &pairs),
+                    Err(fail),
+                    "{pairs:?}"
+                );
+            }
+        }
+        // SessionType defaults to Normal.
+        let mut n = Negotiator::new(Limits::default());
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[("InitiatorName", INI), ("TargetName", TGT)],
+        );
+        assert_eq!(r, Ok((true, owned(&[("TargetPortalGroupTag", "1")]))));
+        assert_eq!(n.params().session_type, SessionType::Normal);
+        // Leading keys after the first request.
+        for key in ["InitiatorName", "TargetName", "SessionType"] {
+            let mut n = Negotiator::new(Limits::default());
+            step(&mut n, Sec, false, Op, &leading(&[])).unwrap();
+            let again = [(key, "Normal")];
+            assert_eq!(step(&mut n, Sec, true, Op, &again), Err(InitiatorError));
+        }
+        let mut n = Negotiator::new(Limits::default());
+        step(
+            &mut n,
+            Sec,
+            false,
+            Op,
+            &[("InitiatorName", INI), ("TargetName", TGT)],
+        )
+        .unwrap();
+        assert_eq!(
+            step(&mut n, Sec, true, Op, &[("SessionType", "Normal")]),
+            Err(InitiatorError)
+        );
+    }
+
+    #[test]
+    fn discovery_session() {
+        let mut n = Negotiator::new(Limits::default());
+        // TargetName is ignored in a discovery session.
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("InitiatorName", INI),
+                ("SessionType", "Discovery"),
+                ("TargetName", "iqn.x:unknown"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[("AuthMethod", "None"), ("TargetPortalGroupTag", "1")])
+            ))
+        );
+        let r = step(
+            &mut n,
+            Op,
+            true,
+            FF,
+            &[
+                ("HeaderDigest", "CRC32C,None"),
+                ("DataDigest", "None"),
+                ("MaxBurstLength", "262144"),
+                ("InitialR2T", "No"),
+                ("MaxConnections", "1"),
+                ("ErrorRecoveryLevel", "0"),
+                ("DefaultTime2Wait", "2"),
+                ("MaxRecvDataSegmentLength", "32768"),
+            ],
+        );
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[
+                    ("HeaderDigest", "CRC32C"),
+                    ("DataDigest", "None"),
+                    ("MaxBurstLength", "Irrelevant"),
+                    ("InitialR2T", "Irrelevant"),
+                    ("MaxConnections", "Irrelevant"),
+                    ("ErrorRecoveryLevel", "0"),
+                    ("DefaultTime2Wait", "2"),
+                    ("MaxRecvDataSegmentLength", "262144"),
+                ])
+            ))
+        );
+        let p = n.params();
+        assert_eq!(p.session_type, SessionType::Discovery);
+        assert_eq!(p.target_name, "");
+        assert!(p.header_digest && !p.data_digest);
+        assert_eq!(p.initiator_max_recv_dsl, 32768);
+        assert_eq!(
+            p.max_burst_length,
+            SessionParams::default().max_burst_length
+        );
+    }
+
+    fn op_answers(limits: Limits, pairs: &[(&str, &str)]) -> (Negotiator, Vec<(String, String)>) {
+        let mut n = Negotiator::new(limits);
+        let mut all = leading(&[]);
+        all.extend_from_slice(pairs);
+        let (_, mut resp) = step(&mut n, Op, false, FF, &all).unwrap();
+        assert_eq!(resp.remove(resp.len() - 1).0, "MaxRecvDataSegmentLength");
+        assert_eq!(resp.remove(resp.len() - 1).0, "TargetPortalGroupTag");
+        (n, resp)
+    }
+
+    #[test]
+    fn digests() {
+        let (n, r) = op_answers(
+            Limits::default(),
+            &[
+                ("HeaderDigest", "CRC32C,None"),
+                ("DataDigest", "None,CRC32C"),
+            ],
+        );
+        assert_eq!(
+            r,
+            owned(&[("HeaderDigest", "CRC32C"), ("DataDigest", "None")])
+        );
+        assert!(n.params().header_digest && !n.params().data_digest);
+        let (_, r) = op_answers(
+            Limits::default(),
+            &[("HeaderDigest", "X-foo,CRC32C"), ("DataDigest", "CRC32C")],
+        );
+        assert_eq!(
+            r,
+            owned(&[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")])
+        );
+        let no = Limits {
+            allow_digests: false,
+            ..Limits::default()
+        };
+        let (n, r) = op_answers(
+            no,
+            &[("HeaderDigest", "CRC32C,None"), ("DataDigest", "CRC32C")],
+        );
+        assert_eq!(
+            r,
+            owned(&[("HeaderDigest", "None"), ("DataDigest", "Reject")])
+        );
+        assert!(!n.params().header_digest && !n.params().data_digest);
+        let (_, r) = op_answers(
+            Limits::default(),
+            &[("HeaderDigest", ""), ("DataDigest", "CRC32C,,None")],
+        );
+        assert_eq!(
+            r,
+            owned(&[("HeaderDigest", "Reject"), ("DataDigest", "Reject")])
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values_and_unknown_keys() {
+        let (n, r) = op_answers(
+            Limits::default(),
+            &[
+                ("MaxBurstLength", "100"),
+                ("FirstBurstLength", "16777216"),
+                ("InitialR2T", "yes"),
+                ("ImmediateData", "Maybe"),
+                ("ErrorRecoveryLevel", "3"),
+                ("MaxConnections", "0"),
+                ("MaxOutstandingR2T", "65536"),
+                ("DefaultTime2Wait", "3601"),
+                ("DefaultTime2Retain", "-1"),
+                ("DataPDUInOrder", ""),
+                ("MaxRecvDataSegmentLength", "511"),
+                ("IFMarkInt", "2048"),
+                ("OFMarkInt", "2048~4096"),
+                ("TaskReporting", "FastAbort"),
+                ("iSCSIProtocolLevel", "32"),
+                ("X-com.example.Tuning", "1"),
+                ("X#Vendor", "2"),
+                ("FancyNewKey", "Yes"),
+                ("SendTargets", "All"),
+            ],
+        );
+        let expected: Vec<(&str, &str)> = vec![
+            ("MaxBurstLength", "Reject"),
+            ("FirstBurstLength", "Reject"),
+            ("InitialR2T", "Reject"),
+            ("ImmediateData", "Reject"),
+            ("ErrorRecoveryLevel", "Reject"),
+            ("MaxConnections", "Reject"),
+            ("MaxOutstandingR2T", "Reject"),
+            ("DefaultTime2Wait", "Reject"),
+            ("DefaultTime2Retain", "Reject"),
+            ("DataPDUInOrder", "Reject"),
+            ("MaxRecvDataSegmentLength", "Reject"),
+            ("IFMarkInt", "Reject"),
+            ("OFMarkInt", "Reject"),
+            ("TaskReporting", "Reject"),
+            ("iSCSIProtocolLevel", "Reject"),
+            ("X-com.example.Tuning", "NotUnderstood"),
+            ("X#Vendor", "NotUnderstood"),
+            ("FancyNewKey", "NotUnderstood"),
+            ("SendTargets", "Irrelevant"),
+        ];
+        assert_eq!(r, owned(&expected));
+        // Nothing changed.
+        let mut d = SessionParams::default();
+        d.initiator_name = INI.to_owned();
+        d.target_name = TGT.to_owned();
+        d.target_max_recv_dsl = 262144;
+        assert_eq!(n.params(), &d);
+    }
+
+    #[test]
+    fn negotiation_results() {
+        let limits = Limits {
+            max_burst_length: 131072,
+            first_burst_length: 65536,
+            max_outstanding_r2t: 4,
+            ..Limits::default()
+        };
+        let (n, r) = op_answers(
+            limits.clone(),
+            &[
+                ("MaxBurstLength", "0x100000"),
+                ("FirstBurstLength", "4096"),
+                ("MaxOutstandingR2T", "8"),
+                ("MaxConnections", "4"),
+                ("ErrorRecoveryLevel", "2"),
+                ("DefaultTime2Wait", "5"),
+                ("DefaultTime2Retain", "60"),
+                ("DataPDUInOrder", "No"),
+                ("DataSequenceInOrder", "No"),
+                ("TaskReporting", "ResponseFence,RFC3720"),
+                ("iSCSIProtocolLevel", "2"),
+            ],
+        );
+        assert_eq!(
+            r,
+            owned(&[
+                ("MaxBurstLength", "131072"),
+                ("FirstBurstLength", "4096"),
+                ("MaxOutstandingR2T", "4"),
+                ("MaxConnections", "1"),
+                ("ErrorRecoveryLevel", "0"),
+                ("DefaultTime2Wait", "5"),
+                ("DefaultTime2Retain", "20"),
+                ("DataPDUInOrder", "Yes"),
+                ("DataSequenceInOrder", "Yes"),
+                ("TaskReporting", "RFC3720"),
+                ("iSCSIProtocolLevel", "1"),
+            ])
+        );
+        let p = n.params();
+        assert_eq!((p.max_burst_length, p.first_burst_length), (131072, 4096));
+        assert_eq!((p.max_outstanding_r2t, p.max_connections), (4, 1));
+        assert_eq!((p.default_time2wait, p.default_time2retain), (5, 20));
+        assert!(p.data_pdu_in_order && p.data_sequence_in_order);
+    }
+
+    #[test]
+    fn first_burst_never_exceeds_max_burst() {
+        // FirstBurstLength before MaxBurstLength in the same request.
+        let (n, r) = op_answers(
+            Limits::default(),
+            &[("FirstBurstLength", "262144"), ("MaxBurstLength", "131072")],
+        );
+        assert_eq!(
+            r,
+            owned(&[("FirstBurstLength", "131072"), ("MaxBurstLength", "131072")])
+        );
+        assert_eq!(n.params().first_burst_length, 131072);
+        // Without MaxBurstLength its default (262144) bounds FirstBurstLength.
+        let limits = Limits {
+            first_burst_length: 1 << 20,
+            ..Limits::default()
+        };
+        let (_, r) = op_answers(limits, &[("FirstBurstLength", "1048576")]);
+        assert_eq!(r, owned(&[("FirstBurstLength", "262144")]));
+        // A small MaxBurstLength alone clamps the default FirstBurstLength
+        // once the login completes.
+        let mut n = Negotiator::new(Limits::default());
+        let mut all = leading(&[]);
+        all.push(("MaxBurstLength", "4096"));
+        step(&mut n, Op, true, FF, &all).unwrap();
+        assert_eq!(n.params().first_burst_length, 4096);
+    }
+
+    #[test]
+    fn skipping_security_and_operational_steps() {
+        let mut n = Negotiator::new(Limits::default());
+        let r = step(&mut n, Op, false, FF, &leading(&[("InitialR2T", "No")]));
+        assert_eq!(
+            r,
+            Ok((
+                false,
+                owned(&[
+                    ("InitialR2T", "No"),
+                    ("TargetPortalGroupTag", "1"),
+                    ("MaxRecvDataSegmentLength", "262144"),
+                ])
+            ))
+        );
+        assert!(n.authenticated());
+        // Second operational request: no repeated declarations.
+        let r = step(&mut n, Op, true, FF, &[("ImmediateData", "No")]);
+        assert_eq!(r, Ok((true, owned(&[("ImmediateData", "No")]))));
+        assert!(n.is_complete());
+    }
+
+    #[test]
+    fn stage_sequencing() {
+        // Full feature is not a login stage.
+        let mut n = Negotiator::new(Limits::default());
+        assert_eq!(
+            step(&mut n, FF, true, FF, &leading(&[])),
+            Err(InitiatorError)
+        );
+        // Transit must move forward.
+        for (csg, nsg) in [(Sec, Sec), (Op, Op), (Op, Sec)] {
+            let mut n = Negotiator::new(Limits::default());
+            assert_eq!(
+                step(&mut n, csg, true, nsg, &leading(&[])),
+                Err(InitiatorError)
+            );
+        }
+        // Changing stage without the target agreeing.
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "None")])).unwrap();
+        assert_eq!(step(&mut n, Op, true, FF, &[]), Err(InitiatorError));
+        // Staying in the stage after the target agreed to leave it.
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Sec, true, Op, &leading(&[("AuthMethod", "None")])).unwrap();
+        assert_eq!(step(&mut n, Sec, true, Op, &[]), Err(InitiatorError));
+        // Going back to security.
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Op, false, FF, &leading(&[])).unwrap();
+        assert_eq!(step(&mut n, Sec, true, Op, &[]), Err(InitiatorError));
+        // Security without AuthMethod and no secret: straight through.
+        let mut n = Negotiator::new(Limits::default());
+        assert_eq!(
+            step(&mut n, Sec, true, FF, &leading(&[])),
+            Ok((true, owned(&[("TargetPortalGroupTag", "1")])))
+        );
+        assert!(n.is_complete());
+    }
+
+    #[test]
+    fn keys_in_wrong_stage_or_from_wrong_party() {
+        let cases: Vec<(Stage, Vec<(&str, &str)>)> = vec![
+            (
+                Sec,
+                vec![("AuthMethod", "None"), ("MaxBurstLength", "4096")],
+            ),
+            (Sec, vec![("AuthMethod", "None"), ("IFMarker", "No")]),
+            (Op, vec![("AuthMethod", "None")]),
+            (Op, vec![("CHAP_A", "5")]),
+            (Sec, vec![("AuthMethod", "None"), ("TargetAlias", "x")]),
+            (Op, vec![("TargetPortalGroupTag", "1")]),
+            (Op, vec![("TargetAddress", "10.0.0.1:3260,1")]),
+        ];
+        for (stage, extra) in cases {
+            let mut n = Negotiator::new(Limits::default());
+            assert_eq!(
+                step(&mut n, stage, true, FF, &leading(&extra)),
+                Err(InitiatorError),
+                "{extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_keys() {
+        let mut n = Negotiator::new(Limits::default());
+        let dup = leading(&[("AuthMethod", "None"), ("AuthMethod", "None")]);
+        assert_eq!(step(&mut n, Sec, true, Op, &dup), Err(InitiatorError));
+        let mut n = Negotiator::new(Limits::default());
+        step(
+            &mut n,
+            Op,
+            false,
+            FF,
+            &leading(&[("MaxBurstLength", "65536")]),
+        )
+        .unwrap();
+        assert_eq!(
+            step(&mut n, Op, true, FF, &[("MaxBurstLength", "65536")]),
+            Err(InitiatorError)
+        );
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Op, false, FF, &leading(&[("X-foo", "1")])).unwrap();
+        assert_eq!(
+            step(&mut n, Op, true, FF, &[("X-foo", "1")]),
+            Err(InitiatorError)
+        );
+    }
+
+    #[test]
+    fn malformed_text_fails_login() {
+        let bad: [&[u8]; 7] = [
+            b"InitiatorName=iqn.x",
+            b"InitiatorName\0",
+            b"=x\0",
+            b"InitiatorName=\xff\0",
+            b"InitiatorName=a\0\0TargetName=b\0",
+            b"Initiator Name=a\0",
+            b"\0\0x",
+        ];
+        for raw in bad {
+            for stage in [Sec, Op] {
+                let mut n = Negotiator::new(Limits::default());
+                assert_eq!(
+                    step_raw(&mut n, stage, true, FF, raw),
+                    Err(InitiatorError),
+                    "{raw:?}"
+                );
+            }
+        }
+        let long = format!("InitiatorName={}\0TargetName={TGT}\0", "a".repeat(256));
+        let mut n = Negotiator::new(Limits::default());
+        assert_eq!(
+            step_raw(&mut n, Sec, true, Op, long.as_bytes()),
+            Err(InitiatorError)
+        );
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "InitiatorName",
+            "TargetName",
+            "SessionType",
+            "AuthMethod",
+            "CHAP_A",
+            "CHAP_I",
+            "CHAP_C",
+            "CHAP_N",
+            "CHAP_R",
+            "HeaderDigest",
+            "DataDigest",
+            "MaxRecvDataSegmentLength",
+            "MaxBurstLength",
+            "FirstBurstLength",
+            "InitialR2T",
+            "ImmediateData",
+            "IFMarker",
+            "TaskReporting",
+            "X-foo",
+            "TargetAlias",
+        ];
+        const VALUES: &[&str] = &[
+            "",
+            "None",
+            "CHAP",
+            "CHAP,None",
+            "5",
+            "7,5",
+            "Normal",
+            "Discovery",
+            TGT,
+            INI,
+            "ipxe-user",
+            "0xdcff8b6a836896fa609ec24c742b0517",
+            "0x",
+            "0b",
+            "0bAAAA",
+            "Yes",
+            "No",
+            "CRC32C,None",
+            "512",
+            "16777215",
+            "16777216",
+            "0xffffffffffffffffff",
+            "Reject",
+            "ä",
+        ];
+
+        fn stage() -> impl Strategy<Value = Stage> {
+            prop_oneof![Just(Sec), Just(Op), Just(FF)]
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..300),
+                prop::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..12).prop_map(|kv| {
+                    let mut t = Vec::new();
+                    for (k, v) in kv {
+                        format_key(&mut t, KEYS[k], VALUES[v]);
+                    }
+                    t
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_steps_never_panic(
+                with_chap in any::<bool>(),
+                steps in prop::collection::vec((stage(), any::<bool>(), stage(), body()), 1..6),
+            ) {
+                let limits = if with_chap { chap_limits() } else { Limits::default() };
+                let mut n = Negotiator::new(limits);
+                for (csg, transit, nsg, raw) in steps {
+                    let mut out = Vec::new();
+                    if n.step(csg, transit, nsg, &raw, &exists, &mut out).is_ok() {
+                        prop_assert!(parse_text(&out).is_ok());
+                    } else {
+                        prop_assert!(out.is_empty());
+                    }
+                    let _ = n.params();
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_after_valid_start(
+                csg_op in any::<bool>(),
+                raw in body(),
+            ) {
+                let mut n = Negotiator::new(Limits::default());
+                let first = leading(&[]);
+                let csg = if csg_op { Op } else { Sec };
+                step(&mut n, csg, false, FF, &first).unwrap();
+                let mut out = Vec::new();
+                let _ = n.step(csg, true, FF, &raw, &exists, &mut out);
+            }
+        }
+    }
+}
