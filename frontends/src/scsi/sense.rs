@@ -29,7 +29,12 @@ pub struct Sense {
 
 impl Sense {
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Self {
-        Sense { key, asc, ascq, info: None }
+        Sense {
+            key,
+            asc,
+            ascq,
+            info: None,
+        }
     }
     /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE (20h/00h).
     pub const fn invalid_opcode() -> Self {
@@ -62,11 +67,38 @@ impl Sense {
     /// MISCOMPARE / MISCOMPARE DURING VERIFY OPERATION (1Dh/00h), with the
     /// byte offset of the first difference in INFORMATION.
     pub const fn miscompare(offset: u64) -> Self {
-        Sense { key: SenseKey::Miscompare, asc: 0x1D, ascq: 0x00, info: Some(offset) }
+        Sense {
+            key: SenseKey::Miscompare,
+            asc: 0x1D,
+            ascq: 0x00,
+            info: Some(offset),
+        }
     }
     /// ABORTED COMMAND / no additional sense, used when the transport fails.
     pub const fn aborted() -> Self {
         Self::new(SenseKey::AbortedCommand, 0x00, 0x00)
+    }
+    /// NO SENSE / NO ADDITIONAL SENSE INFORMATION (00h/00h), the answer of
+    /// REQUEST SENSE when nothing is pending.
+    pub const fn no_sense() -> Self {
+        Self::new(SenseKey::NoSense, 0x00, 0x00)
+    }
+    /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST (26h/00h).
+    pub const fn invalid_field_in_parameter_list() -> Self {
+        Self::new(SenseKey::IllegalRequest, 0x26, 0x00)
+    }
+    /// ILLEGAL REQUEST / PARAMETER LIST LENGTH ERROR (1Ah/00h).
+    pub const fn parameter_list_length_error() -> Self {
+        Self::new(SenseKey::IllegalRequest, 0x1A, 0x00)
+    }
+    /// ILLEGAL REQUEST / SAVING PARAMETERS NOT SUPPORTED (39h/00h), e.g.
+    /// MODE SENSE asking for saved values.
+    pub const fn saving_parameters_not_supported() -> Self {
+        Self::new(SenseKey::IllegalRequest, 0x39, 0x00)
+    }
+    /// NOT READY / MEDIUM NOT PRESENT (3Ah/00h).
+    pub const fn medium_not_present() -> Self {
+        Self::new(SenseKey::NotReady, 0x3A, 0x00)
     }
 
     /// Fixed-format sense data (response code 70h), 18 bytes.
@@ -82,5 +114,82 @@ impl Sense {
         b[12] = self.asc;
         b[13] = self.ascq;
         b
+    }
+
+    /// Descriptor-format sense data (response code 72h): an 8-byte header,
+    /// followed by an Information descriptor when INFORMATION is present.
+    pub fn descriptor(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 8];
+        b[0] = 0x72;
+        b[1] = self.key as u8;
+        b[2] = self.asc;
+        b[3] = self.ascq;
+        if let Some(info) = self.info {
+            // Information descriptor (SPC-4 4.5.2.2): type 00h, length 0Ah,
+            // VALID bit, reserved byte, 8-byte INFORMATION.
+            b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
+            b.extend_from_slice(&info.to_be_bytes());
+        }
+        b[7] = (b.len() - 8) as u8; // additional sense length
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_format_layout() {
+        let b = Sense::invalid_field_in_cdb().fixed();
+        assert_eq!(
+            b,
+            [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn fixed_format_with_information() {
+        let b = Sense::miscompare(0x1234).fixed();
+        assert_eq!(b[0], 0xF0);
+        assert_eq!(b[2], 0x0E);
+        assert_eq!(&b[3..7], &[0, 0, 0x12, 0x34]);
+        assert_eq!((b[12], b[13]), (0x1D, 0x00));
+    }
+
+    #[test]
+    fn descriptor_format_without_information() {
+        let b = Sense::saving_parameters_not_supported().descriptor();
+        assert_eq!(b, vec![0x72, 0x05, 0x39, 0x00, 0, 0, 0, 0]);
+        assert_eq!(
+            Sense::no_sense().descriptor(),
+            vec![0x72, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn descriptor_format_with_information() {
+        let b = Sense::miscompare(0x0102_0304_0506).descriptor();
+        assert_eq!(b.len(), 20);
+        assert_eq!(&b[..8], &[0x72, 0x0E, 0x1D, 0x00, 0, 0, 0, 12]);
+        assert_eq!(&b[8..12], &[0x00, 0x0A, 0x80, 0x00]);
+        assert_eq!(&b[12..], &[0, 0, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06]);
+    }
+
+    #[test]
+    fn new_constructors() {
+        let k = |s: Sense| (s.key, s.asc, s.ascq);
+        assert_eq!(
+            k(Sense::invalid_field_in_parameter_list()),
+            (SenseKey::IllegalRequest, 0x26, 0)
+        );
+        assert_eq!(
+            k(Sense::parameter_list_length_error()),
+            (SenseKey::IllegalRequest, 0x1A, 0)
+        );
+        assert_eq!(
+            k(Sense::medium_not_present()),
+            (SenseKey::NotReady, 0x3A, 0)
+        );
     }
 }
