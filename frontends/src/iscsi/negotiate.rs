@@ -271,6 +271,8 @@ pub struct Negotiator {
     /// Credentials the target answers with when the initiator asks for
     /// mutual CHAP; `None` = mutual CHAP refused.
     mutual_chap: Option<ChapSecret>,
+    /// Discovery sessions must authenticate too when CHAP is configured.
+    discovery_auth: bool,
     /// Stage of the last request; `None` before the first.
     stage: Option<Stage>,
     /// Stage the target agreed to move to in its last response.
@@ -295,6 +297,7 @@ impl Negotiator {
             limits,
             params: SessionParams::default(),
             mutual_chap: None,
+            discovery_auth: true,
             stage: None,
             next_stage: None,
             seen: HashSet::new(),
@@ -312,6 +315,14 @@ impl Negotiator {
     /// from the one the initiator uses.
     pub fn with_mutual_chap(mut self, credentials: ChapSecret) -> Self {
         self.mutual_chap = Some(credentials);
+        self
+    }
+
+    /// Whether discovery sessions must pass CHAP too when a secret is
+    /// configured (the default). With `false`, discovery sessions log in
+    /// with AuthMethod=None while normal sessions still need CHAP.
+    pub fn with_discovery_auth(mut self, required: bool) -> Self {
+        self.discovery_auth = required;
         self
     }
 
@@ -400,9 +411,14 @@ impl Negotiator {
 
         let pairs = parse_text(text).map_err(|_| InitiatorError)?;
 
-        // No key may be sent twice during the login.
-        for (i, (key, _)) in pairs.iter().enumerate() {
-            if self.seen.contains(*key) || pairs[..i].iter().any(|(k, _)| k == key) {
+        // No key may be sent twice during the login, except for
+        // declarations repeated without change of meaning.
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            let earlier = self.seen.contains(*key);
+            if pairs[..i].iter().any(|(k, _)| k == key)
+                || (earlier && !self.may_redeclare(key, value))
+                || (!first && !earlier && LEADING_KEYS.contains(key))
+            {
                 return Err(InitiatorError);
             }
         }
@@ -410,8 +426,8 @@ impl Negotiator {
             self.seen.insert((*key).to_owned());
         }
 
-        let find = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
         if first {
+            let find = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
             let initiator = find("InitiatorName")
                 .filter(|v| !v.is_empty())
                 .ok_or(MissingParameter)?;
@@ -433,19 +449,19 @@ impl Negotiator {
             self.params.session_type = session_type;
             if csg == Stage::Operational {
                 // The initiator skipped the security stage.
-                if self.limits.chap.is_some() {
+                if self.auth_required() {
                     return Err(AuthFailed);
                 }
                 self.auth = Auth::Done;
             }
-        } else if LEADING_KEYS.iter().any(|k| find(k).is_some()) {
-            return Err(InitiatorError);
         }
 
         // The burst limit FirstBurstLength is checked against: this
         // request's MaxBurstLength result if it has one, else the current.
-        let burst_cap = find("MaxBurstLength")
-            .and_then(|v| parse_number_in(v, 512, MAX_DSL))
+        let burst_cap = pairs
+            .iter()
+            .find(|(k, _)| *k == "MaxBurstLength")
+            .and_then(|(_, v)| parse_number_in(v, 512, MAX_DSL))
             .map_or(self.params.max_burst_length, |n| self.burst_result(n));
 
         let mut chap = ChapKeys::default();
@@ -480,7 +496,7 @@ impl Negotiator {
                     Auth::ChapWaitAlgorithm | Auth::ChapWaitResponse { .. } => false,
                     Auth::Rejected => return Err(AuthFailed),
                     Auth::Pending => {
-                        if self.limits.chap.is_some() {
+                        if self.auth_required() {
                             return Err(AuthFailed);
                         }
                         self.auth = Auth::Done;
@@ -496,6 +512,32 @@ impl Negotiator {
             }
         }
         Ok(StepResult { transit: agree })
+    }
+
+    /// Whether a key sent earlier in the login may appear again: repeated
+    /// declarations that do not change anything, and the initiator's
+    /// MaxRecvDataSegmentLength (which simply takes the new value).
+    fn may_redeclare(&self, key: &str, value: &str) -> bool {
+        let p = &self.params;
+        match key {
+            "MaxRecvDataSegmentLength" | "InitiatorAlias" => true,
+            "InitiatorName" => value == p.initiator_name,
+            "TargetName" => p.session_type == SessionType::Discovery || value == p.target_name,
+            "SessionType" => {
+                value
+                    == match p.session_type {
+                        SessionType::Normal => "Normal",
+                        SessionType::Discovery => "Discovery",
+                    }
+            }
+            _ => false,
+        }
+    }
+
+    /// CHAP must succeed before the login may leave the security stage.
+    fn auth_required(&self) -> bool {
+        self.limits.chap.is_some()
+            && (self.discovery_auth || self.params.session_type == SessionType::Normal)
     }
 
     /// Final consistency once the full feature phase is agreed.
@@ -559,7 +601,7 @@ impl Negotiator {
             self.auth = Auth::Rejected;
             return Ok(());
         };
-        if self.limits.chap.is_some() {
+        if self.auth_required() {
             if !offered.contains(&"CHAP") {
                 return Err(LoginFailure::AuthFailed);
             }
@@ -1338,13 +1380,24 @@ mod tests {
         );
         assert_eq!(r, Ok((true, owned(&[("TargetPortalGroupTag", "1")]))));
         assert_eq!(n.params().session_type, SessionType::Normal);
-        // Leading keys after the first request.
-        for key in ["InitiatorName", "TargetName", "SessionType"] {
+        // Leading keys repeated later: fine unchanged, fatal when changed.
+        for (key, same, changed) in [
+            ("InitiatorName", INI, "iqn.x:other"),
+            ("TargetName", TGT, "iqn.x:other"),
+            ("SessionType", "Normal", "Discovery"),
+        ] {
             let mut n = Negotiator::new(Limits::default());
             step(&mut n, Sec, false, Op, &leading(&[])).unwrap();
-            let again = [(key, "Normal")];
-            assert_eq!(step(&mut n, Sec, true, Op, &again), Err(InitiatorError));
+            assert_eq!(
+                step(&mut n, Sec, false, Op, &[(key, same)]),
+                Ok((false, vec![]))
+            );
+            assert_eq!(
+                step(&mut n, Sec, true, Op, &[(key, changed)]),
+                Err(InitiatorError)
+            );
         }
+        // Leading keys first sent after the first request.
         let mut n = Negotiator::new(Limits::default());
         step(
             &mut n,
@@ -1693,6 +1746,48 @@ mod tests {
                 "{extra:?}"
             );
         }
+    }
+
+    #[test]
+    fn max_recv_data_segment_length_may_be_redeclared() {
+        let mut n = Negotiator::new(Limits::default());
+        let first = leading(&[("MaxRecvDataSegmentLength", "8192")]);
+        step(&mut n, Op, false, FF, &first).unwrap();
+        let r = step(
+            &mut n,
+            Op,
+            true,
+            FF,
+            &[("MaxRecvDataSegmentLength", "65536")],
+        );
+        assert_eq!(r, Ok((true, vec![])));
+        assert_eq!(n.params().initiator_max_recv_dsl, 65536);
+    }
+
+    #[test]
+    fn discovery_without_auth() {
+        let discovery = [
+            ("InitiatorName", INI),
+            ("SessionType", "Discovery"),
+            ("AuthMethod", "None"),
+        ];
+        // By default a configured secret applies to discovery too.
+        let mut n = chap_negotiator();
+        assert_eq!(step(&mut n, Sec, true, Op, &discovery), Err(AuthFailed));
+        let mut n = chap_negotiator().with_discovery_auth(false);
+        assert_eq!(
+            step(&mut n, Sec, true, Op, &discovery),
+            Ok((
+                true,
+                owned(&[("AuthMethod", "None"), ("TargetPortalGroupTag", "1")])
+            ))
+        );
+        // Normal sessions still need CHAP.
+        let mut n = chap_negotiator().with_discovery_auth(false);
+        let normal = leading(&[("AuthMethod", "None")]);
+        assert_eq!(step(&mut n, Sec, true, Op, &normal), Err(AuthFailed));
+        let mut n = chap_negotiator().with_discovery_auth(false);
+        assert_eq!(step(&mut n, Op, true, FF, &leading(&[])), Err(AuthFailed));
     }
 
     #[test]
