@@ -61,6 +61,9 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::WRITE_10 => write(lu, cdb::rw10(&cdb)),
         op::WRITE_12 => write(lu, cdb::rw12(&cdb)),
         op::WRITE_16 => write(lu, cdb::rw16(&cdb)),
+        op::WRITE_AND_VERIFY_10 => write_and_verify(lu, cdb::rw10(&cdb)),
+        op::WRITE_AND_VERIFY_12 => write_and_verify(lu, cdb::rw12(&cdb)),
+        op::WRITE_AND_VERIFY_16 => write_and_verify(lu, cdb::rw16(&cdb)),
         op::VERIFY_10 => verify(lu, cdb::verify10(&cdb)),
         op::VERIFY_12 => verify(lu, cdb::verify12(&cdb)),
         op::VERIFY_16 => verify(lu, cdb::verify16(&cdb)),
@@ -126,6 +129,22 @@ fn write(lu: &LuInfo, f: RwFields) -> CmdResult {
         blocks: f.blocks,
         fua: f.fua,
     })
+}
+
+/// WRITE AND VERIFY(10/12/16): a WRITE forced to stable storage. Once the
+/// backend has durably written the Data-Out, reading it back can only
+/// return the same bytes, so the verification (with or without BYTCHK) is
+/// the FUA write itself. The FUA bit position holds BYTCHK's neighbour and
+/// is reserved here, so `f.fua` is ignored.
+fn write_and_verify(lu: &LuInfo, f: RwFields) -> CmdResult {
+    match write(lu, f)? {
+        Outcome::Write { lba, blocks, .. } => Ok(Outcome::Write {
+            lba,
+            blocks,
+            fua: true,
+        }),
+        other => Ok(other),
+    }
 }
 
 /// VERIFY(10/12/16). BYTCHK 00b: medium verification only
@@ -665,6 +684,38 @@ mod tests {
         assert_eq!(
             exec_on(&cdb10(0x28, 995, 9), Some(&l)).0,
             check(Sense::lba_out_of_range())
+        );
+    }
+
+    // ---- WRITE AND VERIFY ----
+
+    #[test]
+    fn write_and_verify_is_a_fua_write() {
+        let wr = |lba, blocks| Outcome::Write {
+            lba,
+            blocks,
+            fua: true,
+        };
+        assert_eq!(exec(&cdb10(0x2E, 4, 2)).0, wr(4, 2));
+        let mut c = cdb12(0xAE, 4, 2);
+        c[1] = 0x12; // DPO, BYTCHK
+        assert_eq!(exec(&c).0, wr(4, 2));
+        assert_eq!(exec(&cdb16(0x8E, 999, 1)).0, wr(999, 1));
+        assert_eq!(exec(&cdb10(0x2E, 0, 0)).0, Outcome::Good);
+        assert_eq!(
+            exec(&cdb16(0x8E, 1000, 1)).0,
+            check(Sense::lba_out_of_range())
+        );
+        let mut c = cdb10(0x2E, 0, 1);
+        c[1] = 0x08; // reserved in WRITE AND VERIFY
+        assert_eq!(exec(&c).0, invalid_field());
+        c[1] = 0x20;
+        assert_eq!(exec(&c).0, invalid_field());
+        let mut l = lu();
+        l.read_only = true;
+        assert_eq!(
+            exec_on(&cdb10(0x2E, 0, 1), Some(&l)).0,
+            check(Sense::write_protected())
         );
     }
 

@@ -134,8 +134,9 @@ const QUICK_TIMEOUT: u32 = 5;
 const C: u8 = 0x04;
 
 /// Every command this layer implements, in opcode order. READ and WRITE
-/// report DPO, FUA and the obsolete FUA_NV; RDPROTECT / WRPROTECT /
-/// VRPROTECT are evaluated (nonzero is rejected: no protection information).
+/// report DPO, FUA and the obsolete FUA_NV; WRITE AND VERIFY reports DPO and
+/// BYTCHK; RDPROTECT / WRPROTECT / VRPROTECT are evaluated (nonzero is
+/// rejected: no protection information).
 pub static SUPPORTED: &[CommandInfo] = &[
     cmd(
         TEST_UNIT_READY,
@@ -222,6 +223,13 @@ pub static SUPPORTED: &[CommandInfo] = &[
         MEDIUM_TIMEOUT,
     ),
     cmd(
+        WRITE_AND_VERIFY_10,
+        None,
+        "WRITE AND VERIFY(10)",
+        &[0x2E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
         VERIFY_10,
         None,
         "VERIFY(10)",
@@ -258,6 +266,16 @@ pub static SUPPORTED: &[CommandInfo] = &[
         "WRITE(16)",
         &[
             0x8A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, C,
+        ],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        WRITE_AND_VERIFY_16,
+        None,
+        "WRITE AND VERIFY(16)",
+        &[
+            0x8E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x1F, C,
         ],
         MEDIUM_TIMEOUT,
@@ -325,6 +343,15 @@ pub static SUPPORTED: &[CommandInfo] = &[
         "WRITE(12)",
         &[
             0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C,
+        ],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        WRITE_AND_VERIFY_12,
+        None,
+        "WRITE AND VERIFY(12)",
+        &[
+            0xAE, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C,
         ],
         MEDIUM_TIMEOUT,
     ),
