@@ -23,8 +23,9 @@
 //!   accepted. Symlinks are followed only while they stay inside the root;
 //!   one that leads out is ERROR 2. A missing relative path is ERROR 1.
 //! * Options are acknowledged (OACK) only when the client asked for them
-//!   and they were accepted: `blksize` 8..65464, lowered to fit the
-//!   interface MTU when an interface is configured; `tsize` (the real
+//!   and they were accepted: `blksize` 8..65464, lowered to fit the MTU
+//!   of the route to the client (IP_MTU of the transfer socket) and of the
+//!   configured interface, so blocks are never IP-fragmented; `tsize` (the real
 //!   size); `timeout` 1..255 s; `windowsize` 1..65535, lowered to
 //!   [`MAX_WINDOW`]. Unknown or malformed option values are ignored.
 //! * Block numbers roll over from 65535 to 0.
@@ -318,6 +319,23 @@ pub fn max_blksize_for(interface: Option<&str>) -> u16 {
     }
 }
 
+/// Largest block size that fits the MTU of the route of a connected
+/// socket (IP_MTU); works in whatever network namespace the socket lives.
+fn path_max_blksize(sock: &socket2::Socket) -> u16 {
+    use std::os::fd::AsRawFd;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mtu`.
+    let rc = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut _ as *mut libc::c_void, &mut len)
+    };
+    if rc == 0 && mtu as u32 > HEADERS + 8 {
+        (mtu as u32 - HEADERS).min(MAX_BLKSIZE as u32) as u16
+    } else {
+        MAX_BLKSIZE
+    }
+}
+
 /// One file being sent.
 struct Transfer {
     sock: mio::net::UdpSocket,
@@ -552,9 +570,10 @@ impl Server {
     fn start(&mut self, req: Request, path: PathBuf, peer: SocketAddr, now: Instant) -> io::Result<()> {
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
-        let neg = negotiate(&req.options, size, self.max_blksize);
         let sock = udp_socket(self.ephemeral(), self.cfg.interface.as_deref())?;
         sock.connect(&peer.into())?;
+        let max = self.max_blksize.min(path_max_blksize(&sock));
+        let neg = negotiate(&req.options, size, max);
         let mut sock = mio::net::UdpSocket::from_std(sock.into());
         let token = self.next_token;
         self.next_token += 1;
