@@ -179,6 +179,11 @@ const OUR_TIME2RETAIN: u32 = 20;
 const OUR_TIME2WAIT: u32 = 0;
 /// Largest CHAP challenge accepted from the initiator (mutual CHAP).
 const MAX_CHAP_CHALLENGE: usize = 1024;
+/// Login Requests one login may take. Real initiators need fewer than ten.
+const MAX_LOGIN_STEPS: u32 = 64;
+/// Text bytes one login may send in total (the RFC asks targets to accept
+/// at least 8192 per negotiation sequence).
+const MAX_LOGIN_TEXT: usize = 64 * 1024;
 
 /// Keys the RFC marks "Irrelevant when: SessionType=Discovery".
 const IRRELEVANT_IN_DISCOVERY: &[&str] = &[
@@ -279,6 +284,9 @@ pub struct Negotiator {
     next_stage: Option<Stage>,
     /// Every key received during this login.
     seen: HashSet<String>,
+    /// Login Requests and text bytes received so far.
+    steps: u32,
+    text_bytes: usize,
     auth: Auth,
     /// MaxRecvDataSegmentLength has been declared to the initiator.
     mrdsl_declared: bool,
@@ -301,6 +309,8 @@ impl Negotiator {
             stage: None,
             next_stage: None,
             seen: HashSet::new(),
+            steps: 0,
+            text_bytes: 0,
             auth: Auth::Pending,
             mrdsl_declared: false,
             complete: false,
@@ -408,6 +418,13 @@ impl Negotiator {
         }
         self.stage = Some(csg);
         self.next_stage = None;
+
+        // Bound the work one login can cause.
+        self.steps += 1;
+        self.text_bytes = self.text_bytes.saturating_add(text.len());
+        if self.steps > MAX_LOGIN_STEPS || self.text_bytes > MAX_LOGIN_TEXT {
+            return Err(InitiatorError);
+        }
 
         let pairs = parse_text(text).map_err(|_| InitiatorError)?;
 
@@ -1788,6 +1805,112 @@ mod tests {
         assert_eq!(step(&mut n, Sec, true, Op, &normal), Err(AuthFailed));
         let mut n = chap_negotiator().with_discovery_auth(false);
         assert_eq!(step(&mut n, Op, true, FF, &leading(&[])), Err(AuthFailed));
+    }
+
+    /// libiscsi: mutual CHAP with upper-case hex, then an operational stage
+    /// that repeats InitiatorName, TargetName and SessionType.
+    #[test]
+    fn libiscsi_style_login() {
+        let mut n = chap_negotiator().with_mutual_chap(ChapSecret {
+            user: "target-user".to_owned(),
+            secret: b"targetsecret12".to_vec(),
+        });
+        let first = leading(&[("InitiatorAlias", "libiscsi"), ("AuthMethod", "CHAP,None")]);
+        assert!(matches!(
+            step(&mut n, Sec, true, Op, &first),
+            Ok((false, _))
+        ));
+        assert!(matches!(
+            step(&mut n, Sec, false, Op, &[("CHAP_A", "5")]),
+            Ok((false, _))
+        ));
+        let their_challenge: Vec<u8> = (100..132).collect();
+        let challenge_hex = encode_hex(&their_challenge)
+            .to_uppercase()
+            .replacen("0X", "0x", 1);
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "ipxe-user"),
+                ("CHAP_R", "0xDCFF8B6A836896FA609EC24C742B0517"),
+                ("CHAP_I", "1"),
+                ("CHAP_C", &challenge_hex),
+            ],
+        );
+        let expected = ChapAlgorithm::Md5.response(1, b"targetsecret12", &their_challenge);
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[
+                    ("CHAP_N", "target-user"),
+                    ("CHAP_R", &encode_hex(&expected))
+                ])
+            ))
+        );
+        let ops = leading(&[
+            ("InitiatorAlias", "libiscsi"),
+            ("HeaderDigest", "None,CRC32C"),
+            ("DataDigest", "None"),
+            ("InitialR2T", "Yes"),
+            ("ImmediateData", "Yes"),
+            ("MaxBurstLength", "262144"),
+            ("FirstBurstLength", "262144"),
+            ("DefaultTime2Wait", "2"),
+            ("DefaultTime2Retain", "0"),
+            ("MaxOutstandingR2T", "1"),
+            ("ErrorRecoveryLevel", "0"),
+            ("IFMarker", "No"),
+            ("OFMarker", "No"),
+            ("MaxConnections", "1"),
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("DataPDUInOrder", "Yes"),
+            ("DataSequenceInOrder", "Yes"),
+        ]);
+        let (transit, resp) = step(&mut n, Op, true, FF, &ops).unwrap();
+        assert!(transit && n.is_complete());
+        assert_eq!(resp[0], ("HeaderDigest".to_owned(), "None".to_owned()));
+        assert!(resp.contains(&("FirstBurstLength".to_owned(), "262144".to_owned())));
+        assert!(resp
+            .iter()
+            .all(|(k, _)| k != "InitiatorName" && k != "TargetName"));
+        assert_eq!(n.params().first_burst_length, 262144);
+    }
+
+    #[test]
+    fn login_size_is_bounded() {
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Op, false, FF, &leading(&[])).unwrap();
+        let mut failed = false;
+        for _ in 0..100 {
+            match step(&mut n, Op, false, FF, &[]) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e, InitiatorError);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "endless login accepted");
+        // Many distinct private keys adding up to more than 64 KiB.
+        let mut n = Negotiator::new(Limits::default());
+        step(&mut n, Op, false, FF, &leading(&[])).unwrap();
+        let value = "v".repeat(200);
+        let mut result = Ok((false, vec![]));
+        for i in 0..40 {
+            let keys: Vec<String> = (0..10).map(|j| format!("X-k{i}-{j}")).collect();
+            let pairs: Vec<(&str, &str)> =
+                keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+            result = step(&mut n, Op, false, FF, &pairs);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(InitiatorError));
     }
 
     #[test]
