@@ -1,1 +1,28 @@
-//! The bootlun engine (being written).
+//! The bootlun engine: thread-per-core reactors over io_uring.
+//!
+//! * [`reactor`]: one thread per core, pinned, each with its own io_uring,
+//!   its own registered buffer pool and a poll loop (busy, adaptive or
+//!   interrupt driven). Connections are spread across reactors by the
+//!   acceptor and never move. Completions are caller-owned: every SQE
+//!   carries (connection slot, tag) and the completion goes straight back
+//!   to the connection that submitted it.
+//! * [`bufpool`]: fixed-size I/O buffers allocated once at start-up and
+//!   registered with the ring, so disk I/O uses `READ_FIXED`/`WRITE_FIXED`
+//!   and no I/O allocates.
+//! * [`backend`]: block backends (file or block device, `ram:`, `null:`)
+//!   behind one trait that turns a request into an SQE.
+//! * [`config`]: CLI-facing value parsing (core lists, sizes, poll modes).
+//! * [`stats`]: counters shared with the outside world (log lines, status
+//!   page).
+
+pub mod backend;
+pub mod bufpool;
+pub mod config;
+pub mod reactor;
+pub mod stats;
+
+pub use backend::{open_backend, BlockBackend, LunSpec, Prep};
+pub use bufpool::{BufId, BufPool};
+pub use config::{parse_core_list, parse_size, PollMode};
+pub use reactor::{Engine, EngineConfig, Io, Connection, Service};
+pub use stats::{ReactorStats, Stats};

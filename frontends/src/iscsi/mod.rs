@@ -9,6 +9,10 @@
 //!   phase, command table, R2T, Data-In, task management) running on an
 //!   engine reactor.
 
+pub mod conn;
 pub mod discovery;
 pub mod negotiate;
+pub mod target;
 pub mod wire;
+
+pub use target::{IscsiService, Lun, TargetShared};

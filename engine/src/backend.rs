@@ -1,0 +1,372 @@
+//! Block backends behind one trait.
+//!
+//! A backend does not perform I/O itself: it turns a request into an
+//! io_uring SQE for the reactor to submit ([`Prep::Submit`]), or completes
+//! it on the spot ([`Prep::Done`]) when there is nothing to wait for
+//! (`null:`). This keeps every byte of data on the reactor's ring and in
+//! its registered buffers.
+//!
+//! * A path: a regular file or a block device, opened with O_DIRECT when the
+//!   file system or device accepts it.
+//! * `ram:SIZE`: anonymous memory (a memfd), so it shares the file path.
+//! * `null:SIZE`: reads zeros, discards writes.
+
+use io_uring::{opcode, squeue, types};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::parse_size;
+
+/// How a request will complete.
+pub enum Prep {
+    /// Submit this entry; its result is the request's result.
+    Submit(squeue::Entry),
+    /// Already done with this result (bytes, or a negative errno).
+    Done(i32),
+}
+
+/// A buffer handed to a backend: `len` bytes at `ptr`, registered with the
+/// ring at `index` when `Some`.
+#[derive(Clone, Copy, Debug)]
+pub struct IoBuf {
+    pub ptr: *mut u8,
+    pub len: u32,
+    pub index: Option<u16>,
+}
+
+pub trait BlockBackend: Send + Sync {
+    /// What the operator gave (`/dev/sda`, `ram:1G`, ...), for messages.
+    fn describe(&self) -> &str;
+    /// Stable identity of the backing store, hashed into SCSI designators.
+    fn identity(&self) -> &str;
+    fn size_bytes(&self) -> u64;
+    fn block_size(&self) -> u32;
+    fn read_only(&self) -> bool;
+    fn rotational(&self) -> bool;
+    fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep;
+    fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep;
+    fn prep_flush(&self) -> Prep;
+    /// Flush from a normal thread (shutdown).
+    fn flush_blocking(&self) -> io::Result<()>;
+}
+
+/// A parsed `--lun` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunSpec {
+    pub kind: LunKind,
+    pub read_only: bool,
+    /// The text as given.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LunKind {
+    Path(PathBuf),
+    Ram(u64),
+    Null(u64),
+}
+
+impl LunSpec {
+    pub fn parse(s: &str) -> Result<LunSpec, String> {
+        let (body, read_only) = match s.strip_suffix(",ro") {
+            Some(b) => (b, true),
+            None => (s, false),
+        };
+        if body.is_empty() {
+            return Err("--lun: empty value; give a path, ram:SIZE or null:SIZE".into());
+        }
+        if let Some((opt_body, opt)) = body.rsplit_once(',') {
+            if !opt_body.is_empty() && !opt.contains('/') {
+                return Err(format!("--lun {s}: unknown option ',{opt}' (only ',ro' is known)"));
+            }
+        }
+        let sized = |rest: &str, what: &str| -> Result<u64, String> {
+            let n = parse_size(rest).map_err(|e| format!("--lun {s}: {e}"))?;
+            if n < 512 || n % 512 != 0 {
+                return Err(format!("--lun {s}: {what} size must be a positive multiple of 512 bytes"));
+            }
+            Ok(n)
+        };
+        let kind = if let Some(rest) = body.strip_prefix("ram:") {
+            LunKind::Ram(sized(rest, "ram")?)
+        } else if let Some(rest) = body.strip_prefix("null:") {
+            LunKind::Null(sized(rest, "null")?)
+        } else if body.contains(':') && !body.starts_with('/') && !body.starts_with('.') {
+            let scheme = body.split(':').next().unwrap_or("");
+            return Err(format!("--lun {s}: unknown backend '{scheme}:' (use a path, ram:SIZE or null:SIZE)"));
+        } else {
+            LunKind::Path(PathBuf::from(body))
+        };
+        Ok(LunSpec { kind, read_only, text: s.to_string() })
+    }
+}
+
+/// Open the backend a spec names. Errors are one line for the operator.
+pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend>, String> {
+    match &spec.kind {
+        LunKind::Null(size) => Ok(Arc::new(NullBackend {
+            describe: spec.text.clone(),
+            identity: format!("null:{index}"),
+            size: *size,
+            read_only: spec.read_only,
+        })),
+        LunKind::Ram(size) => {
+            let name = CString::new("bootlun-ram").unwrap();
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!("--lun {}: cannot allocate memory: {}", spec.text, io::Error::last_os_error()));
+            }
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_len(*size).map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
+            Ok(Arc::new(FileBackend {
+                describe: spec.text.clone(),
+                identity: format!("ram:{index}"),
+                file,
+                size: *size,
+                block_size: 512,
+                read_only: spec.read_only,
+                rotational: false,
+                direct: false,
+            }))
+        }
+        LunKind::Path(p) => open_path(spec, p),
+    }
+}
+
+fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, String> {
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("--lun {}: no such file or block device", p.display()),
+        _ => format!("--lun {}: {e}", p.display()),
+    })?;
+    let is_block = meta.file_type().is_block_device();
+    if !is_block && !meta.is_file() {
+        return Err(format!("--lun {}: not a regular file or block device", p.display()));
+    }
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true).write(!spec.read_only);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(p)
+    };
+    let (file, direct) = match open(true) {
+        Ok(f) if probe_direct(&f) => (f, true),
+        _ => (
+            open(false).map_err(|e| format!("--lun {}: cannot open: {e}", p.display()))?,
+            false,
+        ),
+    };
+    let (size, block_size, rotational) = if is_block {
+        let mut size: u64 = 0;
+        let mut bs: libc::c_int = 512;
+        // BLKGETSIZE64 and BLKSSZGET
+        unsafe {
+            libc::ioctl(file.as_raw_fd(), 0x80081272, &mut size);
+            libc::ioctl(file.as_raw_fd(), 0x1268, &mut bs);
+        }
+        let rot = sysfs_rotational(&meta).unwrap_or(false);
+        (size, bs.max(512) as u32, rot)
+    } else {
+        (meta.len(), 512, false)
+    };
+    let size = size - size % block_size as u64;
+    if size == 0 {
+        return Err(format!("--lun {}: size is zero (a file LUN needs a size; create it with truncate -s 1G FILE)", p.display()));
+    }
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    Ok(Arc::new(FileBackend {
+        describe: spec.text.clone(),
+        identity: canon.display().to_string(),
+        file,
+        size,
+        block_size,
+        read_only: spec.read_only,
+        rotational,
+        direct,
+    }))
+}
+
+/// O_DIRECT opens succeed on some file systems that then fail every read
+/// (or the opposite): try one aligned read.
+fn probe_direct(f: &File) -> bool {
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    unsafe {
+        let p = std::alloc::alloc(layout);
+        if p.is_null() {
+            return false;
+        }
+        let r = libc::pread(f.as_raw_fd(), p as *mut _, 4096, 0);
+        std::alloc::dealloc(p, layout);
+        r >= 0
+    }
+}
+
+fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let dev = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}")).ok()?;
+    let name = dev.file_name()?.to_string_lossy().to_string();
+    let mut path = format!("/sys/block/{name}/queue/rotational");
+    if !std::path::Path::new(&path).exists() {
+        // A partition: the queue belongs to the parent disk.
+        let parent = dev.parent()?.file_name()?.to_string_lossy().to_string();
+        path = format!("/sys/block/{parent}/queue/rotational");
+    }
+    Some(std::fs::read_to_string(path).ok()?.trim() == "1")
+}
+
+struct FileBackend {
+    describe: String,
+    identity: String,
+    file: File,
+    size: u64,
+    block_size: u32,
+    read_only: bool,
+    rotational: bool,
+    direct: bool,
+}
+
+impl BlockBackend for FileBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn rotational(&self) -> bool {
+        self.rotational
+    }
+    fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep {
+        let fd = types::Fd(self.file.as_raw_fd());
+        Prep::Submit(match buf.index {
+            Some(i) => opcode::ReadFixed::new(fd, buf.ptr, buf.len, i).offset(offset).build(),
+            None => opcode::Read::new(fd, buf.ptr, buf.len).offset(offset).build(),
+        })
+    }
+    fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep {
+        if self.read_only {
+            return Prep::Done(-libc::EROFS);
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        // FUA: the write is durable when it completes (RWF_DSYNC).
+        let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        Prep::Submit(match buf.index {
+            Some(i) => opcode::WriteFixed::new(fd, buf.ptr, buf.len, i)
+                .offset(offset)
+                .rw_flags(flags)
+                .build(),
+            None => opcode::Write::new(fd, buf.ptr, buf.len).offset(offset).rw_flags(flags).build(),
+        })
+    }
+    fn prep_flush(&self) -> Prep {
+        if self.read_only {
+            return Prep::Done(0);
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        Prep::Submit(opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build())
+    }
+    fn flush_blocking(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+}
+
+impl FileBackend {
+    #[allow(dead_code)]
+    fn direct(&self) -> bool {
+        self.direct
+    }
+}
+
+struct NullBackend {
+    describe: String,
+    identity: String,
+    size: u64,
+    read_only: bool,
+}
+
+impl BlockBackend for NullBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+    fn block_size(&self) -> u32 {
+        512
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn rotational(&self) -> bool {
+        false
+    }
+    fn prep_read(&self, buf: IoBuf, _offset: u64) -> Prep {
+        unsafe { std::ptr::write_bytes(buf.ptr, 0, buf.len as usize) };
+        Prep::Done(buf.len as i32)
+    }
+    fn prep_write(&self, buf: IoBuf, _offset: u64, _fua: bool) -> Prep {
+        if self.read_only {
+            return Prep::Done(-libc::EROFS);
+        }
+        Prep::Done(buf.len as i32)
+    }
+    fn prep_flush(&self) -> Prep {
+        Prep::Done(0)
+    }
+    fn flush_blocking(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_specs() {
+        assert_eq!(LunSpec::parse("ram:1G").unwrap().kind, LunKind::Ram(1 << 30));
+        let s = LunSpec::parse("null:64M,ro").unwrap();
+        assert!(s.read_only);
+        assert_eq!(s.kind, LunKind::Null(64 << 20));
+        assert_eq!(LunSpec::parse("/dev/sda").unwrap().kind, LunKind::Path("/dev/sda".into()));
+        assert!(LunSpec::parse("bogus:1").unwrap_err().contains("unknown backend"));
+        assert!(LunSpec::parse("ram:13").is_err());
+        assert!(LunSpec::parse("ram:1G,rw").is_err());
+        assert!(LunSpec::parse("").is_err());
+    }
+
+    #[test]
+    fn missing_path_is_one_clear_line() {
+        let e = open_backend(&LunSpec::parse("/dev/sdz-bootlun-none").unwrap(), 0).err().unwrap();
+        assert_eq!(e, "--lun /dev/sdz-bootlun-none: no such file or block device");
+    }
+
+    #[test]
+    fn ram_backend_has_its_size() {
+        let b = open_backend(&LunSpec::parse("ram:1M").unwrap(), 0).unwrap();
+        assert_eq!(b.size_bytes(), 1 << 20);
+        assert_eq!(b.block_size(), 512);
+    }
+}

@@ -1,0 +1,451 @@
+//! Thread-per-core reactors.
+//!
+//! Each reactor is a thread pinned to one core. It owns an io_uring, a
+//! registered [`BufPool`] and the connections the acceptor handed it; no
+//! lock is taken on the I/O path. Every SQE a connection submits carries
+//! `slot << 32 | tag` in its user data, and the completion is handed back to
+//! that connection's [`Connection::complete`] with the tag: the connection
+//! owns the meaning of its completions (TigerBeetle style), the reactor only
+//! routes them. A connection is dropped only once it says it is finished
+//! *and* none of its SQEs are still in flight, so no completion can reach a
+//! freed connection or a reused buffer.
+
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::bufpool::BufPool;
+use crate::config::PollMode;
+use crate::stats::{ReactorStats, Stats};
+
+/// Engine sizing and behaviour.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// One reactor per listed core.
+    pub cores: Vec<usize>,
+    pub poll: PollMode,
+    /// Adaptive mode: how long to spin after the last completion.
+    pub spin: Duration,
+    /// Buffers per reactor.
+    pub buffers: usize,
+    /// Bytes per buffer.
+    pub buffer_size: usize,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cores: vec![0],
+            poll: PollMode::Adaptive,
+            spin: Duration::from_micros(50),
+            buffers: 128,
+            buffer_size: 1 << 20,
+            ring_entries: 1024,
+        }
+    }
+}
+
+/// A connection living on one reactor.
+pub trait Connection: 'static {
+    /// Called once on the reactor, before any completion.
+    fn start(&mut self, io: &mut Io<'_>);
+    /// A completion for an SQE this connection pushed with `tag`.
+    fn complete(&mut self, io: &mut Io<'_>, tag: u32, res: i32);
+    /// True once the connection is closed and wants to be dropped. The
+    /// reactor waits for its in-flight SQEs before dropping it.
+    fn finished(&self) -> bool;
+    /// The engine is stopping: close as soon as possible.
+    fn shutdown(&mut self, io: &mut Io<'_>) {
+        let _ = io;
+    }
+}
+
+/// Makes connections for accepted sockets.
+pub trait Service: Send + Sync + 'static {
+    type Conn: Connection;
+    fn connect(&self, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Self::Conn;
+}
+
+/// What a connection may use while handling a completion: the reactor's
+/// ring (to push SQEs), its buffer pool and its counters.
+pub struct Io<'a> {
+    ring: &'a mut IoUring,
+    pub pool: &'a mut BufPool,
+    pub stats: &'a ReactorStats,
+    pub reactor: usize,
+    slot: u32,
+    inflight: &'a mut u32,
+}
+
+impl Io<'_> {
+    /// Queue an SQE; its completion comes back with `tag`.
+    ///
+    /// # Safety
+    /// Every buffer the entry points to must stay valid until the
+    /// completion arrives. Connections are boxed and never move, and pool
+    /// buffers live as long as the reactor.
+    pub unsafe fn push(&mut self, entry: squeue::Entry, tag: u32) {
+        let e = entry.user_data(((self.slot as u64) << 32) | tag as u64);
+        loop {
+            if self.ring.submission().push(&e).is_ok() {
+                break;
+            }
+            // Queue full: hand what we have to the kernel and retry.
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!("io_uring submit failed: {err}");
+            }
+        }
+        *self.inflight += 1;
+    }
+}
+
+const WAKE: u64 = u64::MAX;
+
+/// Running reactors and the acceptor.
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+    wakers: Vec<RawFd>,
+    reactors: Vec<JoinHandle<()>>,
+    pub stats: Stats,
+    pub local_addr: SocketAddr,
+}
+
+impl Engine {
+    /// Start one reactor per core and an acceptor on `listener`.
+    pub fn start<S: Service>(cfg: EngineConfig, listener: TcpListener, service: Arc<S>) -> std::io::Result<Engine> {
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Stats::new(cfg.cores.len());
+        let mut senders: Vec<Sender<(TcpStream, SocketAddr)>> = Vec::new();
+        let mut wakers = Vec::new();
+        let mut reactors = Vec::new();
+        let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
+        for (id, &core) in cfg.cores.iter().enumerate() {
+            let (tx, rx) = unbounded();
+            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            senders.push(tx);
+            wakers.push(efd);
+            let (svc, stop, stats, cfg, ready) =
+                (service.clone(), stop.clone(), stats.clone(), cfg.clone(), ready_tx.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("reactor-{id}"))
+                .spawn(move || {
+                    let r = Reactor::new(id, core, &cfg, efd, rx, stats, stop);
+                    match r {
+                        Ok(mut r) => {
+                            let _ = ready.send(Ok(()));
+                            r.run(&*svc);
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                })?;
+            reactors.push(h);
+        }
+        for _ in 0..cfg.cores.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => return Err(std::io::Error::other("reactor died during start-up")),
+            }
+        }
+        let acc_stats = stats.clone();
+        let acc_wakers = wakers.clone();
+        let acc_stop = stop.clone();
+        std::thread::Builder::new().name("acceptor".into()).spawn(move || {
+            accept_loop(listener, senders, acc_wakers, acc_stats, acc_stop)
+        })?;
+        Ok(Engine { stop, wakers, reactors, stats, local_addr })
+    }
+
+    /// Ask every reactor to close its connections and stop, then wait.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for &w in &self.wakers {
+            wake(w);
+        }
+        for h in self.reactors {
+            let _ = h.join();
+        }
+        // Unblock the acceptor so it sees the stop flag.
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
+    }
+}
+
+fn wake(efd: RawFd) {
+    let one: u64 = 1;
+    unsafe {
+        libc::write(efd, &one as *const u64 as *const _, 8);
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    senders: Vec<Sender<(TcpStream, SocketAddr)>>,
+    wakers: Vec<RawFd>,
+    stats: Stats,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!("accept failed: {e}");
+                // EMFILE and friends: back off briefly instead of spinning.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
+        // The reactor with the fewest open connections takes it.
+        let n = (0..senders.len())
+            .min_by_key(|&i| stats.reactors[i].connections_open.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        stats.reactors[n].connections_open.fetch_add(1, Ordering::Relaxed);
+        stats.reactors[n].connections_total.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("accepted connection from {peer} on reactor {n}");
+        if senders[n].send((stream, peer)).is_err() {
+            return;
+        }
+        wake(wakers[n]);
+    }
+}
+
+fn set_keepalive(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let on: libc::c_int = 1;
+    let idle: libc::c_int = 30;
+    let intvl: libc::c_int = 10;
+    let cnt: libc::c_int = 6;
+    unsafe {
+        let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &on as *const _ as *const _, sz);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle as *const _ as *const _, sz);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &intvl as *const _ as *const _, sz);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &cnt as *const _ as *const _, sz);
+    }
+}
+
+struct Slot<C> {
+    conn: Option<Box<C>>,
+    inflight: u32,
+}
+
+struct Reactor {
+    id: usize,
+    ring: IoUring,
+    pool: BufPool,
+    wake_fd: RawFd,
+    wake_buf: Box<u64>,
+    incoming: Receiver<(TcpStream, SocketAddr)>,
+    stats: Stats,
+    stop: Arc<AtomicBool>,
+    poll: PollMode,
+    spin: Duration,
+}
+
+impl Reactor {
+    fn new(
+        id: usize,
+        core: usize,
+        cfg: &EngineConfig,
+        wake_fd: RawFd,
+        incoming: Receiver<(TcpStream, SocketAddr)>,
+        stats: Stats,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Reactor, String> {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!("reactor {id}: could not pin to core {core}");
+        }
+        stats.reactors[id].core.store(core as u64, Ordering::Relaxed);
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(cfg.ring_entries)
+            .or_else(|_| IoUring::new(cfg.ring_entries))
+            .map_err(|e| format!("io_uring setup failed: {e} (is io_uring disabled? see sysctl kernel.io_uring_disabled)"))?;
+        let mut pool = BufPool::new(cfg.buffers, cfg.buffer_size)
+            .map_err(|e| format!("cannot map {} buffers of {} bytes: {e}", cfg.buffers, cfg.buffer_size))?;
+        let iovecs = pool.iovecs();
+        // SAFETY: the pool outlives the ring's use of it (both owned here,
+        // the ring is dropped first).
+        match unsafe { ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => pool.set_registered(true),
+            Err(e) => tracing::warn!(
+                "reactor {id}: cannot register I/O buffers ({e}); using plain reads/writes (raise RLIMIT_MEMLOCK)"
+            ),
+        }
+        tracing::debug!("reactor {id} on core {core}: {} buffers of {} bytes", pool.count(), pool.buf_size());
+        Ok(Reactor {
+            id,
+            ring,
+            pool,
+            wake_fd,
+            wake_buf: Box::new(0),
+            incoming,
+            stats,
+            stop,
+            poll: cfg.poll,
+            spin: cfg.spin,
+        })
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::Read::new(types::Fd(self.wake_fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
+            .build()
+            .user_data(WAKE);
+        unsafe {
+            while self.ring.submission().push(&e).is_err() {
+                let _ = self.ring.submit();
+            }
+        }
+    }
+
+    fn run<S: Service>(&mut self, svc: &S) {
+        let mut slots: Vec<Slot<S::Conn>> = Vec::new();
+        let mut free_slots: Vec<u32> = Vec::new();
+        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(1024);
+        let mut last_active = Instant::now();
+        let mut stopping = false;
+        let stats = self.stats.clone();
+        let rstats = &stats.reactors[self.id];
+        self.arm_wake();
+        loop {
+            if !stopping && self.stop.load(Ordering::Relaxed) {
+                stopping = true;
+                for (i, s) in slots.iter_mut().enumerate() {
+                    if let Some(c) = s.conn.as_mut() {
+                        let mut io = Io {
+                            ring: &mut self.ring,
+                            pool: &mut self.pool,
+                            stats: rstats,
+                            reactor: self.id,
+                            slot: i as u32,
+                            inflight: &mut s.inflight,
+                        };
+                        c.shutdown(&mut io);
+                    }
+                }
+            }
+            if stopping && slots.iter().all(|s| s.conn.is_none()) {
+                return;
+            }
+            // New connections from the acceptor.
+            while let Ok((stream, peer)) = self.incoming.try_recv() {
+                let conn = Box::new(svc.connect(stream, peer, self.id));
+                let idx = match free_slots.pop() {
+                    Some(i) => {
+                        slots[i as usize].conn = Some(conn);
+                        i
+                    }
+                    None => {
+                        slots.push(Slot { conn: Some(conn), inflight: 0 });
+                        (slots.len() - 1) as u32
+                    }
+                };
+                let s = &mut slots[idx as usize];
+                let mut io = Io {
+                    ring: &mut self.ring,
+                    pool: &mut self.pool,
+                    stats: rstats,
+                    reactor: self.id,
+                    slot: idx,
+                    inflight: &mut s.inflight,
+                };
+                let c = s.conn.as_mut().unwrap();
+                c.start(&mut io);
+                if stopping {
+                    c.shutdown(&mut io);
+                }
+            }
+            // Submit, and wait according to the poll mode.
+            let block = match self.poll {
+                PollMode::Busy => false,
+                PollMode::Interrupt => true,
+                PollMode::Adaptive => last_active.elapsed() > self.spin,
+            };
+            rstats.loops.fetch_add(1, Ordering::Relaxed);
+            let r = if block && self.ring.completion().is_empty() {
+                rstats.sleeps.fetch_add(1, Ordering::Relaxed);
+                self.ring.submit_and_wait(1)
+            } else {
+                self.ring.submit()
+            };
+            if let Err(e) = r {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("reactor {}: io_uring_enter failed: {e}", self.id);
+                }
+            }
+            cqes.clear();
+            for cqe in self.ring.completion() {
+                cqes.push((cqe.user_data(), cqe.result()));
+            }
+            if !cqes.is_empty() {
+                last_active = Instant::now();
+            }
+            for &(ud, res) in &cqes {
+                if ud == WAKE {
+                    self.arm_wake();
+                    continue;
+                }
+                let idx = (ud >> 32) as usize;
+                let tag = ud as u32;
+                let Some(s) = slots.get_mut(idx) else { continue };
+                s.inflight = s.inflight.saturating_sub(1);
+                if let Some(c) = s.conn.as_mut() {
+                    let mut io = Io {
+                        ring: &mut self.ring,
+                        pool: &mut self.pool,
+                        stats: rstats,
+                        reactor: self.id,
+                        slot: idx as u32,
+                        inflight: &mut s.inflight,
+                    };
+                    c.complete(&mut io, tag, res);
+                }
+                if s.inflight == 0 && s.conn.as_ref().is_some_and(|c| c.finished()) {
+                    s.conn = None;
+                    free_slots.push(idx as u32);
+                    rstats.connections_open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            // A connection that finished without any SQE in flight (for
+            // example one that was shut down before its first recv).
+            if stopping {
+                for (i, s) in slots.iter_mut().enumerate() {
+                    if s.inflight == 0 && s.conn.as_ref().is_some_and(|c| c.finished()) {
+                        s.conn = None;
+                        free_slots.push(i as u32);
+                        rstats.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        unsafe {
+            libc::close(self.wake_fd);
+        }
+    }
+}

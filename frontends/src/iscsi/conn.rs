@@ -1,0 +1,1699 @@
+//! One iSCSI connection (and its single-connection session) on a reactor.
+//!
+//! Receive: PDUs are read into a per-connection staging buffer. A header is
+//! parsed there; a large data segment for a WRITE goes straight into the
+//! task's registered pool buffer with a second recv (zero copy); the
+//! bytes that were already in staging are copied. Small data segments
+//! (login text, NOP data, small writes) are copied.
+//!
+//! Send: responses are queued as [`Tx`] items (inline header, data that
+//! points into a pool buffer or a small owned vector) and written with one
+//! `sendmsg` per batch. A READ's Data-In payload is never copied: the disk
+//! read lands in a pool buffer, which the Data-In iovecs point at.
+//!
+//! Commands: each SCSI command that touches the medium becomes a
+//! [`Task`] owning one pool buffer for its lifetime, processed in chunks of
+//! one buffer (reads: disk read, then Data-In; writes: unsolicited data and
+//! R2T-driven Data-Out, then disk write). The session has one connection
+//! (MaxConnections=1) and ErrorRecoveryLevel 0: any protocol violation
+//! gets a Reject and the connection is closed.
+
+use bootlun_engine::backend::IoBuf;
+use bootlun_engine::{BufId, Connection, Io, Prep};
+use hashbrown::HashMap;
+use io_uring::{opcode, types};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::discovery::{answer_text, TargetRecord};
+use super::negotiate::{LoginFailure, Negotiator, SessionParams, SessionType, Stage};
+use super::target::TargetShared;
+use super::wire::*;
+use crate::scsi::{self, CommandCtx, Outcome, Sense, Status};
+
+const RX_CAP: usize = 64 * 1024;
+/// Data still to come beyond this size is received straight into the
+/// task's buffer instead of through the staging buffer.
+const DIRECT_MIN: usize = 8 * 1024;
+/// Stop reading new PDUs while this many responses wait to be sent.
+const TXQ_MAX: usize = 4096;
+const SEND_BATCH: usize = 64;
+const NO_TASK: u32 = u32::MAX;
+
+const TAG_RECV: u32 = 1 << 28;
+const TAG_RECV_DIRECT: u32 = 2 << 28;
+const TAG_SEND: u32 = 3 << 28;
+const TAG_DISK: u32 = 4 << 28;
+const TAG_KIND: u32 = 0xf << 28;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Login,
+    FullFeature,
+}
+
+/// Where the data segment of the PDU being received goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Thrown away (data for an aborted or finished task).
+    Discard,
+    /// `pdu_data`, for text, NOP and other small payloads.
+    Vec,
+    /// Task `idx`'s data space at byte offset `off`.
+    Task { idx: u32, off: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    /// Waiting for a complete header.
+    Header,
+    /// Receiving a data segment of `total` bytes, `got` so far, then
+    /// `trailer` bytes of padding and digest.
+    Data { sink: Sink, total: usize, got: usize, trailer: usize },
+}
+
+enum TxData {
+    None,
+    Owned(Vec<u8>),
+    Buf { ptr: *const u8, len: u32 },
+}
+
+/// One PDU waiting to be sent.
+struct Tx {
+    hdr: [u8; BHS_LEN + DIGEST_LEN],
+    hlen: u8,
+    data: TxData,
+    trailer: [u8; 8],
+    tlen: u8,
+    /// Task whose buffer `data` points into (its `sends` count is dropped
+    /// when this PDU has gone out), and whether the task wants to hear.
+    task: u32,
+    notify: bool,
+    close_after: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    VerifyCompare,
+    Flush,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct R2tOut {
+    ttt: u32,
+    off: u32,
+    len: u32,
+    got: u32,
+}
+
+/// A SCSI command in progress.
+struct Task {
+    itt: u32,
+    lun: usize,
+    lun_raw: u64,
+    kind: Kind,
+    lba: u64,
+    fua: bool,
+    bs: u32,
+    /// Bytes the CDB asks for.
+    wanted: u64,
+    /// Expected data transfer length from the initiator.
+    edtl: u32,
+    /// Bytes that move (min of both).
+    xfer: u32,
+    /// Bytes finished on the medium.
+    done: u32,
+    buf: Option<BufId>,
+    cmp_buf: Option<BufId>,
+    chunk_start: u32,
+    chunk_len: u32,
+    chunk_got: u32,
+    /// Unsolicited (immediate + Data-Out without R2T) data ends here.
+    unsol_end: u32,
+    r2t_next: u32,
+    r2t: Option<R2tOut>,
+    r2t_sn: u32,
+    data_sn: u32,
+    /// Bytes of Data-In queued so far (for F bits at MaxBurstLength).
+    burst: u32,
+    /// PDUs pointing into this task's buffer not yet sent.
+    sends: u32,
+    io_busy: bool,
+    waiting_buf: bool,
+    /// The status has been queued (or the task was aborted): only waiting
+    /// for I/O and sends to drain before the buffers go back.
+    finished: bool,
+    aborted: bool,
+}
+
+pub struct Conn {
+    sh: Arc<TargetShared>,
+    stream: TcpStream,
+    fd: RawFd,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    reactor: usize,
+    phase: Phase,
+    closing: bool,
+    neg: Negotiator,
+    login_text: Vec<u8>,
+    login_started: bool,
+    isid: [u8; 6],
+    tsih: u16,
+    params: SessionParams,
+    hd: bool,
+    dd: bool,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    // receive
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    rx_busy: bool,
+    rx_state: Rx,
+    cur: [u8; BHS_LEN],
+    pdu_data: Vec<u8>,
+    data_crc: u32,
+    // send
+    txq: VecDeque<Tx>,
+    tx_fly: Vec<Tx>,
+    iov: Vec<libc::iovec>,
+    iov_pos: usize,
+    msg: libc::msghdr,
+    tx_busy: bool,
+    close_after_send: bool,
+    // tasks
+    tasks: Vec<Option<Task>>,
+    free_tasks: Vec<u32>,
+    by_itt: HashMap<u32, u32>,
+    buf_waiters: VecDeque<u32>,
+    next_ttt: u32,
+    scratch: Vec<u8>,
+    notify: Vec<u32>,
+    buf_ptrs: Vec<*mut u8>,
+}
+
+impl Conn {
+    pub fn new(sh: Arc<TargetShared>, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
+        let fd = stream.as_raw_fd();
+        let local = stream.local_addr().ok();
+        let neg = Negotiator::new(sh.limits.clone());
+        Conn {
+            sh,
+            stream,
+            fd,
+            peer,
+            local,
+            reactor,
+            phase: Phase::Login,
+            closing: false,
+            neg,
+            login_text: Vec::new(),
+            login_started: false,
+            isid: [0; 6],
+            tsih: 0,
+            params: SessionParams::default(),
+            hd: false,
+            dd: false,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            rx: vec![0u8; RX_CAP].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            rx_busy: false,
+            rx_state: Rx::Header,
+            cur: [0; BHS_LEN],
+            pdu_data: Vec::new(),
+            data_crc: 0,
+            txq: VecDeque::with_capacity(256),
+            tx_fly: Vec::with_capacity(SEND_BATCH),
+            iov: Vec::with_capacity(SEND_BATCH * 3),
+            iov_pos: 0,
+            msg: unsafe { std::mem::zeroed() },
+            tx_busy: false,
+            close_after_send: false,
+            tasks: Vec::new(),
+            free_tasks: Vec::new(),
+            by_itt: HashMap::new(),
+            buf_waiters: VecDeque::new(),
+            next_ttt: 1,
+            scratch: Vec::with_capacity(4096),
+            notify: Vec::with_capacity(SEND_BATCH),
+            buf_ptrs: Vec::new(),
+        }
+    }
+
+    fn sn(&self) -> Sn {
+        let active = self.by_itt.len() as u32;
+        let window = self.sh.queue_depth.saturating_sub(active).max(1);
+        Sn {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.exp_cmd_sn.wrapping_add(window - 1),
+        }
+    }
+
+    /// Sequence numbers for a PDU that carries status (advances StatSN).
+    fn sn_status(&mut self) -> Sn {
+        let s = self.sn();
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        s
+    }
+
+    // ------------------------------------------------------------------
+    // Closing
+
+    fn close(&mut self, why: &str) {
+        if !self.closing {
+            tracing::info!("connection {} (reactor {}): closing: {why}", self.peer, self.reactor);
+            self.closing = true;
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+            self.txq.clear();
+        }
+    }
+
+    /// Reject the PDU in `cur` and close the connection once the Reject is
+    /// out (ERL 0 has no way to resynchronise).
+    fn reject_and_close(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
+        tracing::warn!("connection {}: rejecting PDU ({why}), reason {reason:#x}", self.peer);
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_reject(&mut hdr, reason, sn);
+        let rejected = self.cur.to_vec();
+        self.queue(hdr, TxData::Owned(rejected), NO_TASK, false, true);
+        self.close_after_send = true;
+        self.flush_tx(io);
+    }
+
+    /// Reject the PDU in `cur` and carry on.
+    fn reject(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
+        tracing::warn!("connection {}: rejecting PDU ({why}), reason {reason:#x}", self.peer);
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_reject(&mut hdr, reason, sn);
+        let rejected = self.cur.to_vec();
+        self.queue(hdr, TxData::Owned(rejected), NO_TASK, false, false);
+        self.flush_tx(io);
+    }
+
+    // ------------------------------------------------------------------
+    // Receive path
+
+    fn post_recv(&mut self, io: &mut Io<'_>) {
+        if self.rx_busy || self.closing || self.close_after_send || self.txq.len() > TXQ_MAX {
+            return;
+        }
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if RX_CAP - self.rx_end < 4096 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        let room = RX_CAP - self.rx_end;
+        let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_end) };
+        let e = opcode::Recv::new(types::Fd(self.fd), ptr, room as u32).build();
+        unsafe { io.push(e, TAG_RECV) };
+        self.rx_busy = true;
+    }
+
+    fn header_len(&self, bhs: &Bhs<'_>) -> usize {
+        BHS_LEN + bhs.ahs_len() + if self.hd { DIGEST_LEN } else { 0 }
+    }
+
+    /// Largest data segment we accept now.
+    fn max_dsl(&self) -> usize {
+        if self.phase == Phase::Login {
+            // Login text is bounded by our declaration too.
+            self.sh.limits.max_recv_data_segment_length.max(8192) as usize
+        } else {
+            self.params.target_max_recv_dsl.max(512) as usize
+        }
+    }
+
+    /// Consume whatever complete pieces sit in the staging buffer.
+    fn process_rx(&mut self, io: &mut Io<'_>) {
+        while !self.closing && !self.close_after_send {
+            match self.rx_state {
+                Rx::Header => {
+                    let avail = &self.rx[self.rx_start..self.rx_end];
+                    let Ok(bhs) = Bhs::parse(avail) else { break };
+                    let hlen = self.header_len(&bhs);
+                    if avail.len() < hlen {
+                        break;
+                    }
+                    self.cur.copy_from_slice(bhs.bytes());
+                    if self.hd {
+                        let got = u32::from_le_bytes(avail[hlen - 4..hlen].try_into().unwrap());
+                        let want = digest(&[&avail[..hlen - 4]]);
+                        if got != want {
+                            // RFC 7143 7.8: a header digest error at ERL 0
+                            // means the connection cannot be trusted.
+                            self.close("header digest error");
+                            break;
+                        }
+                    }
+                    self.rx_start += hlen;
+                    let dsl = bhs.data_segment_len();
+                    if dsl > self.max_dsl() {
+                        self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "data segment longer than negotiated");
+                        break;
+                    }
+                    let sink = self.on_header(io, dsl);
+                    if self.closing || self.close_after_send {
+                        break;
+                    }
+                    if dsl == 0 {
+                        self.on_pdu(io, Sink::Discard);
+                        continue;
+                    }
+                    self.pdu_data.clear();
+                    self.data_crc = 0;
+                    let trailer = pad_len(dsl) + if self.dd { DIGEST_LEN } else { 0 };
+                    self.rx_state = Rx::Data { sink, total: dsl, got: 0, trailer };
+                }
+                Rx::Data { sink, total, got, trailer } => {
+                    if got < total {
+                        let avail = self.rx_end - self.rx_start;
+                        let n = avail.min(total - got);
+                        if n > 0 {
+                            let (s, e) = (self.rx_start, self.rx_start + n);
+                            let bytes: &[u8] = &self.rx[s..e];
+                            if self.dd {
+                                self.data_crc = crc32c::crc32c_append(self.data_crc, bytes);
+                            }
+                            // SAFETY of the split borrow: `deliver` never
+                            // touches `rx`.
+                            let bytes = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), n) };
+                            self.deliver(io, sink, got, bytes);
+                            self.rx_start += n;
+                        }
+                        let got = got + n;
+                        self.rx_state = Rx::Data { sink, total, got, trailer };
+                        if got < total {
+                            if let Some(ptr) = self.direct_target(sink, got, total) {
+                                let len = (total - got) as u32;
+                                let e = opcode::Recv::new(types::Fd(self.fd), ptr, len)
+                                    .flags(libc::MSG_WAITALL)
+                                    .build();
+                                unsafe { io.push(e, TAG_RECV_DIRECT) };
+                                self.rx_busy = true;
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                    let avail = self.rx_end - self.rx_start;
+                    if avail < trailer {
+                        break;
+                    }
+                    let t = &self.rx[self.rx_start..self.rx_start + trailer];
+                    if self.dd {
+                        let pad = trailer - DIGEST_LEN;
+                        let crc = crc32c::crc32c_append(self.data_crc, &t[..pad]);
+                        let got = u32::from_le_bytes(t[pad..].try_into().unwrap());
+                        if crc != got {
+                            self.rx_start += trailer;
+                            self.rx_state = Rx::Header;
+                            self.reject_and_close(io, reject_reason::DATA_DIGEST_ERROR, "data digest error");
+                            break;
+                        }
+                    }
+                    self.rx_start += trailer;
+                    self.rx_state = Rx::Header;
+                    self.on_pdu(io, sink);
+                }
+            }
+        }
+        self.post_recv(io);
+    }
+
+    /// Where a direct recv of the rest of a data segment may land, if the
+    /// sink is a task buffer that covers all of it.
+    fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<*mut u8> {
+        if total - got < DIRECT_MIN || self.dd {
+            return None;
+        }
+        let Sink::Task { idx, off } = sink else { return None };
+        let t = self.tasks.get(idx as usize)?.as_ref()?;
+        let start = off as u64 + got as u64;
+        let end = off as u64 + total as u64;
+        if start < t.chunk_start as u64 || end > (t.chunk_start + t.chunk_len) as u64 {
+            return None;
+        }
+        let buf = t.buf?;
+        let _ = buf;
+        Some(unsafe { self.buf_ptr_for(idx, start as u32) })
+    }
+
+    /// Pointer into task `idx`'s buffer for data byte `off` of the command
+    /// (which must lie in the current chunk).
+    unsafe fn buf_ptr_for(&self, idx: u32, off: u32) -> *mut u8 {
+        let t = self.tasks[idx as usize].as_ref().unwrap();
+        let base = self.buf_base(t.buf.unwrap());
+        base.add((off - t.chunk_start) as usize)
+    }
+
+    fn buf_base(&self, id: BufId) -> *mut u8 {
+        // Pool buffers are addressed through the Io handle normally; the
+        // base pointer of each buffer is cached per task at allocation.
+        self.buf_ptrs[id as usize]
+    }
+
+    /// Store received data bytes `[at, at+len)` of the current PDU.
+    fn deliver(&mut self, _io: &mut Io<'_>, sink: Sink, at: usize, bytes: &[u8]) {
+        match sink {
+            Sink::Discard => {}
+            Sink::Vec => self.pdu_data.extend_from_slice(bytes),
+            Sink::Task { idx, off } => {
+                let Some(Some(t)) = self.tasks.get(idx as usize) else { return };
+                let Some(buf) = t.buf else { return };
+                // Clip to the current chunk window.
+                let start = off as u64 + at as u64;
+                let end = start + bytes.len() as u64;
+                let ws = t.chunk_start as u64;
+                let we = ws + t.chunk_len as u64;
+                let s = start.max(ws);
+                let e = end.min(we);
+                if s >= e {
+                    return;
+                }
+                let base = self.buf_base(buf);
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr().add((s - start) as usize),
+                        base.add((s - ws) as usize),
+                        (e - s) as usize,
+                    );
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // PDU dispatch
+
+    /// A header has been received: decide where its data goes. SCSI
+    /// Command and Data-Out are acted on here so their data can land in
+    /// the task's buffer.
+    fn on_header(&mut self, io: &mut Io<'_>, dsl: usize) -> Sink {
+        let cur = self.cur;
+        let bhs = Bhs::parse(&cur).unwrap();
+        let op = bhs.opcode();
+        if self.phase == Phase::Login && op != Opcode::LoginRequest {
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "PDU other than Login before login completed");
+            return Sink::Discard;
+        }
+        match op {
+            Opcode::ScsiCommand => self.on_scsi_command(io, bhs, dsl),
+            Opcode::DataOut => self.on_data_out_header(io, bhs, dsl),
+            _ => Sink::Vec,
+        }
+    }
+
+    /// A whole PDU (header and data) has been received.
+    fn on_pdu(&mut self, io: &mut Io<'_>, sink: Sink) {
+        let cur = self.cur;
+        let bhs = Bhs::parse(&cur).unwrap();
+        match bhs.opcode() {
+            Opcode::ScsiCommand => {
+                if let Sink::Task { idx, .. } = sink {
+                    let n = bhs.data_segment_len() as u32;
+                    self.data_arrived(io, idx, 0, n, None);
+                }
+            }
+            Opcode::DataOut => {
+                if let Sink::Task { idx, off } = sink {
+                    let n = bhs.data_segment_len() as u32;
+                    let d = DataOut(bhs);
+                    self.data_arrived(io, idx, off, n, Some((d.ttt(), bhs.final_bit())));
+                }
+            }
+            Opcode::LoginRequest => self.on_login(io, bhs),
+            Opcode::TextRequest => self.on_text(io, bhs),
+            Opcode::NopOut => self.on_nop_out(io, bhs),
+            Opcode::LogoutRequest => self.on_logout(io, bhs),
+            Opcode::TaskMgmtRequest => self.on_tmf(io, bhs),
+            Opcode::SnackRequest => {
+                self.reject(io, reject_reason::PROTOCOL_ERROR, "SNACK at ErrorRecoveryLevel 0");
+            }
+            op => {
+                let why = format!("unsupported opcode {:#04x}", op.as_u8());
+                self.reject_and_close(io, reject_reason::COMMAND_NOT_SUPPORTED, &why);
+            }
+        }
+    }
+
+    /// CmdSN bookkeeping for a non-immediate command. False when the
+    /// command lies outside the window and must be ignored (RFC 7143 4.2.2.1).
+    fn accept_cmd_sn(&mut self, cmd_sn: u32, immediate: bool) -> bool {
+        if immediate {
+            return true;
+        }
+        let sn = self.sn();
+        if !sn_in_window(cmd_sn, sn.exp_cmd_sn, sn.max_cmd_sn.wrapping_add(1)) {
+            tracing::warn!(
+                "connection {}: CmdSN {cmd_sn} outside window {}..{}; ignored",
+                self.peer,
+                sn.exp_cmd_sn,
+                sn.max_cmd_sn
+            );
+            return false;
+        }
+        if !sn_lt(cmd_sn, self.exp_cmd_sn) {
+            self.exp_cmd_sn = cmd_sn.wrapping_add(1);
+        }
+        true
+    }
+
+    // ------------------------------------------------------------------
+    // Login
+
+    fn on_login(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+        let Some(req) = LoginRequest::new(bhs) else { return };
+        if self.phase == Phase::FullFeature {
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Login Request in full feature phase");
+            return;
+        }
+        if !self.login_started {
+            self.login_started = true;
+            self.isid = req.isid();
+            self.stat_sn = req.exp_stat_sn();
+            self.exp_cmd_sn = req.cmd_sn();
+            self.tsih = req.tsih();
+        }
+        let mut resp = LoginResponse {
+            transit: false,
+            cont: false,
+            csg: req.csg(),
+            nsg: req.csg(),
+            isid: self.isid,
+            tsih: 0,
+            itt: bhs.itt(),
+            status_class: 0,
+            status_detail: 0,
+        };
+        if req.version_min() > 0 {
+            return self.login_fail(io, resp, (2, 0x05), "unsupported iSCSI version");
+        }
+        if self.tsih != 0 {
+            // Adding a connection to (or reinstating) a session: bootlun
+            // sessions have exactly one connection.
+            return self.login_fail(io, resp, (2, 0x0a), "session does not exist");
+        }
+        if self.login_text.len() + self.pdu_data.len() > 64 * 1024 {
+            return self.login_fail(io, resp, (2, 0x00), "login text too long");
+        }
+        self.login_text.extend_from_slice(&self.pdu_data);
+        if req.cont() {
+            // More text follows: answer with an empty response.
+            let sn = self.sn_status();
+            let mut hdr = [0u8; BHS_LEN];
+            build_login_response(&mut hdr, &resp, 0, sn);
+            self.queue(hdr, TxData::None, NO_TASK, false, false);
+            self.flush_tx(io);
+            return;
+        }
+        let stage = |v: u8| match v {
+            0 => Some(Stage::Security),
+            1 => Some(Stage::Operational),
+            3 => Some(Stage::FullFeature),
+            _ => None,
+        };
+        let (Some(csg), Some(nsg)) = (stage(req.csg()), stage(req.nsg())) else {
+            return self.login_fail(io, resp, (2, 0x00), "invalid login stage");
+        };
+        if csg == Stage::FullFeature || (req.transit() && (nsg as u8) <= (csg as u8)) {
+            return self.login_fail(io, resp, (2, 0x00), "invalid login stage transition");
+        }
+        let text = std::mem::take(&mut self.login_text);
+        let mut out = Vec::new();
+        let target = self.sh.target_name.clone();
+        let exists = move |n: &str| n == target;
+        match self.neg.step(csg, req.transit(), nsg, &text, &exists, &mut out) {
+            Err(f) => {
+                let st = f.status();
+                let why = format!("{f:?}");
+                self.login_fail(io, resp, st, &why)
+            }
+            Ok(r) => {
+                resp.transit = r.transit;
+                if r.transit {
+                    resp.nsg = nsg as u8;
+                }
+                let done = r.transit && nsg == Stage::FullFeature;
+                if done {
+                    self.tsih = self.sh.alloc_tsih();
+                    resp.tsih = self.tsih;
+                }
+                let sn = self.sn_status();
+                let mut hdr = [0u8; BHS_LEN];
+                build_login_response(&mut hdr, &resp, out.len(), sn);
+                self.queue(hdr, TxData::Owned(out), NO_TASK, false, false);
+                if done {
+                    self.params = self.neg.params().clone();
+                    tracing::info!(
+                        "connection {}: login complete ({:?} session, initiator {}, digests {}/{}, MaxRecvDataSegmentLength {}/{}, burst {}/{}, InitialR2T {}, ImmediateData {})",
+                        self.peer,
+                        self.params.session_type,
+                        self.params.initiator_name,
+                        self.params.header_digest,
+                        self.params.data_digest,
+                        self.params.initiator_max_recv_dsl,
+                        self.params.target_max_recv_dsl,
+                        self.params.first_burst_length,
+                        self.params.max_burst_length,
+                        self.params.initial_r2t,
+                        self.params.immediate_data,
+                    );
+                    // The last Login Response goes out without digests;
+                    // everything after it uses them.
+                    self.flush_tx(io);
+                    self.phase = Phase::FullFeature;
+                    self.hd = self.params.header_digest;
+                    self.dd = self.params.data_digest;
+                } else {
+                    self.flush_tx(io);
+                }
+            }
+        }
+    }
+
+    fn login_fail(&mut self, io: &mut Io<'_>, mut resp: LoginResponse, st: (u8, u8), why: &str) {
+        tracing::warn!("connection {}: login failed: {why} (status {:02x}{:02x})", self.peer, st.0, st.1);
+        resp.status_class = st.0;
+        resp.status_detail = st.1;
+        resp.transit = false;
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_login_response(&mut hdr, &resp, 0, sn);
+        self.queue(hdr, TxData::None, NO_TASK, false, true);
+        self.close_after_send = true;
+        self.flush_tx(io);
+    }
+
+    // ------------------------------------------------------------------
+    // Text, NOP, Logout
+
+    fn on_text(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+        let Some(req) = TextRequest::new(bhs) else { return };
+        if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
+            return;
+        }
+        if req.cont() || (req.ttt() != RESERVED_TAG && self.pdu_data.is_empty()) {
+            // Multi-PDU text exchanges are not needed for the keys we
+            // answer; say so instead of guessing.
+            self.reject(io, reject_reason::COMMAND_NOT_SUPPORTED, "continued Text Request");
+            return;
+        }
+        let portals: Vec<String> = if self.sh.portals.is_empty() {
+            match self.local {
+                Some(SocketAddr::V6(a)) => vec![format!("[{}]:{},1", a.ip(), a.port())],
+                Some(a) => vec![format!("{a},1")],
+                None => vec![],
+            }
+        } else {
+            self.sh.portals.clone()
+        };
+        let rec = [TargetRecord { name: &self.sh.target_name, portals: &portals }];
+        let session_target = match self.params.session_type {
+            SessionType::Discovery => None,
+            SessionType::Normal => Some(self.sh.target_name.as_str()),
+        };
+        let mut out = Vec::new();
+        answer_text(&self.pdu_data, &rec, session_target, &mut out);
+        let limit = self.params.initiator_max_recv_dsl as usize;
+        if out.len() > limit {
+            // Cut at a key boundary so the initiator gets whole records.
+            let cut = out[..limit].iter().rposition(|&b| b == 0).map(|p| p + 1).unwrap_or(0);
+            out.truncate(cut);
+        }
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_text_response(&mut hdr, bhs.itt(), RESERVED_TAG, true, false, out.len(), sn);
+        self.queue(hdr, TxData::Owned(out), NO_TASK, false, false);
+        self.flush_tx(io);
+    }
+
+    fn on_nop_out(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+        let Some(nop) = NopOut::new(bhs) else { return };
+        if !self.accept_cmd_sn(nop.cmd_sn(), bhs.immediate()) {
+            return;
+        }
+        if bhs.itt() == RESERVED_TAG {
+            // A reply to our NOP-In, or a one-way ping: nothing to send.
+            return;
+        }
+        let data = std::mem::take(&mut self.pdu_data);
+        let limit = self.params.initiator_max_recv_dsl as usize;
+        let data = if data.len() > limit { data[..limit].to_vec() } else { data };
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_nop_in(&mut hdr, bhs.itt(), RESERVED_TAG, bhs.lun_raw(), data.len(), sn);
+        self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
+        self.flush_tx(io);
+    }
+
+    fn on_logout(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+        let Some(req) = LogoutRequest::new(bhs) else { return };
+        if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
+            return;
+        }
+        let response = match req.reason() {
+            0 | 1 => LOGOUT_OK,
+            _ => LOGOUT_RECOVERY_UNSUPPORTED,
+        };
+        tracing::info!("connection {}: logout (reason {})", self.peer, req.reason());
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_logout_response(&mut hdr, bhs.itt(), response, sn);
+        self.queue(hdr, TxData::None, NO_TASK, false, true);
+        self.close_after_send = true;
+        self.flush_tx(io);
+    }
+
+    // ------------------------------------------------------------------
+    // Task management
+
+    fn on_tmf(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+        let Some(req) = TaskMgmtRequest::new(bhs) else { return };
+        if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
+            return;
+        }
+        use tmf_response::*;
+        let lun = bhs.lun() as usize;
+        let response = match req.function() {
+            TmfFunction::AbortTask => match self.by_itt.get(&req.referenced_task_tag()).copied() {
+                Some(idx) => {
+                    self.abort_task(io, idx);
+                    FUNCTION_COMPLETE
+                }
+                None => TASK_DOES_NOT_EXIST,
+            },
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+                if lun >= self.sh.luns.len() {
+                    LUN_DOES_NOT_EXIST
+                } else {
+                    self.abort_where(io, |t| t.lun == lun);
+                    FUNCTION_COMPLETE
+                }
+            }
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                self.abort_where(io, |_| true);
+                FUNCTION_COMPLETE
+            }
+            TmfFunction::TaskReassign => REASSIGNMENT_NOT_SUPPORTED,
+            TmfFunction::ClearAca | TmfFunction::Unknown(_) => NOT_SUPPORTED,
+        };
+        tracing::info!("connection {}: task management {:?} -> {response}", self.peer, req.function());
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_tmf_response(&mut hdr, bhs.itt(), response, sn);
+        let cold = req.function() == TmfFunction::TargetColdReset;
+        self.queue(hdr, TxData::None, NO_TASK, false, cold);
+        if cold {
+            self.close_after_send = true;
+        }
+        self.flush_tx(io);
+    }
+
+    fn abort_where(&mut self, io: &mut Io<'_>, f: impl Fn(&Task) -> bool) {
+        let idxs: Vec<u32> = self
+            .by_itt
+            .values()
+            .copied()
+            .filter(|&i| self.tasks[i as usize].as_ref().is_some_and(&f))
+            .collect();
+        for i in idxs {
+            self.abort_task(io, i);
+        }
+    }
+
+    /// Forget a task: no status will be sent for it. Its buffers return
+    /// once its I/O and queued sends have drained.
+    fn abort_task(&mut self, io: &mut Io<'_>, idx: u32) {
+        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        t.aborted = true;
+        t.finished = true;
+        let itt = t.itt;
+        self.by_itt.remove(&itt);
+        self.buf_waiters.retain(|&w| w != idx);
+        self.maybe_free(io, idx);
+    }
+
+    // ------------------------------------------------------------------
+    // SCSI commands
+
+    fn on_scsi_command(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, dsl: usize) -> Sink {
+        let cmd = ScsiCommand::new(bhs).unwrap();
+        if !self.accept_cmd_sn(cmd.cmd_sn(), bhs.immediate()) {
+            return Sink::Discard;
+        }
+        let itt = bhs.itt();
+        if self.params.session_type == SessionType::Discovery {
+            self.reject(io, reject_reason::PROTOCOL_ERROR, "SCSI command in a discovery session");
+            return Sink::Discard;
+        }
+        if self.by_itt.contains_key(&itt) {
+            self.reject(io, reject_reason::TASK_IN_PROGRESS, "ITT of a command still in progress");
+            return Sink::Discard;
+        }
+        if dsl > 0 && (!cmd.write() || !self.params.immediate_data || dsl as u32 > self.params.first_burst_length) {
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "unexpected immediate data");
+            return Sink::Discard;
+        }
+        let edtl = cmd.expected_len();
+        if bhs.ahs_len() > 0 {
+            // Extended CDBs and bidirectional commands are not supported.
+            self.respond_check(io, itt, Sense::invalid_opcode(), Residual::None);
+            return Sink::Discard;
+        }
+        let lun = bhs.lun();
+        let lu = self.sh.luns.get(lun as usize).map(|l| &l.info);
+        let ctx = CommandCtx { lun, lu, luns: &self.sh.lun_numbers, expected_len: edtl };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
+        let bs = lu.map(|l| l.block_size).unwrap_or(512);
+        let sink = match outcome {
+            Outcome::Good => {
+                self.respond_data(io, bhs, &scratch);
+                Sink::Discard
+            }
+            Outcome::Check(sense) => {
+                self.respond_check(io, itt, sense, Residual::None);
+                Sink::Discard
+            }
+            Outcome::Read { lba, blocks, fua } => {
+                let wanted = blocks as u64 * bs as u64;
+                if !cmd.read() && edtl > 0 {
+                    self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "READ without the R bit");
+                    return Sink::Discard;
+                }
+                let idx = self.new_task(bhs, Kind::Read, lba, fua, bs, wanted, edtl);
+                if self.tasks[idx as usize].as_ref().unwrap().xfer == 0 {
+                    self.finish_good(io, idx);
+                } else {
+                    self.run_task(io, idx);
+                }
+                Sink::Discard
+            }
+            Outcome::Write { lba, blocks, fua } => {
+                let wanted = blocks as u64 * bs as u64;
+                self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
+            }
+            Outcome::Verify { lba, blocks, bytchk: true } => {
+                let wanted = blocks as u64 * bs as u64;
+                self.start_data_out_task(io, bhs, Kind::VerifyCompare, lba, false, bs, wanted, edtl, dsl)
+            }
+            Outcome::Verify { bytchk: false, .. } => {
+                self.respond_status(io, itt, Status::Good, Residual::of(edtl, 0), 0);
+                Sink::Discard
+            }
+            Outcome::Flush => {
+                let idx = self.new_task(bhs, Kind::Flush, 0, false, bs, 0, edtl);
+                self.run_task(io, idx);
+                Sink::Discard
+            }
+        };
+        self.scratch = scratch;
+        sink
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_data_out_task(
+        &mut self,
+        io: &mut Io<'_>,
+        bhs: Bhs<'_>,
+        kind: Kind,
+        lba: u64,
+        fua: bool,
+        bs: u32,
+        wanted: u64,
+        edtl: u32,
+        dsl: usize,
+    ) -> Sink {
+        let itt = bhs.itt();
+        if (edtl as u64) < wanted {
+            // The initiator will not send all the data the CDB describes.
+            // Nothing is written; unsolicited data is dropped.
+            self.respond_check(io, itt, Sense::invalid_field_in_cdb(), Residual::of(edtl, wanted));
+            return Sink::Discard;
+        }
+        let idx = self.new_task(bhs, kind, lba, fua, bs, wanted, edtl);
+        let want_bufs = if kind == Kind::VerifyCompare { 2 } else { 1 };
+        if io.pool.available() < want_bufs {
+            io.stats.buffer_waits.fetch_add(1, Relaxed);
+            self.drop_task(io, idx);
+            self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
+            return Sink::Discard;
+        }
+        self.take_buffers(io, idx);
+        let unsol = if self.params.initial_r2t {
+            dsl as u32
+        } else {
+            self.params.first_burst_length.min(edtl)
+        };
+        {
+            let t = self.tasks[idx as usize].as_mut().unwrap();
+            t.unsol_end = unsol.min(t.xfer).min(t.chunk_len);
+            t.r2t_next = t.unsol_end;
+        }
+        self.send_r2t(io, idx);
+        self.flush_tx(io);
+        if dsl > 0 {
+            Sink::Task { idx, off: 0 }
+        } else {
+            Sink::Discard
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_task(&mut self, bhs: Bhs<'_>, kind: Kind, lba: u64, fua: bool, bs: u32, wanted: u64, edtl: u32) -> u32 {
+        let xfer = wanted.min(edtl as u64) as u32;
+        let t = Task {
+            itt: bhs.itt(),
+            lun: bhs.lun() as usize,
+            lun_raw: bhs.lun_raw(),
+            kind,
+            lba,
+            fua,
+            bs,
+            wanted,
+            edtl,
+            xfer,
+            done: 0,
+            buf: None,
+            cmp_buf: None,
+            chunk_start: 0,
+            chunk_len: 0,
+            chunk_got: 0,
+            unsol_end: 0,
+            r2t_next: 0,
+            r2t: None,
+            r2t_sn: 0,
+            data_sn: 0,
+            burst: 0,
+            sends: 0,
+            io_busy: false,
+            waiting_buf: false,
+            finished: false,
+            aborted: false,
+        };
+        let idx = match self.free_tasks.pop() {
+            Some(i) => {
+                self.tasks[i as usize] = Some(t);
+                i
+            }
+            None => {
+                self.tasks.push(Some(t));
+                (self.tasks.len() - 1) as u32
+            }
+        };
+        self.by_itt.insert(bhs.itt(), idx);
+        idx
+    }
+
+    fn take_buffers(&mut self, io: &mut Io<'_>, idx: u32) {
+        self.buf_ptrs_ensure(io);
+        let buf_size = io.pool.buf_size() as u32;
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        t.buf = io.pool.alloc();
+        if t.kind == Kind::VerifyCompare {
+            t.cmp_buf = io.pool.alloc();
+        }
+        let chunk_max = buf_size - buf_size % t.bs;
+        t.chunk_start = 0;
+        t.chunk_len = t.xfer.min(chunk_max);
+        t.chunk_got = 0;
+    }
+
+    /// Move a read or flush task forward: get a buffer, start the next
+    /// medium operation.
+    fn run_task(&mut self, io: &mut Io<'_>, idx: u32) {
+        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        if t.finished || t.io_busy {
+            return;
+        }
+        let backend = self.sh.luns[t.lun].backend.clone();
+        let prep = match t.kind {
+            Kind::Flush => {
+                t.io_busy = true;
+                backend.prep_flush()
+            }
+            Kind::Read => {
+                if t.buf.is_none() {
+                    if io.pool.available() == 0 {
+                        if !t.waiting_buf {
+                            t.waiting_buf = true;
+                            io.stats.buffer_waits.fetch_add(1, Relaxed);
+                            self.buf_waiters.push_back(idx);
+                        }
+                        return;
+                    }
+                    self.take_buffers(io, idx);
+                }
+                let buf_size = io.pool.buf_size() as u32;
+                let t = self.tasks[idx as usize].as_mut().unwrap();
+                t.waiting_buf = false;
+                let chunk_max = buf_size - buf_size % t.bs;
+                t.chunk_start = t.done;
+                t.chunk_len = (t.xfer - t.done).min(chunk_max);
+                // The medium is read in whole blocks even when the
+                // initiator asked for less (overflow).
+                let disk_len = t.chunk_len.div_ceil(t.bs) * t.bs;
+                let b = t.buf.unwrap();
+                let iob = IoBuf { ptr: self.buf_ptrs[b as usize], len: disk_len, index: self.fixed_index(io, b) };
+                let t = self.tasks[idx as usize].as_mut().unwrap();
+                t.io_busy = true;
+                backend.prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
+            }
+            Kind::Write | Kind::VerifyCompare => return,
+        };
+        self.submit_disk(io, idx, prep);
+    }
+
+    fn fixed_index(&self, io: &Io<'_>, b: BufId) -> Option<u16> {
+        io.pool.registered().then_some(b)
+    }
+
+    fn submit_disk(&mut self, io: &mut Io<'_>, idx: u32, prep: Prep) {
+        match prep {
+            Prep::Submit(e) => unsafe { io.push(e, TAG_DISK | idx) },
+            Prep::Done(res) => self.disk_done(io, idx, res),
+        }
+    }
+
+    /// Data bytes `[off, off+n)` of task `idx` have been stored.
+    fn data_arrived(&mut self, io: &mut Io<'_>, idx: u32, off: u32, n: u32, data_out: Option<(u32, bool)>) {
+        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        if t.finished {
+            return;
+        }
+        let ws = t.chunk_start as u64;
+        let we = ws + t.chunk_len as u64;
+        let s = (off as u64).max(ws);
+        let e = (off as u64 + n as u64).min(we);
+        if e > s {
+            t.chunk_got += (e - s) as u32;
+        }
+        if let (Some((ttt, fin)), Some(r)) = (data_out, t.r2t.as_mut()) {
+            if ttt == r.ttt {
+                r.got += n;
+                if fin || r.got >= r.len {
+                    t.r2t = None;
+                }
+            }
+        }
+        if t.chunk_got >= t.chunk_len && !t.io_busy {
+            self.chunk_received(io, idx);
+        } else {
+            self.send_r2t(io, idx);
+            self.flush_tx(io);
+        }
+    }
+
+    /// The current chunk of a write or verify has all its data.
+    fn chunk_received(&mut self, io: &mut Io<'_>, idx: u32) {
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        let backend = self.sh.luns[t.lun].backend.clone();
+        let b = match t.kind {
+            Kind::VerifyCompare => t.cmp_buf.unwrap(),
+            _ => t.buf.unwrap(),
+        };
+        let iob = IoBuf { ptr: self.buf_ptrs[b as usize], len: 0, index: self.fixed_index(io, b) };
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        let iob = IoBuf { len: t.chunk_len, ..iob };
+        let off = t.lba * t.bs as u64 + t.chunk_start as u64;
+        t.io_busy = true;
+        let prep = match t.kind {
+            Kind::Write => {
+                io.stats.write_ops.fetch_add(1, Relaxed);
+                backend.prep_write(iob, off, t.fua)
+            }
+            _ => backend.prep_read(iob, off),
+        };
+        self.submit_disk(io, idx, prep);
+    }
+
+    /// Send the next R2T of a write if none is outstanding
+    /// (MaxOutstandingR2T is 1) and the chunk still lacks data.
+    fn send_r2t(&mut self, io: &mut Io<'_>, idx: u32) {
+        let _ = io;
+        let max_burst = self.params.max_burst_length.max(512);
+        let sn = self.sn();
+        let ttt = self.next_ttt;
+        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        if t.finished || t.r2t.is_some() {
+            return;
+        }
+        let chunk_end = t.chunk_start + t.chunk_len;
+        if t.r2t_next < t.chunk_start {
+            t.r2t_next = t.chunk_start;
+        }
+        if t.r2t_next >= chunk_end {
+            return;
+        }
+        let len = (chunk_end - t.r2t_next).min(max_burst);
+        let off = t.r2t_next;
+        t.r2t = Some(R2tOut { ttt, off, len, got: 0 });
+        t.r2t_next += len;
+        let r2t_sn = t.r2t_sn;
+        t.r2t_sn += 1;
+        let (itt, lun_raw) = (t.itt, t.lun_raw);
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        let mut hdr = [0u8; BHS_LEN];
+        build_r2t(&mut hdr, itt, lun_raw, ttt, r2t_sn, off, len, sn);
+        self.queue(hdr, TxData::None, NO_TASK, false, false);
+    }
+
+    fn on_data_out_header(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, dsl: usize) -> Sink {
+        let d = DataOut::new(bhs).unwrap();
+        let Some(&idx) = self.by_itt.get(&bhs.itt()) else {
+            // Data for a task that was aborted or already answered.
+            tracing::debug!("connection {}: Data-Out for unknown ITT {:#x} dropped", self.peer, bhs.itt());
+            return Sink::Discard;
+        };
+        let t = self.tasks[idx as usize].as_ref().unwrap();
+        if !matches!(t.kind, Kind::Write | Kind::VerifyCompare) {
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Data-Out for a command without data");
+            return Sink::Discard;
+        }
+        let off = d.buffer_offset();
+        let end = off as u64 + dsl as u64;
+        let ok = if d.ttt() == RESERVED_TAG {
+            end <= t.unsol_end.max(if self.params.initial_r2t { 0 } else { self.params.first_burst_length }) as u64
+        } else {
+            t.r2t.is_some_and(|r| r.ttt == d.ttt() && off >= r.off && end <= (r.off + r.len) as u64)
+        };
+        if !ok {
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Data-Out outside the solicited range");
+            return Sink::Discard;
+        }
+        Sink::Task { idx, off }
+    }
+
+    /// A medium operation of task `idx` finished with `res`.
+    fn disk_done(&mut self, io: &mut Io<'_>, idx: u32, res: i32) {
+        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        t.io_busy = false;
+        if t.finished {
+            self.maybe_free(io, idx);
+            return;
+        }
+        match t.kind {
+            Kind::Flush => {
+                if res < 0 {
+                    tracing::warn!("flush failed: {}", std::io::Error::from_raw_os_error(-res));
+                    self.finish_check(io, idx, Sense::write_error());
+                } else {
+                    self.finish_good(io, idx);
+                }
+            }
+            Kind::Read => {
+                if res < 0 {
+                    tracing::warn!("read failed: {}", std::io::Error::from_raw_os_error(-res));
+                    return self.finish_check(io, idx, Sense::read_error());
+                }
+                if (res as u32) < t.chunk_len {
+                    // Short read past the end of a shrinking file: zeros.
+                    let b = t.buf.unwrap();
+                    let ptr = self.buf_ptrs[b as usize];
+                    let t = self.tasks[idx as usize].as_ref().unwrap();
+                    unsafe { std::ptr::write_bytes(ptr.add(res as usize), 0, (t.chunk_len - res as u32) as usize) };
+                }
+                io.stats.read_ops.fetch_add(1, Relaxed);
+                self.queue_data_in(io, idx);
+            }
+            Kind::Write => {
+                if res < 0 || (res as u32) < t.chunk_len {
+                    tracing::warn!("write failed: {res}");
+                    return self.finish_check(io, idx, Sense::write_error());
+                }
+                io.stats.write_bytes.fetch_add(t.chunk_len as u64, Relaxed);
+                self.next_chunk(io, idx);
+            }
+            Kind::VerifyCompare => {
+                if res < 0 {
+                    return self.finish_check(io, idx, Sense::read_error());
+                }
+                let (a, b, len) = (t.buf.unwrap(), t.cmp_buf.unwrap(), t.chunk_len as usize);
+                let (pa, pb) = (self.buf_ptrs[a as usize], self.buf_ptrs[b as usize]);
+                let (sa, sb) = unsafe { (std::slice::from_raw_parts(pa, len), std::slice::from_raw_parts(pb, len)) };
+                if let Some(pos) = sa.iter().zip(sb).position(|(x, y)| x != y) {
+                    let t = self.tasks[idx as usize].as_ref().unwrap();
+                    let at = t.chunk_start as u64 + pos as u64;
+                    return self.finish_check(io, idx, Sense::miscompare(at));
+                }
+                self.next_chunk(io, idx);
+            }
+        }
+    }
+
+    /// After a write or verify chunk: the next chunk, or the status.
+    fn next_chunk(&mut self, io: &mut Io<'_>, idx: u32) {
+        let buf_size = io.pool.buf_size() as u32;
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        t.done += t.chunk_len;
+        if t.done >= t.xfer {
+            return self.finish_good(io, idx);
+        }
+        let chunk_max = buf_size - buf_size % t.bs;
+        t.chunk_start = t.done;
+        t.chunk_len = (t.xfer - t.done).min(chunk_max);
+        t.chunk_got = 0;
+        self.send_r2t(io, idx);
+        self.flush_tx(io);
+    }
+
+    /// Queue the Data-In PDUs of the chunk just read.
+    fn queue_data_in(&mut self, io: &mut Io<'_>, idx: u32) {
+        let mrdsl = self.params.initiator_max_recv_dsl.max(512);
+        let max_burst = self.params.max_burst_length.max(512);
+        let t = self.tasks[idx as usize].as_ref().unwrap();
+        let base = self.buf_ptrs[t.buf.unwrap() as usize];
+        let (itt, lun_raw, start, len) = (t.itt, t.lun_raw, t.chunk_start, t.chunk_len);
+        let last_chunk = start + len >= t.xfer;
+        let residual = Residual::of(t.edtl, t.wanted);
+        io.stats.read_bytes.fetch_add(len as u64, Relaxed);
+        let mut pos = 0u32;
+        while pos < len {
+            let n = (len - pos).min(mrdsl);
+            let t = self.tasks[idx as usize].as_mut().unwrap();
+            let n = n.min(max_burst - t.burst);
+            let end_of_data = pos + n >= len;
+            t.burst += n;
+            let end_of_burst = t.burst >= max_burst;
+            if end_of_burst {
+                t.burst = 0;
+            }
+            let data_sn = t.data_sn;
+            t.data_sn += 1;
+            t.sends += 1;
+            let status_here = end_of_data && last_chunk;
+            let sn = if status_here { self.sn_status() } else { self.sn() };
+            let mut hdr = [0u8; BHS_LEN];
+            build_data_in(
+                &mut hdr,
+                itt,
+                lun_raw,
+                data_sn,
+                start + pos,
+                n as usize,
+                end_of_burst || status_here,
+                status_here.then_some((Status::Good as u8, residual)),
+                sn,
+            );
+            let data = TxData::Buf { ptr: unsafe { base.add(pos as usize) }, len: n };
+            self.queue(hdr, data, idx, end_of_data, false);
+            pos += n;
+        }
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        t.done += len;
+        if last_chunk {
+            t.finished = true;
+            let itt = t.itt;
+            self.by_itt.remove(&itt);
+        }
+        self.flush_tx(io);
+    }
+
+    /// A send of task `idx`'s data finished: read the next chunk.
+    fn chunk_sent(&mut self, io: &mut Io<'_>, idx: u32) {
+        let Some(t) = self.tasks[idx as usize].as_ref() else { return };
+        if t.finished {
+            self.maybe_free(io, idx);
+        } else if t.kind == Kind::Read {
+            self.run_task(io, idx);
+        }
+    }
+
+    fn finish_good(&mut self, io: &mut Io<'_>, idx: u32) {
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        let (itt, residual) = (t.itt, Residual::of(t.edtl, t.wanted));
+        let exp_data_sn = t.data_sn;
+        t.finished = true;
+        self.by_itt.remove(&itt);
+        self.respond_status(io, itt, Status::Good, residual, exp_data_sn);
+        self.maybe_free(io, idx);
+    }
+
+    fn finish_check(&mut self, io: &mut Io<'_>, idx: u32, sense: Sense) {
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        let itt = t.itt;
+        t.finished = true;
+        self.by_itt.remove(&itt);
+        self.respond_check(io, itt, sense, Residual::None);
+        self.maybe_free(io, idx);
+    }
+
+    /// Remove a task that never started.
+    fn drop_task(&mut self, io: &mut Io<'_>, idx: u32) {
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        t.finished = true;
+        let itt = t.itt;
+        self.by_itt.remove(&itt);
+        self.maybe_free(io, idx);
+    }
+
+    /// Give a finished task's buffers back once nothing refers to them.
+    fn maybe_free(&mut self, io: &mut Io<'_>, idx: u32) {
+        let Some(t) = self.tasks[idx as usize].as_ref() else { return };
+        if !t.finished || t.io_busy || t.sends > 0 {
+            return;
+        }
+        let t = self.tasks[idx as usize].take().unwrap();
+        if let Some(b) = t.buf {
+            io.pool.release(b);
+        }
+        if let Some(b) = t.cmp_buf {
+            io.pool.release(b);
+        }
+        self.free_tasks.push(idx);
+        // A buffer came back: wake a waiting read.
+        while io.pool.available() > 0 {
+            let Some(w) = self.buf_waiters.pop_front() else { break };
+            if let Some(wt) = self.tasks[w as usize].as_mut() {
+                wt.waiting_buf = false;
+            }
+            self.run_task(io, w);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Responses
+
+    fn respond_status(&mut self, io: &mut Io<'_>, itt: u32, status: Status, residual: Residual, exp_data_sn: u32) {
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_scsi_response(&mut hdr, itt, status as u8, residual, exp_data_sn, 0, sn);
+        self.queue(hdr, TxData::None, NO_TASK, false, false);
+        self.flush_tx(io);
+    }
+
+    fn respond_check(&mut self, io: &mut Io<'_>, itt: u32, sense: Sense, residual: Residual) {
+        let fixed = sense.fixed();
+        let mut data = Vec::with_capacity(2 + fixed.len());
+        data.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
+        data.extend_from_slice(&fixed);
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build_scsi_response(&mut hdr, itt, Status::CheckCondition as u8, residual, 0, data.len(), sn);
+        self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
+        self.flush_tx(io);
+    }
+
+    /// GOOD status with Data-In from the emulation (INQUIRY and friends).
+    fn respond_data(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, data: &[u8]) {
+        let cmd = ScsiCommand(bhs);
+        let edtl = cmd.expected_len();
+        let itt = bhs.itt();
+        let n = if cmd.read() { data.len().min(edtl as usize) } else { 0 };
+        let residual = Residual::of(edtl, data.len() as u64);
+        if n == 0 {
+            return self.respond_status(io, itt, Status::Good, residual, 0);
+        }
+        let mrdsl = self.params.initiator_max_recv_dsl.max(512) as usize;
+        let mut pos = 0;
+        let mut data_sn = 0;
+        while pos < n {
+            let len = (n - pos).min(mrdsl);
+            let last = pos + len >= n;
+            let sn = if last { self.sn_status() } else { self.sn() };
+            let mut hdr = [0u8; BHS_LEN];
+            build_data_in(
+                &mut hdr,
+                itt,
+                bhs.lun_raw(),
+                data_sn,
+                pos as u32,
+                len,
+                last,
+                last.then_some((Status::Good as u8, residual)),
+                sn,
+            );
+            self.queue(hdr, TxData::Owned(data[pos..pos + len].to_vec()), NO_TASK, false, false);
+            pos += len;
+            data_sn += 1;
+        }
+        self.flush_tx(io);
+    }
+
+    // ------------------------------------------------------------------
+    // Send path
+
+    fn queue(&mut self, bhs: [u8; BHS_LEN], data: TxData, task: u32, notify: bool, close_after: bool) {
+        let mut hdr = [0u8; BHS_LEN + DIGEST_LEN];
+        hdr[..BHS_LEN].copy_from_slice(&bhs);
+        let mut hlen = BHS_LEN;
+        if self.hd {
+            hdr[BHS_LEN..].copy_from_slice(&digest_bytes(digest(&[&bhs])));
+            hlen += DIGEST_LEN;
+        }
+        let payload: &[u8] = match &data {
+            TxData::None => &[],
+            TxData::Owned(v) => v,
+            TxData::Buf { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len as usize) },
+        };
+        let pad = pad_len(payload.len());
+        let mut trailer = [0u8; 8];
+        let mut tlen = pad;
+        if self.dd && !payload.is_empty() {
+            let crc = digest(&[payload, &[0u8; 3][..pad]]);
+            trailer[pad..pad + 4].copy_from_slice(&digest_bytes(crc));
+            tlen += DIGEST_LEN;
+        }
+        self.txq.push_back(Tx {
+            hdr,
+            hlen: hlen as u8,
+            data,
+            trailer,
+            tlen: tlen as u8,
+            task,
+            notify,
+            close_after,
+        });
+    }
+
+    fn flush_tx(&mut self, io: &mut Io<'_>) {
+        if self.tx_busy || self.txq.is_empty() || self.closing {
+            return;
+        }
+        self.tx_fly.clear();
+        while self.tx_fly.len() < SEND_BATCH {
+            let Some(t) = self.txq.pop_front() else { break };
+            let stop = t.close_after;
+            self.tx_fly.push(t);
+            if stop {
+                break;
+            }
+        }
+        self.iov.clear();
+        for t in &self.tx_fly {
+            self.iov.push(libc::iovec { iov_base: t.hdr.as_ptr() as *mut _, iov_len: t.hlen as usize });
+            match &t.data {
+                TxData::None => {}
+                TxData::Owned(v) => {
+                    if !v.is_empty() {
+                        self.iov.push(libc::iovec { iov_base: v.as_ptr() as *mut _, iov_len: v.len() })
+                    }
+                }
+                TxData::Buf { ptr, len } => {
+                    self.iov.push(libc::iovec { iov_base: *ptr as *mut _, iov_len: *len as usize })
+                }
+            }
+            if t.tlen > 0 {
+                self.iov.push(libc::iovec { iov_base: t.trailer.as_ptr() as *mut _, iov_len: t.tlen as usize });
+            }
+        }
+        self.iov_pos = 0;
+        self.submit_send(io);
+    }
+
+    fn submit_send(&mut self, io: &mut Io<'_>) {
+        self.msg = unsafe { std::mem::zeroed() };
+        self.msg.msg_iov = unsafe { self.iov.as_mut_ptr().add(self.iov_pos) };
+        self.msg.msg_iovlen = self.iov.len() - self.iov_pos;
+        let e = opcode::SendMsg::new(types::Fd(self.fd), &self.msg as *const _).flags(libc::MSG_NOSIGNAL as u32).build();
+        unsafe { io.push(e, TAG_SEND) };
+        self.tx_busy = true;
+    }
+
+    fn send_done(&mut self, io: &mut Io<'_>, res: i32) {
+        self.tx_busy = false;
+        if res < 0 {
+            self.close(&format!("send failed: {}", std::io::Error::from_raw_os_error(-res)));
+        } else {
+            // Advance over what was written; resubmit the rest.
+            let mut n = res as usize;
+            while n > 0 && self.iov_pos < self.iov.len() {
+                let v = &mut self.iov[self.iov_pos];
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    self.iov_pos += 1;
+                } else {
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut _;
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+            if self.iov_pos < self.iov.len() && !self.closing {
+                self.submit_send(io);
+                return;
+            }
+        }
+        // The whole batch is out (or the connection is going away).
+        let mut close = false;
+        self.notify.clear();
+        for t in self.tx_fly.drain(..) {
+            close |= t.close_after;
+            if t.task != NO_TASK {
+                if let Some(task) = self.tasks[t.task as usize].as_mut() {
+                    task.sends -= 1;
+                    if t.notify || task.finished {
+                        self.notify.push(t.task);
+                    }
+                }
+            }
+        }
+        let notify = std::mem::take(&mut self.notify);
+        for &idx in &notify {
+            self.chunk_sent(io, idx);
+        }
+        self.notify = notify;
+        if close {
+            self.close("done");
+            return;
+        }
+        self.flush_tx(io);
+        self.post_recv(io);
+    }
+
+    /// Release everything once closed and idle.
+    fn reap(&mut self, io: &mut Io<'_>) {
+        if !self.closing || self.tx_busy {
+            return;
+        }
+        for i in 0..self.tasks.len() {
+            if let Some(t) = self.tasks[i].as_mut() {
+                if !t.io_busy {
+                    t.finished = true;
+                    t.sends = 0;
+                    self.maybe_free_closing(io, i as u32);
+                }
+            }
+        }
+    }
+
+    fn maybe_free_closing(&mut self, io: &mut Io<'_>, idx: u32) {
+        if let Some(t) = self.tasks[idx as usize].take() {
+            if let Some(b) = t.buf {
+                io.pool.release(b);
+            }
+            if let Some(b) = t.cmp_buf {
+                io.pool.release(b);
+            }
+            self.free_tasks.push(idx);
+        }
+    }
+}
+
+impl Connection for Conn {
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.buf_ptrs_ensure(io);
+        self.post_recv(io);
+    }
+
+    fn complete(&mut self, io: &mut Io<'_>, tag: u32, res: i32) {
+        match tag & TAG_KIND {
+            TAG_RECV => {
+                self.rx_busy = false;
+                if self.closing {
+                } else if res <= 0 {
+                    let why = if res == 0 {
+                        "peer closed the connection".to_string()
+                    } else {
+                        format!("receive failed: {}", std::io::Error::from_raw_os_error(-res))
+                    };
+                    self.close(&why);
+                } else {
+                    self.rx_end += res as usize;
+                    self.process_rx(io);
+                }
+            }
+            TAG_RECV_DIRECT => {
+                self.rx_busy = false;
+                if self.closing {
+                } else if res <= 0 {
+                    self.close("peer closed the connection during data");
+                } else if let Rx::Data { sink, total, got, trailer } = self.rx_state {
+                    let got = got + res as usize;
+                    self.rx_state = Rx::Data { sink, total, got, trailer };
+                    if got < total {
+                        if let Some(ptr) = self.direct_target(sink, got, total) {
+                            let e = opcode::Recv::new(types::Fd(self.fd), ptr, (total - got) as u32)
+                                .flags(libc::MSG_WAITALL)
+                                .build();
+                            unsafe { io.push(e, TAG_RECV_DIRECT) };
+                            self.rx_busy = true;
+                            return;
+                        }
+                    }
+                    self.process_rx(io);
+                }
+            }
+            TAG_SEND => self.send_done(io, res),
+            TAG_DISK => {
+                let idx = tag & !TAG_KIND;
+                if self.closing {
+                    if let Some(t) = self.tasks.get_mut(idx as usize).and_then(|t| t.as_mut()) {
+                        t.io_busy = false;
+                    }
+                } else {
+                    self.disk_done(io, idx, res);
+                }
+            }
+            _ => {}
+        }
+        self.reap(io);
+    }
+
+    fn finished(&self) -> bool {
+        self.closing && !self.tx_busy && !self.rx_busy && self.tasks.iter().all(|t| t.is_none())
+    }
+
+    fn shutdown(&mut self, io: &mut Io<'_>) {
+        self.close("target shutting down");
+        self.reap(io);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        tracing::debug!("connection {} released", self.peer);
+        let _ = &self.stream;
+    }
+}
+
+// Buffer base pointers, cached from the pool so the hot path needs no
+// access to the pool for address arithmetic.
+impl Conn {
+    fn buf_ptrs_ensure(&mut self, io: &mut Io<'_>) {
+        if self.buf_ptrs.len() != io.pool.count() {
+            self.buf_ptrs = (0..io.pool.count()).map(|i| io.pool.ptr(i as BufId)).collect();
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_failure_type(_: LoginFailure) {}

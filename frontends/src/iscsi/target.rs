@@ -1,0 +1,98 @@
+//! The iSCSI target as an engine service: what every connection shares
+//! (target name, LUNs, negotiation limits) and how a connection is made.
+
+use bootlun_engine::{BlockBackend, Service};
+use sha2::{Digest, Sha256};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use super::conn::Conn;
+use super::negotiate::Limits;
+use crate::scsi::LuInfo;
+
+/// One exported logical unit: the backend and what SCSI reports about it.
+pub struct Lun {
+    pub backend: Arc<dyn BlockBackend>,
+    pub info: LuInfo,
+}
+
+impl Lun {
+    /// Describe `backend` for the SCSI layer. The identifier is derived
+    /// from the backend's identity (its canonical path), so it stays the
+    /// same across restarts.
+    pub fn new(backend: Arc<dyn BlockBackend>, target_name: &str, max_transfer_bytes: u32) -> Lun {
+        let mut h = Sha256::new();
+        h.update(target_name.as_bytes());
+        h.update([0]);
+        h.update(backend.identity().as_bytes());
+        let d = h.finalize();
+        let mut ident = [0u8; 16];
+        ident.copy_from_slice(&d[..16]);
+        let bs = backend.block_size();
+        let info = LuInfo {
+            block_size: bs,
+            num_blocks: backend.size_bytes() / bs as u64,
+            read_only: backend.read_only(),
+            write_cache: true,
+            ident,
+            vendor: "BOOTLUN",
+            product: "bootlun disk",
+            revision: "0001",
+            max_transfer_blocks: max_transfer_bytes / bs,
+            optimal_transfer_blocks: (128 * 1024) / bs,
+            rotational: backend.rotational(),
+        };
+        Lun { backend, info }
+    }
+}
+
+/// State shared by every connection of the target.
+pub struct TargetShared {
+    pub target_name: String,
+    pub luns: Vec<Lun>,
+    pub lun_numbers: Vec<u64>,
+    pub limits: Limits,
+    /// Commands one connection may have outstanding (CmdSN window).
+    pub queue_depth: u32,
+    /// Advertised in SendTargets; empty = the address the initiator used.
+    pub portals: Vec<String>,
+    next_tsih: AtomicU16,
+}
+
+impl TargetShared {
+    pub fn new(target_name: String, luns: Vec<Lun>, limits: Limits, queue_depth: u32) -> Self {
+        let lun_numbers = (0..luns.len() as u64).collect();
+        TargetShared {
+            target_name,
+            luns,
+            lun_numbers,
+            limits,
+            queue_depth,
+            portals: Vec::new(),
+            next_tsih: AtomicU16::new(1),
+        }
+    }
+
+    /// A fresh, non-zero TSIH.
+    pub fn alloc_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+}
+
+/// The engine service that turns accepted sockets into iSCSI connections.
+pub struct IscsiService {
+    pub shared: Arc<TargetShared>,
+}
+
+impl Service for IscsiService {
+    type Conn = Conn;
+    fn connect(&self, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
+        Conn::new(self.shared.clone(), stream, peer, reactor)
+    }
+}
