@@ -1023,7 +1023,7 @@ mod tests {
         let known: Vec<u8> = op::SUPPORTED.iter().map(|c| c.opcode).collect();
         (
             prop_oneof![3 => prop::sample::select(known), 1 => any::<u8>()],
-            prop::collection::vec(any::<u8>(), 0..20),
+            prop::collection::vec(any::<u8>(), 0..40),
             any::<bool>(),
         )
             .prop_map(|(opcode, rest, sparse)| {
@@ -1037,12 +1037,51 @@ mod tests {
             })
     }
 
+    /// CDBs of supported commands with only CDB USAGE DATA bits set, about
+    /// half of the bytes zeroed so that LBAs often fall inside the medium.
+    fn arb_wellformed_cdb() -> impl Strategy<Value = Vec<u8>> {
+        let all: Vec<&'static CommandInfo> = op::SUPPORTED.iter().collect();
+        (
+            prop::sample::select(all),
+            prop::collection::vec(any::<u8>(), 16),
+            prop::collection::vec(any::<bool>(), 16),
+        )
+            .prop_map(|(c, bytes, keep)| {
+                let mut v: Vec<u8> = c.usage.to_vec();
+                for i in 1..v.len() - 1 {
+                    v[i] = if keep[i] { bytes[i] & c.usage[i] } else { 0 };
+                }
+                if let Some(sa) = c.service_action {
+                    v[1] = (v[1] & !0x1F) | sa as u8;
+                }
+                let last = v.len() - 1;
+                v[last] = 0;
+                v
+            })
+    }
+
+    /// ALLOCATION LENGTH of the commands that have one; Data-In must never
+    /// exceed it.
+    fn allocation_length(cdb: &[u8]) -> Option<usize> {
+        let b = |i: usize| usize::from(cdb.get(i).copied().unwrap_or(0));
+        let be = |i: usize, n: usize| (i..i + n).fold(0usize, |a, k| (a << 8) | b(k));
+        match *cdb.first()? {
+            op::INQUIRY => Some(be(3, 2)),
+            op::REQUEST_SENSE | op::MODE_SENSE_6 => Some(b(4)),
+            op::MODE_SENSE_10 => Some(be(7, 2)),
+            op::REPORT_LUNS | op::MAINTENANCE_IN => Some(be(6, 4)),
+            op::SERVICE_ACTION_IN_16 => Some(be(10, 4)),
+            op::READ_CAPACITY_10 => Some(8),
+            _ => Some(0),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
         #[test]
         fn execute_never_panics_and_stays_in_range(
-            cdb in arb_cdb(),
+            cdb in prop_oneof![arb_cdb(), arb_wellformed_cdb()],
             lu in arb_lu(),
             present in any::<bool>(),
         ) {
@@ -1065,6 +1104,11 @@ mod tests {
             }
             if matches!(o, Outcome::Write { .. }) {
                 prop_assert!(!lu.read_only);
+            }
+            if o == Outcome::Good {
+                if let Some(alloc) = allocation_length(&cdb) {
+                    prop_assert!(out.len() <= alloc, "{} > {}", out.len(), alloc);
+                }
             }
         }
     }
