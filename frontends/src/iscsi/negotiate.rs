@@ -175,8 +175,6 @@ pub struct StepResult {
 const MAX_DSL: u64 = (1 << 24) - 1;
 /// DefaultTime2Retain the target offers; the result is the minimum.
 const OUR_TIME2RETAIN: u32 = 20;
-/// DefaultTime2Wait the target offers; the result is the maximum.
-const OUR_TIME2WAIT: u32 = 0;
 /// Largest CHAP challenge accepted from the initiator (mutual CHAP).
 const MAX_CHAP_CHALLENGE: usize = 1024;
 /// Login Requests one login may take. Real initiators need fewer than ten.
@@ -798,7 +796,9 @@ impl Negotiator {
                 "0".to_owned()
             }),
             "DefaultTime2Wait" => parse_number_in(value, 0, 3600).map(|n| {
-                p.default_time2wait = (n as u32).max(OUR_TIME2WAIT);
+                // The result is the maximum and the target's own value is
+                // 0, so the initiator's value stands.
+                p.default_time2wait = n as u32;
                 p.default_time2wait.to_string()
             }),
             "DefaultTime2Retain" => parse_number_in(value, 0, 3600).map(|n| {
@@ -1600,10 +1600,12 @@ mod tests {
         ];
         assert_eq!(r, owned(&expected));
         // Nothing changed.
-        let mut d = SessionParams::default();
-        d.initiator_name = INI.to_owned();
-        d.target_name = TGT.to_owned();
-        d.target_max_recv_dsl = 262144;
+        let d = SessionParams {
+            initiator_name: INI.to_owned(),
+            target_name: TGT.to_owned(),
+            target_max_recv_dsl: 262144,
+            ..SessionParams::default()
+        };
         assert_eq!(n.params(), &d);
     }
 
