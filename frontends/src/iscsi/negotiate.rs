@@ -60,10 +60,21 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+/// CHAP credentials: the name (CHAP_N) and the shared secret.
+#[derive(Clone)]
 pub struct ChapSecret {
     pub user: String,
     pub secret: Vec<u8>,
+}
+
+/// Keeps the secret out of logs.
+impl std::fmt::Debug for ChapSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecret")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +235,8 @@ const OPERATIONAL_KEYS: &[&str] = &[
 /// Keys only the target sends.
 const TARGET_ONLY_KEYS: &[&str] = &["TargetAlias", "TargetAddress", "TargetPortalGroupTag"];
 
-/// Keys only allowed in the first Login Request.
+/// Keys that must first appear in the first Login Request; later requests
+/// may only repeat them unchanged.
 const LEADING_KEYS: &[&str] = &["InitiatorName", "TargetName", "SessionType"];
 
 /// Where authentication stands.
@@ -1880,6 +1892,14 @@ mod tests {
             .iter()
             .all(|(k, _)| k != "InitiatorName" && k != "TargetName"));
         assert_eq!(n.params().first_burst_length, 262144);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let n = chap_negotiator();
+        let text = format!("{n:?}");
+        assert!(text.contains("ipxe-user") && text.contains("<redacted>"));
+        assert!(!text.contains("118, 101, 114, 121"), "{text}");
     }
 
     #[test]
