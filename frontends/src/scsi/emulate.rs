@@ -67,6 +67,8 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::VERIFY_10 => verify(lu, cdb::verify10(&cdb)),
         op::VERIFY_12 => verify(lu, cdb::verify12(&cdb)),
         op::VERIFY_16 => verify(lu, cdb::verify16(&cdb)),
+        op::PRE_FETCH_10 => pre_fetch(lu, cdb::sync10(&cdb)),
+        op::PRE_FETCH_16 => pre_fetch(lu, cdb::sync16(&cdb)),
         op::SYNCHRONIZE_CACHE_10 => synchronize_cache(lu, cdb::sync10(&cdb)),
         op::SYNCHRONIZE_CACHE_16 => synchronize_cache(lu, cdb::sync16(&cdb)),
         op::MAINTENANCE_IN => report_supported_operation_codes(&cdb, out),
@@ -174,6 +176,14 @@ fn verify(lu: &LuInfo, f: VerifyFields) -> CmdResult {
 fn synchronize_cache(lu: &LuInfo, (lba, blocks): (u64, u32)) -> CmdResult {
     check_range(lu, lba, blocks)?;
     Ok(Outcome::Flush)
+}
+
+/// PRE-FETCH(10/16) (SBC-3 5.7, 5.8): a cache hint with the same LBA and
+/// length layout as SYNCHRONIZE CACHE. Nothing is staged, which SBC-3
+/// answers with GOOD (CONDITION MET would promise cached blocks).
+fn pre_fetch(lu: &LuInfo, (lba, blocks): (u64, u32)) -> CmdResult {
+    check_range(lu, lba, blocks)?;
+    Ok(Outcome::Good)
 }
 
 /// START STOP UNIT: the medium is always ready and not removable, so every
@@ -782,6 +792,32 @@ mod tests {
         assert_eq!(
             exec(&cdb16(0x91, 1000, 0)).0,
             check(Sense::lba_out_of_range())
+        );
+    }
+
+    // ---- PRE-FETCH ----
+
+    #[test]
+    fn pre_fetch() {
+        assert_eq!(exec(&cdb10(0x34, 0, 0)), (Outcome::Good, vec![]));
+        let mut c = cdb10(0x34, 10, 990);
+        c[1] = 0x02; // IMMED
+        assert_eq!(exec(&c).0, Outcome::Good);
+        assert_eq!(exec(&cdb16(0x90, 999, 1)).0, Outcome::Good);
+        assert_eq!(
+            exec(&cdb10(0x34, 10, 991)).0,
+            check(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            exec(&cdb16(0x90, 1000, 0)).0,
+            check(Sense::lba_out_of_range())
+        );
+        let mut c = cdb10(0x34, 0, 1);
+        c[1] = 0x04;
+        assert_eq!(exec(&c).0, invalid_field());
+        assert_eq!(
+            exec_on(&cdb10(0x34, 0, 1), None).0,
+            check(Sense::lun_not_supported())
         );
     }
 
