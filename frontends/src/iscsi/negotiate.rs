@@ -15,6 +15,21 @@
 //!   is configured) and runs CHAP over several steps;
 //! * the operational stage answers every key in the order received, then
 //!   declares the target's MaxRecvDataSegmentLength once.
+//!
+//! CHAP: algorithms 5 (MD5) and 7 (SHA-256), numbered as in the PPP
+//! authentication algorithm registry; the initiator's order of preference
+//! decides. Mutual CHAP is answered only after
+//! [`Negotiator::with_mutual_chap`].
+//!
+//! For the transport: call [`Negotiator::step`] once per complete Login
+//! Request. `Ok` with `transit == false` means "stay in this stage" (for
+//! example while CHAP is still running, see
+//! [`Negotiator::auth_in_progress`]): answer with T=0 and the same CSG.
+//! `Ok` with `transit == true` means answer T=1 with the requested NSG;
+//! once NSG is full feature phase, [`Negotiator::is_complete`] is true and
+//! [`Negotiator::params`] is final. `Err` maps to the Login Response status
+//! via [`LoginFailure::status`]; nothing is appended to the text then, and
+//! the connection should be closed after the reject.
 
 #[path = "keys/chap.rs"]
 pub mod chap;
