@@ -212,3 +212,72 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
     assert!(!handle.is_finished(), "DHCP server thread ended");
     eprintln!("total: {:?}", t0.elapsed());
 }
+
+/// ProxyDHCP over real sockets: a PXE DISCOVER broadcast to port 67 gets
+/// boot information without an address (a non-PXE one gets nothing), and
+/// a REQUEST to port 4011 gets a unicast ACK.
+#[test]
+fn proxy_dhcp_on_67_and_4011() {
+    use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    if !can_run(&[]) {
+        return;
+    }
+    let t0 = Instant::now();
+    let link = Link::new("dp", 3, true);
+    let server = link.server_ip;
+    let mut cfg = DhcpConfig::new(&link.server_if, server, Ipv4Addr::new(255, 255, 255, 0), BootFiles::defaults_for(server));
+    cfg.mode = dhcp::DhcpMode::Proxy;
+    let handle = link.in_server_ns(move || dhcp::spawn(cfg)).expect("start ProxyDHCP");
+    let iface = link.client_if.clone();
+    link.in_client_ns(move || {
+        let mac = [2, 0x77, 0, 0, 3, 2];
+        let msg = |xid: u32, t: MessageType, pxe: bool, ciaddr: Ipv4Addr| {
+            let mut m = Message::new_with_id(xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+            m.opts_mut().insert(DhcpOption::MessageType(t));
+            if pxe {
+                m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()));
+                m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::BC));
+            }
+            let mut buf = Vec::new();
+            m.encode(&mut Encoder::new(&mut buf)).unwrap();
+            buf
+        };
+        let recv = |s: &UdpSocket| {
+            let mut buf = [0u8; 1500];
+            let (n, from) = s.recv_from(&mut buf).expect("no reply from ProxyDHCP");
+            (Message::decode(&mut Decoder::new(&buf[..n])).unwrap(), from)
+        };
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.bind_device(Some(iface.as_bytes())).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).unwrap();
+        let s: UdpSocket = s.into();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        s.send_to(&msg(1, MessageType::Discover, false, Ipv4Addr::UNSPECIFIED), bcast).unwrap();
+        s.send_to(&msg(2, MessageType::Discover, true, Ipv4Addr::UNSPECIFIED), bcast).unwrap();
+        let (offer, _) = recv(&s);
+        assert_eq!(offer.xid(), 2, "the non-PXE DISCOVER was answered");
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(offer.siaddr(), Ipv4Addr::new(10, 77, 3, 1));
+        assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec())));
+        assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+
+        let ciaddr = Ipv4Addr::new(10, 77, 3, 2);
+        let u = UdpSocket::bind((ciaddr, 0)).unwrap();
+        u.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        u.send_to(&msg(3, MessageType::Request, true, ciaddr), (Ipv4Addr::new(10, 77, 3, 1), 4011)).unwrap();
+        let (ack, from) = recv(&u);
+        assert_eq!(from, SocketAddr::from(([10, 77, 3, 1], 4011)));
+        assert_eq!(ack.xid(), 3);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(ack.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec())));
+    });
+    assert!(!handle.is_finished(), "ProxyDHCP thread ended");
+    eprintln!("proxyDHCP offer on 67 and ACK on 4011: {:?}", t0.elapsed());
+}
