@@ -2,7 +2,7 @@
 //! nor MODE SENSE ([`mode`]).
 //!
 //! Every CDB goes through the same checks before its command runs:
-//! 1. the opcode (and service action) must be in [`opcode::SUPPORTED`]:
+//! 1. the opcode (and service action) must be in [`SUPPORTED`]:
 //!    INVALID COMMAND OPERATION CODE otherwise (INVALID FIELD IN CDB for an
 //!    unsupported service action);
 //! 2. the CDB must be as long as its opcode requires, with NACA and LINK
@@ -14,6 +14,7 @@
 //!
 //! [`vpd`]: super::vpd
 //! [`mode`]: super::mode
+//! [`SUPPORTED`]: super::opcode::SUPPORTED
 
 use super::cdb::{self, Cdb, RwFields, VerifyFields};
 use super::opcode::{self as op, CommandInfo};
