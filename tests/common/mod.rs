@@ -445,12 +445,16 @@ impl Server {
         match line {
             Some(line) => server.addr = parse_listening_line(&line).unwrap(),
             None => {
-                let status = server.child.as_mut().unwrap().try_wait().ok().flatten();
+                // Collect the exit status (bounded; killed if still running).
+                let mut child = server.child.take().unwrap();
+                let status = wait_with_deadline(&mut child, Duration::from_secs(5))
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "still running after the wait; killed".into());
                 let out = server.log.text();
                 drop(server);
                 panic!(
-                    "`{description}` never printed `listening on ADDR:PORT` within {READY_TIMEOUT:?} \
-                     (exit status: {status:?})\n--- captured output ---\n{out}"
+                    "`{description}` did not print `listening on ADDR:PORT` (waited up to {READY_TIMEOUT:?}; \
+                     {status})\n--- captured output ---\n{out}"
                 );
             }
         }
