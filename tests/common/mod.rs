@@ -342,6 +342,28 @@ pub fn bootlun_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bootlun")))
 }
 
+/// LUN number of the first `--lun` of the binary run by [`Server::bootlun`]:
+/// 0, except when a stand-in binary (`BOOTLUN_BIN`) fronting tgt is used
+/// under `BOOTLUN_TEST_TARGET=tgt`, whose disks start at LUN 1.
+pub fn bin_lun_base() -> u32 {
+    if target_kind() == TargetKind::Tgt && std::env::var_os("BOOTLUN_BIN").is_some() {
+        1
+    } else {
+        0
+    }
+}
+
+/// True when [`Server::bootlun`] runs something that follows bootlun's CLI
+/// contract: the real binary, or a stand-in named by `BOOTLUN_BIN`. Tests of
+/// bootlun-only behaviour (CLI, logs) print SKIPPED and return when false.
+pub fn bootlun_cli_available() -> bool {
+    if target_kind() == TargetKind::Tgt && std::env::var_os("BOOTLUN_BIN").is_none() {
+        println!("SKIPPED: bootlun-only behaviour; with BOOTLUN_TEST_TARGET=tgt set BOOTLUN_BIN to a stand-in");
+        return false;
+    }
+    true
+}
+
 /// A running target. Dropping it stops exactly the process it started:
 /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
 pub struct Server {
@@ -414,7 +436,7 @@ impl Server {
             kind: TargetKind::Bootlun,
             addr: "127.0.0.1:0".parse().unwrap(),
             iqn,
-            lun_base: 0,
+            lun_base: bin_lun_base(),
             log,
             tgt_control_port: None,
             _scratch: None,
@@ -423,12 +445,16 @@ impl Server {
         match line {
             Some(line) => server.addr = parse_listening_line(&line).unwrap(),
             None => {
-                let status = server.child.as_mut().unwrap().try_wait().ok().flatten();
+                // Collect the exit status (bounded; killed if still running).
+                let mut child = server.child.take().unwrap();
+                let status = wait_with_deadline(&mut child, Duration::from_secs(5))
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "still running after the wait; killed".into());
                 let out = server.log.text();
                 drop(server);
                 panic!(
-                    "`{description}` never printed `listening on ADDR:PORT` within {READY_TIMEOUT:?} \
-                     (exit status: {status:?})\n--- captured output ---\n{out}"
+                    "`{description}` did not print `listening on ADDR:PORT` (waited up to {READY_TIMEOUT:?}; \
+                     {status})\n--- captured output ---\n{out}"
                 );
             }
         }
@@ -443,7 +469,8 @@ impl Server {
         let port = free_port();
         // Control port: the management socket is a unix socket named after
         // it, so any number unlikely to clash with a system tgtd works.
-        let control = 10000 + (std::process::id() % 20000) as u16 + COUNTER.fetch_add(1, Ordering::SeqCst) as u16 * 7;
+        // tgtadm accepts control ports up to 32767.
+        let control = 10000 + (std::process::id() % 15000) as u16 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 1000) as u16 * 7;
         let mut cmd = Command::new("tgtd");
         cmd.args(["-f", "-C", &control.to_string(), "--iscsi", &format!("portal=127.0.0.1:{port}")])
             .stdin(Stdio::null())

@@ -15,6 +15,21 @@
 //!   is configured) and runs CHAP over several steps;
 //! * the operational stage answers every key in the order received, then
 //!   declares the target's MaxRecvDataSegmentLength once.
+//!
+//! CHAP: algorithms 5 (MD5) and 7 (SHA-256), numbered as in the PPP
+//! authentication algorithm registry; the initiator's order of preference
+//! decides. Mutual CHAP is answered only after
+//! [`Negotiator::with_mutual_chap`].
+//!
+//! For the transport: call [`Negotiator::step`] once per complete Login
+//! Request. `Ok` with `transit == false` means "stay in this stage" (for
+//! example while CHAP is still running, see
+//! [`Negotiator::auth_in_progress`]): answer with T=0 and the same CSG.
+//! `Ok` with `transit == true` means answer T=1 with the requested NSG;
+//! once NSG is full feature phase, [`Negotiator::is_complete`] is true and
+//! [`Negotiator::params`] is final. `Err` maps to the Login Response status
+//! via [`LoginFailure::status`]; nothing is appended to the text then, and
+//! the connection should be closed after the reject.
 
 #[path = "keys/chap.rs"]
 pub mod chap;
@@ -60,10 +75,21 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+/// CHAP credentials: the name (CHAP_N) and the shared secret.
+#[derive(Clone)]
 pub struct ChapSecret {
     pub user: String,
     pub secret: Vec<u8>,
+}
+
+/// Keeps the secret out of logs.
+impl std::fmt::Debug for ChapSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecret")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +201,6 @@ pub struct StepResult {
 const MAX_DSL: u64 = (1 << 24) - 1;
 /// DefaultTime2Retain the target offers; the result is the minimum.
 const OUR_TIME2RETAIN: u32 = 20;
-/// DefaultTime2Wait the target offers; the result is the maximum.
-const OUR_TIME2WAIT: u32 = 0;
 /// Largest CHAP challenge accepted from the initiator (mutual CHAP).
 const MAX_CHAP_CHALLENGE: usize = 1024;
 /// Login Requests one login may take. Real initiators need fewer than ten.
@@ -226,7 +250,8 @@ const OPERATIONAL_KEYS: &[&str] = &[
 /// Keys only the target sends.
 const TARGET_ONLY_KEYS: &[&str] = &["TargetAlias", "TargetAddress", "TargetPortalGroupTag"];
 
-/// Keys only allowed in the first Login Request.
+/// Keys that must first appear in the first Login Request; later requests
+/// may only repeat them unchanged.
 const LEADING_KEYS: &[&str] = &["InitiatorName", "TargetName", "SessionType"];
 
 /// Where authentication stands.
@@ -798,7 +823,9 @@ impl Negotiator {
                 "0".to_owned()
             }),
             "DefaultTime2Wait" => parse_number_in(value, 0, 3600).map(|n| {
-                p.default_time2wait = (n as u32).max(OUR_TIME2WAIT);
+                // The result is the maximum and the target's own value is
+                // 0, so the initiator's value stands.
+                p.default_time2wait = n as u32;
                 p.default_time2wait.to_string()
             }),
             "DefaultTime2Retain" => parse_number_in(value, 0, 3600).map(|n| {
@@ -1600,10 +1627,12 @@ mod tests {
         ];
         assert_eq!(r, owned(&expected));
         // Nothing changed.
-        let mut d = SessionParams::default();
-        d.initiator_name = INI.to_owned();
-        d.target_name = TGT.to_owned();
-        d.target_max_recv_dsl = 262144;
+        let d = SessionParams {
+            initiator_name: INI.to_owned(),
+            target_name: TGT.to_owned(),
+            target_max_recv_dsl: 262144,
+            ..SessionParams::default()
+        };
         assert_eq!(n.params(), &d);
     }
 
@@ -1878,6 +1907,14 @@ mod tests {
             .iter()
             .all(|(k, _)| k != "InitiatorName" && k != "TargetName"));
         assert_eq!(n.params().first_burst_length, 262144);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let n = chap_negotiator();
+        let text = format!("{n:?}");
+        assert!(text.contains("ipxe-user") && text.contains("<redacted>"));
+        assert!(!text.contains("118, 101, 114, 121"), "{text}");
     }
 
     #[test]

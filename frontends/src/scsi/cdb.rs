@@ -211,13 +211,14 @@ pub fn verify16(cdb: &Cdb) -> VerifyFields {
     verify_fields(cdb, cdb.be64(2), cdb.be32(10))
 }
 
-/// SYNCHRONIZE CACHE(10): (LBA, NUMBER OF LOGICAL BLOCKS); 0 blocks means
-/// "through the last LBA".
+/// SYNCHRONIZE CACHE(10) and PRE-FETCH(10), which share a layout: (LBA,
+/// NUMBER OF LOGICAL BLOCKS / PREFETCH LENGTH); 0 blocks means "through the
+/// last LBA".
 pub fn sync10(cdb: &Cdb) -> (u64, u32) {
     (u64::from(cdb.be32(2)), u32::from(cdb.be16(7)))
 }
 
-/// SYNCHRONIZE CACHE(16).
+/// SYNCHRONIZE CACHE(16) and PRE-FETCH(16).
 pub fn sync16(cdb: &Cdb) -> (u64, u32) {
     (cdb.be64(2), cdb.be32(10))
 }

@@ -2,7 +2,7 @@
 //! nor MODE SENSE ([`mode`]).
 //!
 //! Every CDB goes through the same checks before its command runs:
-//! 1. the opcode (and service action) must be in [`opcode::SUPPORTED`]:
+//! 1. the opcode (and service action) must be in [`SUPPORTED`]:
 //!    INVALID COMMAND OPERATION CODE otherwise (INVALID FIELD IN CDB for an
 //!    unsupported service action);
 //! 2. the CDB must be as long as its opcode requires, with NACA and LINK
@@ -14,6 +14,7 @@
 //!
 //! [`vpd`]: super::vpd
 //! [`mode`]: super::mode
+//! [`SUPPORTED`]: super::opcode::SUPPORTED
 
 use super::cdb::{self, Cdb, RwFields, VerifyFields};
 use super::opcode::{self as op, CommandInfo};
@@ -67,6 +68,8 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::VERIFY_10 => verify(lu, cdb::verify10(&cdb)),
         op::VERIFY_12 => verify(lu, cdb::verify12(&cdb)),
         op::VERIFY_16 => verify(lu, cdb::verify16(&cdb)),
+        op::PRE_FETCH_10 => pre_fetch(lu, cdb::sync10(&cdb)),
+        op::PRE_FETCH_16 => pre_fetch(lu, cdb::sync16(&cdb)),
         op::SYNCHRONIZE_CACHE_10 => synchronize_cache(lu, cdb::sync10(&cdb)),
         op::SYNCHRONIZE_CACHE_16 => synchronize_cache(lu, cdb::sync16(&cdb)),
         op::MAINTENANCE_IN => report_supported_operation_codes(&cdb, out),
@@ -174,6 +177,14 @@ fn verify(lu: &LuInfo, f: VerifyFields) -> CmdResult {
 fn synchronize_cache(lu: &LuInfo, (lba, blocks): (u64, u32)) -> CmdResult {
     check_range(lu, lba, blocks)?;
     Ok(Outcome::Flush)
+}
+
+/// PRE-FETCH(10/16) (SBC-3 5.7, 5.8): a cache hint with the same LBA and
+/// length layout as SYNCHRONIZE CACHE. Nothing is staged, which SBC-3
+/// answers with GOOD (CONDITION MET would promise cached blocks).
+fn pre_fetch(lu: &LuInfo, (lba, blocks): (u64, u32)) -> CmdResult {
+    check_range(lu, lba, blocks)?;
+    Ok(Outcome::Good)
 }
 
 /// START STOP UNIT: the medium is always ready and not removable, so every
@@ -785,6 +796,32 @@ mod tests {
         );
     }
 
+    // ---- PRE-FETCH ----
+
+    #[test]
+    fn pre_fetch() {
+        assert_eq!(exec(&cdb10(0x34, 0, 0)), (Outcome::Good, vec![]));
+        let mut c = cdb10(0x34, 10, 990);
+        c[1] = 0x02; // IMMED
+        assert_eq!(exec(&c).0, Outcome::Good);
+        assert_eq!(exec(&cdb16(0x90, 999, 1)).0, Outcome::Good);
+        assert_eq!(
+            exec(&cdb10(0x34, 10, 991)).0,
+            check(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            exec(&cdb16(0x90, 1000, 0)).0,
+            check(Sense::lba_out_of_range())
+        );
+        let mut c = cdb10(0x34, 0, 1);
+        c[1] = 0x04;
+        assert_eq!(exec(&c).0, invalid_field());
+        assert_eq!(
+            exec_on(&cdb10(0x34, 0, 1), None).0,
+            check(Sense::lun_not_supported())
+        );
+    }
+
     // ---- REPORT LUNS ----
 
     #[test]
@@ -1023,7 +1060,7 @@ mod tests {
         let known: Vec<u8> = op::SUPPORTED.iter().map(|c| c.opcode).collect();
         (
             prop_oneof![3 => prop::sample::select(known), 1 => any::<u8>()],
-            prop::collection::vec(any::<u8>(), 0..20),
+            prop::collection::vec(any::<u8>(), 0..40),
             any::<bool>(),
         )
             .prop_map(|(opcode, rest, sparse)| {
@@ -1037,12 +1074,51 @@ mod tests {
             })
     }
 
+    /// CDBs of supported commands with only CDB USAGE DATA bits set, about
+    /// half of the bytes zeroed so that LBAs often fall inside the medium.
+    fn arb_wellformed_cdb() -> impl Strategy<Value = Vec<u8>> {
+        let all: Vec<&'static CommandInfo> = op::SUPPORTED.iter().collect();
+        (
+            prop::sample::select(all),
+            prop::collection::vec(any::<u8>(), 16),
+            prop::collection::vec(any::<bool>(), 16),
+        )
+            .prop_map(|(c, bytes, keep)| {
+                let mut v: Vec<u8> = c.usage.to_vec();
+                for i in 1..v.len() - 1 {
+                    v[i] = if keep[i] { bytes[i] & c.usage[i] } else { 0 };
+                }
+                if let Some(sa) = c.service_action {
+                    v[1] = (v[1] & !0x1F) | sa as u8;
+                }
+                let last = v.len() - 1;
+                v[last] = 0;
+                v
+            })
+    }
+
+    /// ALLOCATION LENGTH of the commands that have one; Data-In must never
+    /// exceed it.
+    fn allocation_length(cdb: &[u8]) -> Option<usize> {
+        let b = |i: usize| usize::from(cdb.get(i).copied().unwrap_or(0));
+        let be = |i: usize, n: usize| (i..i + n).fold(0usize, |a, k| (a << 8) | b(k));
+        match *cdb.first()? {
+            op::INQUIRY => Some(be(3, 2)),
+            op::REQUEST_SENSE | op::MODE_SENSE_6 => Some(b(4)),
+            op::MODE_SENSE_10 => Some(be(7, 2)),
+            op::REPORT_LUNS | op::MAINTENANCE_IN => Some(be(6, 4)),
+            op::SERVICE_ACTION_IN_16 => Some(be(10, 4)),
+            op::READ_CAPACITY_10 => Some(8),
+            _ => Some(0),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
         #[test]
         fn execute_never_panics_and_stays_in_range(
-            cdb in arb_cdb(),
+            cdb in prop_oneof![arb_cdb(), arb_wellformed_cdb()],
             lu in arb_lu(),
             present in any::<bool>(),
         ) {
@@ -1065,6 +1141,11 @@ mod tests {
             }
             if matches!(o, Outcome::Write { .. }) {
                 prop_assert!(!lu.read_only);
+            }
+            if o == Outcome::Good {
+                if let Some(alloc) = allocation_length(&cdb) {
+                    prop_assert!(out.len() <= alloc, "{} > {}", out.len(), alloc);
+                }
             }
         }
     }

@@ -8,8 +8,21 @@
 //! writing the Data-In bytes into a caller-owned `Vec`.
 //!
 //! Layout: `cdb` decodes CDB fields, `sense` builds sense data, `opcode`
-//! names every operation code, `vpd` builds INQUIRY VPD pages, `mode` builds
-//! MODE SENSE pages, `emulate` dispatches.
+//! names every operation code and holds the supported-command table (with
+//! the CDB USAGE DATA that REPORT SUPPORTED OPERATION CODES reports and the
+//! dispatcher enforces), `vpd` answers INQUIRY (standard data and VPD
+//! pages), `mode` answers MODE SENSE, `emulate` dispatches and answers the
+//! rest (READ CAPACITY, REPORT LUNS, REQUEST SENSE, ...).
+//!
+//! Notes for the transport:
+//! * WRITE AND VERIFY(10/12/16) come back as [`Outcome::Write`] with `fua`
+//!   set: a durable write is its verification.
+//! * VERIFY with BYTCHK 00b comes back as `Verify { bytchk: false }`; the
+//!   transport may read the blocks back or simply answer GOOD.
+//! * Transfer lengths above [`LuInfo::max_transfer_blocks`] (when nonzero)
+//!   are refused with INVALID FIELD IN CDB, as SBC-3 requires.
+//! * Sense data is fixed format ([`Sense::fixed`]): the Control mode page
+//!   reports D_SENSE 0.
 
 pub mod cdb;
 pub mod emulate;

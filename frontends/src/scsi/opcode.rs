@@ -237,6 +237,13 @@ pub static SUPPORTED: &[CommandInfo] = &[
         MEDIUM_TIMEOUT,
     ),
     cmd(
+        PRE_FETCH_10,
+        None,
+        "PRE-FETCH(10)",
+        &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
         SYNCHRONIZE_CACHE_10,
         None,
         "SYNCHRONIZE CACHE(10)",
@@ -289,6 +296,16 @@ pub static SUPPORTED: &[CommandInfo] = &[
             0x1F, C,
         ],
         MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        PRE_FETCH_16,
+        None,
+        "PRE-FETCH(16)",
+        &[
+            0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, C,
+        ],
+        QUICK_TIMEOUT,
     ),
     cmd(
         SYNCHRONIZE_CACHE_16,

@@ -96,6 +96,19 @@ impl Sense {
     pub const fn saving_parameters_not_supported() -> Self {
         Self::new(SenseKey::IllegalRequest, 0x39, 0x00)
     }
+    /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+    /// (29h/00h), e.g. after a LOGICAL UNIT RESET task management function.
+    pub const fn power_on_reset() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x29, 0x00)
+    }
+    /// UNIT ATTENTION / CAPACITY DATA HAS CHANGED (2Ah/09h).
+    pub const fn capacity_changed() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2A, 0x09)
+    }
+    /// UNIT ATTENTION / REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh).
+    pub const fn reported_luns_changed() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x3F, 0x0E)
+    }
     /// NOT READY / MEDIUM NOT PRESENT (3Ah/00h).
     pub const fn medium_not_present() -> Self {
         Self::new(SenseKey::NotReady, 0x3A, 0x00)

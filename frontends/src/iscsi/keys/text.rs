@@ -186,7 +186,7 @@ fn decode_hex(digits: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 4 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
         return None;
     }
     let pad = text.iter().rev().take_while(|&&b| b == b'=').count();
