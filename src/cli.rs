@@ -1,7 +1,9 @@
 //! Command-line parsing and wiring. Every operator error is one line that
 //! names the flag or key to change, with exit status 2.
 
-use bootlun_engine::{open_backend, parse_core_list, parse_size, Engine, EngineConfig, LunSpec, PollMode};
+use bootlun_engine::{
+    open_backend, parse_core_list, parse_size, Engine, EngineConfig, LunSpec, PollMode,
+};
 use bootlun_frontends::iscsi::negotiate::Limits;
 use bootlun_frontends::iscsi::{IscsiService, Lun, TargetShared};
 use clap::{Parser, Subcommand};
@@ -16,7 +18,11 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
 const DEFAULT_TARGET: &str = "iqn.2026-11.org.bootlun:target";
 
 #[derive(Parser, Debug)]
-#[command(name = "bootlun", version, about = "Network-boot this machine's own OS: iSCSI target and PXE services")]
+#[command(
+    name = "bootlun",
+    version,
+    about = "Network-boot this machine's own OS: iSCSI target and PXE services"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -81,7 +87,17 @@ impl ServeArgs {
         macro_rules! take {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
-        take!(listen, target_name, cores, poll, poll_spin_us, buffers, buffer_size, queue_depth, log);
+        take!(
+            listen,
+            target_name,
+            cores,
+            poll,
+            poll_spin_us,
+            buffers,
+            buffer_size,
+            queue_depth,
+            log
+        );
         if self.lun.is_empty() {
             self.lun = file.lun;
         }
@@ -109,7 +125,11 @@ fn init_logging(filter: Option<&str>) {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let ansi = unsafe { libc::isatty(2) } == 1;
-    tracing_subscriber::fmt().with_env_filter(f).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(f)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn serve(mut args: ServeArgs) -> ExitCode {
@@ -148,11 +168,18 @@ enum Failure {
 fn run(args: ServeArgs) -> Result<(), Failure> {
     use Failure::*;
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| Usage(format!("--listen {listen}: expected ADDR:PORT, for example 0.0.0.0:3260")))?;
-    let target_name = args.target_name.clone().unwrap_or_else(|| DEFAULT_TARGET.to_string());
-    if !(target_name.starts_with("iqn.") || target_name.starts_with("eui.") || target_name.starts_with("naa."))
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        Usage(format!(
+            "--listen {listen}: expected ADDR:PORT, for example 0.0.0.0:3260"
+        ))
+    })?;
+    let target_name = args
+        .target_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TARGET.to_string());
+    if !(target_name.starts_with("iqn.")
+        || target_name.starts_with("eui.")
+        || target_name.starts_with("naa."))
         || target_name.len() > 223
         || target_name.contains(char::is_whitespace)
     {
@@ -161,9 +188,13 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         )));
     }
     if args.lun.is_empty() {
-        return Err(Usage("--lun: at least one LUN is needed, for example --lun ram:1G or --lun /dev/sda".into()));
+        return Err(Usage(
+            "--lun: at least one LUN is needed, for example --lun ram:1G or --lun /dev/sda".into(),
+        ));
     }
-    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let available = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let cores = match &args.cores {
         Some(c) => parse_core_list(c, available).map_err(Usage)?,
         None => (0..available).collect(),
@@ -177,15 +208,21 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         None => 1 << 20,
     };
     if !(64 * 1024..=16 << 20).contains(&buffer_size) {
-        return Err(Usage(format!("--buffer-size {buffer_size}: must be between 64K and 16M")));
+        return Err(Usage(format!(
+            "--buffer-size {buffer_size}: must be between 64K and 16M"
+        )));
     }
     let buffers = args.buffers.unwrap_or(256);
     if !(8..=16384).contains(&buffers) {
-        return Err(Usage(format!("--buffers {buffers}: must be between 8 and 16384")));
+        return Err(Usage(format!(
+            "--buffers {buffers}: must be between 8 and 16384"
+        )));
     }
     let queue_depth = args.queue_depth.unwrap_or(128);
     if !(1..=4096).contains(&queue_depth) {
-        return Err(Usage(format!("--queue-depth {queue_depth}: must be between 1 and 4096")));
+        return Err(Usage(format!(
+            "--queue-depth {queue_depth}: must be between 1 and 4096"
+        )));
     }
 
     let mut luns = Vec::new();
@@ -197,7 +234,11 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
             backend.describe(),
             backend.size_bytes(),
             backend.block_size(),
-            if backend.read_only() { ", read-only" } else { "" }
+            if backend.read_only() {
+                ", read-only"
+            } else {
+                ""
+            }
         );
         luns.push(Lun::new(backend, &target_name, buffer_size as u32));
     }
@@ -211,10 +252,17 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         first_burst_length: (256 * 1024).min(buffer_size as u32),
         ..Limits::default()
     };
-    let shared = Arc::new(TargetShared::new(target_name.clone(), luns, limits, queue_depth));
+    let shared = Arc::new(TargetShared::new(
+        target_name.clone(),
+        luns,
+        limits,
+        queue_depth,
+    ));
 
     let listener = TcpListener::bind(listen).map_err(|e| {
-        Runtime(format!("--listen {listen}: cannot listen: {e} (is another target on this port?)"))
+        Runtime(format!(
+            "--listen {listen}: cannot listen: {e} (is another target on this port?)"
+        ))
     })?;
     raise_memlock();
     let cfg = EngineConfig {
@@ -225,8 +273,14 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         buffer_size,
         ring_entries: 1024,
     };
-    let engine = Engine::start(cfg, listener, Arc::new(IscsiService { shared: shared.clone() }))
-        .map_err(|e| Runtime(format!("cannot start reactors: {e}")))?;
+    let engine = Engine::start(
+        cfg,
+        listener,
+        Arc::new(IscsiService {
+            shared: shared.clone(),
+        }),
+    )
+    .map_err(|e| Runtime(format!("cannot start reactors: {e}")))?;
     let bound = engine.local_addr;
 
     let export = bootlun_pxe::IscsiExport {
@@ -269,7 +323,10 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
 
 /// Registered buffers are pinned memory; lift the limit if we may.
 fn raise_memlock() {
-    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     unsafe {
         libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
     }

@@ -82,13 +82,17 @@ impl LunSpec {
         }
         if let Some((opt_body, opt)) = body.rsplit_once(',') {
             if !opt_body.is_empty() && !opt.contains('/') {
-                return Err(format!("--lun {s}: unknown option ',{opt}' (only ',ro' is known)"));
+                return Err(format!(
+                    "--lun {s}: unknown option ',{opt}' (only ',ro' is known)"
+                ));
             }
         }
         let sized = |rest: &str, what: &str| -> Result<u64, String> {
             let n = parse_size(rest).map_err(|e| format!("--lun {s}: {e}"))?;
             if n < 512 || n % 512 != 0 {
-                return Err(format!("--lun {s}: {what} size must be a positive multiple of 512 bytes"));
+                return Err(format!(
+                    "--lun {s}: {what} size must be a positive multiple of 512 bytes"
+                ));
             }
             Ok(n)
         };
@@ -98,11 +102,17 @@ impl LunSpec {
             LunKind::Null(sized(rest, "null")?)
         } else if body.contains(':') && !body.starts_with('/') && !body.starts_with('.') {
             let scheme = body.split(':').next().unwrap_or("");
-            return Err(format!("--lun {s}: unknown backend '{scheme}:' (use a path, ram:SIZE or null:SIZE)"));
+            return Err(format!(
+                "--lun {s}: unknown backend '{scheme}:' (use a path, ram:SIZE or null:SIZE)"
+            ));
         } else {
             LunKind::Path(PathBuf::from(body))
         };
-        Ok(LunSpec { kind, read_only, text: s.to_string() })
+        Ok(LunSpec {
+            kind,
+            read_only,
+            text: s.to_string(),
+        })
     }
 }
 
@@ -119,10 +129,15 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
             let name = CString::new("bootlun-ram").unwrap();
             let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
             if fd < 0 {
-                return Err(format!("--lun {}: cannot allocate memory: {}", spec.text, io::Error::last_os_error()));
+                return Err(format!(
+                    "--lun {}: cannot allocate memory: {}",
+                    spec.text,
+                    io::Error::last_os_error()
+                ));
             }
             let file = unsafe { File::from_raw_fd(fd) };
-            file.set_len(*size).map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
+            file.set_len(*size)
+                .map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
             Ok(Arc::new(FileBackend {
                 describe: spec.text.clone(),
                 identity: format!("ram:{index}"),
@@ -145,7 +160,10 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     })?;
     let is_block = meta.file_type().is_block_device();
     if !is_block && !meta.is_file() {
-        return Err(format!("--lun {}: not a regular file or block device", p.display()));
+        return Err(format!(
+            "--lun {}: not a regular file or block device",
+            p.display()
+        ));
     }
     let open = |direct: bool| {
         let mut o = OpenOptions::new();
@@ -177,7 +195,10 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     };
     let size = size - size % block_size as u64;
     if size == 0 {
-        return Err(format!("--lun {}: size is zero (a file LUN needs a size; create it with truncate -s 1G FILE)", p.display()));
+        return Err(format!(
+            "--lun {}: size is zero (a file LUN needs a size; create it with truncate -s 1G FILE)",
+            p.display()
+        ));
     }
     let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
     Ok(Arc::new(FileBackend {
@@ -255,8 +276,12 @@ impl BlockBackend for FileBackend {
     fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep {
         let fd = types::Fd(self.file.as_raw_fd());
         Prep::Submit(match buf.index {
-            Some(i) => opcode::ReadFixed::new(fd, buf.ptr, buf.len, i).offset(offset).build(),
-            None => opcode::Read::new(fd, buf.ptr, buf.len).offset(offset).build(),
+            Some(i) => opcode::ReadFixed::new(fd, buf.ptr, buf.len, i)
+                .offset(offset)
+                .build(),
+            None => opcode::Read::new(fd, buf.ptr, buf.len)
+                .offset(offset)
+                .build(),
         })
     }
     fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep {
@@ -271,7 +296,10 @@ impl BlockBackend for FileBackend {
                 .offset(offset)
                 .rw_flags(flags)
                 .build(),
-            None => opcode::Write::new(fd, buf.ptr, buf.len).offset(offset).rw_flags(flags).build(),
+            None => opcode::Write::new(fd, buf.ptr, buf.len)
+                .offset(offset)
+                .rw_flags(flags)
+                .build(),
         })
     }
     fn prep_flush(&self) -> Prep {
@@ -279,7 +307,11 @@ impl BlockBackend for FileBackend {
             return Prep::Done(0);
         }
         let fd = types::Fd(self.file.as_raw_fd());
-        Prep::Submit(opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build())
+        Prep::Submit(
+            opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        )
     }
     fn flush_blocking(&self) -> io::Result<()> {
         if self.read_only {
@@ -346,12 +378,20 @@ mod tests {
 
     #[test]
     fn lun_specs() {
-        assert_eq!(LunSpec::parse("ram:1G").unwrap().kind, LunKind::Ram(1 << 30));
+        assert_eq!(
+            LunSpec::parse("ram:1G").unwrap().kind,
+            LunKind::Ram(1 << 30)
+        );
         let s = LunSpec::parse("null:64M,ro").unwrap();
         assert!(s.read_only);
         assert_eq!(s.kind, LunKind::Null(64 << 20));
-        assert_eq!(LunSpec::parse("/dev/sda").unwrap().kind, LunKind::Path("/dev/sda".into()));
-        assert!(LunSpec::parse("bogus:1").unwrap_err().contains("unknown backend"));
+        assert_eq!(
+            LunSpec::parse("/dev/sda").unwrap().kind,
+            LunKind::Path("/dev/sda".into())
+        );
+        assert!(LunSpec::parse("bogus:1")
+            .unwrap_err()
+            .contains("unknown backend"));
         assert!(LunSpec::parse("ram:13").is_err());
         assert!(LunSpec::parse("ram:1G,rw").is_err());
         assert!(LunSpec::parse("").is_err());
@@ -359,8 +399,13 @@ mod tests {
 
     #[test]
     fn missing_path_is_one_clear_line() {
-        let e = open_backend(&LunSpec::parse("/dev/sdz-bootlun-none").unwrap(), 0).err().unwrap();
-        assert_eq!(e, "--lun /dev/sdz-bootlun-none: no such file or block device");
+        let e = open_backend(&LunSpec::parse("/dev/sdz-bootlun-none").unwrap(), 0)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            "--lun /dev/sdz-bootlun-none: no such file or block device"
+        );
     }
 
     #[test]

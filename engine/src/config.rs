@@ -36,15 +36,18 @@ pub fn parse_core_list(s: &str, available: usize) -> Result<Vec<usize>, String> 
     let mut cores = Vec::new();
     for part in s.split(',').map(str::trim) {
         if part.is_empty() {
-            return Err(format!("--cores {s}: empty element; use a list such as 0,1 or 0-3"));
+            return Err(format!(
+                "--cores {s}: empty element; use a list such as 0,1 or 0-3"
+            ));
         }
         let (lo, hi) = match part.split_once('-') {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
         let parse = |x: &str| {
-            x.parse::<usize>()
-                .map_err(|_| format!("--cores {s}: '{x}' is not a core number; use a list such as 0,1 or 0-3"))
+            x.parse::<usize>().map_err(|_| {
+                format!("--cores {s}: '{x}' is not a core number; use a list such as 0,1 or 0-3")
+            })
         };
         let (lo, hi) = (parse(lo)?, parse(hi)?);
         if lo > hi {
@@ -69,7 +72,10 @@ pub fn parse_core_list(s: &str, available: usize) -> Result<Vec<usize>, String> 
 /// optional trailing `B` or `iB` is accepted).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
@@ -87,7 +93,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("size '{s}': not a number (examples: 64M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}': too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}': too large"))
 }
 
 #[cfg(test)]
@@ -99,7 +106,9 @@ mod tests {
         assert_eq!(parse_core_list("0,1", 2).unwrap(), vec![0, 1]);
         assert_eq!(parse_core_list("0-3", 8).unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(parse_core_list("1,0-1", 2).unwrap(), vec![1, 0]);
-        assert!(parse_core_list("99", 2).unwrap_err().contains("does not exist"));
+        assert!(parse_core_list("99", 2)
+            .unwrap_err()
+            .contains("does not exist"));
         assert!(parse_core_list("a", 2).is_err());
         assert!(parse_core_list("3-1", 8).is_err());
         assert!(parse_core_list("", 8).is_err());
@@ -119,6 +128,9 @@ mod tests {
     #[test]
     fn poll_modes() {
         assert_eq!("busy".parse::<PollMode>().unwrap(), PollMode::Busy);
-        assert!("fast".parse::<PollMode>().unwrap_err().contains("--poll fast"));
+        assert!("fast"
+            .parse::<PollMode>()
+            .unwrap_err()
+            .contains("--poll fast"));
     }
 }

@@ -24,5 +24,5 @@ pub mod stats;
 pub use backend::{open_backend, BlockBackend, LunSpec, Prep};
 pub use bufpool::{BufId, BufPool};
 pub use config::{parse_core_list, parse_size, PollMode};
-pub use reactor::{Engine, EngineConfig, Io, Connection, Service};
+pub use reactor::{Connection, Engine, EngineConfig, Io, Service};
 pub use stats::{ReactorStats, Stats};

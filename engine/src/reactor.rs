@@ -119,7 +119,11 @@ pub struct Engine {
 
 impl Engine {
     /// Start one reactor per core and an acceptor on `listener`.
-    pub fn start<S: Service>(cfg: EngineConfig, listener: TcpListener, service: Arc<S>) -> std::io::Result<Engine> {
+    pub fn start<S: Service>(
+        cfg: EngineConfig,
+        listener: TcpListener,
+        service: Arc<S>,
+    ) -> std::io::Result<Engine> {
         let local_addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Stats::new(cfg.cores.len());
@@ -135,8 +139,13 @@ impl Engine {
             }
             senders.push(tx);
             wakers.push(efd);
-            let (svc, stop, stats, cfg, ready) =
-                (service.clone(), stop.clone(), stats.clone(), cfg.clone(), ready_tx.clone());
+            let (svc, stop, stats, cfg, ready) = (
+                service.clone(),
+                stop.clone(),
+                stats.clone(),
+                cfg.clone(),
+                ready_tx.clone(),
+            );
             let h = std::thread::Builder::new()
                 .name(format!("reactor-{id}"))
                 .spawn(move || {
@@ -163,10 +172,16 @@ impl Engine {
         let acc_stats = stats.clone();
         let acc_wakers = wakers.clone();
         let acc_stop = stop.clone();
-        std::thread::Builder::new().name("acceptor".into()).spawn(move || {
-            accept_loop(listener, senders, acc_wakers, acc_stats, acc_stop)
-        })?;
-        Ok(Engine { stop, wakers, reactors, stats, local_addr })
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || accept_loop(listener, senders, acc_wakers, acc_stats, acc_stop))?;
+        Ok(Engine {
+            stop,
+            wakers,
+            reactors,
+            stats,
+            local_addr,
+        })
     }
 
     /// Ask every reactor to close its connections and stop, then wait.
@@ -219,8 +234,12 @@ fn accept_loop(
         let n = (0..senders.len())
             .min_by_key(|&i| stats.reactors[i].connections_open.load(Ordering::Relaxed))
             .unwrap_or(0);
-        stats.reactors[n].connections_open.fetch_add(1, Ordering::Relaxed);
-        stats.reactors[n].connections_total.fetch_add(1, Ordering::Relaxed);
+        stats.reactors[n]
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        stats.reactors[n]
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!("accepted connection from {peer} on reactor {n}");
         if senders[n].send((stream, peer)).is_err() {
             return;
@@ -237,10 +256,34 @@ fn set_keepalive(s: &TcpStream) {
     let cnt: libc::c_int = 6;
     unsafe {
         let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &on as *const _ as *const _, sz);
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle as *const _ as *const _, sz);
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &intvl as *const _ as *const _, sz);
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &cnt as *const _ as *const _, sz);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &on as *const _ as *const _,
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            &idle as *const _ as *const _,
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            &intvl as *const _ as *const _,
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPCNT,
+            &cnt as *const _ as *const _,
+            sz,
+        );
     }
 }
 
@@ -275,15 +318,21 @@ impl Reactor {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             tracing::warn!("reactor {id}: could not pin to core {core}");
         }
-        stats.reactors[id].core.store(core as u64, Ordering::Relaxed);
+        stats.reactors[id]
+            .core
+            .store(core as u64, Ordering::Relaxed);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
             .build(cfg.ring_entries)
             .or_else(|_| IoUring::new(cfg.ring_entries))
             .map_err(|e| format!("io_uring setup failed: {e} (is io_uring disabled? see sysctl kernel.io_uring_disabled)"))?;
-        let mut pool = BufPool::new(cfg.buffers, cfg.buffer_size)
-            .map_err(|e| format!("cannot map {} buffers of {} bytes: {e}", cfg.buffers, cfg.buffer_size))?;
+        let mut pool = BufPool::new(cfg.buffers, cfg.buffer_size).map_err(|e| {
+            format!(
+                "cannot map {} buffers of {} bytes: {e}",
+                cfg.buffers, cfg.buffer_size
+            )
+        })?;
         let iovecs = pool.iovecs();
         // SAFETY: the pool outlives the ring's use of it (both owned here,
         // the ring is dropped first).
@@ -293,7 +342,11 @@ impl Reactor {
                 "reactor {id}: cannot register I/O buffers ({e}); using plain reads/writes (raise RLIMIT_MEMLOCK)"
             ),
         }
-        tracing::debug!("reactor {id} on core {core}: {} buffers of {} bytes", pool.count(), pool.buf_size());
+        tracing::debug!(
+            "reactor {id} on core {core}: {} buffers of {} bytes",
+            pool.count(),
+            pool.buf_size()
+        );
         Ok(Reactor {
             id,
             ring,
@@ -309,9 +362,13 @@ impl Reactor {
     }
 
     fn arm_wake(&mut self) {
-        let e = opcode::Read::new(types::Fd(self.wake_fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
-            .build()
-            .user_data(WAKE);
+        let e = opcode::Read::new(
+            types::Fd(self.wake_fd),
+            &mut *self.wake_buf as *mut u64 as *mut u8,
+            8,
+        )
+        .build()
+        .user_data(WAKE);
         unsafe {
             while self.ring.submission().push(&e).is_err() {
                 let _ = self.ring.submit();
@@ -357,7 +414,10 @@ impl Reactor {
                         i
                     }
                     None => {
-                        slots.push(Slot { conn: Some(conn), inflight: 0 });
+                        slots.push(Slot {
+                            conn: Some(conn),
+                            inflight: 0,
+                        });
                         (slots.len() - 1) as u32
                     }
                 };
@@ -408,7 +468,9 @@ impl Reactor {
                 }
                 let idx = (ud >> 32) as usize;
                 let tag = ud as u32;
-                let Some(s) = slots.get_mut(idx) else { continue };
+                let Some(s) = slots.get_mut(idx) else {
+                    continue;
+                };
                 s.inflight = s.inflight.saturating_sub(1);
                 if let Some(c) = s.conn.as_mut() {
                     let mut io = Io {

@@ -34,7 +34,9 @@ pub struct Stats {
 
 impl Stats {
     pub fn new(n: usize) -> Self {
-        Stats { reactors: Arc::new((0..n).map(|_| ReactorStats::default()).collect()) }
+        Stats {
+            reactors: Arc::new((0..n).map(|_| ReactorStats::default()).collect()),
+        }
     }
 
     /// One line per reactor, for logs and the status page.

@@ -72,7 +72,12 @@ enum Rx {
     Header,
     /// Receiving a data segment of `total` bytes, `got` so far, then
     /// `trailer` bytes of padding and digest.
-    Data { sink: Sink, total: usize, got: usize, trailer: usize },
+    Data {
+        sink: Sink,
+        total: usize,
+        got: usize,
+        trailer: usize,
+    },
 }
 
 enum TxData {
@@ -109,6 +114,8 @@ struct R2tOut {
     off: u32,
     len: u32,
     got: u32,
+    /// DataSN the next Data-Out of this burst must carry.
+    data_sn: u32,
 }
 
 /// A SCSI command in progress.
@@ -138,6 +145,8 @@ struct Task {
     r2t_next: u32,
     r2t: Option<R2tOut>,
     r2t_sn: u32,
+    /// DataSN the next unsolicited Data-Out must carry.
+    unsol_data_sn: u32,
     data_sn: u32,
     /// Bytes of Data-In queued so far (for F bits at MaxBurstLength).
     burst: u32,
@@ -270,7 +279,11 @@ impl Conn {
 
     fn close(&mut self, why: &str) {
         if !self.closing {
-            tracing::info!("connection {} (reactor {}): closing: {why}", self.peer, self.reactor);
+            tracing::info!(
+                "connection {} (reactor {}): closing: {why}",
+                self.peer,
+                self.reactor
+            );
             self.closing = true;
             unsafe {
                 libc::shutdown(self.fd, libc::SHUT_RDWR);
@@ -282,7 +295,10 @@ impl Conn {
     /// Reject the PDU in `cur` and close the connection once the Reject is
     /// out (ERL 0 has no way to resynchronise).
     fn reject_and_close(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
-        tracing::warn!("connection {}: rejecting PDU ({why}), reason {reason:#x}", self.peer);
+        tracing::warn!(
+            "connection {}: rejecting PDU ({why}), reason {reason:#x}",
+            self.peer
+        );
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
         build_reject(&mut hdr, reason, sn);
@@ -294,7 +310,10 @@ impl Conn {
 
     /// Reject the PDU in `cur` and carry on.
     fn reject(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
-        tracing::warn!("connection {}: rejecting PDU ({why}), reason {reason:#x}", self.peer);
+        tracing::warn!(
+            "connection {}: rejecting PDU ({why}), reason {reason:#x}",
+            self.peer
+        );
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
         build_reject(&mut hdr, reason, sn);
@@ -364,7 +383,11 @@ impl Conn {
                     self.rx_start += hlen;
                     let dsl = bhs.data_segment_len();
                     if dsl > self.max_dsl() {
-                        self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "data segment longer than negotiated");
+                        self.reject_and_close(
+                            io,
+                            reject_reason::PROTOCOL_ERROR,
+                            "data segment longer than negotiated",
+                        );
                         break;
                     }
                     let sink = self.on_header(io, dsl);
@@ -378,9 +401,19 @@ impl Conn {
                     self.pdu_data.clear();
                     self.data_crc = 0;
                     let trailer = pad_len(dsl) + if self.dd { DIGEST_LEN } else { 0 };
-                    self.rx_state = Rx::Data { sink, total: dsl, got: 0, trailer };
+                    self.rx_state = Rx::Data {
+                        sink,
+                        total: dsl,
+                        got: 0,
+                        trailer,
+                    };
                 }
-                Rx::Data { sink, total, got, trailer } => {
+                Rx::Data {
+                    sink,
+                    total,
+                    got,
+                    trailer,
+                } => {
                     if got < total {
                         let avail = self.rx_end - self.rx_start;
                         let n = avail.min(total - got);
@@ -397,7 +430,12 @@ impl Conn {
                             self.rx_start += n;
                         }
                         let got = got + n;
-                        self.rx_state = Rx::Data { sink, total, got, trailer };
+                        self.rx_state = Rx::Data {
+                            sink,
+                            total,
+                            got,
+                            trailer,
+                        };
                         if got < total {
                             if let Some(ptr) = self.direct_target(sink, got, total) {
                                 let len = (total - got) as u32;
@@ -423,7 +461,11 @@ impl Conn {
                         if crc != got {
                             self.rx_start += trailer;
                             self.rx_state = Rx::Header;
-                            self.reject_and_close(io, reject_reason::DATA_DIGEST_ERROR, "data digest error");
+                            self.reject_and_close(
+                                io,
+                                reject_reason::DATA_DIGEST_ERROR,
+                                "data digest error",
+                            );
                             break;
                         }
                     }
@@ -442,7 +484,9 @@ impl Conn {
         if total - got < DIRECT_MIN || self.dd {
             return None;
         }
-        let Sink::Task { idx, off } = sink else { return None };
+        let Sink::Task { idx, off } = sink else {
+            return None;
+        };
         let t = self.tasks.get(idx as usize)?.as_ref()?;
         let start = off as u64 + got as u64;
         let end = off as u64 + total as u64;
@@ -474,7 +518,9 @@ impl Conn {
             Sink::Discard => {}
             Sink::Vec => self.pdu_data.extend_from_slice(bytes),
             Sink::Task { idx, off } => {
-                let Some(Some(t)) = self.tasks.get(idx as usize) else { return };
+                let Some(Some(t)) = self.tasks.get(idx as usize) else {
+                    return;
+                };
                 let Some(buf) = t.buf else { return };
                 // Clip to the current chunk window.
                 let start = off as u64 + at as u64;
@@ -509,7 +555,11 @@ impl Conn {
         let bhs = Bhs::parse(&cur).unwrap();
         let op = bhs.opcode();
         if self.phase == Phase::Login && op != Opcode::LoginRequest {
-            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "PDU other than Login before login completed");
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "PDU other than Login before login completed",
+            );
             return Sink::Discard;
         }
         match op {
@@ -543,7 +593,11 @@ impl Conn {
             Opcode::LogoutRequest => self.on_logout(io, bhs),
             Opcode::TaskMgmtRequest => self.on_tmf(io, bhs),
             Opcode::SnackRequest => {
-                self.reject(io, reject_reason::PROTOCOL_ERROR, "SNACK at ErrorRecoveryLevel 0");
+                self.reject(
+                    io,
+                    reject_reason::PROTOCOL_ERROR,
+                    "SNACK at ErrorRecoveryLevel 0",
+                );
             }
             op => {
                 let why = format!("unsupported opcode {:#04x}", op.as_u8());
@@ -578,9 +632,15 @@ impl Conn {
     // Login
 
     fn on_login(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
-        let Some(req) = LoginRequest::new(bhs) else { return };
+        let Some(req) = LoginRequest::new(bhs) else {
+            return;
+        };
         if self.phase == Phase::FullFeature {
-            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Login Request in full feature phase");
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "Login Request in full feature phase",
+            );
             return;
         }
         if !self.login_started {
@@ -638,7 +698,10 @@ impl Conn {
         let mut out = Vec::new();
         let target = self.sh.target_name.clone();
         let exists = move |n: &str| n == target;
-        match self.neg.step(csg, req.transit(), nsg, &text, &exists, &mut out) {
+        match self
+            .neg
+            .step(csg, req.transit(), nsg, &text, &exists, &mut out)
+        {
             Err(f) => {
                 let st = f.status();
                 let why = format!("{f:?}");
@@ -688,7 +751,12 @@ impl Conn {
     }
 
     fn login_fail(&mut self, io: &mut Io<'_>, mut resp: LoginResponse, st: (u8, u8), why: &str) {
-        tracing::warn!("connection {}: login failed: {why} (status {:02x}{:02x})", self.peer, st.0, st.1);
+        tracing::warn!(
+            "connection {}: login failed: {why} (status {:02x}{:02x})",
+            self.peer,
+            st.0,
+            st.1
+        );
         resp.status_class = st.0;
         resp.status_detail = st.1;
         resp.transit = false;
@@ -704,14 +772,20 @@ impl Conn {
     // Text, NOP, Logout
 
     fn on_text(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
-        let Some(req) = TextRequest::new(bhs) else { return };
+        let Some(req) = TextRequest::new(bhs) else {
+            return;
+        };
         if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
             return;
         }
         if req.cont() || (req.ttt() != RESERVED_TAG && self.pdu_data.is_empty()) {
             // Multi-PDU text exchanges are not needed for the keys we
             // answer; say so instead of guessing.
-            self.reject(io, reject_reason::COMMAND_NOT_SUPPORTED, "continued Text Request");
+            self.reject(
+                io,
+                reject_reason::COMMAND_NOT_SUPPORTED,
+                "continued Text Request",
+            );
             return;
         }
         let portals: Vec<String> = if self.sh.portals.is_empty() {
@@ -723,7 +797,10 @@ impl Conn {
         } else {
             self.sh.portals.clone()
         };
-        let rec = [TargetRecord { name: &self.sh.target_name, portals: &portals }];
+        let rec = [TargetRecord {
+            name: &self.sh.target_name,
+            portals: &portals,
+        }];
         let session_target = match self.params.session_type {
             SessionType::Discovery => None,
             SessionType::Normal => Some(self.sh.target_name.as_str()),
@@ -733,12 +810,24 @@ impl Conn {
         let limit = self.params.initiator_max_recv_dsl as usize;
         if out.len() > limit {
             // Cut at a key boundary so the initiator gets whole records.
-            let cut = out[..limit].iter().rposition(|&b| b == 0).map(|p| p + 1).unwrap_or(0);
+            let cut = out[..limit]
+                .iter()
+                .rposition(|&b| b == 0)
+                .map(|p| p + 1)
+                .unwrap_or(0);
             out.truncate(cut);
         }
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
-        build_text_response(&mut hdr, bhs.itt(), RESERVED_TAG, true, false, out.len(), sn);
+        build_text_response(
+            &mut hdr,
+            bhs.itt(),
+            RESERVED_TAG,
+            true,
+            false,
+            out.len(),
+            sn,
+        );
         self.queue(hdr, TxData::Owned(out), NO_TASK, false, false);
         self.flush_tx(io);
     }
@@ -754,16 +843,29 @@ impl Conn {
         }
         let data = std::mem::take(&mut self.pdu_data);
         let limit = self.params.initiator_max_recv_dsl as usize;
-        let data = if data.len() > limit { data[..limit].to_vec() } else { data };
+        let data = if data.len() > limit {
+            data[..limit].to_vec()
+        } else {
+            data
+        };
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
-        build_nop_in(&mut hdr, bhs.itt(), RESERVED_TAG, bhs.lun_raw(), data.len(), sn);
+        build_nop_in(
+            &mut hdr,
+            bhs.itt(),
+            RESERVED_TAG,
+            bhs.lun_raw(),
+            data.len(),
+            sn,
+        );
         self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
         self.flush_tx(io);
     }
 
     fn on_logout(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
-        let Some(req) = LogoutRequest::new(bhs) else { return };
+        let Some(req) = LogoutRequest::new(bhs) else {
+            return;
+        };
         if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
             return;
         }
@@ -784,7 +886,9 @@ impl Conn {
     // Task management
 
     fn on_tmf(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
-        let Some(req) = TaskMgmtRequest::new(bhs) else { return };
+        let Some(req) = TaskMgmtRequest::new(bhs) else {
+            return;
+        };
         if !self.accept_cmd_sn(req.cmd_sn(), bhs.immediate()) {
             return;
         }
@@ -798,7 +902,9 @@ impl Conn {
                 }
                 None => TASK_DOES_NOT_EXIST,
             },
-            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+            TmfFunction::AbortTaskSet
+            | TmfFunction::ClearTaskSet
+            | TmfFunction::LogicalUnitReset => {
                 if lun >= self.sh.luns.len() {
                     LUN_DOES_NOT_EXIST
                 } else {
@@ -813,7 +919,11 @@ impl Conn {
             TmfFunction::TaskReassign => REASSIGNMENT_NOT_SUPPORTED,
             TmfFunction::ClearAca | TmfFunction::Unknown(_) => NOT_SUPPORTED,
         };
-        tracing::info!("connection {}: task management {:?} -> {response}", self.peer, req.function());
+        tracing::info!(
+            "connection {}: task management {:?} -> {response}",
+            self.peer,
+            req.function()
+        );
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
         build_tmf_response(&mut hdr, bhs.itt(), response, sn);
@@ -840,7 +950,9 @@ impl Conn {
     /// Forget a task: no status will be sent for it. Its buffers return
     /// once its I/O and queued sends have drained.
     fn abort_task(&mut self, io: &mut Io<'_>, idx: u32) {
-        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        let Some(t) = self.tasks[idx as usize].as_mut() else {
+            return;
+        };
         t.aborted = true;
         t.finished = true;
         let itt = t.itt;
@@ -859,15 +971,31 @@ impl Conn {
         }
         let itt = bhs.itt();
         if self.params.session_type == SessionType::Discovery {
-            self.reject(io, reject_reason::PROTOCOL_ERROR, "SCSI command in a discovery session");
+            self.reject(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "SCSI command in a discovery session",
+            );
             return Sink::Discard;
         }
         if self.by_itt.contains_key(&itt) {
-            self.reject(io, reject_reason::TASK_IN_PROGRESS, "ITT of a command still in progress");
+            self.reject(
+                io,
+                reject_reason::TASK_IN_PROGRESS,
+                "ITT of a command still in progress",
+            );
             return Sink::Discard;
         }
-        if dsl > 0 && (!cmd.write() || !self.params.immediate_data || dsl as u32 > self.params.first_burst_length) {
-            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "unexpected immediate data");
+        if dsl > 0
+            && (!cmd.write()
+                || !self.params.immediate_data
+                || dsl as u32 > self.params.first_burst_length)
+        {
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "unexpected immediate data",
+            );
             return Sink::Discard;
         }
         let edtl = cmd.expected_len();
@@ -878,7 +1006,12 @@ impl Conn {
         }
         let lun = bhs.lun();
         let lu = self.sh.luns.get(lun as usize).map(|l| &l.info);
-        let ctx = CommandCtx { lun, lu, luns: &self.sh.lun_numbers, expected_len: edtl };
+        let ctx = CommandCtx {
+            lun,
+            lu,
+            luns: &self.sh.lun_numbers,
+            expected_len: edtl,
+        };
         let mut scratch = std::mem::take(&mut self.scratch);
         let outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
         let bs = lu.map(|l| l.block_size).unwrap_or(512);
@@ -893,8 +1026,12 @@ impl Conn {
             }
             Outcome::Read { lba, blocks, fua } => {
                 let wanted = blocks as u64 * bs as u64;
-                if !cmd.read() && edtl > 0 {
-                    self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "READ without the R bit");
+                if !cmd.read() {
+                    // No Data-In was asked for (some initiators flag odd
+                    // commands as writes): nothing moves, report it all
+                    // as overflow. Any unsolicited data is dropped.
+                    self.respond_status(io, itt, Status::Good, Residual::of(0, wanted), 0);
+                    self.scratch = scratch;
                     return Sink::Discard;
                 }
                 let idx = self.new_task(bhs, Kind::Read, lba, fua, bs, wanted, edtl);
@@ -909,9 +1046,23 @@ impl Conn {
                 let wanted = blocks as u64 * bs as u64;
                 self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
             }
-            Outcome::Verify { lba, blocks, bytchk: true } => {
+            Outcome::Verify {
+                lba,
+                blocks,
+                bytchk: true,
+            } => {
                 let wanted = blocks as u64 * bs as u64;
-                self.start_data_out_task(io, bhs, Kind::VerifyCompare, lba, false, bs, wanted, edtl, dsl)
+                self.start_data_out_task(
+                    io,
+                    bhs,
+                    Kind::VerifyCompare,
+                    lba,
+                    false,
+                    bs,
+                    wanted,
+                    edtl,
+                    dsl,
+                )
             }
             Outcome::Verify { bytchk: false, .. } => {
                 self.respond_status(io, itt, Status::Good, Residual::of(edtl, 0), 0);
@@ -941,13 +1092,14 @@ impl Conn {
         dsl: usize,
     ) -> Sink {
         let itt = bhs.itt();
-        if (edtl as u64) < wanted {
-            // The initiator will not send all the data the CDB describes.
-            // Nothing is written; unsolicited data is dropped.
-            self.respond_check(io, itt, Sense::invalid_field_in_cdb(), Residual::of(edtl, wanted));
+        // With EDTL below what the CDB describes (overflow) only the whole
+        // blocks the initiator sends are written; with EDTL above it
+        // (underflow) the extra data is dropped. Both report a residual.
+        let idx = self.new_task(bhs, kind, lba, fua, bs, wanted, edtl);
+        if self.tasks[idx as usize].as_ref().unwrap().xfer < bs {
+            self.finish_good(io, idx);
             return Sink::Discard;
         }
-        let idx = self.new_task(bhs, kind, lba, fua, bs, wanted, edtl);
         let want_bufs = if kind == Kind::VerifyCompare { 2 } else { 1 };
         if io.pool.available() < want_bufs {
             io.stats.buffer_waits.fetch_add(1, Relaxed);
@@ -976,7 +1128,16 @@ impl Conn {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_task(&mut self, bhs: Bhs<'_>, kind: Kind, lba: u64, fua: bool, bs: u32, wanted: u64, edtl: u32) -> u32 {
+    fn new_task(
+        &mut self,
+        bhs: Bhs<'_>,
+        kind: Kind,
+        lba: u64,
+        fua: bool,
+        bs: u32,
+        wanted: u64,
+        edtl: u32,
+    ) -> u32 {
         let xfer = wanted.min(edtl as u64) as u32;
         let t = Task {
             itt: bhs.itt(),
@@ -999,6 +1160,7 @@ impl Conn {
             r2t_next: 0,
             r2t: None,
             r2t_sn: 0,
+            unsol_data_sn: 0,
             data_sn: 0,
             burst: 0,
             sends: 0,
@@ -1038,7 +1200,9 @@ impl Conn {
     /// Move a read or flush task forward: get a buffer, start the next
     /// medium operation.
     fn run_task(&mut self, io: &mut Io<'_>, idx: u32) {
-        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        let Some(t) = self.tasks[idx as usize].as_mut() else {
+            return;
+        };
         if t.finished || t.io_busy {
             return;
         }
@@ -1070,7 +1234,11 @@ impl Conn {
                 // initiator asked for less (overflow).
                 let disk_len = t.chunk_len.div_ceil(t.bs) * t.bs;
                 let b = t.buf.unwrap();
-                let iob = IoBuf { ptr: self.buf_ptrs[b as usize], len: disk_len, index: self.fixed_index(io, b) };
+                let iob = IoBuf {
+                    ptr: self.buf_ptrs[b as usize],
+                    len: disk_len,
+                    index: self.fixed_index(io, b),
+                };
                 let t = self.tasks[idx as usize].as_mut().unwrap();
                 t.io_busy = true;
                 backend.prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
@@ -1092,8 +1260,17 @@ impl Conn {
     }
 
     /// Data bytes `[off, off+n)` of task `idx` have been stored.
-    fn data_arrived(&mut self, io: &mut Io<'_>, idx: u32, off: u32, n: u32, data_out: Option<(u32, bool)>) {
-        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+    fn data_arrived(
+        &mut self,
+        io: &mut Io<'_>,
+        idx: u32,
+        off: u32,
+        n: u32,
+        data_out: Option<(u32, bool)>,
+    ) {
+        let Some(t) = self.tasks[idx as usize].as_mut() else {
+            return;
+        };
         if t.finished {
             return;
         }
@@ -1128,9 +1305,19 @@ impl Conn {
             Kind::VerifyCompare => t.cmp_buf.unwrap(),
             _ => t.buf.unwrap(),
         };
-        let iob = IoBuf { ptr: self.buf_ptrs[b as usize], len: 0, index: self.fixed_index(io, b) };
+        let iob = IoBuf {
+            ptr: self.buf_ptrs[b as usize],
+            len: 0,
+            index: self.fixed_index(io, b),
+        };
         let t = self.tasks[idx as usize].as_mut().unwrap();
-        let iob = IoBuf { len: t.chunk_len, ..iob };
+        // Only whole blocks reach the medium (an overflowing EDTL can end
+        // mid-block).
+        let len = t.chunk_len - t.chunk_len % t.bs;
+        if len == 0 {
+            return self.next_chunk(io, idx);
+        }
+        let iob = IoBuf { len, ..iob };
         let off = t.lba * t.bs as u64 + t.chunk_start as u64;
         t.io_busy = true;
         let prep = match t.kind {
@@ -1150,7 +1337,9 @@ impl Conn {
         let max_burst = self.params.max_burst_length.max(512);
         let sn = self.sn();
         let ttt = self.next_ttt;
-        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        let Some(t) = self.tasks[idx as usize].as_mut() else {
+            return;
+        };
         if t.finished || t.r2t.is_some() {
             return;
         }
@@ -1163,7 +1352,13 @@ impl Conn {
         }
         let len = (chunk_end - t.r2t_next).min(max_burst);
         let off = t.r2t_next;
-        t.r2t = Some(R2tOut { ttt, off, len, got: 0 });
+        t.r2t = Some(R2tOut {
+            ttt,
+            off,
+            len,
+            got: 0,
+            data_sn: 0,
+        });
         t.r2t_next += len;
         let r2t_sn = t.r2t_sn;
         t.r2t_sn += 1;
@@ -1181,31 +1376,67 @@ impl Conn {
         let d = DataOut::new(bhs).unwrap();
         let Some(&idx) = self.by_itt.get(&bhs.itt()) else {
             // Data for a task that was aborted or already answered.
-            tracing::debug!("connection {}: Data-Out for unknown ITT {:#x} dropped", self.peer, bhs.itt());
+            tracing::debug!(
+                "connection {}: Data-Out for unknown ITT {:#x} dropped",
+                self.peer,
+                bhs.itt()
+            );
             return Sink::Discard;
         };
         let t = self.tasks[idx as usize].as_ref().unwrap();
         if !matches!(t.kind, Kind::Write | Kind::VerifyCompare) {
-            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Data-Out for a command without data");
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "Data-Out for a command without data",
+            );
             return Sink::Discard;
         }
         let off = d.buffer_offset();
         let end = off as u64 + dsl as u64;
         let ok = if d.ttt() == RESERVED_TAG {
-            end <= t.unsol_end.max(if self.params.initial_r2t { 0 } else { self.params.first_burst_length }) as u64
+            end <= t.unsol_end.max(if self.params.initial_r2t {
+                0
+            } else {
+                self.params.first_burst_length
+            }) as u64
         } else {
-            t.r2t.is_some_and(|r| r.ttt == d.ttt() && off >= r.off && end <= (r.off + r.len) as u64)
+            t.r2t
+                .is_some_and(|r| r.ttt == d.ttt() && off >= r.off && end <= (r.off + r.len) as u64)
         };
         if !ok {
-            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, "Data-Out outside the solicited range");
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "Data-Out outside the solicited range",
+            );
             return Sink::Discard;
         }
+        // DataSN counts the Data-Out PDUs of each burst from 0 (RFC 7143
+        // 11.7.5); a gap or repeat means lost or duplicated data.
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        let expected = match t.r2t.as_mut() {
+            Some(r) if d.ttt() != RESERVED_TAG => &mut r.data_sn,
+            _ => &mut t.unsol_data_sn,
+        };
+        if d.data_sn() != *expected {
+            let why = format!(
+                "Data-Out DataSN {} where {} was due",
+                d.data_sn(),
+                *expected
+            );
+            self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, &why);
+            return Sink::Discard;
+        }
+        *expected += 1;
         Sink::Task { idx, off }
     }
 
     /// A medium operation of task `idx` finished with `res`.
     fn disk_done(&mut self, io: &mut Io<'_>, idx: u32, res: i32) {
-        let Some(t) = self.tasks[idx as usize].as_mut() else { return };
+        let Some(t) = self.tasks[idx as usize].as_mut() else {
+            return;
+        };
         t.io_busy = false;
         if t.finished {
             self.maybe_free(io, idx);
@@ -1230,13 +1461,19 @@ impl Conn {
                     let b = t.buf.unwrap();
                     let ptr = self.buf_ptrs[b as usize];
                     let t = self.tasks[idx as usize].as_ref().unwrap();
-                    unsafe { std::ptr::write_bytes(ptr.add(res as usize), 0, (t.chunk_len - res as u32) as usize) };
+                    unsafe {
+                        std::ptr::write_bytes(
+                            ptr.add(res as usize),
+                            0,
+                            (t.chunk_len - res as u32) as usize,
+                        )
+                    };
                 }
                 io.stats.read_ops.fetch_add(1, Relaxed);
                 self.queue_data_in(io, idx);
             }
             Kind::Write => {
-                if res < 0 || (res as u32) < t.chunk_len {
+                if res < 0 || (res as u32) < t.chunk_len - t.chunk_len % t.bs {
                     tracing::warn!("write failed: {res}");
                     return self.finish_check(io, idx, Sense::write_error());
                 }
@@ -1247,9 +1484,18 @@ impl Conn {
                 if res < 0 {
                     return self.finish_check(io, idx, Sense::read_error());
                 }
-                let (a, b, len) = (t.buf.unwrap(), t.cmp_buf.unwrap(), t.chunk_len as usize);
+                let (a, b, len) = (
+                    t.buf.unwrap(),
+                    t.cmp_buf.unwrap(),
+                    (t.chunk_len - t.chunk_len % t.bs) as usize,
+                );
                 let (pa, pb) = (self.buf_ptrs[a as usize], self.buf_ptrs[b as usize]);
-                let (sa, sb) = unsafe { (std::slice::from_raw_parts(pa, len), std::slice::from_raw_parts(pb, len)) };
+                let (sa, sb) = unsafe {
+                    (
+                        std::slice::from_raw_parts(pa, len),
+                        std::slice::from_raw_parts(pb, len),
+                    )
+                };
                 if let Some(pos) = sa.iter().zip(sb).position(|(x, y)| x != y) {
                     let t = self.tasks[idx as usize].as_ref().unwrap();
                     let at = t.chunk_start as u64 + pos as u64;
@@ -1301,7 +1547,11 @@ impl Conn {
             t.data_sn += 1;
             t.sends += 1;
             let status_here = end_of_data && last_chunk;
-            let sn = if status_here { self.sn_status() } else { self.sn() };
+            let sn = if status_here {
+                self.sn_status()
+            } else {
+                self.sn()
+            };
             let mut hdr = [0u8; BHS_LEN];
             build_data_in(
                 &mut hdr,
@@ -1314,7 +1564,10 @@ impl Conn {
                 status_here.then_some((Status::Good as u8, residual)),
                 sn,
             );
-            let data = TxData::Buf { ptr: unsafe { base.add(pos as usize) }, len: n };
+            let data = TxData::Buf {
+                ptr: unsafe { base.add(pos as usize) },
+                len: n,
+            };
             self.queue(hdr, data, idx, end_of_data, false);
             pos += n;
         }
@@ -1330,7 +1583,9 @@ impl Conn {
 
     /// A send of task `idx`'s data finished: read the next chunk.
     fn chunk_sent(&mut self, io: &mut Io<'_>, idx: u32) {
-        let Some(t) = self.tasks[idx as usize].as_ref() else { return };
+        let Some(t) = self.tasks[idx as usize].as_ref() else {
+            return;
+        };
         if t.finished {
             self.maybe_free(io, idx);
         } else if t.kind == Kind::Read {
@@ -1368,7 +1623,9 @@ impl Conn {
 
     /// Give a finished task's buffers back once nothing refers to them.
     fn maybe_free(&mut self, io: &mut Io<'_>, idx: u32) {
-        let Some(t) = self.tasks[idx as usize].as_ref() else { return };
+        let Some(t) = self.tasks[idx as usize].as_ref() else {
+            return;
+        };
         if !t.finished || t.io_busy || t.sends > 0 {
             return;
         }
@@ -1382,7 +1639,9 @@ impl Conn {
         self.free_tasks.push(idx);
         // A buffer came back: wake a waiting read.
         while io.pool.available() > 0 {
-            let Some(w) = self.buf_waiters.pop_front() else { break };
+            let Some(w) = self.buf_waiters.pop_front() else {
+                break;
+            };
             if let Some(wt) = self.tasks[w as usize].as_mut() {
                 wt.waiting_buf = false;
             }
@@ -1393,7 +1652,14 @@ impl Conn {
     // ------------------------------------------------------------------
     // Responses
 
-    fn respond_status(&mut self, io: &mut Io<'_>, itt: u32, status: Status, residual: Residual, exp_data_sn: u32) {
+    fn respond_status(
+        &mut self,
+        io: &mut Io<'_>,
+        itt: u32,
+        status: Status,
+        residual: Residual,
+        exp_data_sn: u32,
+    ) {
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
         build_scsi_response(&mut hdr, itt, status as u8, residual, exp_data_sn, 0, sn);
@@ -1408,7 +1674,15 @@ impl Conn {
         data.extend_from_slice(&fixed);
         let sn = self.sn_status();
         let mut hdr = [0u8; BHS_LEN];
-        build_scsi_response(&mut hdr, itt, Status::CheckCondition as u8, residual, 0, data.len(), sn);
+        build_scsi_response(
+            &mut hdr,
+            itt,
+            Status::CheckCondition as u8,
+            residual,
+            0,
+            data.len(),
+            sn,
+        );
         self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
         self.flush_tx(io);
     }
@@ -1418,7 +1692,11 @@ impl Conn {
         let cmd = ScsiCommand(bhs);
         let edtl = cmd.expected_len();
         let itt = bhs.itt();
-        let n = if cmd.read() { data.len().min(edtl as usize) } else { 0 };
+        let n = if cmd.read() {
+            data.len().min(edtl as usize)
+        } else {
+            0
+        };
         let residual = Residual::of(edtl, data.len() as u64);
         if n == 0 {
             return self.respond_status(io, itt, Status::Good, residual, 0);
@@ -1442,7 +1720,13 @@ impl Conn {
                 last.then_some((Status::Good as u8, residual)),
                 sn,
             );
-            self.queue(hdr, TxData::Owned(data[pos..pos + len].to_vec()), NO_TASK, false, false);
+            self.queue(
+                hdr,
+                TxData::Owned(data[pos..pos + len].to_vec()),
+                NO_TASK,
+                false,
+                false,
+            );
             pos += len;
             data_sn += 1;
         }
@@ -1452,7 +1736,14 @@ impl Conn {
     // ------------------------------------------------------------------
     // Send path
 
-    fn queue(&mut self, bhs: [u8; BHS_LEN], data: TxData, task: u32, notify: bool, close_after: bool) {
+    fn queue(
+        &mut self,
+        bhs: [u8; BHS_LEN],
+        data: TxData,
+        task: u32,
+        notify: bool,
+        close_after: bool,
+    ) {
         let mut hdr = [0u8; BHS_LEN + DIGEST_LEN];
         hdr[..BHS_LEN].copy_from_slice(&bhs);
         let mut hlen = BHS_LEN;
@@ -1500,20 +1791,30 @@ impl Conn {
         }
         self.iov.clear();
         for t in &self.tx_fly {
-            self.iov.push(libc::iovec { iov_base: t.hdr.as_ptr() as *mut _, iov_len: t.hlen as usize });
+            self.iov.push(libc::iovec {
+                iov_base: t.hdr.as_ptr() as *mut _,
+                iov_len: t.hlen as usize,
+            });
             match &t.data {
                 TxData::None => {}
                 TxData::Owned(v) => {
                     if !v.is_empty() {
-                        self.iov.push(libc::iovec { iov_base: v.as_ptr() as *mut _, iov_len: v.len() })
+                        self.iov.push(libc::iovec {
+                            iov_base: v.as_ptr() as *mut _,
+                            iov_len: v.len(),
+                        })
                     }
                 }
-                TxData::Buf { ptr, len } => {
-                    self.iov.push(libc::iovec { iov_base: *ptr as *mut _, iov_len: *len as usize })
-                }
+                TxData::Buf { ptr, len } => self.iov.push(libc::iovec {
+                    iov_base: *ptr as *mut _,
+                    iov_len: *len as usize,
+                }),
             }
             if t.tlen > 0 {
-                self.iov.push(libc::iovec { iov_base: t.trailer.as_ptr() as *mut _, iov_len: t.tlen as usize });
+                self.iov.push(libc::iovec {
+                    iov_base: t.trailer.as_ptr() as *mut _,
+                    iov_len: t.tlen as usize,
+                });
             }
         }
         self.iov_pos = 0;
@@ -1524,7 +1825,9 @@ impl Conn {
         self.msg = unsafe { std::mem::zeroed() };
         self.msg.msg_iov = unsafe { self.iov.as_mut_ptr().add(self.iov_pos) };
         self.msg.msg_iovlen = self.iov.len() - self.iov_pos;
-        let e = opcode::SendMsg::new(types::Fd(self.fd), &self.msg as *const _).flags(libc::MSG_NOSIGNAL as u32).build();
+        let e = opcode::SendMsg::new(types::Fd(self.fd), &self.msg as *const _)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
         unsafe { io.push(e, TAG_SEND) };
         self.tx_busy = true;
     }
@@ -1532,7 +1835,10 @@ impl Conn {
     fn send_done(&mut self, io: &mut Io<'_>, res: i32) {
         self.tx_busy = false;
         if res < 0 {
-            self.close(&format!("send failed: {}", std::io::Error::from_raw_os_error(-res)));
+            self.close(&format!(
+                "send failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            ));
         } else {
             // Advance over what was written; resubmit the rest.
             let mut n = res as usize;
@@ -1623,7 +1929,10 @@ impl Connection for Conn {
                     let why = if res == 0 {
                         "peer closed the connection".to_string()
                     } else {
-                        format!("receive failed: {}", std::io::Error::from_raw_os_error(-res))
+                        format!(
+                            "receive failed: {}",
+                            std::io::Error::from_raw_os_error(-res)
+                        )
                     };
                     self.close(&why);
                 } else {
@@ -1636,14 +1945,26 @@ impl Connection for Conn {
                 if self.closing {
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
-                } else if let Rx::Data { sink, total, got, trailer } = self.rx_state {
+                } else if let Rx::Data {
+                    sink,
+                    total,
+                    got,
+                    trailer,
+                } = self.rx_state
+                {
                     let got = got + res as usize;
-                    self.rx_state = Rx::Data { sink, total, got, trailer };
+                    self.rx_state = Rx::Data {
+                        sink,
+                        total,
+                        got,
+                        trailer,
+                    };
                     if got < total {
                         if let Some(ptr) = self.direct_target(sink, got, total) {
-                            let e = opcode::Recv::new(types::Fd(self.fd), ptr, (total - got) as u32)
-                                .flags(libc::MSG_WAITALL)
-                                .build();
+                            let e =
+                                opcode::Recv::new(types::Fd(self.fd), ptr, (total - got) as u32)
+                                    .flags(libc::MSG_WAITALL)
+                                    .build();
                             unsafe { io.push(e, TAG_RECV_DIRECT) };
                             self.rx_busy = true;
                             return;
@@ -1690,7 +2011,9 @@ impl Drop for Conn {
 impl Conn {
     fn buf_ptrs_ensure(&mut self, io: &mut Io<'_>) {
         if self.buf_ptrs.len() != io.pool.count() {
-            self.buf_ptrs = (0..io.pool.count()).map(|i| io.pool.ptr(i as BufId)).collect();
+            self.buf_ptrs = (0..io.pool.count())
+                .map(|i| io.pool.ptr(i as BufId))
+                .collect();
         }
     }
 }

@@ -123,7 +123,13 @@ pub struct Bhs<'a>(&'a [u8; BHS_LEN]);
 
 impl std::fmt::Debug for Bhs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bhs({:?} itt={:#x} dsl={})", self.opcode(), self.itt(), self.data_segment_len())
+        write!(
+            f,
+            "Bhs({:?} itt={:#x} dsl={})",
+            self.opcode(),
+            self.itt(),
+            self.data_segment_len()
+        )
     }
 }
 
@@ -255,7 +261,9 @@ impl<'a> BhsBuilder<'a> {
     }
     /// StatSN, ExpCmdSN, MaxCmdSN at their common offsets (24, 28, 32).
     pub fn sn(self, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> Self {
-        self.u32_at(24, stat_sn).u32_at(28, exp_cmd_sn).u32_at(32, max_cmd_sn)
+        self.u32_at(24, stat_sn)
+            .u32_at(28, exp_cmd_sn)
+            .u32_at(32, max_cmd_sn)
     }
 }
 

@@ -17,7 +17,14 @@ impl<'a> NopOut<'a> {
     }
 }
 
-pub fn build_nop_in(out: &mut [u8; BHS_LEN], itt: u32, ttt: u32, lun_raw: u64, data_len: usize, sn: Sn) {
+pub fn build_nop_in(
+    out: &mut [u8; BHS_LEN],
+    itt: u32,
+    ttt: u32,
+    lun_raw: u64,
+    data_len: usize,
+    sn: Sn,
+) {
     BhsBuilder::new(out, Opcode::NopIn, 0x80)
         .data_len(data_len)
         .lun(lun_raw)

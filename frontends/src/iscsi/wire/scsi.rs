@@ -144,7 +144,11 @@ pub fn build_data_in(
         .lun(lun_raw)
         .itt(itt)
         .u32_at(20, RESERVED_TAG)
-        .sn(if status.is_some() { sn.stat_sn } else { 0 }, sn.exp_cmd_sn, sn.max_cmd_sn)
+        .sn(
+            if status.is_some() { sn.stat_sn } else { 0 },
+            sn.exp_cmd_sn,
+            sn.max_cmd_sn,
+        )
         .u32_at(36, data_sn)
         .u32_at(40, offset)
         .u32_at(44, res.count());
