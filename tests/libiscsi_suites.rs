@@ -50,12 +50,7 @@ fn parse_cunit(out: &str) -> Counts {
     let mut records: Vec<(String, String)> = Vec::new();
     for line in out.lines() {
         if let Some(i) = line.find("Test: ") {
-            let name = line[i + 6..]
-                .split(" ...")
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
+            let name = line[i + 6..].split(" ...").next().unwrap_or("").trim().to_string();
             records.push((name, line[i..].to_string()));
         } else if line.starts_with("Run Summary") {
             records.push((String::new(), String::new()));
@@ -99,9 +94,7 @@ fn abridge(out: &str) -> String {
     let mut repeats = 0;
     for line in out.lines() {
         let t = line.trim_start();
-        let detail = t.starts_with("[FAILED]")
-            || t.split_once(". ")
-                .map_or(false, |(n, _)| n.parse::<u32>().is_ok());
+        let detail = t.starts_with("[FAILED]") || t.split_once(". ").map_or(false, |(n, _)| n.parse::<u32>().is_ok());
         if detail {
             repeats += 1;
             if repeats > 5 {
@@ -140,8 +133,7 @@ fn libiscsi_conformance_suites_pass() {
         );
         let all = format!("{}\n{}", out.stdout, out.stderr);
         let c = parse_cunit(&all);
-        let line =
-            format!(
+        let line = format!(
             "{suite:<28} total {:>3}  passed {:>3}  failed {:>3}  skipped {:>3}  ({:.1?}, exit {})",
             c.total,
             c.passed,
@@ -160,21 +152,13 @@ fn libiscsi_conformance_suites_pass() {
             why.push("no test ran (wrong suite name?)".to_string());
         }
         if c.failed > 0 {
-            why.push(format!(
-                "{} failed: {}",
-                c.failed,
-                c.failed_tests.join(", ")
-            ));
+            why.push(format!("{} failed: {}", c.failed, c.failed_tests.join(", ")));
         }
         if !out.success() {
             why.push(format!("exit status {}", out.status));
         }
         if !why.is_empty() {
-            problems.push(format!(
-                "=== {suite}: {} ===\n{}",
-                why.join("; "),
-                abridge(&all)
-            ));
+            problems.push(format!("=== {suite}: {} ===\n{}", why.join("; "), abridge(&all)));
         }
     }
     println!("\n{}", table.join("\n"));
@@ -195,10 +179,6 @@ fn cunit_parser_counts_skips_and_failures() {
     let sample = "Suite: Inquiry\n  Test: Standard ...passed\n  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test\npassed\n  Test: EVPD ...    [FAILED] WRITE10 command failed with status 2 / sense key DATA PROTECTION(0x07)\n    [FAILED] again\nFAILED\n    1. test_write10_simple.c:50  - CU_ASSERT_EQUAL(ret,0)\n\nRun Summary:    Type  Total    Ran Passed Failed Inactive\n              suites      1      1    n/a      0        0\n               tests      3      3      2      1        0\n             asserts     10     10      9      1      n/a\n";
     let c = parse_cunit(sample);
     assert!(c.summary_found);
-    assert_eq!(
-        (c.total, c.passed, c.failed, c.skipped),
-        (3, 1, 1, 1),
-        "{c:?}"
-    );
+    assert_eq!((c.total, c.passed, c.failed, c.skipped), (3, 1, 1, 1), "{c:?}");
     assert_eq!(c.failed_tests, vec!["EVPD".to_string()]);
 }

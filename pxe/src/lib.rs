@@ -42,9 +42,7 @@ pub struct IscsiExport {
 }
 
 /// How the booted system finds its root disk.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMethod {
     /// dracut `netroot=iscsi:…` on the kernel command line.
@@ -131,23 +129,9 @@ impl PxeArgs {
     /// Fill every field not given on the command line from the config file.
     pub fn merge_from(&mut self, file: PxeArgs) {
         merge_fields!(
-            self,
-            file,
-            pxe_interface,
-            boot_dir,
-            boot_device,
-            boot_path,
-            cmdline_default,
-            boot_method,
-            menu_timeout,
-            menu_user,
-            menu_password,
-            ipxe_dir,
-            dhcp_mode,
-            dhcp_pool,
-            http_port,
-            strip_args,
-            cmdline_chap
+            self, file, pxe_interface, boot_dir, boot_device, boot_path, cmdline_default, boot_method,
+            menu_timeout, menu_user, menu_password, ipxe_dir, dhcp_mode, dhcp_pool, http_port,
+            strip_args, cmdline_chap
         );
     }
 
@@ -178,17 +162,11 @@ fn boot_source(
     let sub = boot_path.unwrap_or("/").trim_start_matches('/');
     match (boot_dir, boot_device) {
         (Some(_), Some(_)) => Err("--boot-dir and --boot-device cannot be used together".into()),
-        (Some(d), None) => Ok(Some(BootSource {
-            dir: d.join(sub),
-            _mount: None,
-        })),
+        (Some(d), None) => Ok(Some(BootSource { dir: d.join(sub), _mount: None })),
         (None, Some(dev)) => {
             let m = BootMount::mount(dev)?;
             let dir = m.dir.join(sub);
-            Ok(Some(BootSource {
-                dir,
-                _mount: Some(m),
-            }))
+            Ok(Some(BootSource { dir, _mount: Some(m) }))
         }
         (None, None) => Ok(None),
     }
@@ -214,42 +192,25 @@ pub fn routes(
     let mut r = http::Router::default();
     let menu = menu::ipxe_menu(cfg, entries);
     if cfg.login {
-        r.routes.insert(
-            "/boot.ipxe".into(),
-            Resource::text(menu::ipxe_login(cfg), "text/plain"),
-        );
+        r.routes.insert("/boot.ipxe".into(), Resource::text(menu::ipxe_login(cfg), "text/plain"));
         let mut m = Resource::text(menu, "text/plain");
         m.auth = true;
         r.routes.insert("/menu.ipxe".into(), m);
     } else {
-        r.routes.insert(
-            "/boot.ipxe".into(),
-            Resource::text(menu.clone(), "text/plain"),
-        );
-        r.routes
-            .insert("/menu.ipxe".into(), Resource::text(menu, "text/plain"));
+        r.routes.insert("/boot.ipxe".into(), Resource::text(menu.clone(), "text/plain"));
+        r.routes.insert("/menu.ipxe".into(), Resource::text(menu, "text/plain"));
     }
-    r.routes.insert(
-        "/pxelinux.cfg/default".into(),
-        Resource::text(menu::pxelinux(cfg, entries), "text/plain"),
-    );
-    let jail =
-        std::fs::canonicalize(boot_dir).map_err(|e| format!("{}: {e}", boot_dir.display()))?;
+    r.routes.insert("/pxelinux.cfg/default".into(), Resource::text(menu::pxelinux(cfg, entries), "text/plain"));
+    let jail = std::fs::canonicalize(boot_dir).map_err(|e| format!("{}: {e}", boot_dir.display()))?;
     for e in entries {
         for rel in std::iter::once(&e.linux).chain(e.initrd.iter()) {
             let p = boot_dir.join(rel);
             match std::fs::canonicalize(&p) {
                 Ok(c) if c.starts_with(&jail) && c.is_file() => {
-                    let key = http::normalize_target(&menu::url_path(rel))
-                        .map_err(|_| format!("{rel}: unusable file name"))?;
+                    let key = http::normalize_target(&menu::url_path(rel)).map_err(|_| format!("{rel}: unusable file name"))?;
                     r.routes.insert(key, Resource::file(c));
                 }
-                Ok(c) => tracing::warn!(
-                    "{}: resolves to {} outside {}, not served",
-                    p.display(),
-                    c.display(),
-                    jail.display()
-                ),
+                Ok(c) => tracing::warn!("{}: resolves to {} outside {}, not served", p.display(), c.display(), jail.display()),
                 Err(err) => tracing::warn!("{}: {err}, not served", p.display()),
             }
         }
@@ -257,9 +218,7 @@ pub fn routes(
     if let Some(d) = ipxe_dir {
         if let (Ok(jail), Ok(rd)) = (std::fs::canonicalize(d), std::fs::read_dir(d)) {
             for de in rd.flatten() {
-                let Ok(c) = std::fs::canonicalize(de.path()) else {
-                    continue;
-                };
+                let Ok(c) = std::fs::canonicalize(de.path()) else { continue };
                 if !c.is_file() || !c.starts_with(&jail) {
                     continue;
                 }
@@ -307,19 +266,9 @@ fn menu_config(
         http_port,
         target_name: export.target_name.clone(),
         iscsi_port: if export.port == 0 { 3260 } else { export.port },
-        luns: if export.luns.is_empty() {
-            vec![0]
-        } else {
-            export.luns.clone()
-        },
-        initiator_name: export
-            .initiator_name
-            .clone()
-            .unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
-        chap: export
-            .chap
-            .clone()
-            .map(|(user, secret)| Chap { user, secret }),
+        luns: if export.luns.is_empty() { vec![0] } else { export.luns.clone() },
+        initiator_name: export.initiator_name.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
+        chap: export.chap.clone().map(|(user, secret)| Chap { user, secret }),
         chap_on_cmdline,
         method,
         timeout,
@@ -331,32 +280,19 @@ fn menu_config(
 /// Start the sidecars described by `args`, or return `Ok(None)` when
 /// `--pxe-interface` is not set. Errors are one line for the operator.
 pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, String> {
-    let Some(ifname) = &args.pxe_interface else {
-        return Ok(None);
-    };
+    let Some(ifname) = &args.pxe_interface else { return Ok(None) };
     let ifa = iface::ipv4_of(ifname)?;
     let method = args.boot_method.unwrap_or_default();
-    let src = boot_source(
-        args.boot_dir.as_deref(),
-        args.boot_device.as_deref(),
-        args.boot_path.as_deref(),
-    )?;
+    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), args.boot_path.as_deref())?;
     let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
     let (entries, boot_dir) = match &src {
-        Some(s) => {
-            match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
-                Ok((_, e)) => (e, Some(s.dir.clone())),
-                Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
-                Err(e) => return Err(format!("{flag}: {e}")),
-            }
-        }
+        Some(s) => match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
+            Ok((_, e)) => (e, Some(s.dir.clone())),
+            Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
+            Err(e) => return Err(format!("{flag}: {e}")),
+        },
         None if method == BootMethod::Sanboot => (Vec::new(), None),
-        None => {
-            return Err(
-                "--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)"
-                    .into(),
-            )
-        }
+        None => return Err("--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)".into()),
     };
     let http_port = args.http_port.unwrap_or(80);
     let login = args.menu_user.is_some() && args.menu_password.is_some();
@@ -370,22 +306,11 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         args.strip_list(),
         args.cmdline_chap.unwrap_or(false),
     );
-    let ipxe_dir = args
-        .ipxe_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
+    let ipxe_dir = args.ipxe_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
     let empty = std::env::temp_dir();
-    let mut router = routes(
-        &cfg,
-        &entries,
-        boot_dir.as_deref().unwrap_or(&empty),
-        Some(&ipxe_dir),
-    )?;
+    let mut router = routes(&cfg, &entries, boot_dir.as_deref().unwrap_or(&empty), Some(&ipxe_dir))?;
     if login {
-        router.auth = Some((
-            args.menu_user.clone().unwrap(),
-            args.menu_password.clone().unwrap(),
-        ));
+        router.auth = Some((args.menu_user.clone().unwrap(), args.menu_password.clone().unwrap()));
     }
     let listen = std::net::SocketAddr::from((ifa.addr, http_port));
     let http = http::spawn(http::HttpConfig::new(listen, router))?;
@@ -393,13 +318,7 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         tracing::info!("pxe: entry {:?} kernel {}", e.title, e.linux);
     }
     let threads = sidecars::spawn(args, ifname, &ifa, &cfg, &ipxe_dir)?;
-    Ok(Some(PxeHandle {
-        http,
-        server: ifa.addr,
-        entries,
-        threads,
-        _boot: src,
-    }))
+    Ok(Some(PxeHandle { http, server: ifa.addr, entries, threads, _boot: src }))
 }
 
 mod sidecars {
@@ -423,12 +342,7 @@ mod sidecars {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootentriesArgs {
     /// Directory holding the kernels (a /boot tree).
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "boot_device",
-        required_unless_present = "boot_device"
-    )]
+    #[arg(long, value_name = "DIR", conflicts_with = "boot_device", required_unless_present = "boot_device")]
     pub boot_dir: Option<PathBuf>,
     /// Block device with the kernels, mounted read-only: a path, UUID=… or LABEL=….
     #[arg(long, value_name = "DEV")]
@@ -446,11 +360,7 @@ pub struct BootentriesArgs {
     #[arg(long, value_name = "PORT", default_value_t = 80)]
     pub http_port: u16,
     /// Target IQN.
-    #[arg(
-        long,
-        value_name = "IQN",
-        default_value = "iqn.2025-01.org.bootlun:target"
-    )]
+    #[arg(long, value_name = "IQN", default_value = "iqn.2025-01.org.bootlun:target")]
     pub target_name: String,
     /// iSCSI portal port.
     #[arg(long, value_name = "PORT", default_value_t = 3260)]
@@ -462,12 +372,7 @@ pub struct BootentriesArgs {
     #[arg(long, value_enum, default_value = "netroot")]
     pub boot_method: BootMethod,
     /// Kernel command line of entries that have none.
-    #[arg(
-        long,
-        value_name = "ARGS",
-        default_value = "",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, value_name = "ARGS", default_value = "", allow_hyphen_values = true)]
     pub cmdline_default: String,
     /// Menu timeout in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
@@ -490,12 +395,8 @@ pub enum BootentriesFormat {
 
 /// Render the dry run as text (the body of [`bootentries_main`]).
 pub fn bootentries_render(args: &BootentriesArgs) -> Result<String, String> {
-    let src = boot_source(
-        args.boot_dir.as_deref(),
-        args.boot_device.as_deref(),
-        Some(&args.boot_path),
-    )?
-    .ok_or("one of --boot-dir or --boot-device is required")?;
+    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), Some(&args.boot_path))?
+        .ok_or("one of --boot-dir or --boot-device is required")?;
     let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
     let found = bootentries::discover(&src.dir, &args.cmdline_default);
     let (source, entries) = match found {
@@ -535,11 +436,7 @@ pub fn bootentries_main(args: &BootentriesArgs) -> std::process::ExitCode {
         Ok(s) => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            if out
-                .write_all(s.as_bytes())
-                .and_then(|_| out.flush())
-                .is_err()
-            {
+            if out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_err() {
                 return std::process::ExitCode::from(1);
             }
             std::process::ExitCode::SUCCESS

@@ -103,10 +103,7 @@ pub struct TftpError {
 
 impl TftpError {
     fn new(code: u16, msg: impl Into<String>) -> Self {
-        TftpError {
-            code,
-            msg: msg.into(),
-        }
+        TftpError { code, msg: msg.into() }
     }
 }
 
@@ -148,19 +145,11 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
     let kind = match u16::from_be_bytes([pkt[0], pkt[1]]) {
         RRQ => ReqKind::Read,
         WRQ => ReqKind::Write,
-        op => {
-            return Err(TftpError::new(
-                code::ILLEGAL,
-                format!("unexpected opcode {op}"),
-            ))
-        }
+        op => return Err(TftpError::new(code::ILLEGAL, format!("unexpected opcode {op}"))),
     };
     let body = &pkt[2..];
     if body.last() != Some(&0) {
-        return Err(TftpError::new(
-            code::ILLEGAL,
-            "request fields not NUL-terminated",
-        ));
+        return Err(TftpError::new(code::ILLEGAL, "request fields not NUL-terminated"));
     }
     let mut fields: Vec<&[u8]> = body[..body.len() - 1].split(|b| *b == 0).collect();
     if fields.len() < 2 {
@@ -174,9 +163,7 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
         return Err(TftpError::new(code::ILLEGAL, "option without value"));
     }
     let text = |f: &[u8]| {
-        std::str::from_utf8(f)
-            .map(str::to_string)
-            .map_err(|_| TftpError::new(code::ILLEGAL, "field is not UTF-8"))
+        std::str::from_utf8(f).map(str::to_string).map_err(|_| TftpError::new(code::ILLEGAL, "field is not UTF-8"))
     };
     let filename = text(fields[0])?;
     if filename.is_empty() {
@@ -186,10 +173,7 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
     match mode.as_str() {
         "octet" => {}
         "netascii" => {
-            return Err(TftpError::new(
-                code::UNDEFINED,
-                "netascii mode is not supported, use octet (binary)",
-            ))
+            return Err(TftpError::new(code::UNDEFINED, "netascii mode is not supported, use octet (binary)"))
         }
         m => return Err(TftpError::new(code::ILLEGAL, format!("unknown mode {m:?}"))),
     }
@@ -203,12 +187,7 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
             options.push((name, text(pair[1])?));
         }
     }
-    Ok(Request {
-        kind,
-        filename,
-        mode,
-        options,
-    })
+    Ok(Request { kind, filename, mode, options })
 }
 
 /// Outcome of option negotiation.
@@ -226,12 +205,7 @@ pub struct Negotiated {
 
 /// Accept or ignore each requested option for a file of `file_size` bytes.
 pub fn negotiate(options: &[(String, String)], file_size: u64, max_blksize: u16) -> Negotiated {
-    let mut n = Negotiated {
-        blksize: 512,
-        windowsize: 1,
-        timeout: DEFAULT_TIMEOUT,
-        oack: Vec::new(),
-    };
+    let mut n = Negotiated { blksize: 512, windowsize: 1, timeout: DEFAULT_TIMEOUT, oack: Vec::new() };
     for (name, value) in options {
         let num = value.trim().parse::<u64>().ok();
         match (name.as_str(), num) {
@@ -285,10 +259,7 @@ pub fn resolve_path(root: &Path, filename: &str) -> Result<PathBuf, TftpError> {
     let real = match path.canonicalize() {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound && absolute => {
-            return Err(TftpError::new(
-                code::ACCESS,
-                "absolute path outside the TFTP root",
-            ))
+            return Err(TftpError::new(code::ACCESS, "absolute path outside the TFTP root"))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(TftpError::new(code::NOT_FOUND, "file not found"))
@@ -302,10 +273,7 @@ pub fn resolve_path(root: &Path, filename: &str) -> Result<PathBuf, TftpError> {
         .canonicalize()
         .map_err(|e| TftpError::new(code::UNDEFINED, format!("TFTP root unusable: {e}")))?;
     if !real.starts_with(&root_real) {
-        return Err(TftpError::new(
-            code::ACCESS,
-            "path leads outside the TFTP root",
-        ));
+        return Err(TftpError::new(code::ACCESS, "path leads outside the TFTP root"));
     }
     if !real.is_file() {
         return Err(TftpError::new(code::NOT_FOUND, "not a regular file"));
@@ -340,11 +308,7 @@ fn interface_mtu(interface: &str) -> Option<u32> {
     if interface.contains('/') {
         return None;
     }
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu")).ok()?.trim().parse().ok()
 }
 
 /// Largest block size that fits the interface MTU without fragmenting.
@@ -363,13 +327,7 @@ fn path_max_blksize(sock: &socket2::Socket) -> u16 {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `mtu`.
     let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            &mut mtu as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
+        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut _ as *mut libc::c_void, &mut len)
     };
     if rc == 0 && mtu as u32 > HEADERS + 8 {
         (mtu as u32 - HEADERS).min(MAX_BLKSIZE as u32) as u16
@@ -428,10 +386,7 @@ impl Transfer {
             self.buf.resize(4 + want, 0);
             let mut got = 0;
             while got < want {
-                match self
-                    .file
-                    .read_at(&mut self.buf[4 + got..], off + got as u64)
-                {
+                match self.file.read_at(&mut self.buf[4 + got..], off + got as u64) {
                     Ok(0) => break,
                     Ok(k) => got += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -481,12 +436,7 @@ impl Transfer {
                 }
                 if n == self.total {
                     let secs = now.duration_since(self.started).as_secs_f64();
-                    tracing::info!(
-                        "tftp: {} sent {} ({} bytes) in {secs:.2}s",
-                        self.peer,
-                        self.name,
-                        self.size
-                    );
+                    tracing::info!("tftp: {} sent {} ({} bytes) in {secs:.2}s", self.peer, self.name, self.size);
                     return Ok(Step::Done);
                 }
                 self.base = n + 1;
@@ -499,25 +449,14 @@ impl Transfer {
                 let msg = String::from_utf8_lossy(&pkt[4..]);
                 let msg = msg.trim_end_matches('\0');
                 if self.oack.is_some() && arg == code::OPTIONS {
-                    tracing::debug!(
-                        "tftp: {} ended {} after the OACK (error 8: {msg})",
-                        self.peer,
-                        self.name
-                    );
+                    tracing::debug!("tftp: {} ended {} after the OACK (error 8: {msg})", self.peer, self.name);
                 } else {
-                    tracing::info!(
-                        "tftp: {} aborted {}: error {arg}: {msg}",
-                        self.peer,
-                        self.name
-                    );
+                    tracing::info!("tftp: {} aborted {}: error {arg}: {msg}", self.peer, self.name);
                 }
                 Ok(Step::Done)
             }
             _ => {
-                tracing::debug!(
-                    "tftp: {}: unexpected opcode {op} during transfer",
-                    self.peer
-                );
+                tracing::debug!("tftp: {}: unexpected opcode {op} during transfer", self.peer);
                 Ok(Step::Continue)
             }
         }
@@ -532,9 +471,7 @@ impl Transfer {
         if self.retries > MAX_RETRIES {
             tracing::warn!(
                 "tftp: {} gave up on {} at block {} after {MAX_RETRIES} retransmissions",
-                self.peer,
-                self.name,
-                self.base
+                self.peer, self.name, self.base
             );
             return Ok(Step::Done);
         }
@@ -602,21 +539,14 @@ impl Server {
             }
         };
         if req.kind == ReqKind::Write {
-            tracing::info!(
-                "tftp: {peer}: write of {:?} refused (read-only server)",
-                req.filename
-            );
+            tracing::info!("tftp: {peer}: write of {:?} refused (read-only server)", req.filename);
             self.send_error(peer, &TftpError::new(code::ACCESS, "read-only server"));
             return;
         }
         let path = match resolve_path(&self.cfg.root, &req.filename) {
             Ok(p) => p,
             Err(e) => {
-                let what = if e.code == code::ACCESS {
-                    "refused"
-                } else {
-                    "failed"
-                };
+                let what = if e.code == code::ACCESS { "refused" } else { "failed" };
                 tracing::info!("tftp: {peer}: read of {:?} {what}: {e}", req.filename);
                 self.send_error(peer, &e);
                 return;
@@ -624,33 +554,20 @@ impl Server {
         };
         if self.transfers.len() >= MAX_TRANSFERS {
             tracing::warn!("tftp: {peer}: {MAX_TRANSFERS} transfers running, request refused");
-            self.send_error(
-                peer,
-                &TftpError::new(code::UNDEFINED, "server busy, try again"),
-            );
+            self.send_error(peer, &TftpError::new(code::UNDEFINED, "server busy, try again"));
             return;
         }
         match self.start(req, path, peer, now) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("tftp: {peer}: cannot start transfer: {e}");
-                let code = if e.kind() == io::ErrorKind::PermissionDenied {
-                    code::ACCESS
-                } else {
-                    code::UNDEFINED
-                };
+                let code = if e.kind() == io::ErrorKind::PermissionDenied { code::ACCESS } else { code::UNDEFINED };
                 self.send_error(peer, &TftpError::new(code, e.to_string()));
             }
         }
     }
 
-    fn start(
-        &mut self,
-        req: Request,
-        path: PathBuf,
-        peer: SocketAddr,
-        now: Instant,
-    ) -> io::Result<()> {
+    fn start(&mut self, req: Request, path: PathBuf, peer: SocketAddr, now: Instant) -> io::Result<()> {
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
         let sock = udp_socket(self.ephemeral(), self.cfg.interface.as_deref())?;
@@ -660,9 +577,7 @@ impl Server {
         let mut sock = mio::net::UdpSocket::from_std(sock.into());
         let token = self.next_token;
         self.next_token += 1;
-        self.poll
-            .registry()
-            .register(&mut sock, mio::Token(token), mio::Interest::READABLE)?;
+        self.poll.registry().register(&mut sock, mio::Token(token), mio::Interest::READABLE)?;
         tracing::info!(
             "tftp: {peer}: sending {:?} ({size} bytes, blksize {}, window {}{})",
             req.filename,
@@ -713,11 +628,7 @@ impl Server {
         let mut buf = vec![0u8; 65536];
         loop {
             let now = Instant::now();
-            let timeout = self
-                .transfers
-                .values()
-                .map(|t| t.deadline.saturating_duration_since(now))
-                .min();
+            let timeout = self.transfers.values().map(|t| t.deadline.saturating_duration_since(now)).min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -736,9 +647,7 @@ impl Server {
                 }
                 let token = ev.token().0;
                 loop {
-                    let Some(t) = self.transfers.get_mut(&token) else {
-                        break;
-                    };
+                    let Some(t) = self.transfers.get_mut(&token) else { break };
                     let step = match t.sock.recv(&mut buf) {
                         Ok(n) => t.on_packet(&buf[..n], now),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -775,16 +684,10 @@ impl Server {
                 }
             }
             let now = Instant::now();
-            let due: Vec<usize> = self
-                .transfers
-                .iter()
-                .filter(|(_, t)| t.deadline <= now)
-                .map(|(k, _)| *k)
-                .collect();
+            let due: Vec<usize> =
+                self.transfers.iter().filter(|(_, t)| t.deadline <= now).map(|(k, _)| *k).collect();
             for token in due {
-                let Some(t) = self.transfers.get_mut(&token) else {
-                    continue;
-                };
+                let Some(t) = self.transfers.get_mut(&token) else { continue };
                 match t.on_timeout(now) {
                     Ok(Step::Continue) => {}
                     Ok(Step::Done) => self.finish(token),
@@ -805,33 +708,16 @@ pub fn spawn(cfg: TftpConfig) -> io::Result<JoinHandle<()>> {
     let meta = std::fs::metadata(&cfg.root)
         .map_err(|e| io::Error::new(e.kind(), format!("tftp: root {}: {e}", cfg.root.display())))?;
     if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("tftp: root {} is not a directory", cfg.root.display()),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("tftp: root {} is not a directory", cfg.root.display())));
     }
     let s = udp_socket(cfg.bind, cfg.interface.as_deref())?;
     let mut listener = mio::net::UdpSocket::from_std(s.into());
     let poll = mio::Poll::new()?;
-    poll.registry()
-        .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
+    poll.registry().register(&mut listener, LISTENER, mio::Interest::READABLE)?;
     let max_blksize = max_blksize_for(cfg.interface.as_deref());
-    tracing::info!(
-        "tftp: serving {} on {} (blksize up to {max_blksize})",
-        cfg.root.display(),
-        cfg.bind
-    );
-    let server = Server {
-        cfg,
-        max_blksize,
-        poll,
-        listener,
-        transfers: HashMap::new(),
-        next_token: 1,
-    };
-    std::thread::Builder::new()
-        .name("bootlun-tftp".into())
-        .spawn(move || server.run())
+    tracing::info!("tftp: serving {} on {} (blksize up to {max_blksize})", cfg.root.display(), cfg.bind);
+    let server = Server { cfg, max_blksize, poll, listener, transfers: HashMap::new(), next_token: 1 };
+    std::thread::Builder::new().name("bootlun-tftp".into()).spawn(move || server.run())
 }
 
 /// Local address of a config's request socket, for logs and tests.
@@ -846,10 +732,7 @@ mod tests {
 
     fn rrq(name: &str, mode: &str, opts: &[(&str, &str)]) -> Vec<u8> {
         let mut p = RRQ.to_be_bytes().to_vec();
-        for f in [name, mode]
-            .into_iter()
-            .chain(opts.iter().flat_map(|(a, b)| [*a, *b]))
-        {
+        for f in [name, mode].into_iter().chain(opts.iter().flat_map(|(a, b)| [*a, *b])) {
             p.extend_from_slice(f.as_bytes());
             p.push(0);
         }
@@ -858,22 +741,11 @@ mod tests {
 
     #[test]
     fn parse_requests() {
-        let r = parse_request(&rrq(
-            "pxe/undionly.kpxe",
-            "OCTET",
-            &[("BlkSize", "1468"), ("tsize", "0")],
-        ))
-        .unwrap();
+        let r = parse_request(&rrq("pxe/undionly.kpxe", "OCTET", &[("BlkSize", "1468"), ("tsize", "0")])).unwrap();
         assert_eq!(r.kind, ReqKind::Read);
         assert_eq!(r.filename, "pxe/undionly.kpxe");
         assert_eq!(r.mode, "octet");
-        assert_eq!(
-            r.options,
-            vec![
-                ("blksize".into(), "1468".into()),
-                ("tsize".into(), "0".into())
-            ]
-        );
+        assert_eq!(r.options, vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]);
         let mut w = rrq("f", "octet", &[]);
         w[1] = 2;
         assert_eq!(parse_request(&w).unwrap().kind, ReqKind::Write);
@@ -889,59 +761,22 @@ mod tests {
         assert_eq!(ill(&rrq("f", "mail", &[])), code::ILLEGAL);
         assert_eq!(ill(&rrq("f", "netascii", &[])), code::UNDEFINED);
         assert_eq!(ill(&[0, 1, b'f', 0]), code::ILLEGAL);
-        assert_eq!(
-            ill(&[0, 1, b'f', 0, b'o', b'c', b't', b'e', b't', 0, b'x', 0]),
-            code::ILLEGAL
-        );
+        assert_eq!(ill(&[0, 1, b'f', 0, b'o', b'c', b't', b'e', b't', 0, b'x', 0]), code::ILLEGAL);
         assert_eq!(ill(&[0, 9, b'f', 0]), code::ILLEGAL);
         assert_eq!(ill(&[0, 3, 0, 1]), code::ILLEGAL);
     }
 
     #[test]
     fn negotiation() {
-        let o = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect::<Vec<_>>()
-        };
-        let n = negotiate(
-            &o(&[
-                ("blksize", "1468"),
-                ("tsize", "0"),
-                ("timeout", "3"),
-                ("windowsize", "8"),
-            ]),
-            12345,
-            65464,
-        );
-        assert_eq!(
-            (n.blksize, n.windowsize, n.timeout),
-            (1468, 8, Duration::from_secs(3))
-        );
-        assert_eq!(
-            n.oack,
-            o(&[
-                ("blksize", "1468"),
-                ("tsize", "12345"),
-                ("timeout", "3"),
-                ("windowsize", "8")
-            ])
-        );
+        let o = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let n = negotiate(&o(&[("blksize", "1468"), ("tsize", "0"), ("timeout", "3"), ("windowsize", "8")]), 12345, 65464);
+        assert_eq!((n.blksize, n.windowsize, n.timeout), (1468, 8, Duration::from_secs(3)));
+        assert_eq!(n.oack, o(&[("blksize", "1468"), ("tsize", "12345"), ("timeout", "3"), ("windowsize", "8")]));
         let n = negotiate(&o(&[("blksize", "65464")]), 1, 1468);
         assert_eq!(n.oack, o(&[("blksize", "1468")]));
         let n = negotiate(&o(&[("blksize", "99999")]), 1, 65464);
         assert_eq!(n.blksize, 65464);
-        let n = negotiate(
-            &o(&[
-                ("blksize", "7"),
-                ("timeout", "0"),
-                ("timeout2", "1"),
-                ("windowsize", "0"),
-                ("multicast", ""),
-            ]),
-            1,
-            65464,
-        );
+        let n = negotiate(&o(&[("blksize", "7"), ("timeout", "0"), ("timeout2", "1"), ("windowsize", "0"), ("multicast", "")]), 1, 65464);
         assert!(n.oack.is_empty());
         assert_eq!((n.blksize, n.windowsize), (512, 1));
         let n = negotiate(&o(&[("windowsize", "65535"), ("blksize", "x")]), 1, 65464);
@@ -1013,17 +848,13 @@ mod tests {
         }
 
         fn recv(&self, buf: &mut [u8]) -> (usize, SocketAddr) {
-            self.sock
-                .recv_from(buf)
-                .expect("no reply from the TFTP server")
+            self.sock.recv_from(buf).expect("no reply from the TFTP server")
         }
 
         /// Fetch with the given options; `drop_first_of_block` makes the
         /// client ignore the first copy of that block (a lost packet).
         fn get(&self, name: &str, opts: &[(&str, &str)], lose: Option<u64>) -> Got {
-            self.sock
-                .send_to(&rrq(name, "octet", opts), self.server)
-                .unwrap();
+            self.sock.send_to(&rrq(name, "octet", opts), self.server).unwrap();
             let mut buf = vec![0u8; 70000];
             let mut data = Vec::new();
             let mut oack = Vec::new();
@@ -1050,10 +881,7 @@ mod tests {
                     OACK => {
                         let f: Vec<&[u8]> = p[2..n - 1].split(|b| *b == 0).collect();
                         for kv in f.chunks(2) {
-                            let (k, v) = (
-                                String::from_utf8_lossy(kv[0]).to_string(),
-                                String::from_utf8_lossy(kv[1]).to_string(),
-                            );
+                            let (k, v) = (String::from_utf8_lossy(kv[0]).to_string(), String::from_utf8_lossy(kv[1]).to_string());
                             match k.as_str() {
                                 "blksize" => blksize = v.parse().unwrap(),
                                 "windowsize" => window = v.parse().unwrap(),
@@ -1105,11 +933,7 @@ mod tests {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let cfg = TftpConfig {
-            bind: addr,
-            interface: None,
-            root: d.0.clone(),
-        };
+        let cfg = TftpConfig { bind: addr, interface: None, root: d.0.clone() };
         spawn(cfg).unwrap();
         (d, addr)
     }
@@ -1135,25 +959,14 @@ mod tests {
         assert_eq!(got, small);
         assert!(oack.is_empty());
         // Multiple of the block size: trailing empty block.
-        assert_eq!(
-            file(Client::new(addr).get("exact", &[], None)).0,
-            pattern(1024)
-        );
+        assert_eq!(file(Client::new(addr).get("exact", &[], None)).0, pattern(1024));
         assert_eq!(file(Client::new(addr).get("empty", &[], None)).0, b"");
         // Options, window, a lost block in the middle of a window.
-        let opts = [
-            ("blksize", "700"),
-            ("tsize", "0"),
-            ("windowsize", "4"),
-            ("foo", "bar"),
-        ];
+        let opts = [("blksize", "700"), ("tsize", "0"), ("windowsize", "4"), ("foo", "bar")];
         let (got, oack) = file(Client::new(addr).get("/small", &opts, Some(3)));
         assert_eq!(got, small);
         let want: Vec<(String, String)> =
-            [("blksize", "700"), ("tsize", "5000"), ("windowsize", "4")]
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect();
+            [("blksize", "700"), ("tsize", "5000"), ("windowsize", "4")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         assert_eq!(oack, want);
         // Lost first block: retransmission after the timeout.
         let (got, _) = file(Client::new(addr).get("small", &[("blksize", "65464")], Some(1)));
@@ -1163,18 +976,9 @@ mod tests {
             Got::Error(c, _) => c,
             Got::File(..) => panic!("expected an error"),
         };
-        assert_eq!(
-            err(Client::new(addr).get("missing", &[], None)),
-            code::NOT_FOUND
-        );
-        assert_eq!(
-            err(Client::new(addr).get("../etc/passwd", &[], None)),
-            code::ACCESS
-        );
-        assert_eq!(
-            err(Client::new(addr).get("/etc/passwd", &[], None)),
-            code::ACCESS
-        );
+        assert_eq!(err(Client::new(addr).get("missing", &[], None)), code::NOT_FOUND);
+        assert_eq!(err(Client::new(addr).get("../etc/passwd", &[], None)), code::ACCESS);
+        assert_eq!(err(Client::new(addr).get("/etc/passwd", &[], None)), code::ACCESS);
         let c = Client::new(addr);
         let mut w = rrq("small", "octet", &[]);
         w[1] = 2;
@@ -1186,9 +990,7 @@ mod tests {
         c.sock.send_to(&[0, 7, 1, 2, 3], addr).unwrap();
         let (_, _) = c.recv(&mut buf);
         assert_eq!(&buf[..4], &[0, 5, 0, 4]);
-        c.sock
-            .send_to(&rrq("small", "netascii", &[]), addr)
-            .unwrap();
+        c.sock.send_to(&rrq("small", "netascii", &[]), addr).unwrap();
         let (_, _) = c.recv(&mut buf);
         assert_eq!(&buf[..4], &[0, 5, 0, 0]);
     }
@@ -1198,23 +1000,12 @@ mod tests {
         let (d, addr) = server("probe");
         std::fs::write(d.0.join("snponly.efi"), pattern(3000)).unwrap();
         let c = Client::new(addr);
-        c.sock
-            .send_to(
-                &rrq(
-                    "snponly.efi",
-                    "octet",
-                    &[("tsize", "0"), ("blksize", "1468")],
-                ),
-                addr,
-            )
-            .unwrap();
+        c.sock.send_to(&rrq("snponly.efi", "octet", &[("tsize", "0"), ("blksize", "1468")]), addr).unwrap();
         let mut buf = [0u8; 600];
         let (n, tid) = c.recv(&mut buf);
         assert_eq!(&buf[..2], &[0, 6]);
         assert!(buf[..n].windows(5).any(|w| w == b"3000\0"));
-        c.sock
-            .send_to(&encode_error(code::OPTIONS, "tsize probe done"), tid)
-            .unwrap();
+        c.sock.send_to(&encode_error(code::OPTIONS, "tsize probe done"), tid).unwrap();
         // The server must stay quiet on that transfer (no retransmitted
         // OACK) and serve the real request from the same client port.
         match c.get("snponly.efi", &[("blksize", "1468")], None) {
