@@ -218,6 +218,18 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
 /// Runs `cmd` with stdin closed and stdout/stderr captured. If it has not
 /// exited within `limit`, it is killed and the test fails with its output.
 pub fn run_tool(cmd: &mut Command, limit: Duration) -> ToolOutput {
+    match try_run_tool(cmd, limit) {
+        Ok(out) => out,
+        Err(out) => panic!(
+            "`{}` did not finish within {limit:?} and was killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.description, out.stdout, out.stderr
+        ),
+    }
+}
+
+/// Like [`run_tool`], but an overrun is returned as `Err` (with the output
+/// so far; the program has been killed) instead of failing the test.
+pub fn try_run_tool(cmd: &mut Command, limit: Duration) -> Result<ToolOutput, ToolOutput> {
     let description = describe(cmd);
     let start = Instant::now();
     let mut child = cmd
@@ -232,10 +244,17 @@ pub fn run_tool(cmd: &mut Command, limit: Duration) -> ToolOutput {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     match status {
-        Some(status) => ToolOutput { status, stdout, stderr, elapsed: start.elapsed(), description },
-        None => panic!(
-            "`{description}` did not finish within {limit:?} and was killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
-        ),
+        Some(status) => Ok(ToolOutput { status, stdout, stderr, elapsed: start.elapsed(), description }),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            Err(ToolOutput {
+                status: ExitStatus::from_raw(libc::SIGKILL),
+                stdout,
+                stderr,
+                elapsed: start.elapsed(),
+                description,
+            })
+        }
     }
 }
 
@@ -441,7 +460,11 @@ impl Server {
             tgt_control_port: None,
             _scratch: None,
         };
-        let line = server.log.wait_for(READY_TIMEOUT, |l| parse_listening_line(l).is_some());
+        // Tests always listen on loopback; requiring it keeps other
+        // services' "listening on" lines from being taken for the target's.
+        let line = server
+            .log
+            .wait_for(READY_TIMEOUT, |l| parse_listening_line(l).map_or(false, |a| a.ip().is_loopback()));
         match line {
             Some(line) => server.addr = parse_listening_line(&line).unwrap(),
             None => {
