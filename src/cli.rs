@@ -303,7 +303,11 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
 
     wait_for_signal();
     tracing::info!("stopping: flushing LUNs");
+    let stats = engine.stats.clone();
     engine.shutdown();
+    for line in stats.summary().lines() {
+        tracing::info!("{line}");
+    }
     if let Some(p) = pxe {
         p.stop();
     }

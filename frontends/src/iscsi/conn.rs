@@ -978,6 +978,12 @@ impl Conn {
             );
             return Sink::Discard;
         }
+        if self.by_itt.len() >= 2 * self.sh.queue_depth as usize {
+            // Only immediate commands can get here (the CmdSN window holds
+            // the rest back): refuse instead of growing without bound.
+            self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
+            return Sink::Discard;
+        }
         if self.by_itt.contains_key(&itt) {
             self.reject(
                 io,
