@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::discovery::{answer_text, TargetRecord};
-use super::negotiate::{LoginFailure, Negotiator, SessionParams, SessionType, Stage};
+use super::negotiate::{Negotiator, SessionParams, SessionType, Stage};
 use super::target::TargetShared;
 use super::wire::*;
 use crate::scsi::{self, CommandCtx, Outcome, Sense, Status};
@@ -162,7 +162,8 @@ struct Task {
 
 pub struct Conn {
     sh: Arc<TargetShared>,
-    stream: TcpStream,
+    /// Owns the socket; closed when the connection is dropped.
+    _stream: TcpStream,
     fd: RawFd,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -204,6 +205,8 @@ pub struct Conn {
     next_ttt: u32,
     scratch: Vec<u8>,
     notify: Vec<u32>,
+    /// Base address of every pool buffer of this reactor, so the data
+    /// path does pointer arithmetic without going through the pool.
     buf_ptrs: Vec<*mut u8>,
 }
 
@@ -214,7 +217,7 @@ impl Conn {
         let neg = Negotiator::new(sh.limits.clone());
         Conn {
             sh,
-            stream,
+            _stream: stream,
             fd,
             peer,
             local,
@@ -493,8 +496,7 @@ impl Conn {
         if start < t.chunk_start as u64 || end > (t.chunk_start + t.chunk_len) as u64 {
             return None;
         }
-        let buf = t.buf?;
-        let _ = buf;
+        t.buf?;
         Some(unsafe { self.buf_ptr_for(idx, start as u32) })
     }
 
@@ -506,9 +508,8 @@ impl Conn {
         base.add((off - t.chunk_start) as usize)
     }
 
+    /// Start of pool buffer `id` (cached from the pool, see `buf_ptrs`).
     fn buf_base(&self, id: BufId) -> *mut u8 {
-        // Pool buffers are addressed through the Io handle normally; the
-        // base pointer of each buffer is cached per task at allocation.
         self.buf_ptrs[id as usize]
     }
 
@@ -1124,7 +1125,7 @@ impl Conn {
             t.unsol_end = unsol.min(t.xfer).min(t.chunk_len);
             t.r2t_next = t.unsol_end;
         }
-        self.send_r2t(io, idx);
+        self.send_r2t(idx);
         self.flush_tx(io);
         if dsl > 0 {
             Sink::Task { idx, off: 0 }
@@ -1298,7 +1299,7 @@ impl Conn {
         if t.chunk_got >= t.chunk_len && !t.io_busy {
             self.chunk_received(io, idx);
         } else {
-            self.send_r2t(io, idx);
+            self.send_r2t(idx);
             self.flush_tx(io);
         }
     }
@@ -1338,8 +1339,7 @@ impl Conn {
 
     /// Send the next R2T of a write if none is outstanding
     /// (MaxOutstandingR2T is 1) and the chunk still lacks data.
-    fn send_r2t(&mut self, io: &mut Io<'_>, idx: u32) {
-        let _ = io;
+    fn send_r2t(&mut self, idx: u32) {
         let max_burst = self.params.max_burst_length.max(512);
         let sn = self.sn();
         let ttt = self.next_ttt;
@@ -1524,7 +1524,7 @@ impl Conn {
         t.chunk_start = t.done;
         t.chunk_len = (t.xfer - t.done).min(chunk_max);
         t.chunk_got = 0;
-        self.send_r2t(io, idx);
+        self.send_r2t(idx);
         self.flush_tx(io);
     }
 
@@ -2007,8 +2007,8 @@ impl Connection for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // `stream` closes the socket after this.
         tracing::debug!("connection {} released", self.peer);
-        let _ = &self.stream;
     }
 }
 
@@ -2023,6 +2023,3 @@ impl Conn {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_failure_type(_: LoginFailure) {}
