@@ -7,6 +7,11 @@
 //! PDUs are emitted by the `build_*` functions straight into a caller-owned
 //! 48-byte array. Nothing here keeps state; sequencing lives in `conn`.
 //!
+//! Why not nom: every iSCSI header is a fixed 48-byte layout whose fields
+//! sit at fixed offsets, so a bounds-checked array view reads a field with
+//! one load and no parser state; combinators would add work on the hottest
+//! path without catching anything the single length check does not.
+//!
 //! One file per PDU family: `scsi` (SCSI Command/Response, Data-In,
 //! Data-Out, R2T), `login`, `text`, `nop`, `logout`, `task_mgmt`, `reject`.
 
