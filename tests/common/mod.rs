@@ -364,7 +364,12 @@ pub fn bootlun_bin() -> PathBuf {
 /// LUN number of the first `--lun` of the binary run by [`Server::bootlun`]:
 /// 0, except when a stand-in binary (`BOOTLUN_BIN`) fronting tgt is used
 /// under `BOOTLUN_TEST_TARGET=tgt`, whose disks start at LUN 1.
+/// `BOOTLUN_TEST_LUN_BASE` sets it explicitly (for such a stand-in used
+/// without tgt mode).
 pub fn bin_lun_base() -> u32 {
+    if let Some(n) = std::env::var("BOOTLUN_TEST_LUN_BASE").ok().and_then(|v| v.parse().ok()) {
+        return n;
+    }
     if target_kind() == TargetKind::Tgt && std::env::var_os("BOOTLUN_BIN").is_some() {
         1
     } else {
