@@ -189,6 +189,8 @@ pub struct Conn {
     cur: [u8; BHS_LEN],
     pdu_data: Vec<u8>,
     data_crc: u32,
+    /// Where the direct recv in flight writes (for the data digest).
+    direct_ptr: *mut u8,
     // send
     txq: VecDeque<Tx>,
     tx_fly: Vec<Tx>,
@@ -242,6 +244,7 @@ impl Conn {
             cur: [0; BHS_LEN],
             pdu_data: Vec::new(),
             data_crc: 0,
+            direct_ptr: std::ptr::null_mut(),
             txq: VecDeque::with_capacity(256),
             tx_fly: Vec::with_capacity(SEND_BATCH),
             iov: Vec::with_capacity(SEND_BATCH * 3),
@@ -441,12 +444,7 @@ impl Conn {
                         };
                         if got < total {
                             if let Some(ptr) = self.direct_target(sink, got, total) {
-                                let len = (total - got) as u32;
-                                let e = opcode::Recv::new(types::Fd(self.fd), ptr, len)
-                                    .flags(libc::MSG_WAITALL)
-                                    .build();
-                                unsafe { io.push(e, TAG_RECV_DIRECT) };
-                                self.rx_busy = true;
+                                self.recv_direct(io, ptr, total - got);
                                 return;
                             }
                             break;
@@ -481,10 +479,21 @@ impl Conn {
         self.post_recv(io);
     }
 
+    /// Receive the next `len` bytes of the data segment straight into `ptr`
+    /// (a task's pool buffer).
+    fn recv_direct(&mut self, io: &mut Io<'_>, ptr: *mut u8, len: usize) {
+        let e = opcode::Recv::new(types::Fd(self.fd), ptr, len as u32)
+            .flags(libc::MSG_WAITALL)
+            .build();
+        unsafe { io.push(e, TAG_RECV_DIRECT) };
+        self.direct_ptr = ptr;
+        self.rx_busy = true;
+    }
+
     /// Where a direct recv of the rest of a data segment may land, if the
     /// sink is a task buffer that covers all of it.
     fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<*mut u8> {
-        if total - got < DIRECT_MIN || self.dd {
+        if total - got < DIRECT_MIN {
             return None;
         }
         let Sink::Task { idx, off } = sink else {
@@ -1958,6 +1967,12 @@ impl Connection for Conn {
                     trailer,
                 } = self.rx_state
                 {
+                    if self.dd {
+                        // SAFETY: the kernel just wrote `res` bytes there.
+                        let b = unsafe { std::slice::from_raw_parts(self.direct_ptr, res as usize) };
+                        self.data_crc = crc32c::crc32c_append(self.data_crc, b);
+                    }
+                    self.direct_ptr = unsafe { self.direct_ptr.add(res as usize) };
                     let got = got + res as usize;
                     self.rx_state = Rx::Data {
                         sink,
@@ -1967,12 +1982,7 @@ impl Connection for Conn {
                     };
                     if got < total {
                         if let Some(ptr) = self.direct_target(sink, got, total) {
-                            let e =
-                                opcode::Recv::new(types::Fd(self.fd), ptr, (total - got) as u32)
-                                    .flags(libc::MSG_WAITALL)
-                                    .build();
-                            unsafe { io.push(e, TAG_RECV_DIRECT) };
-                            self.rx_busy = true;
+                            self.recv_direct(io, ptr, total - got);
                             return;
                         }
                     }
