@@ -935,7 +935,6 @@ impl IscsiConn {
             ));
         }
         self.exp_statsn = rsp.u32_at(24).wrapping_add(1);
-        self.tsih = u16::from_be_bytes([rsp.bhs[14], rsp.bhs[15]]);
         self.target_keys.extend(parse_keys(&rsp.data));
         Ok(rsp)
     }
@@ -992,6 +991,9 @@ impl IscsiConn {
     }
 
     fn enter_ffp(&mut self, rsp: &Pdu) -> Result<(), String> {
+        // A new session's TSIH is assigned in the final response; every
+        // request of this (leading) login carries 0.
+        self.tsih = u16::from_be_bytes([rsp.bhs[14], rsp.bhs[15]]);
         // The first command carries the ExpCmdSN the target announced.
         self.cmdsn = rsp.u32_at(28);
         if let Some(v) = self.target_keys.get("MaxRecvDataSegmentLength") {
