@@ -74,3 +74,37 @@ fn concurrent_io_with_default_buffers_on_two_reactors() {
     check(&server.url(0));
     server.stop();
 }
+
+#[test]
+fn reads_waiting_for_buffers_across_connections_all_complete() {
+    if !require_tool("qemu-io", "qemu-utils") {
+        return;
+    }
+    // One reactor with 8 small buffers shared by two sessions that each
+    // keep 24 reads in flight: reads must queue for buffers freed by the
+    // other connection and all of them must finish.
+    let mut server = Server::start(&["ram:96M"], &["--cores", "0", "--buffers", "8", "--buffer-size", "64K"]);
+    let url = server.url(0);
+    let mut w: Vec<String> = requests().iter().map(|(o, l, p)| format!("aio_write -P {p} {o} {l}")).collect();
+    w.push("aio_flush".into());
+    qemu_io(&url, &w).assert_success();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut r: Vec<String> =
+                    requests().iter().map(|(o, l, p)| format!("aio_read -P {p} {o} {l}")).collect();
+                r.push("aio_flush".into());
+                qemu_io(&url, &r)
+            })
+        })
+        .collect();
+    for h in readers {
+        let out = h.join().unwrap();
+        out.assert_success();
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(!text.contains("Pattern verification failed"), "data mismatch:\n{text}");
+        assert_eq!(text.matches("read ").count(), requests().len(), "every read completed:\n{text}");
+    }
+    server.stop();
+}

@@ -12,6 +12,7 @@
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,11 @@ pub trait Connection: 'static {
     fn shutdown(&mut self, io: &mut Io<'_>) {
         let _ = io;
     }
+    /// Pool buffers were returned after this connection called
+    /// [`Io::wait_for_buffers`].
+    fn buffers_available(&mut self, io: &mut Io<'_>) {
+        let _ = io;
+    }
 }
 
 /// Makes connections for accepted sockets.
@@ -78,6 +84,7 @@ pub trait Service: Send + Sync + 'static {
 pub struct Io<'a> {
     ring: &'a mut IoUring,
     pub pool: &'a mut BufPool,
+    buf_waiters: &'a mut VecDeque<u32>,
     pub stats: &'a ReactorStats,
     pub reactor: usize,
     slot: u32,
@@ -104,6 +111,34 @@ impl Io<'_> {
         }
         *self.inflight += 1;
     }
+
+    /// Ask for [`Connection::buffers_available`] once pool buffers are free
+    /// again. Buffers are shared by every connection of the reactor, so a
+    /// connection waiting for one must hear when another gives one back.
+    pub fn wait_for_buffers(&mut self) {
+        if !self.buf_waiters.contains(&self.slot) {
+            self.buf_waiters.push_back(self.slot);
+        }
+    }
+}
+
+fn io<'a>(p: &'a mut Parts, stats: &'a ReactorStats, reactor: usize, slot: u32, inflight: &'a mut u32) -> Io<'a> {
+    Io {
+        ring: &mut p.ring,
+        pool: &mut p.pool,
+        buf_waiters: &mut p.buf_waiters,
+        stats,
+        reactor,
+        slot,
+        inflight,
+    }
+}
+
+/// The parts of a reactor that connections reach through [`Io`].
+struct Parts {
+    ring: IoUring,
+    pool: BufPool,
+    buf_waiters: VecDeque<u32>,
 }
 
 const WAKE: u64 = u64::MAX;
@@ -294,8 +329,7 @@ struct Slot<C> {
 
 struct Reactor {
     id: usize,
-    ring: IoUring,
-    pool: BufPool,
+    parts: Parts,
     wake_fd: RawFd,
     wake_buf: Box<u64>,
     incoming: Receiver<(TcpStream, SocketAddr)>,
@@ -349,8 +383,7 @@ impl Reactor {
         );
         Ok(Reactor {
             id,
-            ring,
-            pool,
+            parts: Parts { ring, pool, buf_waiters: VecDeque::new() },
             wake_fd,
             wake_buf: Box::new(0),
             incoming,
@@ -370,8 +403,8 @@ impl Reactor {
         .build()
         .user_data(WAKE);
         unsafe {
-            while self.ring.submission().push(&e).is_err() {
-                let _ = self.ring.submit();
+            while self.parts.ring.submission().push(&e).is_err() {
+                let _ = self.parts.ring.submit();
             }
         }
     }
@@ -390,14 +423,7 @@ impl Reactor {
                 stopping = true;
                 for (i, s) in slots.iter_mut().enumerate() {
                     if let Some(c) = s.conn.as_mut() {
-                        let mut io = Io {
-                            ring: &mut self.ring,
-                            pool: &mut self.pool,
-                            stats: rstats,
-                            reactor: self.id,
-                            slot: i as u32,
-                            inflight: &mut s.inflight,
-                        };
+                        let mut io = io(&mut self.parts, rstats, self.id, i as u32, &mut s.inflight);
                         c.shutdown(&mut io);
                     }
                 }
@@ -422,14 +448,7 @@ impl Reactor {
                     }
                 };
                 let s = &mut slots[idx as usize];
-                let mut io = Io {
-                    ring: &mut self.ring,
-                    pool: &mut self.pool,
-                    stats: rstats,
-                    reactor: self.id,
-                    slot: idx,
-                    inflight: &mut s.inflight,
-                };
+                let mut io = io(&mut self.parts, rstats, self.id, idx, &mut s.inflight);
                 let c = s.conn.as_mut().unwrap();
                 c.start(&mut io);
                 if stopping {
@@ -443,11 +462,11 @@ impl Reactor {
                 PollMode::Adaptive => last_active.elapsed() > self.spin,
             };
             rstats.loops.fetch_add(1, Ordering::Relaxed);
-            let r = if block && self.ring.completion().is_empty() {
+            let r = if block && self.parts.ring.completion().is_empty() {
                 rstats.sleeps.fetch_add(1, Ordering::Relaxed);
-                self.ring.submit_and_wait(1)
+                self.parts.ring.submit_and_wait(1)
             } else {
-                self.ring.submit()
+                self.parts.ring.submit()
             };
             if let Err(e) = r {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
@@ -455,7 +474,7 @@ impl Reactor {
                 }
             }
             cqes.clear();
-            for cqe in self.ring.completion() {
+            for cqe in self.parts.ring.completion() {
                 cqes.push((cqe.user_data(), cqe.result()));
             }
             if !cqes.is_empty() {
@@ -473,20 +492,23 @@ impl Reactor {
                 };
                 s.inflight = s.inflight.saturating_sub(1);
                 if let Some(c) = s.conn.as_mut() {
-                    let mut io = Io {
-                        ring: &mut self.ring,
-                        pool: &mut self.pool,
-                        stats: rstats,
-                        reactor: self.id,
-                        slot: idx as u32,
-                        inflight: &mut s.inflight,
-                    };
+                    let mut io = io(&mut self.parts, rstats, self.id, idx as u32, &mut s.inflight);
                     c.complete(&mut io, tag, res);
                 }
                 if s.inflight == 0 && s.conn.as_ref().is_some_and(|c| c.finished()) {
                     s.conn = None;
                     free_slots.push(idx as u32);
                     rstats.connections_open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            // Buffers came back: let waiting connections retry, oldest
+            // first, while there are buffers to take.
+            while self.parts.pool.available() > 0 {
+                let Some(w) = self.parts.buf_waiters.pop_front() else { break };
+                let Some(s) = slots.get_mut(w as usize) else { continue };
+                if let Some(c) = s.conn.as_mut() {
+                    let mut io = io(&mut self.parts, rstats, self.id, w, &mut s.inflight);
+                    c.buffers_available(&mut io);
                 }
             }
             // A connection that finished without any SQE in flight (for

@@ -1236,6 +1236,7 @@ impl Conn {
                             io.stats.buffer_waits.fetch_add(1, Relaxed);
                             self.buf_waiters.push_back(idx);
                         }
+                        io.wait_for_buffers();
                         return;
                     }
                     self.take_buffers(io, idx);
@@ -1653,6 +1654,12 @@ impl Conn {
         }
         self.free_tasks.push(idx);
         // A buffer came back: wake a waiting read.
+        self.run_buffer_waiters(io);
+    }
+
+    /// Start reads that were waiting for a pool buffer, while there are
+    /// buffers.
+    fn run_buffer_waiters(&mut self, io: &mut Io<'_>) {
         while io.pool.available() > 0 {
             let Some(w) = self.buf_waiters.pop_front() else {
                 break;
@@ -2007,6 +2014,12 @@ impl Connection for Conn {
 
     fn finished(&self) -> bool {
         self.closing && !self.tx_busy && !self.rx_busy && self.tasks.iter().all(|t| t.is_none())
+    }
+
+    fn buffers_available(&mut self, io: &mut Io<'_>) {
+        if !self.closing {
+            self.run_buffer_waiters(io);
+        }
     }
 
     fn shutdown(&mut self, io: &mut Io<'_>) {
