@@ -46,11 +46,14 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         _ => {}
     }
     let lu = ctx.lu.ok_or(Sense::lun_not_supported())?;
+    let sa = info.service_action;
     match cdb.opcode() {
         op::TEST_UNIT_READY => Ok(Outcome::Good),
         op::START_STOP_UNIT => start_stop_unit(&cdb),
         op::READ_CAPACITY_10 => read_capacity_10(&cdb, lu, out),
-        op::SERVICE_ACTION_IN_16 => read_capacity_16(&cdb, lu, out),
+        op::SERVICE_ACTION_IN_16 if sa == Some(op::SA_READ_CAPACITY_16) => {
+            read_capacity_16(&cdb, lu, out)
+        }
         op::MODE_SENSE_6 => mode::mode_sense_6(&cdb, lu, out),
         op::MODE_SENSE_10 => mode::mode_sense_10(&cdb, lu, out),
         op::READ_6 => read(lu, cdb::rw6(&cdb)),
@@ -71,7 +74,9 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::PRE_FETCH_16 => pre_fetch(lu, cdb::sync16(&cdb)),
         op::SYNCHRONIZE_CACHE_10 => synchronize_cache(lu, cdb::sync10(&cdb)),
         op::SYNCHRONIZE_CACHE_16 => synchronize_cache(lu, cdb::sync16(&cdb)),
-        op::MAINTENANCE_IN => report_supported_operation_codes(&cdb, out),
+        op::MAINTENANCE_IN if sa == Some(op::SA_REPORT_SUPPORTED_OPERATION_CODES) => {
+            report_supported_operation_codes(&cdb, out)
+        }
         _ => Err(Sense::invalid_opcode()),
     }
 }
