@@ -25,7 +25,7 @@ mod vm;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,15 @@ const HOST_LEN: usize = 1 << 20;
 /// Where the guest writes its 4 MiB pattern (file LUN).
 const GUEST_OFF: u64 = 16 << 20;
 const GUEST_LEN: usize = 4 << 20;
+/// Where the guest writes the same 4 MiB pattern as one 4 MiB O_DIRECT
+/// write, with the request size cap raised to 1 MiB so each command
+/// carries more than FirstBurstLength and needs an R2T (file LUN).
+const LARGE_OFF: u64 = 24 << 20;
+/// Where 8 concurrent O_DIRECT writers put a second 4 MiB pattern (file LUN).
+const PAR_OFF: u64 = 32 << 20;
+/// Where the second pattern goes again through the page cache (file LUN).
+const BUFFERED_OFF: u64 = 40 << 20;
+const PAR_LEN: usize = 4 << 20;
 /// A 9-sector write at an odd sector (file LUN).
 const SMALL_SECTOR: u64 = 12_345;
 const SMALL_LEN: usize = 9 * 512;
@@ -194,7 +203,80 @@ head -c $MIB /data/guest.bin > /tmp/end.want
 cmp /tmp/end.rd /tmp/end.want || fail ram-end-mismatch
 mark ram-end
 
-# 5. A file system on the RAM LUN, through the page cache.
+# 5. Linux caps requests at the Optimal Transfer Length (VPD B0). Raise the
+# cap to 1 MiB so each WRITE carries more than FirstBurstLength and the rest
+# of its data goes through R2Ts; one 4 MiB O_DIRECT write becomes 4 of them.
+echo 1024 > /sys/block/$F/queue/max_sectors_kb || fail raise-max-sectors
+info "lun=1 max_sectors_kb raised to $(cat /sys/block/$F/queue/max_sectors_kb)"
+ddx write-large if=/data/guest.bin of=/dev/$F bs=4M seek=$((LARGE_OFF / (4 * MIB))) count=1 oflag=direct conv=notrunc,fsync
+ddx read-large if=/dev/$F of=/tmp/large.rd bs=4M skip=$((LARGE_OFF / (4 * MIB))) count=1 iflag=direct
+cmp /tmp/large.rd /data/guest.bin || fail large-mismatch
+mark large-io
+
+# 6. Eight concurrent O_DIRECT writers, then eight concurrent readers.
+pids=""
+i=0
+while [ $i -lt 8 ]; do
+    dd if=/data/par.bin of=/dev/$F bs=32k skip=$((i * 16)) seek=$((PAR_OFF / 32768 + i * 16)) count=16 oflag=direct conv=notrunc 2>/tmp/par$i.err &
+    pids="$pids $!"
+    i=$((i+1))
+done
+for p in $pids; do wait $p || { cat /tmp/par*.err; fail concurrent-write; }; done
+pids=""
+i=0
+while [ $i -lt 8 ]; do
+    dd if=/dev/$F of=/tmp/par$i.rd bs=32k skip=$((PAR_OFF / 32768 + i * 16)) count=16 iflag=direct 2>/tmp/par$i.err &
+    pids="$pids $!"
+    i=$((i+1))
+done
+for p in $pids; do wait $p || { cat /tmp/par*.err; fail concurrent-read; }; done
+cat /tmp/par0.rd /tmp/par1.rd /tmp/par2.rd /tmp/par3.rd /tmp/par4.rd /tmp/par5.rd /tmp/par6.rd /tmp/par7.rd > /tmp/par.rd
+cmp /tmp/par.rd /data/par.bin || fail concurrent-mismatch
+rm -f /tmp/par*.rd
+mark concurrent-io
+
+# 7. The same pattern through the page cache (writeback queues many
+# requests at once), then read back after dropping the cache.
+ddx write-buffered if=/data/par.bin of=/dev/$F bs=$MIB seek=$((BUFFERED_OFF / MIB)) conv=notrunc,fsync
+echo 3 > /proc/sys/vm/drop_caches
+ddx read-buffered if=/dev/$F of=/tmp/buf.rd bs=$MIB skip=$((BUFFERED_OFF / MIB)) count=$((PAR_LEN / MIB))
+cmp /tmp/buf.rd /data/par.bin || fail buffered-mismatch
+rm -f /tmp/buf.rd
+mark buffered-io
+
+# 8. SCSI commands from userspace (sg3-utils), if present.
+if command -v sg_inq >/dev/null; then
+    sg() { echo "BOOTLUN-VM-SG \$ $*"; "$@" 2>&1 | sed 's/^/BOOTLUN-VM-SG   /'; }
+    sg sg_inq /dev/$F
+    sg sg_vpd --page=sn /dev/$F
+    sg sg_vpd --page=di /dev/$F
+    sg sg_vpd --page=bl /dev/$F
+    sg sg_vpd --page=lbpv /dev/$F
+    sg sg_readcap --long /dev/$F
+    sg sg_luns /dev/$F
+    sg sg_opcodes /dev/$F
+    sg sg_modes --all /dev/$F
+    sg_turs /dev/$F || fail sg-turs
+    sg_sync /dev/$F || fail sg-sync
+    mark sg-utils
+    # Task management through the kernel's error handler: LOGICAL UNIT RESET
+    # and TARGET WARM RESET; I/O must carry on afterwards.
+    sg_reset --device /dev/$F || fail lun-reset
+    ddx read-after-lun-reset if=/dev/$F of=/tmp/host.rd bs=$MIB skip=$((HOST_OFF / MIB)) count=1 iflag=direct
+    cmp /tmp/host.rd /data/host.bin || fail lun-reset-mismatch
+    sg_reset --target /dev/$F || fail target-reset
+    ddx read-after-target-reset if=/dev/$R of=/tmp/end.rd bs=$MIB skip=$LAST count=1 iflag=direct
+    cmp /tmp/end.rd /tmp/end.want || fail target-reset-mismatch
+    mark resets
+fi
+
+# 9. Rescans: REPORT LUNS and READ CAPACITY again.
+echo '- - -' > /sys/class/scsi_host/host0/scan || fail host-rescan
+echo 1 > /sys/block/$F/device/rescan || fail disk-rescan
+[ "$(cat /sys/block/$F/size)" = "$((FILE_LUN_BYTES / 512))" ] || fail size-after-rescan
+mark rescan
+
+# 10. A file system on the RAM LUN, through the page cache.
 mke2fs -q /dev/$R > /tmp/mkfs.log 2>&1 || { cat /tmp/mkfs.log; fail mkfs; }
 mark mkfs
 mount -t ext2 /dev/$R /mnt/t || fail mount
@@ -215,8 +297,8 @@ mark filesystem
 blockdev --flushbufs /dev/$R || fail flush-ram
 blockdev --flushbufs /dev/$F || fail flush-file
 sync
-dmesg | grep -iE 'sd [0-9]|scsi|iscsi|sd[a-z]|connection' | sed 's/^/BOOTLUN-VM-DMESG /'
-dmesg | grep -iE 'error|fail|warn|timed out|reset|abort' | sed 's/^/BOOTLUN-VM-DMESG-ISSUE /'
+dmesg | grep -E 'sd [0-9]|scsi|iSCSI|iscsi|\[sd[a-z]\]|connection[0-9]|session[0-9]|EXT4-fs' | sed 's/^/BOOTLUN-VM-DMESG /'
+dmesg | grep -iE 'error|fail|warn|timed out|reset|abort|sense' | grep -vE 'tsc: Fast TSC|MMCONFIG|Mode Sense:' | sed 's/^/BOOTLUN-VM-DMESG-ISSUE /'
 # Detach the disks: sd sends SYNCHRONIZE CACHE if the cache is write-back.
 echo 1 > /sys/block/$F/device/delete
 echo 1 > /sys/block/$R/device/delete
@@ -225,6 +307,19 @@ echo "BOOTLUN-VM-OK uptime=$(up)"
 poweroff -f
 sleep 60
 "#;
+
+/// sg3-utils programs copied into the guest.
+const SG_TOOLS: &[&str] = &[
+    "sg_inq", "sg_vpd", "sg_readcap", "sg_luns", "sg_opcodes", "sg_modes", "sg_turs", "sg_sync", "sg_reset",
+];
+
+/// The data the guest reads and writes (also kept on the host to verify).
+struct Patterns {
+    host: Vec<u8>,
+    guest: Vec<u8>,
+    small: Vec<u8>,
+    par: Vec<u8>,
+}
 
 struct Phases {
     start: Instant,
@@ -259,16 +354,24 @@ fn env_flag(name: &str) -> bool {
 
 /// Builds the initramfs: busybox, iscsistart and its libraries, modules,
 /// the patterns and /init.
-fn build_initramfs(
-    cache: &DebCache,
-    kernel_tree: &Path,
-    host_pattern: &[u8],
-    guest_pattern: &[u8],
-    small_pattern: &[u8],
-) -> (Vec<u8>, Vec<String>) {
+fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) -> (Vec<u8>, Vec<String>) {
     let busybox = cache.unpacked(&cache.deb("busybox-static"));
-    let iscsi = cache.unpacked(&cache.deb("open-iscsi"));
-    let usr = cache.unpacked(&cache.deb("libopeniscsiusr"));
+    let iscsi_deb = cache.deb("open-iscsi");
+    let iscsi = cache.unpacked(&iscsi_deb);
+    let mut iscsi_lib_dirs = Vec::new();
+    for dep in cache.depends_named(&iscsi_deb, "libopeniscsiusr") {
+        let t = cache.unpacked(&cache.deb(&dep));
+        iscsi_lib_dirs.push(t.join("usr/lib/x86_64-linux-gnu"));
+        iscsi_lib_dirs.push(t.join("lib/x86_64-linux-gnu"));
+    }
+    let sg_deb = cache.deb("sg3-utils");
+    let sg = cache.unpacked(&sg_deb);
+    let mut sg_lib_dirs = Vec::new();
+    for dep in cache.depends_named(&sg_deb, "libsgutils") {
+        let t = cache.unpacked(&cache.deb(&dep));
+        sg_lib_dirs.push(t.join("usr/lib/x86_64-linux-gnu"));
+        sg_lib_dirs.push(t.join("lib/x86_64-linux-gnu"));
+    }
 
     let mods = Modules::index(kernel_tree);
     let order = mods.closure(WANTED_MODULES);
@@ -288,14 +391,20 @@ fn build_initramfs(
         c.symlink(&format!("bin/{a}"), "busybox");
     }
 
-    let iscsistart = iscsi.join("sbin/iscsistart");
-    c.host_file("sbin/iscsistart", 0o755, &iscsistart);
-    let lib_dirs = [usr.join("usr/lib/x86_64-linux-gnu"), usr.join("lib/x86_64-linux-gnu")];
-    for (guest, host) in vm::shared_libs(&iscsistart, &lib_dirs) {
-        c.host_file(&guest, 0o755, &host);
+    // Programs with the shared libraries `ldd` names for them; /init sets
+    // LD_LIBRARY_PATH to /lib/x86_64-linux-gnu, /lib64 holds ld.so.
+    let program = |c: &mut Cpio, guest: &str, host: &Path, lib_dirs: &[PathBuf]| {
+        c.host_file(guest, 0o755, host);
+        for (g, h) in vm::shared_libs(host, lib_dirs) {
+            if !c.has(&g) {
+                c.host_file(&g, 0o755, &h);
+            }
+        }
+    };
+    program(&mut c, "sbin/iscsistart", &iscsi.join("sbin/iscsistart"), &iscsi_lib_dirs);
+    for tool in SG_TOOLS {
+        program(&mut c, &format!("bin/{tool}"), &sg.join("usr/bin").join(tool), &sg_lib_dirs);
     }
-    // Debian's ld.so searches /lib/x86_64-linux-gnu; /lib64 holds the
-    // interpreter itself.
 
     for m in &order {
         c.file(&format!("lib/modules/{m}.ko"), 0o644, &mods.bytes(m));
@@ -307,23 +416,17 @@ fn build_initramfs(
     let conf = format!(
         "INITIATOR={INITIATOR_IQN}\nTARGET={TARGET_IQN}\nPORTAL_IP={HOST_IP}\nPORTAL_PORT={PORT}\n\
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
-         SMALL_SECTOR={SMALL_SECTOR}\n"
+         SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
+         BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     c.file("etc/iscsi/initiatorname.iscsi", 0o644, format!("InitiatorName={INITIATOR_IQN}\n").as_bytes());
-    c.file("data/host.bin", 0o644, host_pattern);
-    c.file("data/guest.bin", 0o644, guest_pattern);
-    c.file("data/small.bin", 0o644, small_pattern);
+    c.file("data/host.bin", 0o644, &patterns.host);
+    c.file("data/guest.bin", 0o644, &patterns.guest);
+    c.file("data/small.bin", 0o644, &patterns.small);
+    c.file("data/par.bin", 0o644, &patterns.par);
     c.file("init", 0o755, INIT.as_bytes());
     (c.finish(), order)
-}
-
-fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
-    let mut f = File::open(path).unwrap();
-    f.seek(SeekFrom::Start(off)).unwrap();
-    let mut v = vec![0u8; len];
-    f.read_exact(&mut v).unwrap();
-    v
 }
 
 /// First differing offset of two equal-length buffers, for messages.
@@ -379,10 +482,13 @@ fn linux_kernel_initiator_in_a_vm() {
         .expect("no vmlinuz in the kernel package");
     phases.done("fetch+unpack packages");
 
-    let host_pattern = common::pseudo_random_bytes(HOST_LEN, 0xb007_1a17);
-    let guest_pattern = common::pseudo_random_bytes(GUEST_LEN, 0x9e57_0001);
-    let small_pattern = common::pseudo_random_bytes(SMALL_LEN, 0x5a11_0009);
-    let (initrd, modules) = build_initramfs(&cache, &kernel_tree, &host_pattern, &guest_pattern, &small_pattern);
+    let pat = Patterns {
+        host: common::pseudo_random_bytes(HOST_LEN, 0xb007_1a17),
+        guest: common::pseudo_random_bytes(GUEST_LEN, 0x9e57_0001),
+        small: common::pseudo_random_bytes(SMALL_LEN, 0x5a11_0009),
+        par: common::pseudo_random_bytes(PAR_LEN, 0x9a4a_11e1),
+    };
+    let (initrd, modules) = build_initramfs(&cache, &kernel_tree, &pat);
     let scratch = common::TempDir::new("linux-initiator");
     let initrd_path = scratch.join("initrd.cpio");
     std::fs::write(&initrd_path, &initrd).unwrap();
@@ -401,7 +507,7 @@ fn linux_kernel_initiator_in_a_vm() {
         f.set_len(FILE_LUN_BYTES).unwrap();
         let mut f = f;
         f.seek(SeekFrom::Start(HOST_OFF)).unwrap();
-        f.write_all(&host_pattern).unwrap();
+        f.write_all(&pat.host).unwrap();
         f.sync_all().unwrap();
     }
 
@@ -502,6 +608,9 @@ fn linux_kernel_initiator_in_a_vm() {
     // --- Assertions -----------------------------------------------------
     let login = format!("login complete (Normal session, initiator {INITIATOR_IQN}");
     assert!(blog.contains(&login), "bootlun's log lacks `{login}`:\n{blog}");
+    for tmf in ["task management LogicalUnitReset -> 0", "task management TargetWarmReset -> 0"] {
+        assert!(blog.contains(tmf), "bootlun's log lacks `{tmf}` (the guest's sg_reset):\n{blog}");
+    }
 
     let disks: Vec<BTreeMap<String, String>> = tagged(&serial_text, "BOOTLUN-VM-DISK ").into_iter().map(kv).collect();
     for (lun, want) in [("0", RAM_LUN_BYTES), ("1", FILE_LUN_BYTES)] {
@@ -516,42 +625,41 @@ fn linux_kernel_initiator_in_a_vm() {
         eprintln!("guest LUN {lun}: {d:?}");
     }
 
-    let on_disk = read_at(&backing, HOST_OFF, HOST_LEN);
-    assert!(on_disk == host_pattern, "host pattern changed on disk at +{:?}", first_diff(&on_disk, &host_pattern));
-    let on_disk = read_at(&backing, GUEST_OFF, GUEST_LEN);
-    assert!(
-        on_disk == guest_pattern,
-        "the guest's 4 MiB pattern is not in the backing file at {GUEST_OFF}: first difference at +{:?}",
-        first_diff(&on_disk, &guest_pattern)
-    );
-    let on_disk = read_at(&backing, SMALL_SECTOR * 512, SMALL_LEN);
-    assert!(
-        on_disk == small_pattern,
-        "the guest's 9-sector write is not in the backing file at sector {SMALL_SECTOR}: first difference at +{:?}",
-        first_diff(&on_disk, &small_pattern)
-    );
-    // Nothing else was written: the rest of the backing file is still zero.
-    {
-        let mut f = File::open(&backing).unwrap();
-        let mut all = Vec::new();
-        f.read_to_end(&mut all).unwrap();
-        assert_eq!(all.len() as u64, FILE_LUN_BYTES, "the backing file changed size");
-        let written = [
-            (HOST_OFF as usize, HOST_LEN),
-            (GUEST_OFF as usize, GUEST_LEN),
-            (SMALL_SECTOR as usize * 512, SMALL_LEN),
-        ];
-        let stray = all.iter().enumerate().position(|(i, b)| {
-            *b != 0 && !written.iter().any(|(o, l)| i >= *o && i < o + l)
-        });
-        assert!(stray.is_none(), "unexpected non-zero byte in the backing file at offset {stray:?}");
+    // Every region the guest wrote (or read), as the backing file holds it.
+    let regions: [(&str, u64, &[u8]); 6] = [
+        ("host pattern (read by the guest)", HOST_OFF, &pat.host),
+        ("1 MiB O_DIRECT writes", GUEST_OFF, &pat.guest),
+        ("4 MiB O_DIRECT write in 1 MiB commands", LARGE_OFF, &pat.guest),
+        ("8 concurrent O_DIRECT writers", PAR_OFF, &pat.par),
+        ("page-cache writeback", BUFFERED_OFF, &pat.par),
+        ("9-sector write", SMALL_SECTOR * 512, &pat.small),
+    ];
+    let mut all = Vec::new();
+    File::open(&backing).unwrap().read_to_end(&mut all).unwrap();
+    assert_eq!(all.len() as u64, FILE_LUN_BYTES, "the backing file changed size");
+    for (what, off, want) in regions {
+        let got = &all[off as usize..off as usize + want.len()];
+        assert!(
+            got == want,
+            "{what}: the backing file differs at offset {off} + {:?}",
+            first_diff(got, want)
+        );
     }
+    // Nothing else was written: the rest of the backing file is still zero.
+    let stray = all.iter().enumerate().position(|(i, b)| {
+        *b != 0 && !regions.iter().any(|(_, o, w)| i >= *o as usize && i < *o as usize + w.len())
+    });
+    assert!(stray.is_none(), "unexpected non-zero byte in the backing file at offset {stray:?}");
     phases.done("host verification");
 
     // --- Report -----------------------------------------------------------
     eprintln!("--- what the guest saw ---");
     for l in serial_text.lines() {
-        if l.contains("BOOTLUN-VM-DISK") || l.contains("BOOTLUN-VM-INFO") || l.contains("BOOTLUN-VM-DMESG") {
+        if l.contains("BOOTLUN-VM-DISK")
+            || l.contains("BOOTLUN-VM-INFO")
+            || l.contains("BOOTLUN-VM-DMESG")
+            || l.contains("BOOTLUN-VM-SG")
+        {
             eprintln!("  {l}");
         }
     }

@@ -402,6 +402,16 @@ impl DebCache {
         self.deb(&name)
     }
 
+    /// Names in the `Depends` field of `deb` that start with `prefix`.
+    pub fn depends_named(&self, deb: &Path, prefix: &str) -> Vec<String> {
+        let dep = run_ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), Duration::from_secs(30));
+        dep.split([',', '|'])
+            .filter_map(|s| s.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The unpacked tree of `deb` (`dpkg-deb -x`), cached.
     pub fn unpacked(&self, deb: &Path) -> PathBuf {
         let stem = deb.file_stem().unwrap().to_string_lossy().into_owned();
@@ -662,7 +672,11 @@ impl Cpio {
         self.header(path, S_IFREG | mode, data.len(), (0, 0));
         self.buf.extend_from_slice(data);
         self.pad();
-        self.entries.insert(path.to_string(), data.len());
+        self.entries.insert(path.trim_start_matches('/').to_string(), data.len());
+    }
+
+    pub fn has(&self, path: &str) -> bool {
+        self.entries.contains_key(path.trim_start_matches('/'))
     }
 
     pub fn host_file(&mut self, path: &str, mode: u32, host: &Path) {
