@@ -167,6 +167,10 @@ enum Failure {
 
 fn run(args: ServeArgs) -> Result<(), Failure> {
     use Failure::*;
+    // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
+    // right after the "listening on" line still flushes and exits 0.
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| Runtime(format!("cannot install signal handlers: {e}")))?;
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen: SocketAddr = listen.parse().map_err(|_| {
         Usage(format!(
@@ -301,7 +305,7 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
     );
     tracing::info!("listening on {bound}");
 
-    wait_for_signal();
+    wait_for_signal(signals);
     tracing::info!("stopping: flushing LUNs");
     let stats = engine.stats.clone();
     engine.shutdown();
@@ -337,19 +341,8 @@ fn raise_memlock() {
 }
 
 /// Block until SIGINT or SIGTERM.
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut s) => {
-            if let Some(sig) = s.forever().next() {
-                tracing::info!("signal {sig} received");
-            }
-        }
-        Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            loop {
-                std::thread::park();
-            }
-        }
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig} received");
     }
 }
