@@ -64,11 +64,25 @@ fn parse_cunit(out: &str) -> Counts {
     }
     let mut failed_records = 0;
     for (name, text) in records.iter().filter(|(n, _)| !n.is_empty()) {
-        if text.contains("FAILED") {
-            failed_records += 1;
-            c.failed_tests.push(name.clone());
-        } else if text.contains("[SKIPPED]") {
-            c.skipped += 1;
+        // A test's own messages come between "Test: NAME ..." and its bare
+        // result word; what follows the result (e.g. a suite teardown's
+        // "[SKIPPED] PERSISTENT RESERVE IN is not implemented.") is not
+        // about that test.
+        let body = text.split_once(" ...").map(|(_, b)| b).unwrap_or(text);
+        match result_word(body) {
+            Some((pos, failed)) => {
+                if failed {
+                    failed_records += 1;
+                    c.failed_tests.push(name.clone());
+                } else if body[..pos].contains("[SKIPPED]") {
+                    c.skipped += 1;
+                }
+            }
+            None => {
+                // No result at all: the run died inside this test.
+                failed_records += 1;
+                c.failed_tests.push(format!("{name} (no result)"));
+            }
         }
     }
     // "               tests      6      6      6      0        0"
@@ -90,23 +104,56 @@ fn parse_cunit(out: &str) -> Counts {
     c
 }
 
-/// Keeps a failing suite's output readable: its per-test lines, the first
-/// few failure messages of each test, and the summary.
-fn abridge(out: &str) -> String {
-    let mut kept = Vec::new();
-    let mut repeats = 0;
-    for line in out.lines() {
-        let t = line.trim_start();
-        let detail = t.starts_with("[FAILED]") || t.split_once(". ").map_or(false, |(n, _)| n.parse::<u32>().is_ok());
-        if detail {
-            repeats += 1;
-            if repeats > 5 {
-                continue;
-            }
-        } else {
-            repeats = 0;
+/// Position of the first bare `passed` / `FAILED` (not `[FAILED]`) and
+/// whether it is a failure.
+fn result_word(body: &str) -> Option<(usize, bool)> {
+    let mut from = 0;
+    loop {
+        let p = body[from..].find("passed").map(|i| i + from);
+        let f = body[from..].find("FAILED").map(|i| i + from);
+        let (pos, failed) = match (p, f) {
+            (Some(p), Some(f)) if f < p => (f, true),
+            (Some(p), _) => (p, false),
+            (None, Some(f)) => (f, true),
+            (None, None) => return None,
+        };
+        if failed && pos > 0 && body.as_bytes()[pos - 1] == b'[' {
+            from = pos + "FAILED".len();
+            continue;
         }
-        kept.push(line);
+        return Some((pos, failed));
+    }
+}
+
+/// Keeps a failing suite's output readable: runs of identical lines are
+/// collapsed, and very long output keeps its head and its tail.
+fn abridge(out: &str) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    let mut last: Option<&str> = None;
+    let mut run = 0;
+    let flush = |kept: &mut Vec<String>, line: Option<&str>, run: usize| {
+        if let Some(l) = line {
+            kept.push(if run > 1 { format!("{l}   [line repeated {run} times]") } else { l.to_string() });
+        }
+    };
+    for line in out.lines() {
+        if Some(line) == last {
+            run += 1;
+            continue;
+        }
+        flush(&mut kept, last, run);
+        last = Some(line);
+        run = 1;
+    }
+    flush(&mut kept, last, run);
+    const HEAD: usize = 150;
+    const TAIL: usize = 40;
+    if kept.len() > HEAD + TAIL {
+        let omitted = kept.len() - HEAD - TAIL;
+        let tail = kept.split_off(kept.len() - TAIL);
+        kept.truncate(HEAD);
+        kept.push(format!("[... {omitted} lines omitted ...]"));
+        kept.extend(tail);
     }
     kept.join("\n")
 }
@@ -191,11 +238,27 @@ fn libiscsi_conformance_suites_pass() {
 
 #[test]
 fn cunit_parser_counts_skips_and_failures() {
-    // Shapes copied from real runs (a skip inside a passed test; a failure
-    // against a read-only LUN).
-    let sample = "Suite: Inquiry\n  Test: Standard ...passed\n  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test\npassed\n  Test: EVPD ...    [FAILED] WRITE10 command failed with status 2 / sense key DATA PROTECTION(0x07)\n    [FAILED] again\nFAILED\n    1. test_write10_simple.c:50  - CU_ASSERT_EQUAL(ret,0)\n\nRun Summary:    Type  Total    Ran Passed Failed Inactive\n              suites      1      1    n/a      0        0\n               tests      3      3      2      1        0\n             asserts     10     10      9      1      n/a\n";
+    // Shapes copied from real runs: a skip inside a passed test, a suite
+    // teardown's skip message after the last result, failures against a
+    // read-only LUN.
+    let sample = "    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n\
+Suite: Write10\n\
+  Test: Simple ...passed\n\
+  Test: BlockLimits ...    [SKIPPED] Logical unit is fully provisioned. Skipping test\n\
+passed\n\
+  Test: BeyondEol ...    [FAILED] WRITE10 command failed with status 2 / sense key DATA PROTECTION(0x07)\n\
+    [FAILED] WRITE10 command failed with status 2\n\
+FAILED\n\
+  Test: Async ...FAILED\n\
+  Test: VersionDescriptors ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n\
+\n\
+Run Summary:    Type  Total    Ran Passed Failed Inactive\n\
+              suites      1      1    n/a      0        0\n\
+               tests      5      5      3      2        0\n\
+             asserts     10     10      8      2      n/a\n\
+    1. test_write10_beyondeol.c:50  - CU_ASSERT_EQUAL(ret,0)\n";
     let c = parse_cunit(sample);
     assert!(c.summary_found);
-    assert_eq!((c.total, c.passed, c.failed, c.skipped), (3, 1, 1, 1), "{c:?}");
-    assert_eq!(c.failed_tests, vec!["EVPD".to_string()]);
+    assert_eq!((c.total, c.passed, c.failed, c.skipped), (5, 2, 2, 1), "{c:?}");
+    assert_eq!(c.failed_tests, vec!["BeyondEol".to_string(), "Async".to_string()]);
 }

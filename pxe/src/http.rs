@@ -629,7 +629,11 @@ fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<Ato
             } else if c.out.is_none() && c.head_since.is_some_and(|s| now.duration_since(s) > cfg.head_timeout) {
                 tracing::info!("http: {}: request head timeout", c.peer);
                 let r = error_response(408, false, true, "");
-                let _ = c.sock.write(&r.head);
+                let mut bytes = r.head;
+                if let OutBody::Mem(b, p, e) = &r.body {
+                    bytes.extend_from_slice(&b[*p..*e]);
+                }
+                let _ = c.sock.write(&bytes);
                 expired.push(*t);
             }
         }

@@ -324,6 +324,24 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
 mod sidecars {
     //! DHCP and TFTP wiring.
     use super::*;
+    use std::net::Ipv4Addr;
+
+    /// `START-END` → inclusive pool on the interface's subnet.
+    pub(super) fn parse_pool(s: &str, ifa: &iface::IfaceAddr) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+        let bad = || format!("--dhcp-pool {s}: expected START-END, two IPv4 addresses");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+        if u32::from(a) > u32::from(b) {
+            return Err(format!("--dhcp-pool {s}: start is after end"));
+        }
+        let m = u32::from(ifa.netmask);
+        let net = u32::from(ifa.addr) & m;
+        if u32::from(a) & m != net || u32::from(b) & m != net {
+            return Err(format!("--dhcp-pool {s}: not inside {}/{}", Ipv4Addr::from(net), ifa.prefix_len()));
+        }
+        Ok((a, b))
+    }
 
     pub(super) fn spawn(
         args: &PxeArgs,
@@ -332,8 +350,25 @@ mod sidecars {
         cfg: &MenuConfig,
         ipxe_dir: &Path,
     ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
-        let _ = (args, ifname, ifa, cfg, ipxe_dir);
-        Ok(Vec::new())
+        let mut threads = Vec::new();
+        let mode = match args.dhcp_mode.unwrap_or_default() {
+            DhcpModeArg::Server => dhcp::DhcpMode::Server,
+            DhcpModeArg::Proxy => dhcp::DhcpMode::Proxy,
+            DhcpModeArg::Off => dhcp::DhcpMode::Off,
+        };
+        if mode != dhcp::DhcpMode::Off {
+            let mut boot = dhcp::BootFiles::defaults_for(ifa.addr);
+            boot.ipxe_script_url = format!("{}/boot.ipxe", cfg.http_base());
+            boot.initiator_iqn = Some(cfg.initiator_name.clone());
+            let mut d = dhcp::DhcpConfig::new(ifname, ifa.addr, ifa.netmask, boot);
+            d.mode = mode;
+            if let Some(p) = &args.dhcp_pool {
+                d.pool = parse_pool(p, ifa)?;
+            }
+            threads.push(dhcp::spawn(d).map_err(|e| format!("--pxe-interface {ifname}: {e}"))?);
+        }
+        let _ = ipxe_dir;
+        Ok(threads)
     }
 }
 

@@ -202,9 +202,11 @@ pub fn ipxe_menu(cfg: &MenuConfig, entries: &[BootEntry]) -> String {
         }
         s.push_str("boot || goto failed\n");
     }
-    s.push_str(":sanboot\n");
-    san_setup(cfg, &mut s);
-    let _ = writeln!(s, "sanboot {} || goto failed", cfg.iscsi_uri(Some(cfg.boot_lun())));
+    if default == "sanboot" {
+        s.push_str(":sanboot\n");
+        san_setup(cfg, &mut s);
+        let _ = writeln!(s, "sanboot {} || goto failed", cfg.iscsi_uri(Some(cfg.boot_lun())));
+    }
     s.push_str(":failed\necho Boot failed: press a key for the menu\nprompt\ngoto menu\n");
     s.push_str(":shell\necho Type 'exit' to return to the menu\nshell\ngoto menu\n");
     s.push_str(":reboot\nreboot\n");

@@ -364,7 +364,12 @@ pub fn bootlun_bin() -> PathBuf {
 /// LUN number of the first `--lun` of the binary run by [`Server::bootlun`]:
 /// 0, except when a stand-in binary (`BOOTLUN_BIN`) fronting tgt is used
 /// under `BOOTLUN_TEST_TARGET=tgt`, whose disks start at LUN 1.
+/// `BOOTLUN_TEST_LUN_BASE` sets it explicitly (for such a stand-in used
+/// without tgt mode).
 pub fn bin_lun_base() -> u32 {
+    if let Some(n) = std::env::var("BOOTLUN_TEST_LUN_BASE").ok().and_then(|v| v.parse().ok()) {
+        return n;
+    }
     if target_kind() == TargetKind::Tgt && std::env::var_os("BOOTLUN_BIN").is_some() {
         1
     } else {
@@ -930,7 +935,6 @@ impl IscsiConn {
             ));
         }
         self.exp_statsn = rsp.u32_at(24).wrapping_add(1);
-        self.tsih = u16::from_be_bytes([rsp.bhs[14], rsp.bhs[15]]);
         self.target_keys.extend(parse_keys(&rsp.data));
         Ok(rsp)
     }
@@ -987,6 +991,9 @@ impl IscsiConn {
     }
 
     fn enter_ffp(&mut self, rsp: &Pdu) -> Result<(), String> {
+        // A new session's TSIH is assigned in the final response; every
+        // request of this (leading) login carries 0.
+        self.tsih = u16::from_be_bytes([rsp.bhs[14], rsp.bhs[15]]);
         // The first command carries the ExpCmdSN the target announced.
         self.cmdsn = rsp.u32_at(28);
         if let Some(v) = self.target_keys.get("MaxRecvDataSegmentLength") {

@@ -45,8 +45,9 @@ impl<'a> Cdb<'a> {
             return Err(Sense::invalid_field_in_cdb());
         }
         let cdb = Cdb { bytes, len };
-        if cdb.control() & (CONTROL_NACA | CONTROL_LINK) != 0 {
-            return Err(Sense::invalid_field_in_cdb());
+        let bad = cdb.control() & (CONTROL_NACA | CONTROL_LINK);
+        if bad != 0 {
+            return Err(Sense::invalid_field_in_cdb_at(len as u16 - 1, top_bit(bad)));
         }
         Ok(cdb)
     }
@@ -115,12 +116,18 @@ impl<'a> Cdb<'a> {
         let last = self.len.saturating_sub(1);
         for i in 1..last {
             let allowed = usage.get(i).copied().unwrap_or(0);
-            if self.byte(i) & !allowed != 0 {
-                return Err(Sense::invalid_field_in_cdb());
+            let bad = self.byte(i) & !allowed;
+            if bad != 0 {
+                return Err(Sense::invalid_field_in_cdb_at(i as u16, top_bit(bad)));
             }
         }
         Ok(())
     }
+}
+
+/// Position (7..=0) of the most significant set bit of a nonzero byte.
+pub const fn top_bit(b: u8) -> u8 {
+    7 - b.leading_zeros() as u8
 }
 
 /// The fields of a READ or WRITE CDB.
@@ -132,6 +139,8 @@ pub struct RwFields {
     pub protect: u8,
     pub dpo: bool,
     pub fua: bool,
+    /// CDB byte where TRANSFER LENGTH starts (for the field pointer).
+    pub length_byte: u16,
 }
 
 /// READ(6) / WRITE(6): 21-bit LBA, TRANSFER LENGTH 0 means 256 blocks.
@@ -147,10 +156,11 @@ pub fn rw6(cdb: &Cdb) -> RwFields {
         protect: 0,
         dpo: false,
         fua: false,
+        length_byte: 4,
     }
 }
 
-fn rw_flags(cdb: &Cdb, lba: u64, blocks: u32) -> RwFields {
+fn rw_flags(cdb: &Cdb, lba: u64, blocks: u32, length_byte: u16) -> RwFields {
     let b1 = cdb.byte(1);
     RwFields {
         lba,
@@ -158,22 +168,23 @@ fn rw_flags(cdb: &Cdb, lba: u64, blocks: u32) -> RwFields {
         protect: b1 >> 5,
         dpo: b1 & 0x10 != 0,
         fua: b1 & 0x08 != 0,
+        length_byte,
     }
 }
 
 /// READ(10) / WRITE(10).
 pub fn rw10(cdb: &Cdb) -> RwFields {
-    rw_flags(cdb, u64::from(cdb.be32(2)), u32::from(cdb.be16(7)))
+    rw_flags(cdb, u64::from(cdb.be32(2)), u32::from(cdb.be16(7)), 7)
 }
 
 /// READ(12) / WRITE(12).
 pub fn rw12(cdb: &Cdb) -> RwFields {
-    rw_flags(cdb, u64::from(cdb.be32(2)), cdb.be32(6))
+    rw_flags(cdb, u64::from(cdb.be32(2)), cdb.be32(6), 6)
 }
 
 /// READ(16) / WRITE(16).
 pub fn rw16(cdb: &Cdb) -> RwFields {
-    rw_flags(cdb, cdb.be64(2), cdb.be32(10))
+    rw_flags(cdb, cdb.be64(2), cdb.be32(10), 10)
 }
 
 /// The fields of a VERIFY CDB.
@@ -184,31 +195,34 @@ pub struct VerifyFields {
     pub vrprotect: u8,
     /// BYTCHK (2 bits).
     pub bytchk: u8,
+    /// CDB byte where VERIFICATION LENGTH starts (for the field pointer).
+    pub length_byte: u16,
 }
 
-fn verify_fields(cdb: &Cdb, lba: u64, blocks: u32) -> VerifyFields {
+fn verify_fields(cdb: &Cdb, lba: u64, blocks: u32, length_byte: u16) -> VerifyFields {
     let b1 = cdb.byte(1);
     VerifyFields {
         lba,
         blocks,
         vrprotect: b1 >> 5,
         bytchk: (b1 >> 1) & 0x03,
+        length_byte,
     }
 }
 
 /// VERIFY(10).
 pub fn verify10(cdb: &Cdb) -> VerifyFields {
-    verify_fields(cdb, u64::from(cdb.be32(2)), u32::from(cdb.be16(7)))
+    verify_fields(cdb, u64::from(cdb.be32(2)), u32::from(cdb.be16(7)), 7)
 }
 
 /// VERIFY(12).
 pub fn verify12(cdb: &Cdb) -> VerifyFields {
-    verify_fields(cdb, u64::from(cdb.be32(2)), cdb.be32(6))
+    verify_fields(cdb, u64::from(cdb.be32(2)), cdb.be32(6), 6)
 }
 
 /// VERIFY(16).
 pub fn verify16(cdb: &Cdb) -> VerifyFields {
-    verify_fields(cdb, cdb.be64(2), cdb.be32(10))
+    verify_fields(cdb, cdb.be64(2), cdb.be32(10), 10)
 }
 
 /// SYNCHRONIZE CACHE(10) and PRE-FETCH(10), which share a layout: (LBA,
@@ -257,9 +271,15 @@ mod tests {
     fn parse_checks_control_byte() {
         let mut c = [0u8; 6];
         c[5] = CONTROL_NACA;
-        assert_eq!(Cdb::parse(&c).unwrap_err(), Sense::invalid_field_in_cdb());
+        assert_eq!(
+            Cdb::parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb_at(5, 2)
+        );
         c[5] = CONTROL_LINK;
-        assert_eq!(Cdb::parse(&c).unwrap_err(), Sense::invalid_field_in_cdb());
+        assert_eq!(
+            Cdb::parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb_at(5, 0)
+        );
         c[5] = 0xC0; // vendor-specific bits are ignored
         assert!(Cdb::parse(&c).is_ok());
     }
@@ -291,10 +311,24 @@ mod tests {
         let mut c = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
         assert!(Cdb::parse(&c).unwrap().check_reserved(&usage).is_ok());
         c[1] = 0x01;
-        assert!(Cdb::parse(&c).unwrap().check_reserved(&usage).is_err());
+        assert_eq!(
+            Cdb::parse(&c).unwrap().check_reserved(&usage),
+            Err(Sense::invalid_field_in_cdb_at(1, 0))
+        );
         c[1] = 0x00;
-        c[6] = 0x20;
-        assert!(Cdb::parse(&c).unwrap().check_reserved(&usage).is_err());
+        c[6] = 0x25;
+        assert_eq!(
+            Cdb::parse(&c).unwrap().check_reserved(&usage),
+            Err(Sense::invalid_field_in_cdb_at(6, 5))
+        );
+    }
+
+    #[test]
+    fn top_bit_positions() {
+        assert_eq!(top_bit(0x01), 0);
+        assert_eq!(top_bit(0x06), 2);
+        assert_eq!(top_bit(0x80), 7);
+        assert_eq!(top_bit(0xFF), 7);
     }
 
     #[test]
@@ -318,7 +352,8 @@ mod tests {
                 blocks: 2,
                 protect: 7,
                 dpo: true,
-                fua: true
+                fua: true,
+                length_byte: 7,
             }
         );
         let c = [0xA8, 0x08, 0, 0, 0, 5, 0, 1, 0, 0, 0, 0];
@@ -342,7 +377,8 @@ mod tests {
                 lba: 9,
                 blocks: 4,
                 vrprotect: 1,
-                bytchk: 1
+                bytchk: 1,
+                length_byte: 7,
             }
         );
         let mut c = [0u8; 16];

@@ -46,12 +46,14 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         _ => {}
     }
     let lu = ctx.lu.ok_or(Sense::lun_not_supported())?;
+    let sa = info.service_action;
     match cdb.opcode() {
         op::TEST_UNIT_READY => Ok(Outcome::Good),
-        op::RESERVE_6 | op::RELEASE_6 => Ok(Outcome::Good),
         op::START_STOP_UNIT => start_stop_unit(&cdb),
         op::READ_CAPACITY_10 => read_capacity_10(&cdb, lu, out),
-        op::SERVICE_ACTION_IN_16 => read_capacity_16(&cdb, lu, out),
+        op::SERVICE_ACTION_IN_16 if sa == Some(op::SA_READ_CAPACITY_16) => {
+            read_capacity_16(&cdb, lu, out)
+        }
         op::MODE_SENSE_6 => mode::mode_sense_6(&cdb, lu, out),
         op::MODE_SENSE_10 => mode::mode_sense_10(&cdb, lu, out),
         op::READ_6 => read(lu, cdb::rw6(&cdb)),
@@ -72,7 +74,9 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::PRE_FETCH_16 => pre_fetch(lu, cdb::sync16(&cdb)),
         op::SYNCHRONIZE_CACHE_10 => synchronize_cache(lu, cdb::sync10(&cdb)),
         op::SYNCHRONIZE_CACHE_16 => synchronize_cache(lu, cdb::sync16(&cdb)),
-        op::MAINTENANCE_IN => report_supported_operation_codes(&cdb, out),
+        op::MAINTENANCE_IN if sa == Some(op::SA_REPORT_SUPPORTED_OPERATION_CODES) => {
+            report_supported_operation_codes(&cdb, out)
+        }
         _ => Err(Sense::invalid_opcode()),
     }
 }
@@ -88,9 +92,9 @@ pub fn check_range(lu: &LuInfo, lba: u64, blocks: u32) -> Result<(), Sense> {
 
 /// TRANSFER LENGTH above the Block Limits MAXIMUM TRANSFER LENGTH: INVALID
 /// FIELD IN CDB (SBC-3 6.5.3).
-fn check_transfer_length(lu: &LuInfo, blocks: u32) -> Result<(), Sense> {
+fn check_transfer_length(lu: &LuInfo, blocks: u32, length_byte: u16) -> Result<(), Sense> {
     if lu.max_transfer_blocks != 0 && blocks > lu.max_transfer_blocks {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(length_byte, 7));
     }
     Ok(())
 }
@@ -99,10 +103,10 @@ fn check_transfer_length(lu: &LuInfo, blocks: u32) -> Result<(), Sense> {
 /// DPO is accepted and ignored.
 fn read(lu: &LuInfo, f: RwFields) -> CmdResult {
     if f.protect != 0 {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(1, 7));
     }
     check_range(lu, f.lba, f.blocks)?;
-    check_transfer_length(lu, f.blocks)?;
+    check_transfer_length(lu, f.blocks, f.length_byte)?;
     if f.blocks == 0 {
         return Ok(Outcome::Good);
     }
@@ -117,13 +121,13 @@ fn read(lu: &LuInfo, f: RwFields) -> CmdResult {
 /// PROTECT / WRITE PROTECTED.
 fn write(lu: &LuInfo, f: RwFields) -> CmdResult {
     if f.protect != 0 {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(1, 7));
     }
     if lu.read_only {
         return Err(Sense::write_protected());
     }
     check_range(lu, f.lba, f.blocks)?;
-    check_transfer_length(lu, f.blocks)?;
+    check_transfer_length(lu, f.blocks, f.length_byte)?;
     if f.blocks == 0 {
         return Ok(Outcome::Good);
     }
@@ -155,12 +159,15 @@ fn write_and_verify(lu: &LuInfo, f: RwFields) -> CmdResult {
 /// (`Verify { bytchk: true }`); 10b and 11b: INVALID FIELD IN CDB.
 /// VRPROTECT must be 0.
 fn verify(lu: &LuInfo, f: VerifyFields) -> CmdResult {
-    if f.vrprotect != 0 || f.bytchk > 1 {
-        return Err(Sense::invalid_field_in_cdb());
+    if f.vrprotect != 0 {
+        return Err(Sense::invalid_field_in_cdb_at(1, 7));
+    }
+    if f.bytchk > 1 {
+        return Err(Sense::invalid_field_in_cdb_at(1, 2));
     }
     check_range(lu, f.lba, f.blocks)?;
     if f.bytchk == 1 {
-        check_transfer_length(lu, f.blocks)?;
+        check_transfer_length(lu, f.blocks, f.length_byte)?;
     }
     if f.blocks == 0 {
         return Ok(Outcome::Good);
@@ -204,7 +211,7 @@ fn last_lba(lu: &LuInfo) -> u64 {
 fn read_capacity_10(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     let pmi = cdb.byte(8) & 0x01 != 0;
     if !pmi && cdb.be32(2) != 0 {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(2, 7));
     }
     let lba = u32::try_from(last_lba(lu)).unwrap_or(u32::MAX);
     out.extend_from_slice(&lba.to_be_bytes());
@@ -218,7 +225,7 @@ fn read_capacity_10(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
 fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     let pmi = cdb.byte(14) & 0x01 != 0;
     if !pmi && cdb.be64(2) != 0 {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(2, 7));
     }
     let alloc = cdb.be32(10) as usize;
     out.extend_from_slice(&last_lba(lu).to_be_bytes());
@@ -273,8 +280,11 @@ pub fn encode_lun(lun: u64) -> Option<[u8; 8]> {
 fn report_luns(cdb: &Cdb, luns: &[u64], out: &mut Vec<u8>) -> CmdResult {
     let select = cdb.byte(2);
     let alloc = cdb.be32(6) as usize;
-    if alloc < 16 || select > 2 {
-        return Err(Sense::invalid_field_in_cdb());
+    if select > 2 {
+        return Err(Sense::invalid_field_in_cdb_at(2, 7));
+    }
+    if alloc < 16 {
+        return Err(Sense::invalid_field_in_cdb_at(6, 7));
     }
     out.extend_from_slice(&[0; 8]);
     if select != 1 {
@@ -306,14 +316,16 @@ fn report_supported_operation_codes(cdb: &Cdb, out: &mut Vec<u8>) -> CmdResult {
     let sa = cdb.be16(4);
     let alloc = cdb.be32(6) as usize;
     let has_sa = op::has_service_actions(opcode);
+    // REPORTING OPTIONS is byte 2, bits 2..0
+    let bad_options = Sense::invalid_field_in_cdb_at(2, 2);
     match options {
         0 => report_all_commands(rctd, out),
-        1 if has_sa => return Err(Sense::invalid_field_in_cdb()),
+        1 if has_sa => return Err(bad_options),
         1 => report_one_command(op::lookup(opcode, None), rctd, out),
-        2 if !has_sa => return Err(Sense::invalid_field_in_cdb()),
+        2 if !has_sa => return Err(bad_options),
         2 => report_one_command(op::lookup(opcode, Some(sa)), rctd, out),
         3 => report_one_command(op::lookup(opcode, has_sa.then_some(sa)), rctd, out),
-        _ => return Err(Sense::invalid_field_in_cdb()),
+        _ => return Err(bad_options),
     }
     out.truncate(alloc);
     Ok(Outcome::Good)
@@ -385,8 +397,29 @@ mod tests {
             expected_len: 0,
         };
         let mut out = vec![0xAA; 7];
-        let o = execute(cdb, &ctx, &mut out);
+        let o = match execute(cdb, &ctx, &mut out) {
+            // Field pointers are checked in `field_pointers`; elsewhere only
+            // key, ASC and ASCQ matter.
+            Outcome::Check(s) => Outcome::Check(Sense { field: None, ..s }),
+            o => o,
+        };
         (o, out)
+    }
+
+    fn pointer(cdb: &[u8]) -> Option<(u16, Option<u8>)> {
+        let ctx = CommandCtx {
+            lun: 0,
+            lu: Some(&lu()),
+            luns: &LUNS,
+            expected_len: 0,
+        };
+        match execute(cdb, &ctx, &mut Vec::new()) {
+            Outcome::Check(s) => s.field.map(|f| {
+                assert!(f.in_cdb);
+                (f.byte, f.bit)
+            }),
+            _ => None,
+        }
     }
 
     fn exec(cdb: &[u8]) -> (Outcome, Vec<u8>) {
@@ -494,6 +527,70 @@ mod tests {
         assert_eq!((d[0], d[2], d[12]), (0x70, 0x05, 0x25));
     }
 
+    #[test]
+    fn field_pointers() {
+        // unsupported service action: byte 1 bit 4
+        let mut c = cdb16(0x9E, 0, 32);
+        c[1] = 0x12;
+        assert_eq!(pointer(&c), Some((1, Some(4))));
+        // reserved bit: the offending byte and its highest bad bit
+        assert_eq!(pointer(&[0x00, 0, 0, 0x30, 0, 0]), Some((3, Some(5))));
+        // NACA in CONTROL
+        assert_eq!(pointer(&[0x00, 0, 0, 0, 0, 0x04]), Some((5, Some(2))));
+        // RDPROTECT / VRPROTECT / BYTCHK
+        let mut c = cdb10(0x28, 0, 1);
+        c[1] = 0x40;
+        assert_eq!(pointer(&c), Some((1, Some(7))));
+        let mut c = cdb10(0x2F, 0, 1);
+        c[1] = 0x04;
+        assert_eq!(pointer(&c), Some((1, Some(2))));
+        // INQUIRY page code, MODE SENSE page and subpage
+        assert_eq!(pointer(&[0x12, 0, 0x80, 0, 255, 0]), Some((2, Some(7))));
+        assert_eq!(pointer(&[0x12, 1, 0x42, 0, 255, 0]), Some((2, Some(7))));
+        assert_eq!(pointer(&[0x1A, 0, 0x01, 0, 255, 0]), Some((2, Some(5))));
+        assert_eq!(pointer(&[0x1A, 0, 0x08, 0x01, 255, 0]), Some((3, Some(7))));
+        // REPORT LUNS select report / allocation length
+        assert_eq!(
+            pointer(&[0xA0, 0, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+            Some((2, Some(7)))
+        );
+        assert_eq!(
+            pointer(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]),
+            Some((6, Some(7)))
+        );
+        // REPORT SUPPORTED OPERATION CODES reporting options
+        let c = [0xA3, 0x0C, 0x02, 0x28, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert_eq!(pointer(&c), Some((2, Some(2))));
+        // READ CAPACITY LBA without PMI
+        assert_eq!(
+            pointer(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Some((2, Some(7)))
+        );
+        // no pointer for out-of-range LBAs or short CDBs
+        assert_eq!(pointer(&cdb10(0x28, 5000, 1)), None);
+        assert_eq!(pointer(&[0x28, 0, 0]), None);
+    }
+
+    #[test]
+    fn transfer_length_pointer() {
+        let mut l = lu();
+        l.max_transfer_blocks = 4;
+        let ctx = CommandCtx {
+            lun: 0,
+            lu: Some(&l),
+            luns: &LUNS,
+            expected_len: 0,
+        };
+        let at = |c: &[u8]| match execute(c, &ctx, &mut Vec::new()) {
+            Outcome::Check(s) => s.field.map(|f| f.byte),
+            _ => None,
+        };
+        assert_eq!(at(&[0x08, 0, 0, 0, 5, 0]), Some(4));
+        assert_eq!(at(&cdb10(0x2A, 0, 5)), Some(7));
+        assert_eq!(at(&cdb12(0xA8, 0, 5)), Some(6));
+        assert_eq!(at(&cdb16(0x88, 0, 5)), Some(10));
+    }
+
     // ---- TEST UNIT READY, START STOP UNIT, RESERVE/RELEASE ----
 
     #[test]
@@ -510,9 +607,17 @@ mod tests {
     }
 
     #[test]
-    fn reserve_release_are_good() {
-        assert_eq!(exec(&[0x16, 0, 0, 0, 0, 0]).0, Outcome::Good);
-        assert_eq!(exec(&[0x17, 0, 0, 0, 0, 0]).0, Outcome::Good);
+    fn reservations_are_not_supported() {
+        // Acknowledging RESERVE without enforcing it would let two
+        // initiators believe they each own the LU; refuse it instead.
+        assert_eq!(
+            exec(&[0x16, 0, 0, 0, 0, 0]).0,
+            check(Sense::invalid_opcode())
+        );
+        assert_eq!(
+            exec(&[0x17, 0, 0, 0, 0, 0]).0,
+            check(Sense::invalid_opcode())
+        );
     }
 
     // ---- REQUEST SENSE ----

@@ -32,7 +32,7 @@ pub mod sense;
 pub mod vpd;
 
 pub use emulate::execute;
-pub use sense::{Sense, SenseKey};
+pub use sense::{FieldPointer, Sense, SenseKey};
 
 /// SAM status codes returned in a SCSI Response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -90,17 +90,17 @@ pub fn mode_sense(
     out: &mut Vec<u8>,
 ) -> Result<Outcome, Sense> {
     if req.pc == PageControl::Saved {
-        return Err(Sense::saving_parameters_not_supported());
+        return Err(Sense::saving_parameters_not_supported().at_cdb(2, Some(7)));
     }
     if req.subpage != 0 && req.subpage != SUBPAGE_ALL {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(3, 7));
     }
     let pages: &[u8] = match req.page {
         PAGE_ALL => &[PAGE_CACHING, PAGE_CONTROL, PAGE_INFORMATIONAL_EXCEPTIONS],
         PAGE_CACHING => &[PAGE_CACHING],
         PAGE_CONTROL => &[PAGE_CONTROL],
         PAGE_INFORMATIONAL_EXCEPTIONS => &[PAGE_INFORMATIONAL_EXCEPTIONS],
-        _ => return Err(Sense::invalid_field_in_cdb()),
+        _ => return Err(Sense::invalid_field_in_cdb_at(2, 5)),
     };
     out.clear();
     let header_len = if req.ten { 8 } else { 4 };
@@ -288,7 +288,10 @@ mod tests {
         assert_eq!(cur, def);
         // saved: not supported
         let (r, d) = sense6([0x1A, 0x08, 0xC8, 0, 255, 0], &l);
-        assert_eq!(r, Err(Sense::saving_parameters_not_supported()));
+        assert_eq!(
+            r,
+            Err(Sense::saving_parameters_not_supported().at_cdb(2, Some(7)))
+        );
         assert_eq!(r.unwrap_err().asc, 0x39);
         let _ = d;
     }
@@ -298,10 +301,14 @@ mod tests {
         let l = lu();
         for page in [0x00, 0x01, 0x19, 0x3E] {
             let (r, _) = sense6([0x1A, 0, page, 0, 255, 0], &l);
-            assert_eq!(r, Err(Sense::invalid_field_in_cdb()), "page {page:#x}");
+            assert_eq!(
+                r,
+                Err(Sense::invalid_field_in_cdb_at(2, 5)),
+                "page {page:#x}"
+            );
         }
         let (r, _) = sense6([0x1A, 0, 0x0A, 0x01, 255, 0], &l);
-        assert_eq!(r, Err(Sense::invalid_field_in_cdb()));
+        assert_eq!(r, Err(Sense::invalid_field_in_cdb_at(3, 7)));
     }
 
     #[test]

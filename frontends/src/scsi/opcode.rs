@@ -174,20 +174,6 @@ pub static SUPPORTED: &[CommandInfo] = &[
         QUICK_TIMEOUT,
     ),
     cmd(
-        RESERVE_6,
-        None,
-        "RESERVE(6)",
-        &[0x16, 0, 0, 0, 0, C],
-        QUICK_TIMEOUT,
-    ),
-    cmd(
-        RELEASE_6,
-        None,
-        "RELEASE(6)",
-        &[0x17, 0, 0, 0, 0, C],
-        QUICK_TIMEOUT,
-    ),
-    cmd(
         MODE_SENSE_6,
         None,
         "MODE SENSE(6)",
@@ -404,7 +390,8 @@ pub fn command_for_cdb(cdb: &[u8]) -> Result<&'static CommandInfo, super::Sense>
     }
     if has_service_actions(opcode) {
         let sa = cdb.get(1).ok_or(Sense::invalid_field_in_cdb())? & 0x1F;
-        lookup(opcode, Some(u16::from(sa))).ok_or(Sense::invalid_field_in_cdb())
+        // SERVICE ACTION is byte 1, bits 4..0
+        lookup(opcode, Some(u16::from(sa))).ok_or(Sense::invalid_field_in_cdb_at(1, 4))
     } else {
         lookup(opcode, None).ok_or(Sense::invalid_opcode())
     }
@@ -470,7 +457,7 @@ mod tests {
         );
         assert_eq!(
             command_for_cdb(&[0x9E, 0x12]).unwrap_err(),
-            Sense::invalid_field_in_cdb()
+            Sense::invalid_field_in_cdb_at(1, 4)
         );
         assert_eq!(
             command_for_cdb(&[0x9E, 0x10]).unwrap().name,

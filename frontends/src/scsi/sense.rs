@@ -25,6 +25,38 @@ pub struct Sense {
     /// INFORMATION field (valid bit set when present), e.g. the offset of
     /// the first miscompared byte.
     pub info: Option<u64>,
+    /// Sense-key specific FIELD POINTER (SKSV set when present): which CDB
+    /// or parameter-list field an ILLEGAL REQUEST is about. Initiators use
+    /// it, e.g. to tell an unsupported service action (byte 1) from a bad
+    /// field of a supported command.
+    pub field: Option<FieldPointer>,
+}
+
+/// The FIELD POINTER sense-key specific data (SPC-4 4.5.2.4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldPointer {
+    /// C/D: the field is in the CDB (`true`) or in the parameter data.
+    pub in_cdb: bool,
+    /// The byte holding the field (its first byte for multi-byte fields).
+    pub byte: u16,
+    /// The field's most significant bit within `byte` (BPV set when given).
+    pub bit: Option<u8>,
+}
+
+impl FieldPointer {
+    /// The 3 SENSE KEY SPECIFIC bytes: SKSV, C/D, BPV, BIT POINTER, FIELD
+    /// POINTER.
+    pub const fn bytes(&self) -> [u8; 3] {
+        let mut b0 = 0x80;
+        if self.in_cdb {
+            b0 |= 0x40;
+        }
+        if let Some(bit) = self.bit {
+            b0 |= 0x08 | (bit & 0x07);
+        }
+        let [hi, lo] = self.byte.to_be_bytes();
+        [b0, hi, lo]
+    }
 }
 
 impl Sense {
@@ -34,7 +66,28 @@ impl Sense {
             asc,
             ascq,
             info: None,
+            field: None,
         }
+    }
+    /// (SENSE KEY, ASC, ASCQ), without INFORMATION and field pointer.
+    pub const fn code(&self) -> (SenseKey, u8, u8) {
+        (self.key, self.asc, self.ascq)
+    }
+    /// The same sense data with a field pointer into the CDB.
+    pub const fn at_cdb(self, byte: u16, bit: Option<u8>) -> Self {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
+            ..self
+        }
+    }
+    /// ILLEGAL REQUEST / INVALID FIELD IN CDB pointing at CDB byte `byte`,
+    /// bit `bit` (the field's most significant bit).
+    pub const fn invalid_field_in_cdb_at(byte: u16, bit: u8) -> Self {
+        Self::invalid_field_in_cdb().at_cdb(byte, Some(bit))
     }
     /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE (20h/00h).
     pub const fn invalid_opcode() -> Self {
@@ -72,6 +125,7 @@ impl Sense {
             asc: 0x1D,
             ascq: 0x00,
             info: Some(offset),
+            field: None,
         }
     }
     /// ABORTED COMMAND / no additional sense, used when the transport fails.
@@ -126,11 +180,15 @@ impl Sense {
         b[7] = 10; // additional sense length
         b[12] = self.asc;
         b[13] = self.ascq;
+        if let Some(f) = self.field {
+            b[15..18].copy_from_slice(&f.bytes());
+        }
         b
     }
 
     /// Descriptor-format sense data (response code 72h): an 8-byte header,
-    /// followed by an Information descriptor when INFORMATION is present.
+    /// followed by an Information descriptor when INFORMATION is present and
+    /// a Sense key specific descriptor when a field pointer is.
     pub fn descriptor(&self) -> Vec<u8> {
         let mut b = vec![0u8; 8];
         b[0] = 0x72;
@@ -142,6 +200,13 @@ impl Sense {
             // VALID bit, reserved byte, 8-byte INFORMATION.
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
+        }
+        if let Some(f) = self.field {
+            // Sense key specific descriptor (SPC-4 4.5.2.3): type 02h,
+            // length 06h, 2 reserved bytes, 3 SKS bytes, 1 reserved byte.
+            b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
+            b.extend_from_slice(&f.bytes());
+            b.push(0);
         }
         b[7] = (b.len() - 8) as u8; // additional sense length
         b
@@ -187,6 +252,41 @@ mod tests {
         assert_eq!(&b[..8], &[0x72, 0x0E, 0x1D, 0x00, 0, 0, 0, 12]);
         assert_eq!(&b[8..12], &[0x00, 0x0A, 0x80, 0x00]);
         assert_eq!(&b[12..], &[0, 0, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06]);
+    }
+
+    #[test]
+    fn field_pointer_fixed_format() {
+        let b = Sense::invalid_field_in_cdb_at(2, 2).fixed();
+        assert_eq!(&b[12..14], &[0x24, 0x00]);
+        assert_eq!(&b[15..18], &[0xCA, 0x00, 0x02]);
+        let b = Sense::invalid_field_in_cdb().at_cdb(0x0123, None).fixed();
+        assert_eq!(&b[15..18], &[0xC0, 0x01, 0x23]);
+        let mut s = Sense::invalid_field_in_parameter_list();
+        s.field = Some(FieldPointer {
+            in_cdb: false,
+            byte: 4,
+            bit: Some(7),
+        });
+        assert_eq!(&s.fixed()[15..18], &[0x8F, 0x00, 0x04]);
+        assert_eq!(&Sense::invalid_field_in_cdb().fixed()[15..18], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn field_pointer_descriptor_format() {
+        let b = Sense::invalid_field_in_cdb_at(1, 4).descriptor();
+        assert_eq!(
+            b,
+            vec![0x72, 0x05, 0x24, 0x00, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xCC, 0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn code_ignores_pointer_and_information() {
+        assert_eq!(
+            Sense::invalid_field_in_cdb_at(9, 1).code(),
+            Sense::invalid_field_in_cdb().code()
+        );
+        assert_eq!(Sense::miscompare(5).code(), (SenseKey::Miscompare, 0x1D, 0));
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn inquiry(cdb: &Cdb, lu: Option<&LuInfo>, out: &mut Vec<u8>) -> Result<Outc
     let alloc = usize::from(cdb.be16(3));
     if !evpd {
         if page != 0 {
-            return Err(Sense::invalid_field_in_cdb());
+            return Err(Sense::invalid_field_in_cdb_at(2, 7));
         }
         standard_inquiry(lu, out);
     } else {
@@ -111,7 +111,7 @@ pub fn vpd_page(page: u8, lu: &LuInfo, out: &mut Vec<u8>) -> Result<(), Sense> {
         PAGE_BLOCK_LIMITS => block_limits(lu, out),
         PAGE_BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lu, out),
         PAGE_LOGICAL_BLOCK_PROVISIONING => logical_block_provisioning(out),
-        _ => return Err(Sense::invalid_field_in_cdb()),
+        _ => return Err(Sense::invalid_field_in_cdb_at(2, 7)),
     }
     let len = (out.len() - 4) as u16;
     out[2..4].copy_from_slice(&len.to_be_bytes());
@@ -260,7 +260,7 @@ mod tests {
     fn evpd_zero_with_page_code_is_invalid() {
         let l = lu();
         let (r, d) = run([0x12, 0, 1, 1, 0, 0], Some(&l));
-        assert_eq!(r, Err(Sense::invalid_field_in_cdb()));
+        assert_eq!(r, Err(Sense::invalid_field_in_cdb_at(2, 7)));
         assert!(d.is_empty());
     }
 
@@ -269,7 +269,11 @@ mod tests {
         let l = lu();
         for page in [0x01, 0x81, 0x86, 0xB3, 0xFF] {
             let (r, _) = run([0x12, 1, page, 0, 255, 0], Some(&l));
-            assert_eq!(r, Err(Sense::invalid_field_in_cdb()), "page {page:#x}");
+            assert_eq!(
+                r,
+                Err(Sense::invalid_field_in_cdb_at(2, 7)),
+                "page {page:#x}"
+            );
         }
     }
 
