@@ -16,6 +16,8 @@ use std::time::Duration;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
 const DEFAULT_TARGET: &str = "iqn.2026-11.org.bootlun:target";
+/// Largest single command reported to initiators (VPD Block Limits).
+const MAX_TRANSFER_BYTES: u32 = 32 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -244,7 +246,9 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
                 ""
             }
         );
-        luns.push(Lun::new(backend, &target_name, buffer_size as u32));
+        // Commands larger than a buffer are carried in buffer-sized chunks,
+        // so the limit reported to initiators (VPD B0h) is not the buffer.
+        luns.push(Lun::new(backend, &target_name, MAX_TRANSFER_BYTES));
     }
     let backends: Vec<_> = luns.iter().map(|l| l.backend.clone()).collect();
 
