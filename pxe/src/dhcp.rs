@@ -199,7 +199,7 @@ struct Lease {
 
 impl Lease {
     fn live(&self, now: Instant) -> bool {
-        self.expires.map_or(true, |e| e > now)
+        self.expires.is_none_or(|e| e > now)
     }
 }
 
@@ -1031,7 +1031,8 @@ mod tests {
     #[test]
     fn firmware_selects_boot_file() {
         let c = cfg();
-        let cases: [(&[(u8, &[u8])], &str, bool); 7] = [
+        type Case<'a> = (&'a [(u8, &'a [u8])], &'a str, bool);
+        let cases: [Case; 7] = [
             (&[(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])], "undionly.kpxe", true),
             (&[(60, b"PXEClient:Arch:00007:UNDI:003016"), (93, &[0, 7])], "snponly.efi", true),
             (&[(60, b"PXEClient:Arch:00009:UNDI:003016"), (93, &[0, 9])], "snponly.efi", true),

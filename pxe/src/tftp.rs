@@ -646,8 +646,7 @@ impl Server {
                     continue;
                 }
                 let token = ev.token().0;
-                loop {
-                    let Some(t) = self.transfers.get_mut(&token) else { break };
+                while let Some(t) = self.transfers.get_mut(&token) {
                     let step = match t.sock.recv(&mut buf) {
                         Ok(n) => t.on_packet(&buf[..n], now),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -675,11 +674,12 @@ impl Server {
                         let pkt = buf[..n].to_vec();
                         self.on_request(&pkt, peer, now);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        tracing::warn!("tftp: receive: {e}");
-                        break;
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::warn!("tftp: receive: {e}");
+                        }
+                        listener_ready = false;
                     }
                 }
             }
