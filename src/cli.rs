@@ -76,6 +76,9 @@ struct ServeArgs {
     /// Commands each connection may have outstanding [default: 128].
     #[arg(long)]
     queue_depth: Option<u32>,
+    /// Seconds a new connection has to complete its login [default: 30].
+    #[arg(long)]
+    login_timeout: Option<u64>,
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
     log: Option<String>,
@@ -98,6 +101,7 @@ impl ServeArgs {
             buffers,
             buffer_size,
             queue_depth,
+            login_timeout,
             log
         );
         if self.lun.is_empty() {
@@ -260,12 +264,15 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         first_burst_length: (256 * 1024).min(buffer_size as u32),
         ..Limits::default()
     };
-    let shared = Arc::new(TargetShared::new(
-        target_name.clone(),
-        luns,
-        limits,
-        queue_depth,
-    ));
+    let login_timeout = args.login_timeout.unwrap_or(30);
+    if !(1..=3600).contains(&login_timeout) {
+        return Err(Usage(format!(
+            "--login-timeout {login_timeout}: must be between 1 and 3600 seconds"
+        )));
+    }
+    let mut shared = TargetShared::new(target_name.clone(), luns, limits, queue_depth);
+    shared.login_timeout_secs = login_timeout;
+    let shared = Arc::new(shared);
 
     let listener = TcpListener::bind(listen).map_err(|e| {
         Runtime(format!(

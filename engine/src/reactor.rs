@@ -112,6 +112,12 @@ impl Io<'_> {
         *self.inflight += 1;
     }
 
+    /// The user data an SQE pushed with `tag` carries, for cancelling it
+    /// with `AsyncCancel`.
+    pub fn user_data(&self, tag: u32) -> u64 {
+        ((self.slot as u64) << 32) | tag as u64
+    }
+
     /// Ask for [`Connection::buffers_available`] once pool buffers are free
     /// again. Buffers are shared by every connection of the reactor, so a
     /// connection waiting for one must hear when another gives one back.

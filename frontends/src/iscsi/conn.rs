@@ -47,6 +47,9 @@ const TAG_RECV: u32 = 1 << 28;
 const TAG_RECV_DIRECT: u32 = 2 << 28;
 const TAG_SEND: u32 = 3 << 28;
 const TAG_DISK: u32 = 4 << 28;
+const TAG_LOGIN_TIMER: u32 = 5 << 28;
+const TAG_CANCEL: u32 = 6 << 28;
+
 const TAG_KIND: u32 = 0xf << 28;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +210,11 @@ pub struct Conn {
     next_ttt: u32,
     scratch: Vec<u8>,
     notify: Vec<u32>,
+    /// Login deadline (the timeout SQE points here), whether its SQE is
+    /// in flight, and whether it was cancelled.
+    login_deadline: Box<types::Timespec>,
+    timer_armed: bool,
+    timer_cancelled: bool,
     /// Base address of every pool buffer of this reactor, so the data
     /// path does pointer arithmetic without going through the pool.
     buf_ptrs: Vec<*mut u8>,
@@ -215,6 +223,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(sh: Arc<TargetShared>, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
         let fd = stream.as_raw_fd();
+        let login_deadline = Box::new(types::Timespec::new().sec(sh.login_timeout_secs));
         let local = stream.local_addr().ok();
         let neg = Negotiator::new(sh.limits.clone());
         Conn {
@@ -260,6 +269,9 @@ impl Conn {
             scratch: Vec::with_capacity(4096),
             notify: Vec::with_capacity(SEND_BATCH),
             buf_ptrs: Vec::new(),
+            login_deadline,
+            timer_armed: false,
+            timer_cancelled: false,
         }
     }
 
@@ -1909,7 +1921,15 @@ impl Conn {
 
     /// Release everything once closed and idle.
     fn reap(&mut self, io: &mut Io<'_>) {
-        if !self.closing || self.tx_busy {
+        if !self.closing {
+            return;
+        }
+        if self.timer_armed && !self.timer_cancelled {
+            self.timer_cancelled = true;
+            let target = io.user_data(TAG_LOGIN_TIMER);
+            unsafe { io.push(opcode::AsyncCancel::new(target).build(), TAG_CANCEL) };
+        }
+        if self.tx_busy {
             return;
         }
         for i in 0..self.tasks.len() {
@@ -1939,6 +1959,10 @@ impl Conn {
 impl Connection for Conn {
     fn start(&mut self, io: &mut Io<'_>) {
         self.buf_ptrs_ensure(io);
+        // A peer that connects and never logs in is dropped.
+        let ts: *const types::Timespec = &*self.login_deadline;
+        unsafe { io.push(opcode::Timeout::new(ts).build(), TAG_LOGIN_TIMER) };
+        self.timer_armed = true;
         self.post_recv(io);
     }
 
@@ -1997,6 +2021,18 @@ impl Connection for Conn {
                 }
             }
             TAG_SEND => self.send_done(io, res),
+            TAG_LOGIN_TIMER => {
+                self.timer_armed = false;
+                if res == -libc::ETIME && self.phase == Phase::Login && !self.closing {
+                    tracing::warn!(
+                        "connection {}: no login within {} s",
+                        self.peer,
+                        self.sh.login_timeout_secs
+                    );
+                    self.close("login timeout");
+                }
+            }
+            TAG_CANCEL => {}
             TAG_DISK => {
                 let idx = tag & !TAG_KIND;
                 if self.closing {
@@ -2013,7 +2049,11 @@ impl Connection for Conn {
     }
 
     fn finished(&self) -> bool {
-        self.closing && !self.tx_busy && !self.rx_busy && self.tasks.iter().all(|t| t.is_none())
+        self.closing
+            && !self.tx_busy
+            && !self.rx_busy
+            && !self.timer_armed
+            && self.tasks.iter().all(|t| t.is_none())
     }
 
     fn buffers_available(&mut self, io: &mut Io<'_>) {

@@ -57,6 +57,8 @@ pub struct TargetShared {
     pub queue_depth: u32,
     /// Advertised in SendTargets; empty = the address the initiator used.
     pub portals: Vec<String>,
+    /// A connection that has not logged in after this long is closed.
+    pub login_timeout_secs: u64,
     next_tsih: AtomicU16,
 }
 
@@ -70,6 +72,7 @@ impl TargetShared {
             limits,
             queue_depth,
             portals: Vec::new(),
+            login_timeout_secs: 30,
             next_tsih: AtomicU16::new(1),
         }
     }
