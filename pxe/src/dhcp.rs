@@ -268,9 +268,17 @@ impl LeaseTable {
             return None;
         }
         let span = (hi - lo).min(MAX_POOL_SCAN - 1);
+        let taken: hashbrown::HashSet<Ipv4Addr> = self
+            .leases
+            .iter()
+            .filter(|(k, l)| k.as_slice() != key && l.live(now))
+            .map(|(_, l)| l.addr)
+            .chain(self.declined.iter().filter(|(_, until)| **until > now).map(|(a, _)| *a))
+            .chain(cfg.static_leases.iter().map(|(_, a)| *a))
+            .collect();
         (0..=span)
             .map(|i| Ipv4Addr::from(lo + i))
-            .find(|a| self.allowed(cfg, key, mac, *a, now))
+            .find(|a| !taken.contains(a) && !cfg.unusable(*a))
     }
 
     fn set(&mut self, key: &[u8], addr: Ipv4Addr, state: LeaseState, expires: Option<Instant>) {
@@ -672,6 +680,9 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
     let sid = req.addr_opt(54);
     let requested = req.addr_opt(50);
     let expires = cfg.lease_secs.map(|s| now + Duration::from_secs(s as u64));
+    // Forget what has expired, so the table stays as small as the pool.
+    state.leases.retain(|_, l| l.live(now));
+    state.declined.retain(|_, until| *until > now);
     match req.msg_type() {
         // DISCOVER
         1 => {

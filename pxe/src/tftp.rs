@@ -526,9 +526,22 @@ impl Server {
     }
 
     fn on_request(&mut self, pkt: &[u8], peer: SocketAddr, now: Instant) {
-        if self.transfers.values().any(|t| t.peer == peer) {
-            tracing::debug!("tftp: {peer}: repeated request ignored");
+        if pkt.len() >= 2 && u16::from_be_bytes([pkt[0], pkt[1]]) == ERROR {
+            // Never answer an error with an error.
+            tracing::debug!("tftp: {peer}: stray ERROR packet ignored");
             return;
+        }
+        if let Some((&token, t)) = self.transfers.iter().find(|(_, t)| t.peer == peer) {
+            if t.base == 1 {
+                // Nothing acknowledged yet: a retransmitted request, which
+                // the pending OACK/DATA retransmission answers.
+                tracing::debug!("tftp: {peer}: repeated request ignored");
+                return;
+            }
+            // The client started over from the same port: drop the old
+            // transfer and serve the new request.
+            tracing::info!("tftp: {peer}: new request replaces the transfer of {}", t.name);
+            self.finish(token);
         }
         let req = match parse_request(pkt) {
             Ok(r) => r,
@@ -1011,6 +1024,37 @@ mod tests {
         match c.get("snponly.efi", &[("blksize", "1468")], None) {
             Got::File(d, _) => assert_eq!(d, pattern(3000)),
             Got::Error(c, m) => panic!("error {c}: {m}"),
+        }
+    }
+
+    #[test]
+    fn restart_from_same_port_replaces_transfer() {
+        let (d, addr) = server("restart");
+        std::fs::write(d.0.join("f"), pattern(5000)).unwrap();
+        let c = Client::new(addr);
+        c.sock.send_to(&rrq("f", "octet", &[]), addr).unwrap();
+        let mut buf = [0u8; 600];
+        let (_, tid) = c.recv(&mut buf);
+        assert_eq!(&buf[..4], &[0, 3, 0, 1]);
+        // A retransmitted request before any ACK changes nothing...
+        c.sock.send_to(&rrq("f", "octet", &[]), addr).unwrap();
+        c.sock.send_to(&[0, 4, 0, 1], tid).unwrap();
+        let (_, from) = c.recv(&mut buf);
+        assert_eq!((from, &buf[..4]), (tid, &[0u8, 3, 0, 2][..]));
+        // ...but after progress a request is a new transfer.
+        match c.get("f", &[], None) {
+            Got::File(got, _) => assert_eq!(got, pattern(5000)),
+            Got::Error(c, m) => panic!("error {c}: {m}"),
+        }
+        // Stray errors to port 69 get no answer; the next request does.
+        c.sock.send_to(&encode_error(0, "stray"), addr).unwrap();
+        assert_eq!(err_code(&c, "missing"), code::NOT_FOUND);
+    }
+
+    fn err_code(c: &Client, name: &str) -> u16 {
+        match c.get(name, &[], None) {
+            Got::Error(code, _) => code,
+            Got::File(..) => panic!("expected an error"),
         }
     }
 
