@@ -20,9 +20,9 @@
 //!
 //! Reply addressing follows RFC 2131 section 4.1: to the relay (`giaddr`)
 //! on port 67 when there is one, NAKs broadcast, to `ciaddr` when the
-//! client already has an address, otherwise broadcast. Unicasting to a
-//! client that has no address yet would need an ARP entry for `yiaddr`;
-//! RFC 2131 allows broadcasting instead, which is what this server does.
+//! client already has an address, broadcast when the client set the
+//! broadcast flag, otherwise unicast to the new address after putting it
+//! in the interface's ARP table (SIOCSARP), or broadcast if that fails.
 
 use std::collections::HashMap;
 use std::io;
@@ -177,6 +177,10 @@ impl DhcpConfig {
 pub struct Reply {
     /// Destination address and port.
     pub dest: SocketAddrV4,
+    /// Set for a unicast to a client that has no address yet (`dest` is
+    /// its new address): the hardware address the sender must put in the
+    /// ARP table first; if it cannot, broadcast instead.
+    pub arp: Option<[u8; 6]>,
     /// DHCP message type of the reply (2 OFFER, 5 ACK, 6 NAK).
     pub msg_type: u8,
     /// The encoded message.
@@ -600,19 +604,28 @@ impl Default for RecvInfo {
     }
 }
 
-fn dest(req: &Request, nak: bool, info: RecvInfo) -> SocketAddrV4 {
+/// RFC 2131 4.1: relay, then `ciaddr`, then broadcast when the client
+/// asks for it (or for NAKs), else unicast to the new address through
+/// an ARP entry the sender installs.
+fn dest(req: &Request, nak: bool, yiaddr: Ipv4Addr, info: RecvInfo) -> (SocketAddrV4, Option<[u8; 6]>) {
     if info.local_port == PXE_PORT {
         if let Some(src) = info.src.filter(|s| !s.ip().is_unspecified()) {
-            return src;
+            return (src, None);
         }
     }
     if !req.giaddr.is_unspecified() {
-        return SocketAddrV4::new(req.giaddr, SERVER_PORT);
+        return (SocketAddrV4::new(req.giaddr, SERVER_PORT), None);
     }
     if !nak && !req.ciaddr.is_unspecified() {
-        return SocketAddrV4::new(req.ciaddr, CLIENT_PORT);
+        return (SocketAddrV4::new(req.ciaddr, CLIENT_PORT), None);
     }
-    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+    let broadcast_flag = req.flags & 0x8000 != 0;
+    if !nak && !broadcast_flag && !yiaddr.is_unspecified() && req.htype == 1 {
+        if let Some(mac) = req.mac() {
+            return (SocketAddrV4::new(yiaddr, CLIENT_PORT), Some(mac));
+        }
+    }
+    (SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT), None)
 }
 
 fn reply(cfg: &DhcpConfig, req: &Request, kind: Kind, info: RecvInfo) -> Option<Reply> {
@@ -625,7 +638,12 @@ fn reply(cfg: &DhcpConfig, req: &Request, kind: Kind, info: RecvInfo) -> Option<
         Kind::Inform => MessageType::Ack,
         Kind::Nak => MessageType::Nak,
     };
-    Some(Reply { dest: dest(req, kind == Kind::Nak, info), msg_type: msg_type.into(), bytes })
+    let yiaddr = match kind {
+        Kind::Lease(_, a) => a,
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let (dest, arp) = dest(req, kind == Kind::Nak, yiaddr, info);
+    Some(Reply { dest, arp, msg_type: msg_type.into(), bytes })
 }
 
 /// Handle one packet received on port 67 from an unknown source, now.
@@ -785,6 +803,41 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
     }
 }
 
+/// Put `ip` -> `mac` in the ARP table of `interface`, so a reply can be
+/// unicast to a client that cannot answer ARP yet (RFC 2131 4.1).
+fn set_arp(sock: &mio::net::UdpSocket, interface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const ATF_COM: libc::c_int = 0x02;
+    // SAFETY: arpreq is plain old data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let pa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in is no larger than sockaddr.
+    unsafe { std::ptr::write(&mut req.arp_pa as *mut libc::sockaddr as *mut libc::sockaddr_in, pa) };
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    req.arp_flags = ATF_COM;
+    if interface.len() >= req.arp_dev.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (d, s) in req.arp_dev.iter_mut().zip(interface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCSARP reads one arpreq, which lives for the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req as *const libc::arpreq) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn bind_udp(interface: &str, port: u16) -> io::Result<mio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -851,7 +904,13 @@ fn serve(cfg: DhcpConfig, mut poll: mio::Poll, socks: Vec<(u16, mio::net::UdpSoc
                     SocketAddr::V6(_) => None,
                 };
                 let info = RecvInfo { local_port: *port, src };
-                if let Some(r) = handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now()) {
+                if let Some(mut r) = handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now()) {
+                    if let Some(mac) = r.arp {
+                        if let Err(e) = set_arp(sock, &cfg.interface, *r.dest.ip(), mac) {
+                            tracing::debug!("dhcp: no ARP entry for {} ({e}), broadcasting", r.dest.ip());
+                            r.dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT);
+                        }
+                    }
                     if let Err(e) = sock.send_to(&r.bytes, SocketAddr::V4(r.dest)) {
                         tracing::warn!("dhcp: send to {}: {e}", r.dest);
                     }
@@ -915,7 +974,7 @@ mod tests {
         let mut t = LeaseTable::new();
         let r = handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         assert_eq!(r.msg_type, 2);
-        assert_eq!(r.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!((r.dest, r.arp), (SocketAddrV4::new(POOL, 68), Some(MAC1)));
         let m = decode(&r);
         assert_eq!(m.yiaddr(), POOL);
         assert_eq!(m.siaddr(), SERVER);

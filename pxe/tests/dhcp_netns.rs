@@ -194,13 +194,31 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
         assert_eq!(env.get("opt43").map(String::as_str), pxe.then_some("060108ff"), "{what}");
         let ipxe = extra.iter().any(|a| a.starts_with("0xaf"));
         assert_eq!(env.get("opt175").map(String::as_str), ipxe.then_some("b00101"), "{what}");
+        if *what == "plain client" {
+            // The reply was unicast via an ARP entry the server added.
+            let n = std::process::Command::new("ip")
+                .args(["-n", &link.server_ns, "neigh", "show", pool, "dev", &link.server_if])
+                .output()
+                .unwrap();
+            let n = String::from_utf8_lossy(&n.stdout).to_lowercase();
+            let l = std::process::Command::new("ip")
+                .args(["-n", &link.client_ns, "-o", "link", "show", &link.client_if])
+                .output()
+                .unwrap();
+            let l = String::from_utf8_lossy(&l.stdout).to_lowercase();
+            let mac = l.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("client MAC");
+            assert!(n.contains(&format!("lladdr {mac}")), "no ARP entry {pool} -> {mac} for the unicast reply: {n:?}");
+        }
         eprintln!("{what}: lease {pool}, boot file {file}: {:?}", t.elapsed());
     }
 
     let t = Instant::now();
     send_garbage(&link);
-    assert!(c.run(3, &[]).is_some(), "no lease after garbage");
-    eprintln!("garbage after, then a lease again: {:?}", t.elapsed());
+    // This time with the broadcast flag (-B): replies are broadcast
+    // instead of unicast through an ARP entry.
+    let env = c.run(3, &["-B"]).expect("no lease after garbage");
+    assert_eq!(env.get("ip").map(String::as_str), Some(pool));
+    eprintln!("garbage after, then a lease again (broadcast flag): {:?}", t.elapsed());
 
     // Another machine (other MAC, hence other client id): the one pool
     // address is taken, so no offer at all.
