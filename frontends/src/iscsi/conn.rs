@@ -285,6 +285,26 @@ impl Conn {
         }
     }
 
+    /// Queue a PDU that carries status (it advances StatSN), built by
+    /// `build` from the sequence numbers, and start sending. With `close`,
+    /// nothing more is read and the connection closes once it is out.
+    fn send_status(
+        &mut self,
+        io: &mut Io<'_>,
+        data: TxData,
+        close: bool,
+        build: impl FnOnce(&mut [u8; BHS_LEN], Sn),
+    ) {
+        let sn = self.sn_status();
+        let mut hdr = [0u8; BHS_LEN];
+        build(&mut hdr, sn);
+        self.queue(hdr, data, NO_TASK, false, close);
+        if close {
+            self.close_after_send = true;
+        }
+        self.flush_tx(io);
+    }
+
     /// Sequence numbers for a PDU that carries status (advances StatSN).
     fn sn_status(&mut self) -> Sn {
         let s = self.sn();
@@ -317,13 +337,8 @@ impl Conn {
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
         );
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_reject(&mut hdr, reason, sn);
-        let rejected = self.cur.to_vec();
-        self.queue(hdr, TxData::Owned(rejected), NO_TASK, false, true);
-        self.close_after_send = true;
-        self.flush_tx(io);
+        let rejected = TxData::Owned(self.cur.to_vec());
+        self.send_status(io, rejected, true, |h, sn| build_reject(h, reason, sn));
     }
 
     /// Reject the PDU in `cur` and carry on.
@@ -332,12 +347,8 @@ impl Conn {
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
         );
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_reject(&mut hdr, reason, sn);
-        let rejected = self.cur.to_vec();
-        self.queue(hdr, TxData::Owned(rejected), NO_TASK, false, false);
-        self.flush_tx(io);
+        let rejected = TxData::Owned(self.cur.to_vec());
+        self.send_status(io, rejected, false, |h, sn| build_reject(h, reason, sn));
     }
 
     // ------------------------------------------------------------------
@@ -697,11 +708,7 @@ impl Conn {
         self.login_text.extend_from_slice(&self.pdu_data);
         if req.cont() {
             // More text follows: answer with an empty response.
-            let sn = self.sn_status();
-            let mut hdr = [0u8; BHS_LEN];
-            build_login_response(&mut hdr, &resp, 0, sn);
-            self.queue(hdr, TxData::None, NO_TASK, false, false);
-            self.flush_tx(io);
+            self.send_status(io, TxData::None, false, |h, sn| build_login_response(h, &resp, 0, sn));
             return;
         }
         let stage = |v: u8| match v {
@@ -739,10 +746,12 @@ impl Conn {
                     self.tsih = self.sh.alloc_tsih();
                     resp.tsih = self.tsih;
                 }
-                let sn = self.sn_status();
-                let mut hdr = [0u8; BHS_LEN];
-                build_login_response(&mut hdr, &resp, out.len(), sn);
-                self.queue(hdr, TxData::Owned(out), NO_TASK, false, false);
+                let len = out.len();
+                // The last Login Response goes out without digests;
+                // everything after it uses them.
+                self.send_status(io, TxData::Owned(out), false, |h, sn| {
+                    build_login_response(h, &resp, len, sn)
+                });
                 if done {
                     self.params = self.neg.params().clone();
                     tracing::info!(
@@ -759,14 +768,9 @@ impl Conn {
                         self.params.initial_r2t,
                         self.params.immediate_data,
                     );
-                    // The last Login Response goes out without digests;
-                    // everything after it uses them.
-                    self.flush_tx(io);
                     self.phase = Phase::FullFeature;
                     self.hd = self.params.header_digest;
                     self.dd = self.params.data_digest;
-                } else {
-                    self.flush_tx(io);
                 }
             }
         }
@@ -782,12 +786,7 @@ impl Conn {
         resp.status_class = st.0;
         resp.status_detail = st.1;
         resp.transit = false;
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_login_response(&mut hdr, &resp, 0, sn);
-        self.queue(hdr, TxData::None, NO_TASK, false, true);
-        self.close_after_send = true;
-        self.flush_tx(io);
+        self.send_status(io, TxData::None, true, |h, sn| build_login_response(h, &resp, 0, sn));
     }
 
     // ------------------------------------------------------------------
@@ -839,19 +838,10 @@ impl Conn {
                 .unwrap_or(0);
             out.truncate(cut);
         }
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_text_response(
-            &mut hdr,
-            bhs.itt(),
-            RESERVED_TAG,
-            true,
-            false,
-            out.len(),
-            sn,
-        );
-        self.queue(hdr, TxData::Owned(out), NO_TASK, false, false);
-        self.flush_tx(io);
+        let (itt, len) = (bhs.itt(), out.len());
+        self.send_status(io, TxData::Owned(out), false, |h, sn| {
+            build_text_response(h, itt, RESERVED_TAG, true, false, len, sn)
+        });
     }
 
     fn on_nop_out(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
@@ -870,18 +860,10 @@ impl Conn {
         } else {
             data
         };
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_nop_in(
-            &mut hdr,
-            bhs.itt(),
-            RESERVED_TAG,
-            bhs.lun_raw(),
-            data.len(),
-            sn,
-        );
-        self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
-        self.flush_tx(io);
+        let (itt, lun, len) = (bhs.itt(), bhs.lun_raw(), data.len());
+        self.send_status(io, TxData::Owned(data), false, |h, sn| {
+            build_nop_in(h, itt, RESERVED_TAG, lun, len, sn)
+        });
     }
 
     fn on_logout(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
@@ -896,12 +878,10 @@ impl Conn {
             _ => LOGOUT_RECOVERY_UNSUPPORTED,
         };
         tracing::info!("connection {}: logout (reason {})", self.peer, req.reason());
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_logout_response(&mut hdr, bhs.itt(), response, sn);
-        self.queue(hdr, TxData::None, NO_TASK, false, true);
-        self.close_after_send = true;
-        self.flush_tx(io);
+        let itt = bhs.itt();
+        self.send_status(io, TxData::None, true, |h, sn| {
+            build_logout_response(h, itt, response, sn)
+        });
     }
 
     // ------------------------------------------------------------------
@@ -946,15 +926,8 @@ impl Conn {
             self.peer,
             req.function()
         );
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_tmf_response(&mut hdr, bhs.itt(), response, sn);
-        let cold = req.function() == TmfFunction::TargetColdReset;
-        self.queue(hdr, TxData::None, NO_TASK, false, cold);
-        if cold {
-            self.close_after_send = true;
-        }
-        self.flush_tx(io);
+        let (itt, cold) = (bhs.itt(), req.function() == TmfFunction::TargetColdReset);
+        self.send_status(io, TxData::None, cold, |h, sn| build_tmf_response(h, itt, response, sn));
     }
 
     fn abort_where(&mut self, io: &mut Io<'_>, f: impl Fn(&Task) -> bool) {
@@ -1694,11 +1667,9 @@ impl Conn {
         residual: Residual,
         exp_data_sn: u32,
     ) {
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_scsi_response(&mut hdr, itt, status as u8, residual, exp_data_sn, 0, sn);
-        self.queue(hdr, TxData::None, NO_TASK, false, false);
-        self.flush_tx(io);
+        self.send_status(io, TxData::None, false, |h, sn| {
+            build_scsi_response(h, itt, status as u8, residual, exp_data_sn, 0, sn)
+        });
     }
 
     fn respond_check(&mut self, io: &mut Io<'_>, itt: u32, sense: Sense, residual: Residual) {
@@ -1706,19 +1677,10 @@ impl Conn {
         let mut data = Vec::with_capacity(2 + fixed.len());
         data.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
         data.extend_from_slice(&fixed);
-        let sn = self.sn_status();
-        let mut hdr = [0u8; BHS_LEN];
-        build_scsi_response(
-            &mut hdr,
-            itt,
-            Status::CheckCondition as u8,
-            residual,
-            0,
-            data.len(),
-            sn,
-        );
-        self.queue(hdr, TxData::Owned(data), NO_TASK, false, false);
-        self.flush_tx(io);
+        let len = data.len();
+        self.send_status(io, TxData::Owned(data), false, |h, sn| {
+            build_scsi_response(h, itt, Status::CheckCondition as u8, residual, 0, len, sn)
+        });
     }
 
     /// GOOD status with Data-In from the emulation (INQUIRY and friends).
