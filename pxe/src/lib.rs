@@ -367,7 +367,19 @@ mod sidecars {
             }
             threads.push(dhcp::spawn(d).map_err(|e| format!("--pxe-interface {ifname}: {e}"))?);
         }
-        let _ = ipxe_dir;
+        if ipxe_dir.is_dir() {
+            let t = tftp::TftpConfig {
+                bind: std::net::SocketAddr::from((ifa.addr, 69)),
+                interface: Some(ifname.to_string()),
+                root: ipxe_dir.to_path_buf(),
+            };
+            threads.push(tftp::spawn(t).map_err(|e| format!("--pxe-interface {ifname}: {e}"))?);
+        } else if mode != dhcp::DhcpMode::Off {
+            tracing::warn!(
+                "--ipxe-dir {}: not a directory; firmware without iPXE cannot boot (no TFTP)",
+                ipxe_dir.display()
+            );
+        }
         Ok(threads)
     }
 }
