@@ -13,7 +13,8 @@
 //!
 //! Needs root (network namespace, tap), `qemu-system-x86_64`, `apt-get`
 //! access to Debian bookworm and `dpkg-deb`. Debian packages are cached in
-//! `target/e2e-cache` (or `$BOOTLUN_E2E_CACHE`).
+//! `$BOOTLUN_E2E_CACHE`, by default the cache `tests/pxe_e2e.rs` uses
+//! (`pxe-e2e-cache` in Cargo's target tmp dir).
 //!
 //! `BOOTLUN_VM_LOG` sets bootlun's `--log` (default `debug`);
 //! `BOOTLUN_VM_ECHO=1` echoes the serial console and bootlun's log live.
@@ -54,6 +55,10 @@ const PAR_OFF: u64 = 32 << 20;
 /// Where the second pattern goes again through the page cache (file LUN).
 const BUFFERED_OFF: u64 = 40 << 20;
 const PAR_LEN: usize = 4 << 20;
+/// Where the second pattern is written while the link is down (file LUN).
+const RECOVERY_OFF: u64 = 48 << 20;
+/// Where the guest pattern is written in a session with CRC32C digests.
+const DIGEST_OFF: u64 = 52 << 20;
 /// A 9-sector write at an odd sector (file LUN).
 const SMALL_SECTOR: u64 = 12_345;
 const SMALL_LEN: usize = 9 * 512;
@@ -349,25 +354,53 @@ cmp /mnt/t/guest.bin /data/guest.bin || fail relogin-fs-content-mismatch
 umount /mnt/t || fail relogin-umount
 mark relogin
 
-# 12. Connection loss: the link goes down, a read is issued into the void,
-# the NOP-Out times out, and iscsid logs in again once the link is back.
+# 12. Connection loss: the link goes down, a read and a write are issued
+# into the void, the NOP-Out times out, and iscsid logs in again once the
+# link is back; the SCSI layer then retries both on the new connection.
+sess_ids() {
+    for s in /sys/class/iscsi_session/session*; do
+        echo "$(basename $s) state=$(cat $s/state)"
+    done
+}
+info "before link loss: $(sess_ids)"
 ip link set eth0 down || fail link-down
 ( dd if=/dev/$F of=/tmp/rec.rd bs=$MIB skip=$((GUEST_OFF / MIB)) count=$((GUEST_LEN / MIB)) iflag=direct 2>/tmp/rec.err; echo $? > /tmp/rec.rc ) &
+( dd if=/data/par.bin of=/dev/$F bs=$MIB seek=$((RECOVERY_OFF / MIB)) oflag=direct conv=notrunc,fsync 2>/tmp/recw.err; echo $? > /tmp/recw.rc ) &
 sleep 15
 ip link set eth0 up || fail link-up
 n=0
-until [ -e /tmp/rec.rc ]; do
-    n=$((n+1)); [ $n -gt 600 ] && { cat /tmp/iscsid.log; fail recovery-read-hung; }
+until [ -e /tmp/rec.rc ] && [ -e /tmp/recw.rc ]; do
+    n=$((n+1)); [ $n -gt 600 ] && { cat /tmp/iscsid.log; fail recovery-io-hung; }
     usleep 200000
 done
 [ "$(cat /tmp/rec.rc)" = 0 ] || { cat /tmp/rec.err /tmp/iscsid.log; fail recovery-read; }
-cmp /tmp/rec.rd /data/guest.bin || fail recovery-mismatch
-for s in /sys/class/iscsi_session/session*; do
-    info "after recovery: $(basename $s) state=$(cat $s/state)"
-done
+[ "$(cat /tmp/recw.rc)" = 0 ] || { cat /tmp/recw.err /tmp/iscsid.log; fail recovery-write; }
+cmp /tmp/rec.rd /data/guest.bin || fail recovery-read-mismatch
+ddx recovery-reread if=/dev/$F of=/tmp/rec.rd bs=$MIB skip=$((RECOVERY_OFF / MIB)) count=$((PAR_LEN / MIB)) iflag=direct
+cmp /tmp/rec.rd /data/par.bin || fail recovery-write-mismatch
+info "after recovery: $(sess_ids)"
 mark recovery
 
-# 13. Clean logout: sd flushes the write-back cache (SYNCHRONIZE CACHE)
+# 13. CRC32C header and data digests, in a fresh session.
+logout_all before-digests
+wait_no_disks before-digests
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n 'node.conn[0].iscsi.HeaderDigest' -v CRC32C || fail digest-setting
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n 'node.conn[0].iscsi.DataDigest' -v CRC32C || fail digest-setting
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1 || { cat /tmp/li.txt /tmp/iscsid.log; fail digest-login; }
+wait_disks digests
+for c in /sys/class/iscsi_connection/connection*; do
+    info "digest session: $(basename $c) header_digest=$(cat $c/header_digest) data_digest=$(cat $c/data_digest)"
+    [ "$(cat $c/header_digest)" = 1 ] && [ "$(cat $c/data_digest)" = 1 ] || fail digests-not-negotiated
+done
+echo 1024 > /sys/block/$F/queue/max_sectors_kb || fail raise-max-sectors-digests
+ddx digest-write if=/data/guest.bin of=/dev/$F bs=4M seek=$((DIGEST_OFF / (4 * MIB))) count=1 oflag=direct conv=notrunc,fsync
+ddx digest-read if=/dev/$F of=/tmp/dig.rd bs=4M skip=$((DIGEST_OFF / (4 * MIB))) count=1 iflag=direct
+cmp /tmp/dig.rd /data/guest.bin || fail digest-mismatch
+ddx digest-read-host if=/dev/$F of=/tmp/host.rd bs=$MIB skip=$((HOST_OFF / MIB)) count=1 iflag=direct
+cmp /tmp/host.rd /data/host.bin || fail digest-host-pattern-mismatch
+mark digests
+
+# 14. Clean logout: sd flushes the write-back cache (SYNCHRONIZE CACHE)
 # while the disks go away, then the Logout exchange.
 logout_all final
 wait_no_disks final
@@ -502,7 +535,8 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
         "INITIATOR={INITIATOR_IQN}\nTARGET={TARGET_IQN}\nPORTAL_IP={HOST_IP}\nPORTAL_PORT={PORT}\n\
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
-         BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n"
+         BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
+         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -731,11 +765,13 @@ fn linux_kernel_initiator_in_a_vm() {
     assert!(blog.contains(&discovery), "bootlun's log lacks `{discovery}` (iscsiadm SendTargets):\n{blog}");
     let normal_logins = blog.matches(&login).count();
     assert!(
-        normal_logins >= 4,
-        "expected at least 4 Normal-session logins (iscsistart, iscsid's takeover, iscsiadm, recovery), saw {normal_logins}:\n{blog}"
+        normal_logins >= 5,
+        "expected at least 5 Normal-session logins (iscsistart, iscsid's takeover, iscsiadm, recovery, digests), saw {normal_logins}:\n{blog}"
     );
     let logouts = blog.lines().filter(|l| l.contains(": logout (reason 0)")).count();
-    assert!(logouts >= 2, "expected the guest's 2 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}");
+    assert!(logouts >= 3, "expected the guest's 3 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}");
+    let digests = format!("initiator {INITIATOR_IQN}, digests true/true");
+    assert!(blog.contains(&digests), "bootlun's log lacks a login with `{digests}`:\n{blog}");
     let stale = stale_connections(&blog);
     if !stale.is_empty() {
         let msg = format!(
@@ -766,8 +802,10 @@ fn linux_kernel_initiator_in_a_vm() {
     }
 
     // Every region the guest wrote (or read), as the backing file holds it.
-    let regions: [(&str, u64, &[u8]); 6] = [
+    let regions: [(&str, u64, &[u8]); 8] = [
         ("host pattern (read by the guest)", HOST_OFF, &pat.host),
+        ("O_DIRECT write issued while the link was down", RECOVERY_OFF, &pat.par),
+        ("4 MiB O_DIRECT write with CRC32C digests", DIGEST_OFF, &pat.guest),
         ("1 MiB O_DIRECT writes", GUEST_OFF, &pat.guest),
         ("4 MiB O_DIRECT write in 1 MiB commands", LARGE_OFF, &pat.guest),
         ("8 concurrent O_DIRECT writers", PAR_OFF, &pat.par),

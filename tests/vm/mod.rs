@@ -327,11 +327,13 @@ pub struct DebCache {
 }
 
 impl DebCache {
-    /// `BOOTLUN_E2E_CACHE`, or `target/e2e-cache` in the workspace.
+    /// `BOOTLUN_E2E_CACHE`, or the cache `tests/pxe_e2e.rs` uses
+    /// (`pxe-e2e-cache` in Cargo's target tmp dir), so the kernel package
+    /// is downloaded once for both tests. Unpacked trees go to `unpacked/`.
     pub fn open() -> DebCache {
         let dir = std::env::var_os("BOOTLUN_E2E_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("e2e-cache"));
+            .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("pxe-e2e-cache"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create cache {}: {e}", dir.display()));
         DebCache { dir }
     }
@@ -346,7 +348,9 @@ impl DebCache {
         p
     }
 
-    /// A cached `.deb` of `pkg` (`PKG_VERSION_ARCH.deb`), newest by name.
+    /// A complete cached `.deb` of `pkg` (`PKG_VERSION_ARCH.deb`), newest
+    /// by name. Another test may be downloading into the same directory, so
+    /// a file whose `ar` members are not all there yet is ignored.
     fn cached(&self, pkg: &str) -> Option<PathBuf> {
         let prefix = format!("{pkg}_");
         let mut found: Vec<PathBuf> = std::fs::read_dir(&self.dir)
@@ -358,6 +362,7 @@ impl DebCache {
                 n.starts_with(&prefix) && n.ends_with(".deb")
             })
             .collect();
+        found.retain(|p| deb_complete(p));
         found.sort();
         found.pop()
     }
@@ -429,6 +434,32 @@ impl DebCache {
         }
         dest
     }
+}
+
+/// True when `path` is an `ar` archive holding `debian-binary`, a control
+/// and a data member, each as long as its header says.
+fn deb_complete(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else { return false };
+    if !data.starts_with(b"!<arch>\n") {
+        return false;
+    }
+    let mut off = 8;
+    let mut names = Vec::new();
+    while off + 60 <= data.len() {
+        let hdr = &data[off..off + 60];
+        let name = String::from_utf8_lossy(&hdr[..16]).trim().trim_end_matches('/').to_string();
+        let Ok(size) = String::from_utf8_lossy(&hdr[48..58]).trim().parse::<usize>() else { return false };
+        off += 60;
+        if off + size > data.len() {
+            return false;
+        }
+        names.push(name);
+        off += size + (size & 1);
+    }
+    names.len() >= 3
+        && names[0] == "debian-binary"
+        && names.iter().any(|n| n.starts_with("control.tar"))
+        && names.iter().any(|n| n.starts_with("data.tar"))
 }
 
 // ---------------------------------------------------------------------------
