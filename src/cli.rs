@@ -240,15 +240,12 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         let spec = LunSpec::parse(text).map_err(Usage)?;
         let backend = open_backend(&spec, i).map_err(Usage)?;
         tracing::info!(
-            "LUN {i}: {} ({} bytes, {}-byte blocks{})",
+            "LUN {i}: {} ({} bytes, {}-byte blocks{}{})",
             backend.describe(),
             backend.size_bytes(),
             backend.block_size(),
-            if backend.read_only() {
-                ", read-only"
-            } else {
-                ""
-            }
+            if backend.read_only() { ", read-only" } else { "" },
+            if backend.info().direct { ", O_DIRECT" } else { "" }
         );
         // Commands larger than a buffer are carried in buffer-sized chunks,
         // so the limit reported to initiators (VPD B0h) is not the buffer.

@@ -39,15 +39,41 @@ pub struct IoBuf {
     pub index: Option<u16>,
 }
 
-pub trait BlockBackend: Send + Sync {
+/// What every backend reports about itself.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
     /// What the operator gave (`/dev/sda`, `ram:1G`, ...), for messages.
-    fn describe(&self) -> &str;
+    pub describe: String,
     /// Stable identity of the backing store, hashed into SCSI designators.
-    fn identity(&self) -> &str;
-    fn size_bytes(&self) -> u64;
-    fn block_size(&self) -> u32;
-    fn read_only(&self) -> bool;
-    fn rotational(&self) -> bool;
+    pub identity: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub read_only: bool,
+    pub rotational: bool,
+    /// Opened with O_DIRECT.
+    pub direct: bool,
+}
+
+pub trait BlockBackend: Send + Sync {
+    fn info(&self) -> &BackendInfo;
+    fn describe(&self) -> &str {
+        &self.info().describe
+    }
+    fn identity(&self) -> &str {
+        &self.info().identity
+    }
+    fn size_bytes(&self) -> u64 {
+        self.info().size
+    }
+    fn block_size(&self) -> u32 {
+        self.info().block_size
+    }
+    fn read_only(&self) -> bool {
+        self.info().read_only
+    }
+    fn rotational(&self) -> bool {
+        self.info().rotational
+    }
     fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep;
     fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep;
     fn prep_flush(&self) -> Prep;
@@ -120,10 +146,15 @@ impl LunSpec {
 pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend>, String> {
     match &spec.kind {
         LunKind::Null(size) => Ok(Arc::new(NullBackend {
-            describe: spec.text.clone(),
-            identity: format!("null:{index}"),
-            size: *size,
-            read_only: spec.read_only,
+            info: BackendInfo {
+                describe: spec.text.clone(),
+                identity: format!("null:{index}"),
+                size: *size,
+                block_size: 512,
+                read_only: spec.read_only,
+                rotational: false,
+                direct: false,
+            },
         })),
         LunKind::Ram(size) => {
             let name = CString::new("bootlun-ram").unwrap();
@@ -139,14 +170,16 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
             file.set_len(*size)
                 .map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
             Ok(Arc::new(FileBackend {
-                describe: spec.text.clone(),
-                identity: format!("ram:{index}"),
                 file,
-                size: *size,
-                block_size: 512,
-                read_only: spec.read_only,
-                rotational: false,
-                direct: false,
+                info: BackendInfo {
+                    describe: spec.text.clone(),
+                    identity: format!("ram:{index}"),
+                    size: *size,
+                    block_size: 512,
+                    read_only: spec.read_only,
+                    rotational: false,
+                    direct: false,
+                },
             }))
         }
         LunKind::Path(p) => open_path(spec, p),
@@ -202,14 +235,16 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     }
     let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
     Ok(Arc::new(FileBackend {
-        describe: spec.text.clone(),
-        identity: canon.display().to_string(),
         file,
-        size,
-        block_size,
-        read_only: spec.read_only,
-        rotational,
-        direct,
+        info: BackendInfo {
+            describe: spec.text.clone(),
+            identity: canon.display().to_string(),
+            size,
+            block_size,
+            read_only: spec.read_only,
+            rotational,
+            direct,
+        },
     }))
 }
 
@@ -244,34 +279,13 @@ fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
 }
 
 struct FileBackend {
-    describe: String,
-    identity: String,
     file: File,
-    size: u64,
-    block_size: u32,
-    read_only: bool,
-    rotational: bool,
-    direct: bool,
+    info: BackendInfo,
 }
 
 impl BlockBackend for FileBackend {
-    fn describe(&self) -> &str {
-        &self.describe
-    }
-    fn identity(&self) -> &str {
-        &self.identity
-    }
-    fn size_bytes(&self) -> u64 {
-        self.size
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn rotational(&self) -> bool {
-        self.rotational
+    fn info(&self) -> &BackendInfo {
+        &self.info
     }
     fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep {
         let fd = types::Fd(self.file.as_raw_fd());
@@ -285,7 +299,7 @@ impl BlockBackend for FileBackend {
         })
     }
     fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep {
-        if self.read_only {
+        if self.info.read_only {
             return Prep::Done(-libc::EROFS);
         }
         let fd = types::Fd(self.file.as_raw_fd());
@@ -303,7 +317,7 @@ impl BlockBackend for FileBackend {
         })
     }
     fn prep_flush(&self) -> Prep {
-        if self.read_only {
+        if self.info.read_only {
             return Prep::Done(0);
         }
         let fd = types::Fd(self.file.as_raw_fd());
@@ -314,52 +328,28 @@ impl BlockBackend for FileBackend {
         )
     }
     fn flush_blocking(&self) -> io::Result<()> {
-        if self.read_only {
+        if self.info.read_only {
             return Ok(());
         }
         self.file.sync_data()
     }
 }
 
-impl FileBackend {
-    #[allow(dead_code)]
-    fn direct(&self) -> bool {
-        self.direct
-    }
-}
 
 struct NullBackend {
-    describe: String,
-    identity: String,
-    size: u64,
-    read_only: bool,
+    info: BackendInfo,
 }
 
 impl BlockBackend for NullBackend {
-    fn describe(&self) -> &str {
-        &self.describe
-    }
-    fn identity(&self) -> &str {
-        &self.identity
-    }
-    fn size_bytes(&self) -> u64 {
-        self.size
-    }
-    fn block_size(&self) -> u32 {
-        512
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn rotational(&self) -> bool {
-        false
+    fn info(&self) -> &BackendInfo {
+        &self.info
     }
     fn prep_read(&self, buf: IoBuf, _offset: u64) -> Prep {
         unsafe { std::ptr::write_bytes(buf.ptr, 0, buf.len as usize) };
         Prep::Done(buf.len as i32)
     }
     fn prep_write(&self, buf: IoBuf, _offset: u64, _fua: bool) -> Prep {
-        if self.read_only {
+        if self.info.read_only {
             return Prep::Done(-libc::EROFS);
         }
         Prep::Done(buf.len as i32)

@@ -21,7 +21,7 @@ pub mod config;
 pub mod reactor;
 pub mod stats;
 
-pub use backend::{open_backend, BlockBackend, LunSpec, Prep};
+pub use backend::{open_backend, BackendInfo, BlockBackend, LunSpec, Prep};
 pub use bufpool::{BufId, BufPool};
 pub use config::{parse_core_list, parse_size, PollMode};
 pub use reactor::{Connection, Engine, EngineConfig, Io, Service};
