@@ -170,7 +170,7 @@ pub enum LoginFailure {
     TargetNotFound,
     /// 02/07 missing parameter (InitiatorName, TargetName).
     MissingParameter,
-    /// 02/0A session type not supported.
+    /// 02/09 session type not supported.
     SessionTypeUnsupported,
     /// 03/00 target error.
     TargetError,
@@ -184,7 +184,7 @@ impl LoginFailure {
             LoginFailure::AuthFailed => (2, 0x01),
             LoginFailure::TargetNotFound => (2, 0x03),
             LoginFailure::MissingParameter => (2, 0x07),
-            LoginFailure::SessionTypeUnsupported => (2, 0x0A),
+            LoginFailure::SessionTypeUnsupported => (2, 0x09),
             LoginFailure::TargetError => (3, 0x00),
         }
     }
