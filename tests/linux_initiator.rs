@@ -40,6 +40,10 @@ const PORT: u16 = 3260;
 
 const RAM_LUN_BYTES: u64 = 256 << 20;
 const FILE_LUN_BYTES: u64 = 64 << 20;
+/// LUN 2: a read-only file LUN holding the host pattern at offset 0.
+const RO_LUN_BYTES: u64 = 16 << 20;
+/// LUN 3: a null LUN beyond what READ CAPACITY(10) can express.
+const NULL_LUN_BYTES: u64 = 3 << 40;
 /// Where the host puts a 1 MiB pattern for the guest to read (file LUN).
 const HOST_OFF: u64 = 8 << 20;
 const HOST_LEN: usize = 1 << 20;
@@ -141,23 +145,25 @@ dev_of_lun() {
     done
     return 1
 }
-# Sets R (LUN 0, RAM) and F (LUN 1, file) once both disks are usable.
+# Sets R (LUN 0, RAM), F (LUN 1, file), O (LUN 2, read-only file) and
+# N (LUN 3, null) once all four disks are usable.
 wait_disks() {
     n=0
     while :; do
-        R=$(dev_of_lun 0); F=$(dev_of_lun 1)
-        if [ -n "$R" ] && [ -n "$F" ] && [ -b /dev/$R ] && [ -b /dev/$F ] \
-            && [ "$(cat /sys/block/$R/size)" != 0 ] && [ "$(cat /sys/block/$F/size)" != 0 ]; then
-            return 0
-        fi
+        R=$(dev_of_lun 0); F=$(dev_of_lun 1); O=$(dev_of_lun 2); N=$(dev_of_lun 3)
+        ok=1
+        for d in "$R" "$F" "$O" "$N"; do
+            if [ -z "$d" ] || [ ! -b "/dev/$d" ] || [ "$(cat /sys/block/$d/size)" = 0 ]; then ok=0; fi
+        done
+        [ $ok = 1 ] && return 0
         n=$((n+1)); [ $n -gt 300 ] && { ls -l /sys/block; fail "disks-$1"; }
         usleep 200000
     done
 }
-# Waits until no iSCSI disk is left.
+# Waits until no SCSI disk is left.
 wait_no_disks() {
     n=0
-    while dev_of_lun 0 >/dev/null || dev_of_lun 1 >/dev/null; do
+    while ls /sys/block | grep -q '^sd'; do
         n=$((n+1)); [ $n -gt 300 ] && { ls -l /sys/block; fail "disks-gone-$1"; }
         usleep 200000
     done
@@ -166,10 +172,10 @@ wait_disks boot
 mark disks
 
 hexof() { [ -r "$1" ] && xxd -p "$1" | tr -d '\n'; }
-for pair in "0 $R" "1 $F"; do
+for pair in "0 $R" "1 $F" "2 $O" "3 $N"; do
     set -- $pair
     L=$1; D=$2; S=/sys/block/$D; Q=$S/queue; V=$S/device
-    echo "BOOTLUN-VM-DISK lun=$L dev=$D sectors=$(cat $S/size) lbs=$(cat $Q/logical_block_size) pbs=$(cat $Q/physical_block_size)"
+    echo "BOOTLUN-VM-DISK lun=$L dev=$D sectors=$(cat $S/size) lbs=$(cat $Q/logical_block_size) pbs=$(cat $Q/physical_block_size) ro=$(cat $S/ro)"
     info "lun=$L vendor='$(cat $V/vendor)' model='$(cat $V/model)' rev='$(cat $V/rev)' scsi_level=$(cat $V/scsi_level) type=$(cat $V/type)"
     [ -r $V/wwid ] && info "lun=$L wwid='$(cat $V/wwid)'"
     info "lun=$L queue: max_hw_sectors_kb=$(cat $Q/max_hw_sectors_kb) max_sectors_kb=$(cat $Q/max_sectors_kb) optimal_io_size=$(cat $Q/optimal_io_size) minimum_io_size=$(cat $Q/minimum_io_size) rotational=$(cat $Q/rotational) write_cache='$(cat $Q/write_cache)' discard_max_bytes=$(cat $Q/discard_max_bytes) write_same_max_bytes=$(cat $Q/write_same_max_bytes) write_zeroes_max_bytes=$(cat $Q/write_zeroes_max_bytes) fua=$(cat $Q/fua 2>/dev/null) nr_requests=$(cat $Q/nr_requests)"
@@ -210,6 +216,32 @@ ddx write-small if=/data/small.bin of=/dev/$F bs=512 seek=$SMALL_SECTOR count=9 
 ddx read-small if=/dev/$F of=/tmp/small.rd bs=512 skip=$SMALL_SECTOR count=9 iflag=direct
 cmp /tmp/small.rd /data/small.bin || fail small-mismatch
 mark small-write
+
+# 3b. The read-only LUN: write-protected for the kernel, readable, and a
+# WRITE sent anyway (SG_IO) is refused by the target with DATA PROTECT.
+[ "$(cat /sys/block/$O/ro)" = 1 ] || fail ro-lun-not-write-protected
+ddx read-ro-lun if=/dev/$O of=/tmp/ro.rd bs=$MIB count=1 iflag=direct
+cmp /tmp/ro.rd /data/host.bin || fail ro-lun-mismatch
+if command -v sg_raw >/dev/null; then
+    head -c 512 /data/small.bin > /tmp/s512
+    sg_raw -R -s 512 -i /tmp/s512 /dev/$O 2a 00 00 00 00 00 00 00 01 00 > /tmp/ro.out 2>&1 && { cat /tmp/ro.out; fail ro-lun-write-accepted; }
+    sed 's/^/BOOTLUN-VM-SG ro-lun WRITE(10): /' /tmp/ro.out
+    grep -qiE 'data protect|write protected' /tmp/ro.out || { cat /tmp/ro.out; fail ro-lun-wrong-sense; }
+fi
+mark ro-lun
+
+# 3c. The 3 TiB null LUN: beyond READ CAPACITY(10), 64-bit LBAs at its end.
+NS=$(cat /sys/block/$N/size)
+[ "$NS" = $((NULL_LUN_BYTES / 512)) ] || fail "null-lun-size-$NS"
+ddx null-write-end if=/data/small.bin of=/dev/$N bs=512 seek=$((NS - 9)) count=9 oflag=direct conv=notrunc
+ddx null-read-end if=/dev/$N of=/tmp/null.rd bs=512 skip=$((NS - 9)) count=9 iflag=direct
+[ "$(wc -c < /tmp/null.rd)" = 4608 ] || fail null-lun-short-read
+dd if=/dev/zero of=/tmp/zero.want bs=512 count=9 2>/dev/null
+cmp /tmp/null.rd /tmp/zero.want || fail null-lun-not-zero
+if dd if=/dev/$N of=/tmp/null.rd bs=512 skip=$NS count=1 iflag=direct 2>/dev/null && [ -s /tmp/null.rd ]; then
+    fail null-lun-read-past-end
+fi
+mark null-lun
 
 # 4. The last MiB of the RAM LUN.
 RS=$(cat /sys/block/$R/size)
@@ -273,7 +305,10 @@ if command -v sg_inq >/dev/null; then
     sg sg_luns /dev/$F
     sg sg_opcodes /dev/$F
     sg sg_modes --all /dev/$F
+    sg sg_requests /dev/$F
+    sg sg_readcap --long /dev/$N
     sg_turs /dev/$F || fail sg-turs
+    sg_verify --count=2048 --lba=0 /dev/$F || fail sg-verify
     sg_sync /dev/$F || fail sg-sync
     mark sg-utils
     # Task management through the kernel's error handler: LOGICAL UNIT RESET
@@ -415,7 +450,8 @@ sleep 60
 
 /// sg3-utils programs copied into the guest.
 const SG_TOOLS: &[&str] = &[
-    "sg_inq", "sg_vpd", "sg_readcap", "sg_luns", "sg_opcodes", "sg_modes", "sg_turs", "sg_sync", "sg_reset",
+    "sg_inq", "sg_vpd", "sg_readcap", "sg_luns", "sg_opcodes", "sg_modes", "sg_turs", "sg_sync", "sg_reset", "sg_raw",
+    "sg_verify", "sg_requests",
 ];
 
 /// The data the guest reads and writes (also kept on the host to verify).
@@ -536,7 +572,7 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
          BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
-         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\n"
+         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -663,6 +699,10 @@ fn linux_kernel_initiator_in_a_vm() {
         f.write_all(&pat.host).unwrap();
         f.sync_all().unwrap();
     }
+    let ro_backing = scratch.join("ro-lun.img");
+    let mut ro_image = pat.host.clone();
+    ro_image.resize(RO_LUN_BYTES as usize, 0);
+    std::fs::write(&ro_backing, &ro_image).unwrap();
 
     // --- Namespace, bootlun, QEMU ---------------------------------------
     let pid = std::process::id();
@@ -676,6 +716,9 @@ fn linux_kernel_initiator_in_a_vm() {
             .args(["serve", "--listen", &listen, "--lun", &format!("ram:{}M", RAM_LUN_BYTES >> 20)])
             .arg("--lun")
             .arg(&backing)
+            .arg("--lun")
+            .arg(format!("{},ro", ro_backing.display()))
+            .args(["--lun", &format!("null:{}T", NULL_LUN_BYTES >> 40)])
             .args(["--log", &log_level]),
         origin,
         echo,
@@ -789,7 +832,7 @@ fn linux_kernel_initiator_in_a_vm() {
     }
 
     let disks: Vec<BTreeMap<String, String>> = tagged(&serial_text, "BOOTLUN-VM-DISK ").into_iter().map(kv).collect();
-    for (lun, want) in [("0", RAM_LUN_BYTES), ("1", FILE_LUN_BYTES)] {
+    for (lun, want) in [("0", RAM_LUN_BYTES), ("1", FILE_LUN_BYTES), ("2", RO_LUN_BYTES), ("3", NULL_LUN_BYTES)] {
         let d = disks
             .iter()
             .find(|d| d.get("lun").map(String::as_str) == Some(lun))
@@ -828,6 +871,12 @@ fn linux_kernel_initiator_in_a_vm() {
         *b != 0 && !regions.iter().any(|(_, o, w)| i >= *o as usize && i < *o as usize + w.len())
     });
     assert!(stray.is_none(), "unexpected non-zero byte in the backing file at offset {stray:?}");
+    let ro_now = std::fs::read(&ro_backing).unwrap();
+    assert!(ro_now == ro_image, "the read-only LUN's file changed at +{:?}", first_diff(&ro_now, &ro_image));
+    for (lun, ro) in [("0", "0"), ("1", "0"), ("2", "1"), ("3", "0")] {
+        let d = disks.iter().find(|d| d.get("lun").map(String::as_str) == Some(lun)).unwrap();
+        assert_eq!(d.get("ro").map(String::as_str), Some(ro), "LUN {lun}: the kernel's read-only flag ({d:?})");
+    }
     phases.done("host verification");
 
     // --- Report -----------------------------------------------------------
