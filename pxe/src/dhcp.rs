@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
-    DhcpOption, DhcpOptions, Flags, HType, Message, MessageType, Opcode, OptionCode,
+    DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode,
     UnknownOption,
 };
 use dhcproto::{Encodable, Encoder};
@@ -511,22 +511,23 @@ fn build_reply(cfg: &DhcpConfig, req: &Request, kind: Kind) -> Vec<u8> {
         .set_secs(0)
         .set_giaddr(req.giaddr);
     let mut flags = Flags::new(req.flags & 0x8000);
-    let mut opts = DhcpOptions::new();
+    // Options in a fixed order, message type first.
+    let mut opts: Vec<DhcpOption> = Vec::new();
     let (mtype, yiaddr) = match kind {
         Kind::Lease(t, a) => (t, a),
         Kind::Inform => (MessageType::Ack, Ipv4Addr::UNSPECIFIED),
         Kind::Proxy(t) => (t, Ipv4Addr::UNSPECIFIED),
         Kind::Nak => (MessageType::Nak, Ipv4Addr::UNSPECIFIED),
     };
-    opts.insert(DhcpOption::MessageType(mtype));
-    opts.insert(DhcpOption::ServerIdentifier(cfg.server_ip));
+    opts.push(DhcpOption::MessageType(mtype));
+    opts.push(DhcpOption::ServerIdentifier(cfg.server_ip));
     if kind == Kind::Nak {
         if !req.giaddr.is_unspecified() {
             flags = flags.set_broadcast();
         }
-        opts.insert(DhcpOption::Message("requested address not available".into()));
-        m.set_flags(flags).set_opts(opts);
-        return encode(&m);
+        opts.push(DhcpOption::Message("requested address not available".into()));
+        m.set_flags(flags);
+        return encode(&m, &opts);
     }
     m.set_flags(flags).set_yiaddr(yiaddr).set_siaddr(cfg.server_ip);
     // RFC 2131 table 3: ciaddr is echoed in ACKs, zero in OFFERs.
@@ -535,54 +536,56 @@ fn build_reply(cfg: &DhcpConfig, req: &Request, kind: Kind) -> Vec<u8> {
     }
     if let Kind::Lease(..) = kind {
         let secs = cfg.lease_secs.unwrap_or(u32::MAX);
-        opts.insert(DhcpOption::AddressLeaseTime(secs));
+        opts.push(DhcpOption::AddressLeaseTime(secs));
         if cfg.lease_secs.is_some() {
-            opts.insert(DhcpOption::Renewal(secs / 2));
-            opts.insert(DhcpOption::Rebinding((secs as u64 * 7 / 8) as u32));
+            opts.push(DhcpOption::Renewal(secs / 2));
+            opts.push(DhcpOption::Rebinding((secs as u64 * 7 / 8) as u32));
         }
     }
     if !matches!(kind, Kind::Proxy(_)) {
-        opts.insert(DhcpOption::SubnetMask(cfg.netmask));
-        opts.insert(DhcpOption::BroadcastAddr(cfg.broadcast_addr()));
-        opts.insert(DhcpOption::Router(vec![cfg.server_ip]));
+        opts.push(DhcpOption::SubnetMask(cfg.netmask));
+        opts.push(DhcpOption::BroadcastAddr(cfg.broadcast_addr()));
+        opts.push(DhcpOption::Router(vec![cfg.server_ip]));
     }
     let (_, file) = boot_file(cfg, req);
     if !file.is_empty() {
         if file.len() < 128 {
             m.set_fname_str(file);
         }
-        opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        opts.push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     }
-    opts.insert(DhcpOption::TFTPServerName(cfg.server_ip.to_string().into_bytes()));
+    opts.push(DhcpOption::TFTPServerName(cfg.server_ip.to_string().into_bytes()));
     if req.is_pxe() {
-        opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        opts.push(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         // PXE vendor options: discovery control (6) = 8, boot the file
         // named in this offer without boot-server discovery or menus.
-        opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+        opts.push(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
     if req.opts.contains_key(&175) {
         // iPXE encapsulated option 176 (no-pxedhcp): do not wait for a
         // ProxyDHCP offer.
-        opts.insert(unknown(175, vec![176, 1, 1]));
+        opts.push(unknown(175, vec![176, 1, 1]));
     }
     if let Some(rp) = &cfg.boot.root_path {
-        opts.insert(DhcpOption::RootPath(rp.clone()));
+        opts.push(DhcpOption::RootPath(rp.clone()));
     }
     if let Some(iqn) = &cfg.boot.initiator_iqn {
-        opts.insert(unknown(203, iqn.as_bytes().to_vec()));
+        opts.push(unknown(203, iqn.as_bytes().to_vec()));
     }
-    m.set_opts(opts);
-    encode(&m)
+    encode(&m, &opts)
 }
 
-fn encode(m: &Message) -> Vec<u8> {
+fn encode(m: &Message, opts: &[DhcpOption]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(576);
     let mut e = Encoder::new(&mut buf);
-    if let Err(err) = m.encode(&mut e) {
+    // `m` has no options, so this writes the header and the magic cookie.
+    let res = m.encode(&mut e).and_then(|()| opts.iter().try_for_each(|o| o.encode(&mut e)));
+    if let Err(err) = res {
         // Only reachable through configuration (e.g. absurd option sizes).
         tracing::warn!("dhcp: cannot encode reply: {err}");
         return Vec::new();
     }
+    buf.push(255);
     if buf.len() < MIN_REPLY_LEN {
         buf.resize(MIN_REPLY_LEN, 0);
     }
@@ -975,6 +978,7 @@ mod tests {
         let r = handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         assert_eq!(r.msg_type, 2);
         assert_eq!((r.dest, r.arp), (SocketAddrV4::new(POOL, 68), Some(MAC1)));
+        assert_eq!(&r.bytes[236..243], &[99, 130, 83, 99, 53, 1, 2], "message type first");
         let m = decode(&r);
         assert_eq!(m.yiaddr(), POOL);
         assert_eq!(m.siaddr(), SERVER);
