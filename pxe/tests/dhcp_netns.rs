@@ -104,16 +104,40 @@ fn garbage() -> Vec<Vec<u8>> {
     v
 }
 
+/// Broadcast the garbage to port 67, then a DHCPINFORM (which changes no
+/// lease) and wait for its ACK: the server, which handles packets in
+/// order, has then read and survived every piece of garbage.
 fn send_garbage(link: &Link) {
+    use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
     let iface = link.client_if.clone();
     link.in_client_ns(move || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         s.bind_device(Some(iface.as_bytes())).unwrap();
         s.set_broadcast(true).unwrap();
-        s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into()).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).unwrap();
         let s: UdpSocket = s.into();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
         for g in garbage() {
-            s.send_to(&g, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)).unwrap();
+            s.send_to(&g, to).unwrap();
+        }
+        let z = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(0xb007_1077, z, z, z, z, &[2, 0x77, 0, 0, 0xee, 1]);
+        m.set_flags(Flags::default().set_broadcast());
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Inform));
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).unwrap();
+        s.send_to(&buf, to).unwrap();
+        let mut r = [0u8; 1500];
+        loop {
+            let (n, _) = s.recv_from(&mut r).expect("no ACK to the INFORM sent after the garbage");
+            let Ok(ack) = Message::decode(&mut Decoder::new(&r[..n])) else { continue };
+            if ack.xid() == 0xb007_1077 {
+                assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+                break;
+            }
         }
     });
 }
