@@ -1059,6 +1059,61 @@ mod tests {
     }
 
     #[test]
+    fn backoff_then_give_up() {
+        let d = TempDir::new("giveup");
+        std::fs::write(d.0.join("f"), pattern(2000)).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let sock = udp_socket("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        sock.connect(&client.local_addr().unwrap().into()).unwrap();
+        let now = Instant::now();
+        let mut t = Transfer {
+            sock: mio::net::UdpSocket::from_std(sock.into()),
+            peer: client.local_addr().unwrap(),
+            name: "f".into(),
+            file: File::open(d.0.join("f")).unwrap(),
+            size: 2000,
+            blksize: 512,
+            window: 2,
+            timeout: Duration::from_secs(2),
+            total: 4,
+            oack: None,
+            base: 1,
+            next: 1,
+            retries: 0,
+            stalled: false,
+            deadline: now,
+            started: now,
+            buf: Vec::new(),
+        };
+        let mut buf = [0u8; 600];
+        let mut block = || {
+            let n = client.recv(&mut buf).unwrap();
+            assert!(n >= 4 && buf[..2] == [0, 3]);
+            u16::from_be_bytes([buf[2], buf[3]])
+        };
+        t.send_window(now).unwrap();
+        assert_eq!((block(), block()), (1, 2));
+        assert_eq!(t.deadline - now, Duration::from_secs(2));
+        // Each timeout resends the whole window and doubles the wait.
+        for retry in 1..=MAX_RETRIES {
+            assert!(matches!(t.on_timeout(now).unwrap(), Step::Continue));
+            assert_eq!((block(), block()), (1, 2));
+            assert_eq!(t.deadline - now, (Duration::from_secs(2) * 2u32.pow(retry)).min(MAX_WAIT));
+        }
+        assert!(matches!(t.on_timeout(now).unwrap(), Step::Done));
+        // An ACK inside the window moves it: block 3 and the final 4.
+        let mut t2 = t;
+        t2.retries = 0;
+        t2.base = 1;
+        t2.next = 3;
+        assert!(matches!(t2.on_packet(&[0, 4, 0, 2], now).unwrap(), Step::Continue));
+        assert_eq!((block(), block()), (3, 4));
+        assert!(matches!(t2.on_packet(&[0, 4, 0, 2], now).unwrap(), Step::Continue), "duplicate ACK");
+        assert!(matches!(t2.on_packet(&[0, 4, 0, 4], now).unwrap(), Step::Done));
+    }
+
+    #[test]
     fn block_number_rollover() {
         let (d, addr) = server("roll");
         // 65536 blocks of 512 bytes and a bit: block numbers wrap to 0.
