@@ -733,7 +733,8 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
                 // SELECTING: must match what we offered.
                 let want = requested.unwrap_or(req.ciaddr);
                 let offered = state.leases.get(&key).is_some_and(|l| l.addr == want && l.live(now));
-                if offered || cfg.static_for(mac) == Some(want) {
+                // An offer that timed out is still fine if nobody took it.
+                if offered || state.allowed(cfg, &key, mac, want, now) {
                     Some(want)
                 } else {
                     tracing::info!("dhcp: NAK {who}: requested {want}, which was not offered to it");
@@ -870,6 +871,14 @@ pub fn spawn(cfg: DhcpConfig) -> io::Result<JoinHandle<()>> {
     let poll = mio::Poll::new()?;
     for (i, (_, s)) in socks.iter_mut().enumerate() {
         poll.registry().register(s, mio::Token(i), mio::Interest::READABLE)?;
+    }
+    let (lo, hi) = (u32::from(cfg.pool.0), u32::from(cfg.pool.1));
+    let usable = lo <= hi && (lo..=hi.min(lo.saturating_add(255))).any(|a| !cfg.unusable(Ipv4Addr::from(a)));
+    if cfg.mode == DhcpMode::Server && !usable && cfg.static_leases.is_empty() {
+        tracing::warn!(
+            "dhcp: pool {}-{} has no usable address on {}/{}: no client will get a lease",
+            cfg.pool.0, cfg.pool.1, cfg.server_ip, cfg.netmask
+        );
     }
     tracing::info!(
         "dhcp: {:?} mode on {} ({}), pool {}-{}",
@@ -1018,6 +1027,18 @@ mod tests {
         assert!(handle_packet(&mut t, &c, &raw(7, &MAC1, POOL, &[(54, &SERVER.octets())])).is_none());
         let r = handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         assert_eq!(decode(&r).yiaddr(), POOL);
+    }
+
+    #[test]
+    fn request_after_offer_timeout_still_acked() {
+        let c = cfg();
+        let mut t = LeaseTable::new();
+        let now = Instant::now();
+        let i = RecvInfo::default();
+        handle_packet_at(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[]), i, now).unwrap();
+        let later = now + OFFER_HOLD + Duration::from_secs(1);
+        let req = raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(54, &SERVER.octets()), (50, &POOL.octets())]);
+        assert_eq!(handle_packet_at(&mut t, &c, &req, i, later).unwrap().msg_type, 5);
     }
 
     #[test]
