@@ -777,6 +777,11 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
                 return None;
             }
             let addr = requested.or_else(|| state.leases.get(&key).map(|l| l.addr))?;
+            if !cfg.in_pool(addr) && cfg.static_owner(addr).is_none() {
+                // Not ours to hold back (and no unbounded growth).
+                tracing::debug!("dhcp: {who} declined {addr}, which this server does not hand out");
+                return None;
+            }
             if state.leases.get(&key).is_some_and(|l| l.addr == addr) {
                 state.leases.remove(&key);
             }
