@@ -531,6 +531,14 @@ impl Server {
             tracing::debug!("tftp: {peer}: stray ERROR packet ignored");
             return;
         }
+        let req = match parse_request(pkt) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!("tftp: {peer}: bad request: {e}");
+                self.send_error(peer, &e);
+                return;
+            }
+        };
         if let Some((&token, t)) = self.transfers.iter().find(|(_, t)| t.peer == peer) {
             if t.base == 1 {
                 // Nothing acknowledged yet: a retransmitted request, which
@@ -543,14 +551,6 @@ impl Server {
             tracing::info!("tftp: {peer}: new request replaces the transfer of {}", t.name);
             self.finish(token);
         }
-        let req = match parse_request(pkt) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::info!("tftp: {peer}: bad request: {e}");
-                self.send_error(peer, &e);
-                return;
-            }
-        };
         if req.kind == ReqKind::Write {
             tracing::info!("tftp: {peer}: write of {:?} refused (read-only server)", req.filename);
             self.send_error(peer, &TftpError::new(code::ACCESS, "read-only server"));
