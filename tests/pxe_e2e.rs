@@ -6,14 +6,17 @@
 //! the iSCSI root arguments the menu generated.
 //!
 //! Scenarios: SeaBIOS + iPXE ROM, OVMF + iPXE EFI ROM, OVMF's own PXE
-//! (no ROM) chaining snponly.efi over TFTP.
+//! (no ROM) chaining snponly.efi over TFTP (all `--boot-method netroot`);
+//! OVMF + iPXE with `--boot-method ibft` (iPXE logs in to the target and
+//! the kernel must see an iBFT); SeaBIOS + iPXE `sanboot` of a LUN whose
+//! boot sector prints a marker.
 //!
 //! Needs root, `ip`, `qemu-system-x86_64`, the `ipxe-qemu`/`ipxe`/`ovmf`
 //! packages and `apt-get download` access for `linux-image-amd64` and
 //! `busybox-static` (cached in `$BOOTLUN_E2E_CACHE`, default
 //! `$CARGO_TARGET_TMPDIR/pxe-e2e-cache`). Skips (passing, with a message)
-//! when any is missing; `BOOTLUN_E2E=0` skips too. `BOOTLUN_E2E_ONLY=name`
-//! runs one scenario.
+//! when any is missing; `BOOTLUN_E2E=0` skips too. `BOOTLUN_E2E_ONLY=a,b`
+//! runs only the named scenarios.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -408,18 +411,62 @@ impl Drop for Proc {
 
 // ---------------------------------------------------------------- scenarios
 
+/// What the server offers and what the guest must show.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Kernel with dracut `netroot=iscsi:` arguments.
+    Netroot,
+    /// iPXE sanhooks the LUN (iSCSI login to bootlun), publishes an iBFT,
+    /// then boots the kernel with `rd.iscsi.firmware=1`.
+    Ibft,
+    /// iPXE sanboots the LUN, whose boot sector prints a marker.
+    Sanboot,
+}
+
 struct Scenario {
     name: &'static str,
     /// `romfile=` value; empty = the firmware's own PXE.
     rom: &'static str,
     uefi: bool,
+    mode: Mode,
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "bios-ipxe-rom", rom: IPXE_ROM_BIOS, uefi: false },
-    Scenario { name: "uefi-ipxe-rom", rom: IPXE_ROM_EFI, uefi: true },
-    Scenario { name: "uefi-pxe-snponly", rom: "", uefi: true },
+    Scenario { name: "bios-ipxe-rom", rom: IPXE_ROM_BIOS, uefi: false, mode: Mode::Netroot },
+    Scenario { name: "uefi-ipxe-rom", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Netroot },
+    Scenario { name: "uefi-pxe-snponly", rom: "", uefi: true, mode: Mode::Netroot },
+    Scenario { name: "uefi-ipxe-ibft", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Ibft },
+    Scenario { name: "bios-ipxe-sanboot", rom: IPXE_ROM_BIOS, uefi: false, mode: Mode::Sanboot },
 ];
+
+const SANBOOT_MARKER: &str = "BOOTLUN-SANBOOT-OK";
+
+/// The MBR of a disk whose boot code prints [`SANBOOT_MARKER`] on COM1
+/// and halts.
+fn sanboot_disk() -> Vec<u8> {
+    let mut code: Vec<u8> = vec![
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xBE, 0x17, 0x7C, // mov si, 0x7c17 (message)
+        0xFC, // cld
+        0xAC, // next: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x03, // jz done
+        0xEE, // out dx, al
+        0xEB, 0xF8, // jmp next
+        0xFA, // done: cli
+        0xF4, // hlt
+        0xEB, 0xFC, // jmp done
+    ];
+    assert_eq!(code.len(), 0x17);
+    code.extend_from_slice(format!("\r\n{SANBOOT_MARKER}\r\n\0").as_bytes());
+    let mut mbr = vec![0u8; 512];
+    mbr[..code.len()].copy_from_slice(&code);
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
 
 fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
     let mut c = ns.exec("qemu-system-x86_64");
@@ -439,10 +486,18 @@ fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
 
 fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
     let mut q = Proc::spawn(qemu(ns, sc, work), &format!("qemu ({})", sc.name));
-    let line = q.wait_line(BOOT_TIMEOUT, |l| l.contains(MARKER) && l.contains("console=ttyS0"));
+    let line = if sc.mode == Mode::Sanboot {
+        q.wait_line(BOOT_TIMEOUT, |l| l.contains(SANBOOT_MARKER))
+    } else {
+        q.wait_line(BOOT_TIMEOUT, |l| l.contains(MARKER) && l.contains("console=ttyS0"))
+    };
     let text = q.text();
     q.stop();
     match line {
+        Some(_) if sc.mode == Mode::Sanboot => Ok(format!("(boot sector of LUN 0 printed {SANBOOT_MARKER})")),
+        Some(l) if sc.mode == Mode::Ibft && !text.contains("ACPI: iBFT") => {
+            Err(format!("{}: booted, but the kernel saw no iBFT ACPI table: {}", sc.name, l.trim()))
+        }
         Some(l) => Ok(l[l.find(MARKER).unwrap() + MARKER.len()..].trim().to_string()),
         None => {
             let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
@@ -473,24 +528,40 @@ fn pxe_boot_with_real_firmware() {
     std::fs::write(boot.join("initrd.img-e2e"), initramfs(&busybox)).unwrap();
     eprintln!("pxe_e2e: assets ready in {:.1}s", t0.elapsed().as_secs_f64());
 
+    let disk = work.join("sanboot.img");
+    std::fs::write(&disk, sanboot_disk()).unwrap();
+    // Sparse 32 MiB: iPXE's INT 13 emulation guesses 255 heads x 63
+    // sectors and cannot address a disk smaller than one such cylinder.
+    std::fs::File::options().write(true).open(&disk).unwrap().set_len(32 << 20).unwrap();
     let ns = Netns::create().expect("network namespace");
     let _ra = RaSender::start(&ns.name);
-    let mut serve = ns.exec(env!("CARGO_BIN_EXE_bootlun"));
-    serve
-        .args(["serve", "--lun", "ram:64M", "--listen", &format!("{SERVER_IP}:3260"), "--target-name", IQN])
-        .args(["--pxe-interface", "br0", "--boot-dir", boot.to_str().unwrap()])
-        .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0", "--dhcp-pool", "10.77.0.2-10.77.0.20"])
-        .env("RUST_LOG", "info");
-    let mut server = Proc::spawn(serve, "bootlun serve");
-    if server.wait_line(Duration::from_secs(30), |l| l.contains("listening on")).is_none() {
-        panic!("bootlun serve did not start:\n{}", server.text());
-    }
+    let start_server = |mode: Mode| -> Proc {
+        let mut serve = ns.exec(env!("CARGO_BIN_EXE_bootlun"));
+        serve.arg("serve");
+        match mode {
+            Mode::Sanboot => serve.args(["--lun", disk.to_str().unwrap(), "--boot-method", "sanboot"]),
+            Mode::Ibft => serve.args(["--lun", "ram:64M", "--boot-method", "ibft"]),
+            Mode::Netroot => serve.args(["--lun", "ram:64M"]),
+        };
+        serve
+            .args(["--listen", &format!("{SERVER_IP}:3260"), "--target-name", IQN])
+            .args(["--pxe-interface", "br0", "--boot-dir", boot.to_str().unwrap()])
+            .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0", "--dhcp-pool", "10.77.0.2-10.77.0.20"])
+            .env("RUST_LOG", "info");
+        let mut server = Proc::spawn(serve, &format!("bootlun serve ({mode:?})"));
+        if server.wait_line(Duration::from_secs(30), |l| l.contains("listening on")).is_none() {
+            panic!("bootlun serve did not start:\n{}", server.text());
+        }
+        server
+    };
+    let mut server: Option<(Mode, Proc)> = None;
+    let mut log = String::new();
 
     let only = std::env::var("BOOTLUN_E2E_ONLY").ok();
     let mut times = Vec::new();
     let mut failures = Vec::new();
     for sc in SCENARIOS {
-        if only.as_deref().is_some_and(|o| o != sc.name) {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|o| o == sc.name)) {
             continue;
         }
         if sc.uefi && !Path::new(OVMF_CODE).exists() {
@@ -501,35 +572,64 @@ fn pxe_boot_with_real_firmware() {
             eprintln!("pxe_e2e: {}: skipped, {} missing", sc.name, sc.rom);
             continue;
         }
+        if server.as_ref().map(|(m, _)| *m) != Some(sc.mode) {
+            if let Some((_, mut old)) = server.take() {
+                old.stop();
+                log.push_str(&old.text());
+            }
+            server = Some((sc.mode, start_server(sc.mode)));
+        }
         let t = Instant::now();
         let r = boot_one(&ns, sc, &work);
         let secs = t.elapsed().as_secs_f64();
         times.push((sc.name, secs));
-        match r {
-            Ok(cmdline) => {
-                eprintln!("pxe_e2e: {}: booted in {secs:.1}s: {cmdline}", sc.name);
-                let want = format!("netroot=iscsi:{SERVER_IP}::::{IQN}");
-                let mut problems = Vec::new();
-                if !cmdline.contains(&want) {
-                    problems.push(format!("missing {want}"));
-                }
-                for arg in ["initrd=initrd.img-e2e", "ip=dhcp", "rd.iscsi.initiator=", "tsc=reliable"] {
-                    if !cmdline.contains(arg) {
-                        problems.push(format!("missing {arg}"));
-                    }
-                }
-                if cmdline.split_whitespace().any(|a| a == "quiet") {
-                    problems.push("`quiet` was not stripped".into());
-                }
-                if !problems.is_empty() {
-                    failures.push(format!("{}: {}: {cmdline}", sc.name, problems.join(", ")));
-                }
+        let cmdline = match r {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e);
+                continue;
             }
-            Err(e) => failures.push(e),
+        };
+        eprintln!("pxe_e2e: {}: booted in {secs:.1}s: {cmdline}", sc.name);
+        let mut problems = Vec::new();
+        let (want, unwanted): (Vec<String>, Vec<&str>) = match sc.mode {
+            Mode::Netroot => (
+                vec![
+                    format!("netroot=iscsi:{SERVER_IP}::::{IQN}"),
+                    "initrd=initrd.img-e2e".into(),
+                    "ip=dhcp".into(),
+                    "rd.iscsi.initiator=".into(),
+                    "tsc=reliable".into(),
+                ],
+                vec!["rd.iscsi.firmware=1"],
+            ),
+            Mode::Ibft => (
+                vec!["rd.iscsi.firmware=1".into(), "initrd=initrd.img-e2e".into(), "tsc=reliable".into()],
+                vec!["netroot="],
+            ),
+            Mode::Sanboot => (vec![], vec![]),
+        };
+        for w in &want {
+            if !cmdline.contains(w.as_str()) {
+                problems.push(format!("missing {w}"));
+            }
+        }
+        for u in unwanted {
+            if cmdline.contains(u) {
+                problems.push(format!("unexpected {u}"));
+            }
+        }
+        if cmdline.split_whitespace().any(|a| a == "quiet") {
+            problems.push("`quiet` was not stripped".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}: {cmdline}", sc.name, problems.join(", ")));
         }
     }
-    let log = server.text();
-    server.stop();
+    if let Some((_, mut s)) = server.take() {
+        s.stop();
+        log.push_str(&s.text());
+    }
     drop(ns);
     eprintln!("pxe_e2e timings:");
     for (n, s) in &times {
