@@ -24,8 +24,9 @@
 //!   one that leads out is ERROR 2. A missing relative path is ERROR 1.
 //! * Options are acknowledged (OACK) only when the client asked for them
 //!   and they were accepted: `blksize` 8..65464, lowered to fit the MTU
-//!   of the route to the client (IP_MTU of the transfer socket) and of the
-//!   configured interface, so blocks are never IP-fragmented; `tsize` (the real
+//!   of the route to the client (IP_MTU of the connected transfer socket,
+//!   which is the interface MTU on a directly attached network), so blocks
+//!   are never IP-fragmented; `tsize` (the real
 //!   size); `timeout` 1..255 s; `windowsize` 1..65535, lowered to
 //!   [`MAX_WINDOW`]. Unknown or malformed option values are ignored.
 //! * Block numbers roll over from 65535 to 0.
@@ -36,6 +37,10 @@
 //!   window are ignored (no Sorcerer's Apprentice).
 //! * An ERROR from the client ends its transfer quietly (UEFI firmware
 //!   sends ERROR 8 after a `tsize` probe, then asks again).
+//! * A request from a client port that has a transfer running: the same
+//!   bytes again are a retransmission and ignored; a different request
+//!   replaces the transfer. Packets already queued for the transfer (such
+//!   as that ERROR 8) are handled first.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -85,8 +90,7 @@ pub mod code {
 pub struct TftpConfig {
     /// Address requests arrive on, normally `server_ip:69`.
     pub bind: SocketAddr,
-    /// Interface to bind to (SO_BINDTODEVICE); also caps `blksize` to its
-    /// MTU.
+    /// Interface to bind to (SO_BINDTODEVICE).
     pub interface: Option<String>,
     /// Directory served; nothing outside it is readable.
     pub root: PathBuf,
@@ -303,22 +307,6 @@ pub fn encode_oack(opts: &[(String, String)]) -> Vec<u8> {
     p
 }
 
-/// Interface MTU from sysfs.
-fn interface_mtu(interface: &str) -> Option<u32> {
-    if interface.contains('/') {
-        return None;
-    }
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu")).ok()?.trim().parse().ok()
-}
-
-/// Largest block size that fits the interface MTU without fragmenting.
-pub fn max_blksize_for(interface: Option<&str>) -> u16 {
-    match interface.and_then(interface_mtu) {
-        Some(mtu) if mtu > HEADERS + 8 => (mtu - HEADERS).min(MAX_BLKSIZE as u32) as u16,
-        _ => MAX_BLKSIZE,
-    }
-}
-
 /// Largest block size that fits the MTU of the route of a connected
 /// socket (IP_MTU); works in whatever network namespace the socket lives.
 fn path_max_blksize(sock: &socket2::Socket) -> u16 {
@@ -340,6 +328,8 @@ fn path_max_blksize(sock: &socket2::Socket) -> u16 {
 struct Transfer {
     sock: mio::net::UdpSocket,
     peer: SocketAddr,
+    /// The request that started it, to recognise retransmissions.
+    request: Vec<u8>,
     name: String,
     file: File,
     size: u64,
@@ -501,7 +491,6 @@ fn udp_socket(addr: SocketAddr, interface: Option<&str>) -> io::Result<socket2::
 
 struct Server {
     cfg: TftpConfig,
-    max_blksize: u16,
     poll: mio::Poll,
     listener: mio::net::UdpSocket,
     transfers: HashMap<usize, Transfer>,
@@ -539,15 +528,20 @@ impl Server {
                 return;
             }
         };
+        if let Some(&token) = self.transfers.iter().find(|(_, t)| t.peer == peer).map(|(k, _)| k) {
+            // Whatever the client sent that transfer before this request
+            // comes first: typically the ERROR 8 ending a `tsize` probe.
+            let mut buf = vec![0u8; 65536];
+            self.drain(token, &mut buf, now);
+        }
         if let Some((&token, t)) = self.transfers.iter().find(|(_, t)| t.peer == peer) {
-            if t.base == 1 {
-                // Nothing acknowledged yet: a retransmitted request, which
-                // the pending OACK/DATA retransmission answers.
+            if t.request == pkt {
+                // A retransmitted request: the transfer already answers it.
                 tracing::debug!("tftp: {peer}: repeated request ignored");
                 return;
             }
-            // The client started over from the same port: drop the old
-            // transfer and serve the new request.
+            // A different request from the same port: the client started
+            // over, so drop the old transfer and serve the new request.
             tracing::info!("tftp: {peer}: new request replaces the transfer of {}", t.name);
             self.finish(token);
         }
@@ -570,7 +564,7 @@ impl Server {
             self.send_error(peer, &TftpError::new(code::UNDEFINED, "server busy, try again"));
             return;
         }
-        match self.start(req, path, peer, now) {
+        match self.start(req, pkt, path, peer, now) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("tftp: {peer}: cannot start transfer: {e}");
@@ -580,13 +574,12 @@ impl Server {
         }
     }
 
-    fn start(&mut self, req: Request, path: PathBuf, peer: SocketAddr, now: Instant) -> io::Result<()> {
+    fn start(&mut self, req: Request, raw: &[u8], path: PathBuf, peer: SocketAddr, now: Instant) -> io::Result<()> {
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
         let sock = udp_socket(self.ephemeral(), self.cfg.interface.as_deref())?;
         sock.connect(&peer.into())?;
-        let max = self.max_blksize.min(path_max_blksize(&sock));
-        let neg = negotiate(&req.options, size, max);
+        let neg = negotiate(&req.options, size, path_max_blksize(&sock));
         let mut sock = mio::net::UdpSocket::from_std(sock.into());
         let token = self.next_token;
         self.next_token += 1;
@@ -602,6 +595,7 @@ impl Server {
         let mut t = Transfer {
             sock,
             peer,
+            request: raw.to_vec(),
             name: req.filename,
             file,
             size,
@@ -636,6 +630,31 @@ impl Server {
         }
     }
 
+    /// Handle every packet waiting on a transfer's socket.
+    fn drain(&mut self, token: usize, buf: &mut [u8], now: Instant) {
+        while let Some(t) = self.transfers.get_mut(&token) {
+            let step = match t.sock.recv(buf) {
+                Ok(n) => t.on_packet(&buf[..n], now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // e.g. ICMP port unreachable: the client is gone.
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Done) => {
+                    self.finish(token);
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!("tftp: {} transfer of {} ended: {e}", t.peer, t.name);
+                    self.finish(token);
+                    break;
+                }
+            }
+        }
+    }
+
     fn run(mut self) {
         let mut events = mio::Events::with_capacity(64);
         let mut buf = vec![0u8; 65536];
@@ -650,36 +669,15 @@ impl Server {
                 return;
             }
             let now = Instant::now();
-            // Transfers first: an ERROR ending a transfer must be seen
-            // before a new request from the same client port.
+            // Transfers first (on_request also drains a transfer of the
+            // same client before deciding whether a request is a repeat).
             let mut listener_ready = false;
             for ev in events.iter() {
                 if ev.token() == LISTENER {
                     listener_ready = true;
                     continue;
                 }
-                let token = ev.token().0;
-                while let Some(t) = self.transfers.get_mut(&token) {
-                    let step = match t.sock.recv(&mut buf) {
-                        Ok(n) => t.on_packet(&buf[..n], now),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        // e.g. ICMP port unreachable: the client is gone.
-                        Err(e) => Err(e),
-                    };
-                    match step {
-                        Ok(Step::Continue) => {}
-                        Ok(Step::Done) => {
-                            self.finish(token);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::info!("tftp: {} transfer of {} ended: {e}", t.peer, t.name);
-                            self.finish(token);
-                            break;
-                        }
-                    }
-                }
+                self.drain(ev.token().0, &mut buf, now);
             }
             while listener_ready {
                 match self.listener.recv_from(&mut buf) {
@@ -727,9 +725,8 @@ pub fn spawn(cfg: TftpConfig) -> io::Result<JoinHandle<()>> {
     let mut listener = mio::net::UdpSocket::from_std(s.into());
     let poll = mio::Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, mio::Interest::READABLE)?;
-    let max_blksize = max_blksize_for(cfg.interface.as_deref());
-    tracing::info!("tftp: serving {} on {} (blksize up to {max_blksize})", cfg.root.display(), cfg.bind);
-    let server = Server { cfg, max_blksize, poll, listener, transfers: HashMap::new(), next_token: 1 };
+    tracing::info!("tftp: serving {} on {}", cfg.root.display(), cfg.bind);
+    let server = Server { cfg, poll, listener, transfers: HashMap::new(), next_token: 1 };
     std::thread::Builder::new().name("bootlun-tftp".into()).spawn(move || server.run())
 }
 
@@ -1036,13 +1033,13 @@ mod tests {
         let mut buf = [0u8; 600];
         let (_, tid) = c.recv(&mut buf);
         assert_eq!(&buf[..4], &[0, 3, 0, 1]);
-        // A retransmitted request before any ACK changes nothing...
+        // A retransmitted request changes nothing...
         c.sock.send_to(&rrq("f", "octet", &[]), addr).unwrap();
         c.sock.send_to(&[0, 4, 0, 1], tid).unwrap();
         let (_, from) = c.recv(&mut buf);
         assert_eq!((from, &buf[..4]), (tid, &[0u8, 3, 0, 2][..]));
-        // ...but after progress a request is a new transfer.
-        match c.get("f", &[], None) {
+        // ...but a different request from the same port is a new transfer.
+        match c.get("f", &[("blksize", "1024")], None) {
             Got::File(got, _) => assert_eq!(got, pattern(5000)),
             Got::Error(c, m) => panic!("error {c}: {m}"),
         }
@@ -1070,6 +1067,7 @@ mod tests {
         let mut t = Transfer {
             sock: mio::net::UdpSocket::from_std(sock.into()),
             peer: client.local_addr().unwrap(),
+            request: Vec::new(),
             name: "f".into(),
             file: File::open(d.0.join("f")).unwrap(),
             size: 2000,
