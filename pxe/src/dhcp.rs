@@ -31,8 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
-    DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode,
-    UnknownOption,
+    DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
 };
 use dhcproto::{Encodable, Encoder};
 
@@ -164,11 +163,17 @@ impl DhcpConfig {
 
     fn static_for(&self, mac: Option<[u8; 6]>) -> Option<Ipv4Addr> {
         let mac = mac?;
-        self.static_leases.iter().find(|(m, _)| *m == mac).map(|(_, a)| *a)
+        self.static_leases
+            .iter()
+            .find(|(m, _)| *m == mac)
+            .map(|(_, a)| *a)
     }
 
     fn static_owner(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
-        self.static_leases.iter().find(|(_, a)| *a == addr).map(|(m, _)| *m)
+        self.static_leases
+            .iter()
+            .find(|(_, a)| *a == addr)
+            .map(|(m, _)| *m)
     }
 }
 
@@ -231,7 +236,14 @@ impl LeaseTable {
             .map(|l| l.addr)
     }
 
-    fn used_by_other(&self, cfg: &DhcpConfig, key: &[u8], mac: Option<[u8; 6]>, addr: Ipv4Addr, now: Instant) -> bool {
+    fn used_by_other(
+        &self,
+        cfg: &DhcpConfig,
+        key: &[u8],
+        mac: Option<[u8; 6]>,
+        addr: Ipv4Addr,
+        now: Instant,
+    ) -> bool {
         if let Some(owner) = cfg.static_owner(addr) {
             if Some(owner) != mac {
                 return true;
@@ -246,14 +258,28 @@ impl LeaseTable {
     }
 
     /// May `addr` be given to this client?
-    fn allowed(&self, cfg: &DhcpConfig, key: &[u8], mac: Option<[u8; 6]>, addr: Ipv4Addr, now: Instant) -> bool {
+    fn allowed(
+        &self,
+        cfg: &DhcpConfig,
+        key: &[u8],
+        mac: Option<[u8; 6]>,
+        addr: Ipv4Addr,
+        now: Instant,
+    ) -> bool {
         if let Some(fixed) = cfg.static_for(mac) {
             return fixed == addr;
         }
         cfg.in_pool(addr) && !cfg.unusable(addr) && !self.used_by_other(cfg, key, mac, addr, now)
     }
 
-    fn allocate(&self, cfg: &DhcpConfig, key: &[u8], mac: Option<[u8; 6]>, requested: Option<Ipv4Addr>, now: Instant) -> Option<Ipv4Addr> {
+    fn allocate(
+        &self,
+        cfg: &DhcpConfig,
+        key: &[u8],
+        mac: Option<[u8; 6]>,
+        requested: Option<Ipv4Addr>,
+        now: Instant,
+    ) -> Option<Ipv4Addr> {
         if let Some(fixed) = cfg.static_for(mac) {
             return Some(fixed);
         }
@@ -277,7 +303,12 @@ impl LeaseTable {
             .iter()
             .filter(|(k, l)| k.as_slice() != key && l.live(now))
             .map(|(_, l)| l.addr)
-            .chain(self.declined.iter().filter(|(_, until)| **until > now).map(|(a, _)| *a))
+            .chain(
+                self.declined
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(a, _)| *a),
+            )
             .chain(cfg.static_leases.iter().map(|(_, a)| *a))
             .collect();
         (0..=span)
@@ -286,7 +317,14 @@ impl LeaseTable {
     }
 
     fn set(&mut self, key: &[u8], addr: Ipv4Addr, state: LeaseState, expires: Option<Instant>) {
-        self.leases.insert(key.to_vec(), Lease { addr, state, expires });
+        self.leases.insert(
+            key.to_vec(),
+            Lease {
+                addr,
+                state,
+                expires,
+            },
+        );
     }
 }
 
@@ -322,7 +360,9 @@ impl std::fmt::Display for ParseError {
             ParseError::NotRequest(op) => write!(f, "op {op} is not BOOTREQUEST"),
             ParseError::BadHlen(h) => write!(f, "hardware address length {h} out of range"),
             ParseError::BadMagic => write!(f, "no DHCP magic cookie (plain BOOTP is not served)"),
-            ParseError::TruncatedOption(c) => write!(f, "option {c} runs past the end of its field"),
+            ParseError::TruncatedOption(c) => {
+                write!(f, "option {c} runs past the end of its field")
+            }
             ParseError::NoMessageType => write!(f, "no valid message type option"),
         }
     }
@@ -341,7 +381,9 @@ fn parse_opts(area: &[u8], out: &mut HashMap<u8, Vec<u8>>) -> Result<(), ParseEr
             255 => return Ok(()),
             _ => {
                 let len = *area.get(i + 1).ok_or(ParseError::TruncatedOption(code))? as usize;
-                let data = area.get(i + 2..i + 2 + len).ok_or(ParseError::TruncatedOption(code))?;
+                let data = area
+                    .get(i + 2..i + 2 + len)
+                    .ok_or(ParseError::TruncatedOption(code))?;
                 out.entry(code).or_default().extend_from_slice(data);
                 i += 2 + len;
             }
@@ -424,16 +466,24 @@ impl Request {
     }
 
     fn addr_opt(&self, code: u8) -> Option<Ipv4Addr> {
-        self.opts.get(&code).filter(|v| v.len() == 4).map(|v| Ipv4Addr::from(be32(v)))
+        self.opts
+            .get(&code)
+            .filter(|v| v.len() == 4)
+            .map(|v| Ipv4Addr::from(be32(v)))
     }
 
     fn is_pxe(&self) -> bool {
-        self.opts.get(&60).is_some_and(|v| v.starts_with(b"PXEClient"))
+        self.opts
+            .get(&60)
+            .is_some_and(|v| v.starts_with(b"PXEClient"))
     }
 
     fn is_ipxe(&self) -> bool {
         self.opts.contains_key(&175)
-            || self.opts.get(&77).is_some_and(|v| v.windows(4).any(|w| w == b"iPXE"))
+            || self
+                .opts
+                .get(&77)
+                .is_some_and(|v| v.windows(4).any(|w| w == b"iPXE"))
     }
 
     /// Client architecture (RFC 4578 option 93, first entry), else the
@@ -525,11 +575,15 @@ fn build_reply(cfg: &DhcpConfig, req: &Request, kind: Kind) -> Vec<u8> {
         if !req.giaddr.is_unspecified() {
             flags = flags.set_broadcast();
         }
-        opts.push(DhcpOption::Message("requested address not available".into()));
+        opts.push(DhcpOption::Message(
+            "requested address not available".into(),
+        ));
         m.set_flags(flags);
         return encode(&m, &opts);
     }
-    m.set_flags(flags).set_yiaddr(yiaddr).set_siaddr(cfg.server_ip);
+    m.set_flags(flags)
+        .set_yiaddr(yiaddr)
+        .set_siaddr(cfg.server_ip);
     // RFC 2131 table 3: ciaddr is echoed in ACKs, zero in OFFERs.
     if mtype == MessageType::Ack {
         m.set_ciaddr(req.ciaddr);
@@ -554,7 +608,9 @@ fn build_reply(cfg: &DhcpConfig, req: &Request, kind: Kind) -> Vec<u8> {
         }
         opts.push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     }
-    opts.push(DhcpOption::TFTPServerName(cfg.server_ip.to_string().into_bytes()));
+    opts.push(DhcpOption::TFTPServerName(
+        cfg.server_ip.to_string().into_bytes(),
+    ));
     if req.is_pxe() {
         opts.push(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         // PXE vendor options: discovery control (6) = 8, boot the file
@@ -579,7 +635,9 @@ fn encode(m: &Message, opts: &[DhcpOption]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(576);
     let mut e = Encoder::new(&mut buf);
     // `m` has no options, so this writes the header and the magic cookie.
-    let res = m.encode(&mut e).and_then(|()| opts.iter().try_for_each(|o| o.encode(&mut e)));
+    let res = m
+        .encode(&mut e)
+        .and_then(|()| opts.iter().try_for_each(|o| o.encode(&mut e)));
     if let Err(err) = res {
         // Only reachable through configuration (e.g. absurd option sizes).
         tracing::warn!("dhcp: cannot encode reply: {err}");
@@ -603,14 +661,22 @@ pub struct RecvInfo {
 
 impl Default for RecvInfo {
     fn default() -> Self {
-        RecvInfo { local_port: SERVER_PORT, src: None }
+        RecvInfo {
+            local_port: SERVER_PORT,
+            src: None,
+        }
     }
 }
 
 /// RFC 2131 4.1: relay, then `ciaddr`, then broadcast when the client
 /// asks for it (or for NAKs), else unicast to the new address through
 /// an ARP entry the sender installs.
-fn dest(req: &Request, nak: bool, yiaddr: Ipv4Addr, info: RecvInfo) -> (SocketAddrV4, Option<[u8; 6]>) {
+fn dest(
+    req: &Request,
+    nak: bool,
+    yiaddr: Ipv4Addr,
+    info: RecvInfo,
+) -> (SocketAddrV4, Option<[u8; 6]>) {
     if info.local_port == PXE_PORT {
         if let Some(src) = info.src.filter(|s| !s.ip().is_unspecified()) {
             return (src, None);
@@ -646,7 +712,12 @@ fn reply(cfg: &DhcpConfig, req: &Request, kind: Kind, info: RecvInfo) -> Option<
         _ => Ipv4Addr::UNSPECIFIED,
     };
     let (dest, arp) = dest(req, kind == Kind::Nak, yiaddr, info);
-    Some(Reply { dest, arp, msg_type: msg_type.into(), bytes })
+    Some(Reply {
+        dest,
+        arp,
+        msg_type: msg_type.into(),
+        bytes,
+    })
 }
 
 /// Handle one packet received on port 67 from an unknown source, now.
@@ -657,11 +728,21 @@ pub fn handle_packet(state: &mut LeaseTable, cfg: &DhcpConfig, pkt: &[u8]) -> Op
 
 /// [`handle_packet`] with the receiving port, the source and the clock
 /// given explicitly.
-pub fn handle_packet_at(state: &mut LeaseTable, cfg: &DhcpConfig, pkt: &[u8], info: RecvInfo, now: Instant) -> Option<Reply> {
+pub fn handle_packet_at(
+    state: &mut LeaseTable,
+    cfg: &DhcpConfig,
+    pkt: &[u8],
+    info: RecvInfo,
+    now: Instant,
+) -> Option<Reply> {
     let req = match Request::parse(pkt) {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!("dhcp: dropped {} byte packet from {:?}: {e}", pkt.len(), info.src);
+            tracing::debug!(
+                "dhcp: dropped {} byte packet from {:?}: {e}",
+                pkt.len(),
+                info.src
+            );
             return None;
         }
     };
@@ -686,7 +767,10 @@ fn handle_proxy(cfg: &DhcpConfig, req: &Request, info: RecvInfo) -> Option<Reply
         }
         (PXE_PORT, _) => None,
         (_, 1) => {
-            tracing::info!("proxydhcp: boot OFFER to {} ({fw:?}: {file})", req.describe());
+            tracing::info!(
+                "proxydhcp: boot OFFER to {} ({fw:?}: {file})",
+                req.describe()
+            );
             reply(cfg, req, Kind::Proxy(MessageType::Offer), info)
         }
         // REQUESTs on port 67 are for the real DHCP server.
@@ -694,7 +778,13 @@ fn handle_proxy(cfg: &DhcpConfig, req: &Request, info: RecvInfo) -> Option<Reply
     }
 }
 
-fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: RecvInfo, now: Instant) -> Option<Reply> {
+fn handle_server(
+    state: &mut LeaseTable,
+    cfg: &DhcpConfig,
+    req: &Request,
+    info: RecvInfo,
+    now: Instant,
+) -> Option<Reply> {
     let key = req.key();
     let mac = req.mac();
     let who = req.describe();
@@ -708,10 +798,17 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
         // DISCOVER
         1 => {
             let Some(addr) = state.allocate(cfg, &key, mac, requested, now) else {
-                tracing::warn!("dhcp: no free address for {who}: pool {}-{} exhausted, no offer", cfg.pool.0, cfg.pool.1);
+                tracing::warn!(
+                    "dhcp: no free address for {who}: pool {}-{} exhausted, no offer",
+                    cfg.pool.0,
+                    cfg.pool.1
+                );
                 return None;
             };
-            let bound = state.leases.get(&key).is_some_and(|l| l.addr == addr && l.state == LeaseState::Bound && l.live(now));
+            let bound = state
+                .leases
+                .get(&key)
+                .is_some_and(|l| l.addr == addr && l.state == LeaseState::Bound && l.live(now));
             if !bound {
                 state.set(&key, addr, LeaseState::Offered, Some(now + OFFER_HOLD));
             }
@@ -724,7 +821,11 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
             let target = if let Some(sid) = sid {
                 if sid != cfg.server_ip {
                     // The client chose another server's offer.
-                    if state.leases.get(&key).is_some_and(|l| l.state == LeaseState::Offered) {
+                    if state
+                        .leases
+                        .get(&key)
+                        .is_some_and(|l| l.state == LeaseState::Offered)
+                    {
                         state.leases.remove(&key);
                     }
                     tracing::debug!("dhcp: {who} selected server {sid}");
@@ -732,12 +833,17 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
                 }
                 // SELECTING: must match what we offered.
                 let want = requested.unwrap_or(req.ciaddr);
-                let offered = state.leases.get(&key).is_some_and(|l| l.addr == want && l.live(now));
+                let offered = state
+                    .leases
+                    .get(&key)
+                    .is_some_and(|l| l.addr == want && l.live(now));
                 // An offer that timed out is still fine if nobody took it.
                 if offered || state.allowed(cfg, &key, mac, want, now) {
                     Some(want)
                 } else {
-                    tracing::info!("dhcp: NAK {who}: requested {want}, which was not offered to it");
+                    tracing::info!(
+                        "dhcp: NAK {who}: requested {want}, which was not offered to it"
+                    );
                     None
                 }
             } else if let Some(want) = requested {
@@ -757,7 +863,9 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
                     None
                 }
             } else {
-                tracing::debug!("dhcp: REQUEST from {who} without server id, requested address or ciaddr");
+                tracing::debug!(
+                    "dhcp: REQUEST from {who} without server id, requested address or ciaddr"
+                );
                 return None;
             };
             match target {
@@ -786,7 +894,10 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
                 state.leases.remove(&key);
             }
             state.declined.insert(addr, now + DECLINE_HOLD);
-            tracing::warn!("dhcp: {who} declined {addr} (address in use on the network?); held back for {}s", DECLINE_HOLD.as_secs());
+            tracing::warn!(
+                "dhcp: {who} declined {addr} (address in use on the network?); held back for {}s",
+                DECLINE_HOLD.as_secs()
+            );
             None
         }
         // RELEASE
@@ -814,7 +925,12 @@ fn handle_server(state: &mut LeaseTable, cfg: &DhcpConfig, req: &Request, info: 
 
 /// Put `ip` -> `mac` in the ARP table of `interface`, so a reply can be
 /// unicast to a client that cannot answer ARP yet (RFC 2131 4.1).
-fn set_arp(sock: &mio::net::UdpSocket, interface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+fn set_arp(
+    sock: &mio::net::UdpSocket,
+    interface: &str,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const ATF_COM: libc::c_int = 0x02;
     // SAFETY: arpreq is plain old data; all-zero is a valid value.
@@ -822,24 +938,40 @@ fn set_arp(sock: &mio::net::UdpSocket, interface: &str, ip: Ipv4Addr, mac: [u8; 
     let pa = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in is no larger than sockaddr.
-    unsafe { std::ptr::write(&mut req.arp_pa as *mut libc::sockaddr as *mut libc::sockaddr_in, pa) };
+    unsafe {
+        std::ptr::write(
+            &mut req.arp_pa as *mut libc::sockaddr as *mut libc::sockaddr_in,
+            pa,
+        )
+    };
     req.arp_ha.sa_family = libc::ARPHRD_ETHER;
     for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
         *d = s as libc::c_char;
     }
     req.arp_flags = ATF_COM;
     if interface.len() >= req.arp_dev.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (d, s) in req.arp_dev.iter_mut().zip(interface.bytes()) {
         *d = s as libc::c_char;
     }
     // SAFETY: SIOCSARP reads one arpreq, which lives for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req as *const libc::arpreq) };
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSARP,
+            &req as *const libc::arpreq,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -852,12 +984,20 @@ fn bind_udp(interface: &str, port: u16) -> io::Result<mio::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
-    s.bind_device(Some(interface.as_bytes()))
-        .map_err(|e| io::Error::new(e.kind(), format!("dhcp: bind to interface {interface}: {e}")))?;
+    s.bind_device(Some(interface.as_bytes())).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("dhcp: bind to interface {interface}: {e}"),
+        )
+    })?;
     s.set_nonblocking(true)?;
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    s.bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("dhcp: bind port {port} on {interface}: {e}")))?;
+    s.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("dhcp: bind port {port} on {interface}: {e}"),
+        )
+    })?;
     Ok(mio::net::UdpSocket::from_std(s.into()))
 }
 
@@ -875,19 +1015,28 @@ pub fn spawn(cfg: DhcpConfig) -> io::Result<JoinHandle<()>> {
     }
     let poll = mio::Poll::new()?;
     for (i, (_, s)) in socks.iter_mut().enumerate() {
-        poll.registry().register(s, mio::Token(i), mio::Interest::READABLE)?;
+        poll.registry()
+            .register(s, mio::Token(i), mio::Interest::READABLE)?;
     }
     let (lo, hi) = (u32::from(cfg.pool.0), u32::from(cfg.pool.1));
-    let usable = lo <= hi && (lo..=hi.min(lo.saturating_add(255))).any(|a| !cfg.unusable(Ipv4Addr::from(a)));
+    let usable =
+        lo <= hi && (lo..=hi.min(lo.saturating_add(255))).any(|a| !cfg.unusable(Ipv4Addr::from(a)));
     if cfg.mode == DhcpMode::Server && !usable && cfg.static_leases.is_empty() {
         tracing::warn!(
             "dhcp: pool {}-{} has no usable address on {}/{}: no client will get a lease",
-            cfg.pool.0, cfg.pool.1, cfg.server_ip, cfg.netmask
+            cfg.pool.0,
+            cfg.pool.1,
+            cfg.server_ip,
+            cfg.netmask
         );
     }
     tracing::info!(
         "dhcp: {:?} mode on {} ({}), pool {}-{}",
-        cfg.mode, cfg.interface, cfg.server_ip, cfg.pool.0, cfg.pool.1
+        cfg.mode,
+        cfg.interface,
+        cfg.server_ip,
+        cfg.pool.0,
+        cfg.pool.1
     );
     builder.spawn(move || serve(cfg, poll, socks))
 }
@@ -905,7 +1054,9 @@ fn serve(cfg: DhcpConfig, mut poll: mio::Poll, socks: Vec<(u16, mio::net::UdpSoc
             return;
         }
         for ev in events.iter() {
-            let Some((port, sock)) = socks.get(ev.token().0) else { continue };
+            let Some((port, sock)) = socks.get(ev.token().0) else {
+                continue;
+            };
             loop {
                 let (n, src) = match sock.recv_from(&mut buf) {
                     Ok(x) => x,
@@ -920,11 +1071,19 @@ fn serve(cfg: DhcpConfig, mut poll: mio::Poll, socks: Vec<(u16, mio::net::UdpSoc
                     SocketAddr::V4(a) => Some(a),
                     SocketAddr::V6(_) => None,
                 };
-                let info = RecvInfo { local_port: *port, src };
-                if let Some(mut r) = handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now()) {
+                let info = RecvInfo {
+                    local_port: *port,
+                    src,
+                };
+                if let Some(mut r) =
+                    handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now())
+                {
                     if let Some(mac) = r.arp {
                         if let Err(e) = set_arp(sock, &cfg.interface, *r.dest.ip(), mac) {
-                            tracing::debug!("dhcp: no ARP entry for {} ({e}), broadcasting", r.dest.ip());
+                            tracing::debug!(
+                                "dhcp: no ARP entry for {} ({e}), broadcasting",
+                                r.dest.ip()
+                            );
                             r.dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT);
                         }
                     }
@@ -948,7 +1107,12 @@ mod tests {
     const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
     fn cfg() -> DhcpConfig {
-        DhcpConfig::new("veth0", SERVER, Ipv4Addr::new(255, 255, 255, 0), BootFiles::defaults_for(SERVER))
+        DhcpConfig::new(
+            "veth0",
+            SERVER,
+            Ipv4Addr::new(255, 255, 255, 0),
+            BootFiles::defaults_for(SERVER),
+        )
     }
 
     /// A raw client message: header, magic, options, END.
@@ -977,7 +1141,10 @@ mod tests {
 
     fn opt_bytes(m: &Message, code: u8) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
-        m.opts().get(OptionCode::from(code))?.encode(&mut Encoder::new(&mut buf)).unwrap();
+        m.opts()
+            .get(OptionCode::from(code))?
+            .encode(&mut Encoder::new(&mut buf))
+            .unwrap();
         Some(buf[2..].to_vec())
     }
 
@@ -992,7 +1159,11 @@ mod tests {
         let r = handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         assert_eq!(r.msg_type, 2);
         assert_eq!((r.dest, r.arp), (SocketAddrV4::new(POOL, 68), Some(MAC1)));
-        assert_eq!(&r.bytes[236..243], &[99, 130, 83, 99, 53, 1, 2], "message type first");
+        assert_eq!(
+            &r.bytes[236..243],
+            &[99, 130, 83, 99, 53, 1, 2],
+            "message type first"
+        );
         let m = decode(&r);
         assert_eq!(m.yiaddr(), POOL);
         assert_eq!(m.siaddr(), SERVER);
@@ -1005,13 +1176,21 @@ mod tests {
         assert_eq!(opt_bytes(&m, 28).unwrap(), [10, 77, 0, 255]);
         assert_eq!(opt_bytes(&m, 66).unwrap(), b"10.77.0.1");
         assert_eq!(bootfile(&m), "undionly.kpxe");
-        assert!(opt_bytes(&m, 60).is_none(), "no PXEClient echo for a non-PXE client");
+        assert!(
+            opt_bytes(&m, 60).is_none(),
+            "no PXEClient echo for a non-PXE client"
+        );
         assert!(r.bytes.len() >= MIN_REPLY_LEN);
 
         // Second client: pool full, no offer.
         assert!(handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).is_none());
 
-        let req = raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(54, &SERVER.octets()), (50, &POOL.octets())]);
+        let req = raw(
+            3,
+            &MAC1,
+            Ipv4Addr::UNSPECIFIED,
+            &[(54, &SERVER.octets()), (50, &POOL.octets())],
+        );
         let r = handle_packet(&mut t, &c, &req).unwrap();
         assert_eq!(r.msg_type, 5);
         assert_eq!(decode(&r).yiaddr(), POOL);
@@ -1029,7 +1208,9 @@ mod tests {
         assert_eq!(decode(&r).ciaddr(), POOL);
 
         // Release frees it for the other client.
-        assert!(handle_packet(&mut t, &c, &raw(7, &MAC1, POOL, &[(54, &SERVER.octets())])).is_none());
+        assert!(
+            handle_packet(&mut t, &c, &raw(7, &MAC1, POOL, &[(54, &SERVER.octets())])).is_none()
+        );
         let r = handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         assert_eq!(decode(&r).yiaddr(), POOL);
     }
@@ -1040,10 +1221,27 @@ mod tests {
         let mut t = LeaseTable::new();
         let now = Instant::now();
         let i = RecvInfo::default();
-        handle_packet_at(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[]), i, now).unwrap();
+        handle_packet_at(
+            &mut t,
+            &c,
+            &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[]),
+            i,
+            now,
+        )
+        .unwrap();
         let later = now + OFFER_HOLD + Duration::from_secs(1);
-        let req = raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(54, &SERVER.octets()), (50, &POOL.octets())]);
-        assert_eq!(handle_packet_at(&mut t, &c, &req, i, later).unwrap().msg_type, 5);
+        let req = raw(
+            3,
+            &MAC1,
+            Ipv4Addr::UNSPECIFIED,
+            &[(54, &SERVER.octets()), (50, &POOL.octets())],
+        );
+        assert_eq!(
+            handle_packet_at(&mut t, &c, &req, i, later)
+                .unwrap()
+                .msg_type,
+            5
+        );
     }
 
     #[test]
@@ -1051,7 +1249,8 @@ mod tests {
         let mut c = cfg();
         c.lease_secs = Some(3600);
         let mut t = LeaseTable::new();
-        let m = decode(&handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
+        let m =
+            decode(&handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
         assert_eq!(opt_bytes(&m, 51).unwrap(), 3600u32.to_be_bytes());
         assert_eq!(opt_bytes(&m, 58).unwrap(), 1800u32.to_be_bytes());
         assert_eq!(opt_bytes(&m, 59).unwrap(), 3150u32.to_be_bytes());
@@ -1064,10 +1263,31 @@ mod tests {
         let mut t = LeaseTable::new();
         let now = Instant::now();
         let i = RecvInfo::default();
-        handle_packet_at(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())]), i, now).unwrap();
-        assert!(handle_packet_at(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[]), i, now).is_none());
+        handle_packet_at(
+            &mut t,
+            &c,
+            &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())]),
+            i,
+            now,
+        )
+        .unwrap();
+        assert!(handle_packet_at(
+            &mut t,
+            &c,
+            &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[]),
+            i,
+            now
+        )
+        .is_none());
         let later = now + Duration::from_secs(11);
-        let r = handle_packet_at(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[]), i, later).unwrap();
+        let r = handle_packet_at(
+            &mut t,
+            &c,
+            &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[]),
+            i,
+            later,
+        )
+        .unwrap();
         assert_eq!(decode(&r).yiaddr(), POOL);
     }
 
@@ -1077,14 +1297,39 @@ mod tests {
         let mut t = LeaseTable::new();
         handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap();
         let other = [10, 77, 0, 9];
-        assert!(handle_packet(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(54, &other), (50, &[10, 77, 0, 3])])).is_none());
+        assert!(handle_packet(
+            &mut t,
+            &c,
+            &raw(
+                3,
+                &MAC1,
+                Ipv4Addr::UNSPECIFIED,
+                &[(54, &other), (50, &[10, 77, 0, 3])]
+            )
+        )
+        .is_none());
         // Offer withdrawn: the other client can have the address now.
         assert!(handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).is_some());
-        let r = handle_packet(&mut t, &c, &raw(3, &MAC2, Ipv4Addr::UNSPECIFIED, &[(54, &SERVER.octets()), (50, &[10, 77, 0, 7])])).unwrap();
+        let r = handle_packet(
+            &mut t,
+            &c,
+            &raw(
+                3,
+                &MAC2,
+                Ipv4Addr::UNSPECIFIED,
+                &[(54, &SERVER.octets()), (50, &[10, 77, 0, 7])],
+            ),
+        )
+        .unwrap();
         assert_eq!(r.msg_type, 6);
         assert_eq!(r.dest.ip(), &Ipv4Addr::BROADCAST);
         // Init-reboot off the subnet: NAK.
-        let r = handle_packet(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &[192, 0, 2, 5])])).unwrap();
+        let r = handle_packet(
+            &mut t,
+            &c,
+            &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &[192, 0, 2, 5])]),
+        )
+        .unwrap();
         assert_eq!(r.msg_type, 6);
     }
 
@@ -1092,8 +1337,23 @@ mod tests {
     fn decline_marks_address_bad() {
         let c = cfg();
         let mut t = LeaseTable::new();
-        handle_packet(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())])).unwrap();
-        assert!(handle_packet(&mut t, &c, &raw(4, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets()), (54, &SERVER.octets())])).is_none());
+        handle_packet(
+            &mut t,
+            &c,
+            &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())]),
+        )
+        .unwrap();
+        assert!(handle_packet(
+            &mut t,
+            &c,
+            &raw(
+                4,
+                &MAC1,
+                Ipv4Addr::UNSPECIFIED,
+                &[(50, &POOL.octets()), (54, &SERVER.octets())]
+            )
+        )
+        .is_none());
         assert!(handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).is_none());
         assert!(handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).is_none());
     }
@@ -1118,13 +1378,39 @@ mod tests {
         let fixed = Ipv4Addr::new(10, 77, 0, 100);
         c.static_leases.push((MAC2, fixed));
         let mut t = LeaseTable::new();
-        handle_packet(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())])).unwrap();
-        let m = decode(&handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
+        handle_packet(
+            &mut t,
+            &c,
+            &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, &[(50, &POOL.octets())]),
+        )
+        .unwrap();
+        let m =
+            decode(&handle_packet(&mut t, &c, &raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
         assert_eq!(m.yiaddr(), fixed);
-        let r = handle_packet(&mut t, &c, &raw(3, &MAC2, Ipv4Addr::UNSPECIFIED, &[(54, &SERVER.octets()), (50, &fixed.octets())])).unwrap();
+        let r = handle_packet(
+            &mut t,
+            &c,
+            &raw(
+                3,
+                &MAC2,
+                Ipv4Addr::UNSPECIFIED,
+                &[(54, &SERVER.octets()), (50, &fixed.octets())],
+            ),
+        )
+        .unwrap();
         assert_eq!(r.msg_type, 5);
         // Nobody else gets the static address.
-        let r = handle_packet(&mut t, &c, &raw(3, &[2, 0, 0, 0, 0, 3], Ipv4Addr::UNSPECIFIED, &[(50, &fixed.octets())])).unwrap();
+        let r = handle_packet(
+            &mut t,
+            &c,
+            &raw(
+                3,
+                &[2, 0, 0, 0, 0, 3],
+                Ipv4Addr::UNSPECIFIED,
+                &[(50, &fixed.octets())],
+            ),
+        )
+        .unwrap();
         assert_eq!(r.msg_type, 6);
     }
 
@@ -1133,17 +1419,51 @@ mod tests {
         let c = cfg();
         type Case<'a> = (&'a [(u8, &'a [u8])], &'a str, bool);
         let cases: [Case; 7] = [
-            (&[(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])], "undionly.kpxe", true),
-            (&[(60, b"PXEClient:Arch:00007:UNDI:003016"), (93, &[0, 7])], "snponly.efi", true),
-            (&[(60, b"PXEClient:Arch:00009:UNDI:003016"), (93, &[0, 9])], "snponly.efi", true),
-            (&[(60, b"PXEClient:Arch:00011:UNDI:003016"), (93, &[0, 11])], "snponly.efi", true),
-            (&[(60, b"PXEClient:Arch:00007:UNDI:003016")], "snponly.efi", true),
-            (&[(60, b"PXEClient:Arch:00000:UNDI:002001"), (77, b"iPXE"), (93, &[0, 0])], "http://10.77.0.1/boot.ipxe", true),
-            (&[(175, &[177, 5, 1, 0x80, 0x86, 0x10, 0x0e])], "http://10.77.0.1/boot.ipxe", false),
+            (
+                &[(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])],
+                "undionly.kpxe",
+                true,
+            ),
+            (
+                &[(60, b"PXEClient:Arch:00007:UNDI:003016"), (93, &[0, 7])],
+                "snponly.efi",
+                true,
+            ),
+            (
+                &[(60, b"PXEClient:Arch:00009:UNDI:003016"), (93, &[0, 9])],
+                "snponly.efi",
+                true,
+            ),
+            (
+                &[(60, b"PXEClient:Arch:00011:UNDI:003016"), (93, &[0, 11])],
+                "snponly.efi",
+                true,
+            ),
+            (
+                &[(60, b"PXEClient:Arch:00007:UNDI:003016")],
+                "snponly.efi",
+                true,
+            ),
+            (
+                &[
+                    (60, b"PXEClient:Arch:00000:UNDI:002001"),
+                    (77, b"iPXE"),
+                    (93, &[0, 0]),
+                ],
+                "http://10.77.0.1/boot.ipxe",
+                true,
+            ),
+            (
+                &[(175, &[177, 5, 1, 0x80, 0x86, 0x10, 0x0e])],
+                "http://10.77.0.1/boot.ipxe",
+                false,
+            ),
         ];
         for (opts, want, pxe) in cases {
             let mut t = LeaseTable::new();
-            let m = decode(&handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, opts)).unwrap());
+            let m = decode(
+                &handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, opts)).unwrap(),
+            );
             assert_eq!(bootfile(&m), want);
             assert_eq!(m.fname_str().unwrap().unwrap().trim_end_matches('\0'), want);
             assert_eq!(opt_bytes(&m, 60).is_some(), pxe);
@@ -1152,7 +1472,10 @@ mod tests {
                 assert_eq!(opt_bytes(&m, 43).unwrap(), [6, 1, 8, 255]);
             }
             let ipxe175 = opts.iter().any(|(c, _)| *c == 175);
-            assert_eq!(opt_bytes(&m, 175).map(|v| v == [176, 1, 1]), ipxe175.then_some(true));
+            assert_eq!(
+                opt_bytes(&m, 175).map(|v| v == [176, 1, 1]),
+                ipxe175.then_some(true)
+            );
         }
     }
 
@@ -1162,8 +1485,12 @@ mod tests {
         c.boot.root_path = Some("iscsi:10.77.0.1:::0:iqn.2026-01.bootlun:disk".into());
         c.boot.initiator_iqn = Some("iqn.2026-01.bootlun:client".into());
         let mut t = LeaseTable::new();
-        let m = decode(&handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
-        assert_eq!(opt_bytes(&m, 17).unwrap(), b"iscsi:10.77.0.1:::0:iqn.2026-01.bootlun:disk");
+        let m =
+            decode(&handle_packet(&mut t, &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).unwrap());
+        assert_eq!(
+            opt_bytes(&m, 17).unwrap(),
+            b"iscsi:10.77.0.1:::0:iqn.2026-01.bootlun:disk"
+        );
         assert_eq!(opt_bytes(&m, 203).unwrap(), b"iqn.2026-01.bootlun:client");
     }
 
@@ -1203,8 +1530,18 @@ mod tests {
         assert!(handle_packet(&mut t, &c, &raw(3, &MAC1, Ipv4Addr::UNSPECIFIED, pxe)).is_none());
         // REQUEST on 4011: ACK unicast to the sender.
         let src = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 40), 68);
-        let info = RecvInfo { local_port: PXE_PORT, src: Some(src) };
-        let r = handle_packet_at(&mut t, &c, &raw(3, &MAC1, *src.ip(), pxe), info, Instant::now()).unwrap();
+        let info = RecvInfo {
+            local_port: PXE_PORT,
+            src: Some(src),
+        };
+        let r = handle_packet_at(
+            &mut t,
+            &c,
+            &raw(3, &MAC1, *src.ip(), pxe),
+            info,
+            Instant::now(),
+        )
+        .unwrap();
         assert_eq!(r.msg_type, 5);
         assert_eq!(r.dest, src);
         assert_eq!(decode(&r).yiaddr(), Ipv4Addr::UNSPECIFIED);
@@ -1214,7 +1551,12 @@ mod tests {
     fn off_mode_answers_nothing() {
         let mut c = cfg();
         c.mode = DhcpMode::Off;
-        assert!(handle_packet(&mut LeaseTable::new(), &c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])).is_none());
+        assert!(handle_packet(
+            &mut LeaseTable::new(),
+            &c,
+            &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[])
+        )
+        .is_none());
     }
 
     #[test]

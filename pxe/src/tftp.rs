@@ -107,7 +107,10 @@ pub struct TftpError {
 
 impl TftpError {
     fn new(code: u16, msg: impl Into<String>) -> Self {
-        TftpError { code, msg: msg.into() }
+        TftpError {
+            code,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -149,11 +152,19 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
     let kind = match u16::from_be_bytes([pkt[0], pkt[1]]) {
         RRQ => ReqKind::Read,
         WRQ => ReqKind::Write,
-        op => return Err(TftpError::new(code::ILLEGAL, format!("unexpected opcode {op}"))),
+        op => {
+            return Err(TftpError::new(
+                code::ILLEGAL,
+                format!("unexpected opcode {op}"),
+            ))
+        }
     };
     let body = &pkt[2..];
     if body.last() != Some(&0) {
-        return Err(TftpError::new(code::ILLEGAL, "request fields not NUL-terminated"));
+        return Err(TftpError::new(
+            code::ILLEGAL,
+            "request fields not NUL-terminated",
+        ));
     }
     let mut fields: Vec<&[u8]> = body[..body.len() - 1].split(|b| *b == 0).collect();
     if fields.len() < 2 {
@@ -167,7 +178,9 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
         return Err(TftpError::new(code::ILLEGAL, "option without value"));
     }
     let text = |f: &[u8]| {
-        std::str::from_utf8(f).map(str::to_string).map_err(|_| TftpError::new(code::ILLEGAL, "field is not UTF-8"))
+        std::str::from_utf8(f)
+            .map(str::to_string)
+            .map_err(|_| TftpError::new(code::ILLEGAL, "field is not UTF-8"))
     };
     let filename = text(fields[0])?;
     if filename.is_empty() {
@@ -177,7 +190,10 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
     match mode.as_str() {
         "octet" => {}
         "netascii" => {
-            return Err(TftpError::new(code::UNDEFINED, "netascii mode is not supported, use octet (binary)"))
+            return Err(TftpError::new(
+                code::UNDEFINED,
+                "netascii mode is not supported, use octet (binary)",
+            ))
         }
         m => return Err(TftpError::new(code::ILLEGAL, format!("unknown mode {m:?}"))),
     }
@@ -191,7 +207,12 @@ pub fn parse_request(pkt: &[u8]) -> Result<Request, TftpError> {
             options.push((name, text(pair[1])?));
         }
     }
-    Ok(Request { kind, filename, mode, options })
+    Ok(Request {
+        kind,
+        filename,
+        mode,
+        options,
+    })
 }
 
 /// Outcome of option negotiation.
@@ -209,7 +230,12 @@ pub struct Negotiated {
 
 /// Accept or ignore each requested option for a file of `file_size` bytes.
 pub fn negotiate(options: &[(String, String)], file_size: u64, max_blksize: u16) -> Negotiated {
-    let mut n = Negotiated { blksize: 512, windowsize: 1, timeout: DEFAULT_TIMEOUT, oack: Vec::new() };
+    let mut n = Negotiated {
+        blksize: 512,
+        windowsize: 1,
+        timeout: DEFAULT_TIMEOUT,
+        oack: Vec::new(),
+    };
     for (name, value) in options {
         let num = value.trim().parse::<u64>().ok();
         match (name.as_str(), num) {
@@ -263,7 +289,10 @@ pub fn resolve_path(root: &Path, filename: &str) -> Result<PathBuf, TftpError> {
     let real = match path.canonicalize() {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound && absolute => {
-            return Err(TftpError::new(code::ACCESS, "absolute path outside the TFTP root"))
+            return Err(TftpError::new(
+                code::ACCESS,
+                "absolute path outside the TFTP root",
+            ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(TftpError::new(code::NOT_FOUND, "file not found"))
@@ -277,7 +306,10 @@ pub fn resolve_path(root: &Path, filename: &str) -> Result<PathBuf, TftpError> {
         .canonicalize()
         .map_err(|e| TftpError::new(code::UNDEFINED, format!("TFTP root unusable: {e}")))?;
     if !real.starts_with(&root_real) {
-        return Err(TftpError::new(code::ACCESS, "path leads outside the TFTP root"));
+        return Err(TftpError::new(
+            code::ACCESS,
+            "path leads outside the TFTP root",
+        ));
     }
     if !real.is_file() {
         return Err(TftpError::new(code::NOT_FOUND, "not a regular file"));
@@ -315,7 +347,13 @@ fn path_max_blksize(sock: &socket2::Socket) -> u16 {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `mtu`.
     let rc = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            &mut mtu as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     if rc == 0 && mtu as u32 > HEADERS + 8 {
         (mtu as u32 - HEADERS).min(MAX_BLKSIZE as u32) as u16
@@ -376,7 +414,10 @@ impl Transfer {
             self.buf.resize(4 + want, 0);
             let mut got = 0;
             while got < want {
-                match self.file.read_at(&mut self.buf[4 + got..], off + got as u64) {
+                match self
+                    .file
+                    .read_at(&mut self.buf[4 + got..], off + got as u64)
+                {
                     Ok(0) => break,
                     Ok(k) => got += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -426,7 +467,12 @@ impl Transfer {
                 }
                 if n == self.total {
                     let secs = now.duration_since(self.started).as_secs_f64();
-                    tracing::info!("tftp: {} sent {} ({} bytes) in {secs:.2}s", self.peer, self.name, self.size);
+                    tracing::info!(
+                        "tftp: {} sent {} ({} bytes) in {secs:.2}s",
+                        self.peer,
+                        self.name,
+                        self.size
+                    );
                     return Ok(Step::Done);
                 }
                 self.base = n + 1;
@@ -439,14 +485,25 @@ impl Transfer {
                 let msg = String::from_utf8_lossy(&pkt[4..]);
                 let msg = msg.trim_end_matches('\0');
                 if self.oack.is_some() && arg == code::OPTIONS {
-                    tracing::debug!("tftp: {} ended {} after the OACK (error 8: {msg})", self.peer, self.name);
+                    tracing::debug!(
+                        "tftp: {} ended {} after the OACK (error 8: {msg})",
+                        self.peer,
+                        self.name
+                    );
                 } else {
-                    tracing::info!("tftp: {} aborted {}: error {arg}: {msg}", self.peer, self.name);
+                    tracing::info!(
+                        "tftp: {} aborted {}: error {arg}: {msg}",
+                        self.peer,
+                        self.name
+                    );
                 }
                 Ok(Step::Done)
             }
             _ => {
-                tracing::debug!("tftp: {}: unexpected opcode {op} during transfer", self.peer);
+                tracing::debug!(
+                    "tftp: {}: unexpected opcode {op} during transfer",
+                    self.peer
+                );
                 Ok(Step::Continue)
             }
         }
@@ -461,7 +518,9 @@ impl Transfer {
         if self.retries > MAX_RETRIES {
             tracing::warn!(
                 "tftp: {} gave up on {} at block {} after {MAX_RETRIES} retransmissions",
-                self.peer, self.name, self.base
+                self.peer,
+                self.name,
+                self.base
             );
             return Ok(Step::Done);
         }
@@ -528,7 +587,12 @@ impl Server {
                 return;
             }
         };
-        if let Some(&token) = self.transfers.iter().find(|(_, t)| t.peer == peer).map(|(k, _)| k) {
+        if let Some(&token) = self
+            .transfers
+            .iter()
+            .find(|(_, t)| t.peer == peer)
+            .map(|(k, _)| k)
+        {
             // Whatever the client sent that transfer before this request
             // comes first: typically the ERROR 8 ending a `tsize` probe.
             let mut buf = vec![0u8; 65536];
@@ -542,18 +606,28 @@ impl Server {
             }
             // A different request from the same port: the client started
             // over, so drop the old transfer and serve the new request.
-            tracing::info!("tftp: {peer}: new request replaces the transfer of {}", t.name);
+            tracing::info!(
+                "tftp: {peer}: new request replaces the transfer of {}",
+                t.name
+            );
             self.finish(token);
         }
         if req.kind == ReqKind::Write {
-            tracing::info!("tftp: {peer}: write of {:?} refused (read-only server)", req.filename);
+            tracing::info!(
+                "tftp: {peer}: write of {:?} refused (read-only server)",
+                req.filename
+            );
             self.send_error(peer, &TftpError::new(code::ACCESS, "read-only server"));
             return;
         }
         let path = match resolve_path(&self.cfg.root, &req.filename) {
             Ok(p) => p,
             Err(e) => {
-                let what = if e.code == code::ACCESS { "refused" } else { "failed" };
+                let what = if e.code == code::ACCESS {
+                    "refused"
+                } else {
+                    "failed"
+                };
                 tracing::info!("tftp: {peer}: read of {:?} {what}: {e}", req.filename);
                 self.send_error(peer, &e);
                 return;
@@ -561,20 +635,34 @@ impl Server {
         };
         if self.transfers.len() >= MAX_TRANSFERS {
             tracing::warn!("tftp: {peer}: {MAX_TRANSFERS} transfers running, request refused");
-            self.send_error(peer, &TftpError::new(code::UNDEFINED, "server busy, try again"));
+            self.send_error(
+                peer,
+                &TftpError::new(code::UNDEFINED, "server busy, try again"),
+            );
             return;
         }
         match self.start(req, pkt, path, peer, now) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("tftp: {peer}: cannot start transfer: {e}");
-                let code = if e.kind() == io::ErrorKind::PermissionDenied { code::ACCESS } else { code::UNDEFINED };
+                let code = if e.kind() == io::ErrorKind::PermissionDenied {
+                    code::ACCESS
+                } else {
+                    code::UNDEFINED
+                };
                 self.send_error(peer, &TftpError::new(code, e.to_string()));
             }
         }
     }
 
-    fn start(&mut self, req: Request, raw: &[u8], path: PathBuf, peer: SocketAddr, now: Instant) -> io::Result<()> {
+    fn start(
+        &mut self,
+        req: Request,
+        raw: &[u8],
+        path: PathBuf,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> io::Result<()> {
         let file = File::open(&path)?;
         let size = file.metadata()?.len();
         let sock = udp_socket(self.ephemeral(), self.cfg.interface.as_deref())?;
@@ -583,7 +671,9 @@ impl Server {
         let mut sock = mio::net::UdpSocket::from_std(sock.into());
         let token = self.next_token;
         self.next_token += 1;
-        self.poll.registry().register(&mut sock, mio::Token(token), mio::Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut sock, mio::Token(token), mio::Interest::READABLE)?;
         tracing::info!(
             "tftp: {peer}: sending {:?} ({size} bytes, blksize {}, window {}{})",
             req.filename,
@@ -660,7 +750,11 @@ impl Server {
         let mut buf = vec![0u8; 65536];
         loop {
             let now = Instant::now();
-            let timeout = self.transfers.values().map(|t| t.deadline.saturating_duration_since(now)).min();
+            let timeout = self
+                .transfers
+                .values()
+                .map(|t| t.deadline.saturating_duration_since(now))
+                .min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -695,10 +789,16 @@ impl Server {
                 }
             }
             let now = Instant::now();
-            let due: Vec<usize> =
-                self.transfers.iter().filter(|(_, t)| t.deadline <= now).map(|(k, _)| *k).collect();
+            let due: Vec<usize> = self
+                .transfers
+                .iter()
+                .filter(|(_, t)| t.deadline <= now)
+                .map(|(k, _)| *k)
+                .collect();
             for token in due {
-                let Some(t) = self.transfers.get_mut(&token) else { continue };
+                let Some(t) = self.transfers.get_mut(&token) else {
+                    continue;
+                };
                 match t.on_timeout(now) {
                     Ok(Step::Continue) => {}
                     Ok(Step::Done) => self.finish(token),
@@ -719,15 +819,27 @@ pub fn spawn(cfg: TftpConfig) -> io::Result<JoinHandle<()>> {
     let meta = std::fs::metadata(&cfg.root)
         .map_err(|e| io::Error::new(e.kind(), format!("tftp: root {}: {e}", cfg.root.display())))?;
     if !meta.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("tftp: root {} is not a directory", cfg.root.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("tftp: root {} is not a directory", cfg.root.display()),
+        ));
     }
     let s = udp_socket(cfg.bind, cfg.interface.as_deref())?;
     let mut listener = mio::net::UdpSocket::from_std(s.into());
     let poll = mio::Poll::new()?;
-    poll.registry().register(&mut listener, LISTENER, mio::Interest::READABLE)?;
+    poll.registry()
+        .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
     tracing::info!("tftp: serving {} on {}", cfg.root.display(), cfg.bind);
-    let server = Server { cfg, poll, listener, transfers: HashMap::new(), next_token: 1 };
-    std::thread::Builder::new().name("bootlun-tftp".into()).spawn(move || server.run())
+    let server = Server {
+        cfg,
+        poll,
+        listener,
+        transfers: HashMap::new(),
+        next_token: 1,
+    };
+    std::thread::Builder::new()
+        .name("bootlun-tftp".into())
+        .spawn(move || server.run())
 }
 
 /// Local address of a config's request socket, for logs and tests.
@@ -742,7 +854,10 @@ mod tests {
 
     fn rrq(name: &str, mode: &str, opts: &[(&str, &str)]) -> Vec<u8> {
         let mut p = RRQ.to_be_bytes().to_vec();
-        for f in [name, mode].into_iter().chain(opts.iter().flat_map(|(a, b)| [*a, *b])) {
+        for f in [name, mode]
+            .into_iter()
+            .chain(opts.iter().flat_map(|(a, b)| [*a, *b]))
+        {
             p.extend_from_slice(f.as_bytes());
             p.push(0);
         }
@@ -751,11 +866,22 @@ mod tests {
 
     #[test]
     fn parse_requests() {
-        let r = parse_request(&rrq("pxe/undionly.kpxe", "OCTET", &[("BlkSize", "1468"), ("tsize", "0")])).unwrap();
+        let r = parse_request(&rrq(
+            "pxe/undionly.kpxe",
+            "OCTET",
+            &[("BlkSize", "1468"), ("tsize", "0")],
+        ))
+        .unwrap();
         assert_eq!(r.kind, ReqKind::Read);
         assert_eq!(r.filename, "pxe/undionly.kpxe");
         assert_eq!(r.mode, "octet");
-        assert_eq!(r.options, vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]);
+        assert_eq!(
+            r.options,
+            vec![
+                ("blksize".into(), "1468".into()),
+                ("tsize".into(), "0".into())
+            ]
+        );
         let mut w = rrq("f", "octet", &[]);
         w[1] = 2;
         assert_eq!(parse_request(&w).unwrap().kind, ReqKind::Write);
@@ -771,22 +897,59 @@ mod tests {
         assert_eq!(ill(&rrq("f", "mail", &[])), code::ILLEGAL);
         assert_eq!(ill(&rrq("f", "netascii", &[])), code::UNDEFINED);
         assert_eq!(ill(&[0, 1, b'f', 0]), code::ILLEGAL);
-        assert_eq!(ill(&[0, 1, b'f', 0, b'o', b'c', b't', b'e', b't', 0, b'x', 0]), code::ILLEGAL);
+        assert_eq!(
+            ill(&[0, 1, b'f', 0, b'o', b'c', b't', b'e', b't', 0, b'x', 0]),
+            code::ILLEGAL
+        );
         assert_eq!(ill(&[0, 9, b'f', 0]), code::ILLEGAL);
         assert_eq!(ill(&[0, 3, 0, 1]), code::ILLEGAL);
     }
 
     #[test]
     fn negotiation() {
-        let o = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
-        let n = negotiate(&o(&[("blksize", "1468"), ("tsize", "0"), ("timeout", "3"), ("windowsize", "8")]), 12345, 65464);
-        assert_eq!((n.blksize, n.windowsize, n.timeout), (1468, 8, Duration::from_secs(3)));
-        assert_eq!(n.oack, o(&[("blksize", "1468"), ("tsize", "12345"), ("timeout", "3"), ("windowsize", "8")]));
+        let o = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let n = negotiate(
+            &o(&[
+                ("blksize", "1468"),
+                ("tsize", "0"),
+                ("timeout", "3"),
+                ("windowsize", "8"),
+            ]),
+            12345,
+            65464,
+        );
+        assert_eq!(
+            (n.blksize, n.windowsize, n.timeout),
+            (1468, 8, Duration::from_secs(3))
+        );
+        assert_eq!(
+            n.oack,
+            o(&[
+                ("blksize", "1468"),
+                ("tsize", "12345"),
+                ("timeout", "3"),
+                ("windowsize", "8")
+            ])
+        );
         let n = negotiate(&o(&[("blksize", "65464")]), 1, 1468);
         assert_eq!(n.oack, o(&[("blksize", "1468")]));
         let n = negotiate(&o(&[("blksize", "99999")]), 1, 65464);
         assert_eq!(n.blksize, 65464);
-        let n = negotiate(&o(&[("blksize", "7"), ("timeout", "0"), ("timeout2", "1"), ("windowsize", "0"), ("multicast", "")]), 1, 65464);
+        let n = negotiate(
+            &o(&[
+                ("blksize", "7"),
+                ("timeout", "0"),
+                ("timeout2", "1"),
+                ("windowsize", "0"),
+                ("multicast", ""),
+            ]),
+            1,
+            65464,
+        );
         assert!(n.oack.is_empty());
         assert_eq!((n.blksize, n.windowsize), (512, 1));
         let n = negotiate(&o(&[("windowsize", "65535"), ("blksize", "x")]), 1, 65464);
@@ -858,13 +1021,17 @@ mod tests {
         }
 
         fn recv(&self, buf: &mut [u8]) -> (usize, SocketAddr) {
-            self.sock.recv_from(buf).expect("no reply from the TFTP server")
+            self.sock
+                .recv_from(buf)
+                .expect("no reply from the TFTP server")
         }
 
         /// Fetch with the given options; `drop_first_of_block` makes the
         /// client ignore the first copy of that block (a lost packet).
         fn get(&self, name: &str, opts: &[(&str, &str)], lose: Option<u64>) -> Got {
-            self.sock.send_to(&rrq(name, "octet", opts), self.server).unwrap();
+            self.sock
+                .send_to(&rrq(name, "octet", opts), self.server)
+                .unwrap();
             let mut buf = vec![0u8; 70000];
             let mut data = Vec::new();
             let mut oack = Vec::new();
@@ -891,7 +1058,10 @@ mod tests {
                     OACK => {
                         let f: Vec<&[u8]> = p[2..n - 1].split(|b| *b == 0).collect();
                         for kv in f.chunks(2) {
-                            let (k, v) = (String::from_utf8_lossy(kv[0]).to_string(), String::from_utf8_lossy(kv[1]).to_string());
+                            let (k, v) = (
+                                String::from_utf8_lossy(kv[0]).to_string(),
+                                String::from_utf8_lossy(kv[1]).to_string(),
+                            );
                             match k.as_str() {
                                 "blksize" => blksize = v.parse().unwrap(),
                                 "windowsize" => window = v.parse().unwrap(),
@@ -943,7 +1113,11 @@ mod tests {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let cfg = TftpConfig { bind: addr, interface: None, root: d.0.clone() };
+        let cfg = TftpConfig {
+            bind: addr,
+            interface: None,
+            root: d.0.clone(),
+        };
         spawn(cfg).unwrap();
         (d, addr)
     }
@@ -969,14 +1143,25 @@ mod tests {
         assert_eq!(got, small);
         assert!(oack.is_empty());
         // Multiple of the block size: trailing empty block.
-        assert_eq!(file(Client::new(addr).get("exact", &[], None)).0, pattern(1024));
+        assert_eq!(
+            file(Client::new(addr).get("exact", &[], None)).0,
+            pattern(1024)
+        );
         assert_eq!(file(Client::new(addr).get("empty", &[], None)).0, b"");
         // Options, window, a lost block in the middle of a window.
-        let opts = [("blksize", "700"), ("tsize", "0"), ("windowsize", "4"), ("foo", "bar")];
+        let opts = [
+            ("blksize", "700"),
+            ("tsize", "0"),
+            ("windowsize", "4"),
+            ("foo", "bar"),
+        ];
         let (got, oack) = file(Client::new(addr).get("/small", &opts, Some(3)));
         assert_eq!(got, small);
         let want: Vec<(String, String)> =
-            [("blksize", "700"), ("tsize", "5000"), ("windowsize", "4")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            [("blksize", "700"), ("tsize", "5000"), ("windowsize", "4")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
         assert_eq!(oack, want);
         // Lost first block: retransmission after the timeout.
         let (got, _) = file(Client::new(addr).get("small", &[("blksize", "65464")], Some(1)));
@@ -986,9 +1171,18 @@ mod tests {
             Got::Error(c, _) => c,
             Got::File(..) => panic!("expected an error"),
         };
-        assert_eq!(err(Client::new(addr).get("missing", &[], None)), code::NOT_FOUND);
-        assert_eq!(err(Client::new(addr).get("../etc/passwd", &[], None)), code::ACCESS);
-        assert_eq!(err(Client::new(addr).get("/etc/passwd", &[], None)), code::ACCESS);
+        assert_eq!(
+            err(Client::new(addr).get("missing", &[], None)),
+            code::NOT_FOUND
+        );
+        assert_eq!(
+            err(Client::new(addr).get("../etc/passwd", &[], None)),
+            code::ACCESS
+        );
+        assert_eq!(
+            err(Client::new(addr).get("/etc/passwd", &[], None)),
+            code::ACCESS
+        );
         let c = Client::new(addr);
         let mut w = rrq("small", "octet", &[]);
         w[1] = 2;
@@ -1000,7 +1194,9 @@ mod tests {
         c.sock.send_to(&[0, 7, 1, 2, 3], addr).unwrap();
         let (_, _) = c.recv(&mut buf);
         assert_eq!(&buf[..4], &[0, 5, 0, 4]);
-        c.sock.send_to(&rrq("small", "netascii", &[]), addr).unwrap();
+        c.sock
+            .send_to(&rrq("small", "netascii", &[]), addr)
+            .unwrap();
         let (_, _) = c.recv(&mut buf);
         assert_eq!(&buf[..4], &[0, 5, 0, 0]);
     }
@@ -1010,12 +1206,23 @@ mod tests {
         let (d, addr) = server("probe");
         std::fs::write(d.0.join("snponly.efi"), pattern(3000)).unwrap();
         let c = Client::new(addr);
-        c.sock.send_to(&rrq("snponly.efi", "octet", &[("tsize", "0"), ("blksize", "1468")]), addr).unwrap();
+        c.sock
+            .send_to(
+                &rrq(
+                    "snponly.efi",
+                    "octet",
+                    &[("tsize", "0"), ("blksize", "1468")],
+                ),
+                addr,
+            )
+            .unwrap();
         let mut buf = [0u8; 600];
         let (n, tid) = c.recv(&mut buf);
         assert_eq!(&buf[..2], &[0, 6]);
         assert!(buf[..n].windows(5).any(|w| w == b"3000\0"));
-        c.sock.send_to(&encode_error(code::OPTIONS, "tsize probe done"), tid).unwrap();
+        c.sock
+            .send_to(&encode_error(code::OPTIONS, "tsize probe done"), tid)
+            .unwrap();
         // The server must stay quiet on that transfer (no retransmitted
         // OACK) and serve the real request from the same client port.
         match c.get("snponly.efi", &[("blksize", "1468")], None) {
@@ -1060,7 +1267,9 @@ mod tests {
         let d = TempDir::new("giveup");
         std::fs::write(d.0.join("f"), pattern(2000)).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let sock = udp_socket("127.0.0.1:0".parse().unwrap(), None).unwrap();
         sock.connect(&client.local_addr().unwrap().into()).unwrap();
         let now = Instant::now();
@@ -1097,7 +1306,10 @@ mod tests {
         for retry in 1..=MAX_RETRIES {
             assert!(matches!(t.on_timeout(now).unwrap(), Step::Continue));
             assert_eq!((block(), block()), (1, 2));
-            assert_eq!(t.deadline - now, (Duration::from_secs(2) * 2u32.pow(retry)).min(MAX_WAIT));
+            assert_eq!(
+                t.deadline - now,
+                (Duration::from_secs(2) * 2u32.pow(retry)).min(MAX_WAIT)
+            );
         }
         assert!(matches!(t.on_timeout(now).unwrap(), Step::Done));
         // An ACK inside the window moves it: block 3 and the final 4.
@@ -1105,10 +1317,19 @@ mod tests {
         t2.retries = 0;
         t2.base = 1;
         t2.next = 3;
-        assert!(matches!(t2.on_packet(&[0, 4, 0, 2], now).unwrap(), Step::Continue));
+        assert!(matches!(
+            t2.on_packet(&[0, 4, 0, 2], now).unwrap(),
+            Step::Continue
+        ));
         assert_eq!((block(), block()), (3, 4));
-        assert!(matches!(t2.on_packet(&[0, 4, 0, 2], now).unwrap(), Step::Continue), "duplicate ACK");
-        assert!(matches!(t2.on_packet(&[0, 4, 0, 4], now).unwrap(), Step::Done));
+        assert!(
+            matches!(t2.on_packet(&[0, 4, 0, 2], now).unwrap(), Step::Continue),
+            "duplicate ACK"
+        );
+        assert!(matches!(
+            t2.on_packet(&[0, 4, 0, 4], now).unwrap(),
+            Step::Done
+        ));
     }
 
     #[test]

@@ -34,11 +34,36 @@ impl Udhcpc<'_> {
         let script = self.dir.path("script");
         let (t, iface) = (tries.to_string(), self.link.client_if.clone());
         let mut args = vec![
-            "busybox", "udhcpc", "-i", &iface, "-n", "-q", "-f", "-t", &t, "-T", "1", "-A", "1", "-s",
-            script.to_str().unwrap(), "-O", "17", "-O", "43", "-O", "60", "-O", "203", "-O", "175",
+            "busybox",
+            "udhcpc",
+            "-i",
+            &iface,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            &t,
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-s",
+            script.to_str().unwrap(),
+            "-O",
+            "17",
+            "-O",
+            "43",
+            "-O",
+            "60",
+            "-O",
+            "203",
+            "-O",
+            "175",
         ];
         args.extend_from_slice(extra);
-        let res = self.link.client_cmd(tries * 2 + 10, &args, &[("LEASE_OUT", &out)]);
+        let res = self
+            .link
+            .client_cmd(tries * 2 + 10, &args, &[("LEASE_OUT", &out)]);
         let log = String::from_utf8_lossy(&res.stderr);
         match std::fs::read_to_string(&out) {
             Ok(env) => {
@@ -51,7 +76,10 @@ impl Udhcpc<'_> {
                 )
             }
             Err(_) => {
-                assert!(!res.status.success(), "udhcpc succeeded without a lease: {log}");
+                assert!(
+                    !res.status.success(),
+                    "udhcpc succeeded without a lease: {log}"
+                );
                 None
             }
         }
@@ -64,7 +92,12 @@ fn hex(s: &str) -> String {
 
 /// Datagrams that must be dropped without harm.
 fn garbage() -> Vec<Vec<u8>> {
-    let mut v: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], b"GET / HTTP/1.0\r\n\r\n".to_vec(), vec![0; 1400]];
+    let mut v: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 3],
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        vec![0; 1400],
+    ];
     let mut hdr = vec![0u8; 240];
     hdr[0] = 1;
     hdr[1] = 1;
@@ -116,9 +149,11 @@ fn send_garbage(link: &Link) {
         s.bind_device(Some(iface.as_bytes())).unwrap();
         s.set_broadcast(true).unwrap();
         s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).unwrap();
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into())
+            .unwrap();
         let s: UdpSocket = s.into();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
         let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
         for g in garbage() {
             s.send_to(&g, to).unwrap();
@@ -126,14 +161,19 @@ fn send_garbage(link: &Link) {
         let z = Ipv4Addr::UNSPECIFIED;
         let mut m = Message::new_with_id(0xb007_1077, z, z, z, z, &[2, 0x77, 0, 0, 0xee, 1]);
         m.set_flags(Flags::default().set_broadcast());
-        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Inform));
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Inform));
         let mut buf = Vec::new();
         m.encode(&mut Encoder::new(&mut buf)).unwrap();
         s.send_to(&buf, to).unwrap();
         let mut r = [0u8; 1500];
         loop {
-            let (n, _) = s.recv_from(&mut r).expect("no ACK to the INFORM sent after the garbage");
-            let Ok(ack) = Message::decode(&mut Decoder::new(&r[..n])) else { continue };
+            let (n, _) = s
+                .recv_from(&mut r)
+                .expect("no ACK to the INFORM sent after the garbage");
+            let Ok(ack) = Message::decode(&mut Decoder::new(&r[..n])) else {
+                continue;
+            };
             if ack.xid() == 0xb007_1077 {
                 assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
                 break;
@@ -151,36 +191,66 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
     let link = Link::new("dh", 1, false);
     let dir = Scratch::new("dhcp-netns");
     std::fs::write(dir.path("script"), SCRIPT).unwrap();
-    std::fs::set_permissions(dir.path("script"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path("script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 
     let server = link.server_ip;
-    let mut cfg = DhcpConfig::new(&link.server_if, server, Ipv4Addr::new(255, 255, 255, 0), BootFiles::defaults_for(server));
+    let mut cfg = DhcpConfig::new(
+        &link.server_if,
+        server,
+        Ipv4Addr::new(255, 255, 255, 0),
+        BootFiles::defaults_for(server),
+    );
     cfg.boot.root_path = Some(ROOT_PATH.into());
     cfg.boot.initiator_iqn = Some(INITIATOR.into());
-    let handle = link.in_server_ns(move || dhcp::spawn(cfg)).expect("start DHCP server");
+    let handle = link
+        .in_server_ns(move || dhcp::spawn(cfg))
+        .expect("start DHCP server");
     eprintln!("setup: {:?}", t0.elapsed());
 
     let t = Instant::now();
     send_garbage(&link);
     eprintln!("garbage before: {:?}", t.elapsed());
 
-    let mut c = Udhcpc { link: &link, dir: &dir, runs: 0 };
+    let mut c = Udhcpc {
+        link: &link,
+        dir: &dir,
+        runs: 0,
+    };
     let pool = "10.77.1.2";
     let cases: [(&str, Vec<String>, &str); 5] = [
         ("plain client", vec![], "undionly.kpxe"),
         (
             "BIOS PXE",
-            vec!["-V".into(), "PXEClient:Arch:00000:UNDI:002001".into(), "-x".into(), "0x5d:0000".into()],
+            vec![
+                "-V".into(),
+                "PXEClient:Arch:00000:UNDI:002001".into(),
+                "-x".into(),
+                "0x5d:0000".into(),
+            ],
             "undionly.kpxe",
         ),
         (
             "UEFI x86-64 PXE",
-            vec!["-V".into(), "PXEClient:Arch:00007:UNDI:003016".into(), "-x".into(), "0x5d:0007".into()],
+            vec![
+                "-V".into(),
+                "PXEClient:Arch:00007:UNDI:003016".into(),
+                "-x".into(),
+                "0x5d:0007".into(),
+            ],
             "snponly.efi",
         ),
         (
             "UEFI ARM64 PXE",
-            vec!["-V".into(), "PXEClient:Arch:00011:UNDI:003016".into(), "-x".into(), "0x5d:000b".into()],
+            vec![
+                "-V".into(),
+                "PXEClient:Arch:00011:UNDI:003016".into(),
+                "-x".into(),
+                "0x5d:000b".into(),
+            ],
             "snponly.efi",
         ),
         (
@@ -199,8 +269,14 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
     for (what, extra, file) in &cases {
         let t = Instant::now();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let env = c.run(3, &extra).unwrap_or_else(|| panic!("{what}: no lease"));
-        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or_else(|| panic!("{what}: no {k} in {env:?}"));
+        let env = c
+            .run(3, &extra)
+            .unwrap_or_else(|| panic!("{what}: no lease"));
+        let get = |k: &str| {
+            env.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{what}: no {k} in {env:?}"))
+        };
         assert_eq!(get("ip"), pool, "{what}");
         assert_eq!(get("siaddr"), "10.77.1.1", "{what}");
         assert_eq!(get("serverid"), "10.77.1.1", "{what}");
@@ -214,14 +290,34 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
         assert_eq!(get("rootpath"), ROOT_PATH, "{what}");
         assert_eq!(get("opt203"), hex(INITIATOR), "{what}");
         let pxe = extra.contains(&"-V");
-        assert_eq!(env.get("vendor").map(String::as_str), pxe.then_some("PXEClient"), "{what}");
-        assert_eq!(env.get("opt43").map(String::as_str), pxe.then_some("060108ff"), "{what}");
+        assert_eq!(
+            env.get("vendor").map(String::as_str),
+            pxe.then_some("PXEClient"),
+            "{what}"
+        );
+        assert_eq!(
+            env.get("opt43").map(String::as_str),
+            pxe.then_some("060108ff"),
+            "{what}"
+        );
         let ipxe = extra.iter().any(|a| a.starts_with("0xaf"));
-        assert_eq!(env.get("opt175").map(String::as_str), ipxe.then_some("b00101"), "{what}");
+        assert_eq!(
+            env.get("opt175").map(String::as_str),
+            ipxe.then_some("b00101"),
+            "{what}"
+        );
         if *what == "plain client" {
             // The reply was unicast via an ARP entry the server added.
             let n = std::process::Command::new("ip")
-                .args(["-n", &link.server_ns, "neigh", "show", pool, "dev", &link.server_if])
+                .args([
+                    "-n",
+                    &link.server_ns,
+                    "neigh",
+                    "show",
+                    pool,
+                    "dev",
+                    &link.server_if,
+                ])
                 .output()
                 .unwrap();
             let n = String::from_utf8_lossy(&n.stdout).to_lowercase();
@@ -230,8 +326,15 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
                 .output()
                 .unwrap();
             let l = String::from_utf8_lossy(&l.stdout).to_lowercase();
-            let mac = l.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("client MAC");
-            assert!(n.contains(&format!("lladdr {mac}")), "no ARP entry {pool} -> {mac} for the unicast reply: {n:?}");
+            let mac = l
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1)
+                .expect("client MAC");
+            assert!(
+                n.contains(&format!("lladdr {mac}")),
+                "no ARP entry {pool} -> {mac} for the unicast reply: {n:?}"
+            );
         }
         eprintln!("{what}: lease {pool}, boot file {file}: {:?}", t.elapsed());
     }
@@ -242,13 +345,19 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
     // instead of unicast through an ARP entry.
     let env = c.run(3, &["-B"]).expect("no lease after garbage");
     assert_eq!(env.get("ip").map(String::as_str), Some(pool));
-    eprintln!("garbage after, then a lease again (broadcast flag): {:?}", t.elapsed());
+    eprintln!(
+        "garbage after, then a lease again (broadcast flag): {:?}",
+        t.elapsed()
+    );
 
     // Another machine (other MAC, hence other client id): the one pool
     // address is taken, so no offer at all.
     let t = Instant::now();
     link.set_client_mac("02:77:00:00:00:02");
-    assert!(c.run(2, &[]).is_none(), "second client got a lease from a full pool");
+    assert!(
+        c.run(2, &[]).is_none(),
+        "second client got a lease from a full pool"
+    );
     eprintln!("second client, pool full, no lease: {:?}", t.elapsed());
 
     assert!(!handle.is_finished(), "DHCP server thread ended");
@@ -268,18 +377,35 @@ fn proxy_dhcp_on_67_and_4011() {
     let t0 = Instant::now();
     let link = Link::new("dp", 3, true);
     let server = link.server_ip;
-    let mut cfg = DhcpConfig::new(&link.server_if, server, Ipv4Addr::new(255, 255, 255, 0), BootFiles::defaults_for(server));
+    let mut cfg = DhcpConfig::new(
+        &link.server_if,
+        server,
+        Ipv4Addr::new(255, 255, 255, 0),
+        BootFiles::defaults_for(server),
+    );
     cfg.mode = dhcp::DhcpMode::Proxy;
-    let handle = link.in_server_ns(move || dhcp::spawn(cfg)).expect("start ProxyDHCP");
+    let handle = link
+        .in_server_ns(move || dhcp::spawn(cfg))
+        .expect("start ProxyDHCP");
     let iface = link.client_if.clone();
     link.in_client_ns(move || {
         let mac = [2, 0x77, 0, 0, 3, 2];
         let msg = |xid: u32, t: MessageType, pxe: bool, ciaddr: Ipv4Addr| {
-            let mut m = Message::new_with_id(xid, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+            let mut m = Message::new_with_id(
+                xid,
+                ciaddr,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED,
+                &mac,
+            );
             m.opts_mut().insert(DhcpOption::MessageType(t));
             if pxe {
-                m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()));
-                m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::BC));
+                m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                    b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+                ));
+                m.opts_mut()
+                    .insert(DhcpOption::ClientSystemArchitecture(Architecture::BC));
             }
             let mut buf = Vec::new();
             m.encode(&mut Encoder::new(&mut buf)).unwrap();
@@ -294,31 +420,55 @@ fn proxy_dhcp_on_67_and_4011() {
         s.bind_device(Some(iface.as_bytes())).unwrap();
         s.set_broadcast(true).unwrap();
         s.set_reuse_address(true).unwrap();
-        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).unwrap();
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into())
+            .unwrap();
         let s: UdpSocket = s.into();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
         let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-        s.send_to(&msg(1, MessageType::Discover, false, Ipv4Addr::UNSPECIFIED), bcast).unwrap();
-        s.send_to(&msg(2, MessageType::Discover, true, Ipv4Addr::UNSPECIFIED), bcast).unwrap();
+        s.send_to(
+            &msg(1, MessageType::Discover, false, Ipv4Addr::UNSPECIFIED),
+            bcast,
+        )
+        .unwrap();
+        s.send_to(
+            &msg(2, MessageType::Discover, true, Ipv4Addr::UNSPECIFIED),
+            bcast,
+        )
+        .unwrap();
         let (offer, _) = recv(&s);
         assert_eq!(offer.xid(), 2, "the non-PXE DISCOVER was answered");
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(offer.siaddr(), Ipv4Addr::new(10, 77, 3, 1));
         assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
-        assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec())));
-        assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+        assert_eq!(
+            offer.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec()))
+        );
+        assert_eq!(
+            offer.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
 
         let ciaddr = Ipv4Addr::new(10, 77, 3, 2);
         let u = UdpSocket::bind((ciaddr, 0)).unwrap();
-        u.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-        u.send_to(&msg(3, MessageType::Request, true, ciaddr), (Ipv4Addr::new(10, 77, 3, 1), 4011)).unwrap();
+        u.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        u.send_to(
+            &msg(3, MessageType::Request, true, ciaddr),
+            (Ipv4Addr::new(10, 77, 3, 1), 4011),
+        )
+        .unwrap();
         let (ack, from) = recv(&u);
         assert_eq!(from, SocketAddr::from(([10, 77, 3, 1], 4011)));
         assert_eq!(ack.xid(), 3);
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(ack.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec())));
+        assert_eq!(
+            ack.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec()))
+        );
     });
     assert!(!handle.is_finished(), "ProxyDHCP thread ended");
     eprintln!("proxyDHCP offer on 67 and ACK on 4011: {:?}", t0.elapsed());

@@ -62,7 +62,9 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
         interface: Some(link.server_if.clone()),
         root: root.clone(),
     };
-    let handle = link.in_server_ns(move || tftp::spawn(cfg)).expect("start TFTP server");
+    let handle = link
+        .in_server_ns(move || tftp::spawn(cfg))
+        .expect("start TFTP server");
     eprintln!("setup: {:?}", t0.elapsed());
     let out = |n: &str| dir.path(n);
     let server = link.server_ip.to_string();
@@ -70,8 +72,25 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
     // tftp-hpa: no options, 512-byte blocks.
     let t = Instant::now();
     let o = out("hpa-small");
-    let r = link.client_cmd(30, &["tftp", "-m", "binary", &server, "-c", "get", "undionly.kpxe", o.to_str().unwrap()], &[]);
-    assert!(r.status.success(), "tftp: {}", String::from_utf8_lossy(&r.stderr));
+    let r = link.client_cmd(
+        30,
+        &[
+            "tftp",
+            "-m",
+            "binary",
+            &server,
+            "-c",
+            "get",
+            "undionly.kpxe",
+            o.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        r.status.success(),
+        "tftp: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     same(&o, &small, "tftp-hpa undionly.kpxe");
     eprintln!("tftp-hpa 200 kB, blksize 512: {:?}", t.elapsed());
 
@@ -86,8 +105,24 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
         let t = Instant::now();
         let o = out(&format!("curl-{blk}"));
         let url = format!("tftp://{server}/{file}");
-        let r = link.client_cmd(30, &["curl", "-sS", "--tftp-blksize", blk, "-o", o.to_str().unwrap(), &url], &[]);
-        assert!(r.status.success(), "curl blksize {blk}: {}", String::from_utf8_lossy(&r.stderr));
+        let r = link.client_cmd(
+            30,
+            &[
+                "curl",
+                "-sS",
+                "--tftp-blksize",
+                blk,
+                "-o",
+                o.to_str().unwrap(),
+                &url,
+            ],
+            &[],
+        );
+        assert!(
+            r.status.success(),
+            "curl blksize {blk}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
         same(&o, want, &format!("curl blksize {blk} {file}"));
         eprintln!("curl {file} blksize {blk}: {:?}", t.elapsed());
     }
@@ -95,10 +130,30 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
     // Over 32 MiB at blksize 512: 65538 blocks, numbers wrap past 65535.
     let t = Instant::now();
     let o = out("hpa-big");
-    let r = link.client_cmd(120, &["tftp", "-m", "binary", &server, "-c", "get", "big.img", o.to_str().unwrap()], &[]);
-    assert!(r.status.success(), "tftp big: {}", String::from_utf8_lossy(&r.stderr));
+    let r = link.client_cmd(
+        120,
+        &[
+            "tftp",
+            "-m",
+            "binary",
+            &server,
+            "-c",
+            "get",
+            "big.img",
+            o.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        r.status.success(),
+        "tftp big: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     same(&o, &big, "tftp-hpa big.img (block rollover)");
-    eprintln!("tftp-hpa 32 MiB + 1000 B, blksize 512, rollover: {:?}", t.elapsed());
+    eprintln!(
+        "tftp-hpa 32 MiB + 1000 B, blksize 512, rollover: {:?}",
+        t.elapsed()
+    );
 
     // Several clients at once, each on its own server port.
     let t = Instant::now();
@@ -107,9 +162,20 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
             let o = out(&format!("par{i}"));
             let url = format!("tftp://{server}/undionly.kpxe");
             let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", &link.client_ns, "timeout", "-s", "KILL", "30", "curl", "-sS", "-o"])
-                .arg(&o)
-                .arg(url);
+            c.args([
+                "netns",
+                "exec",
+                &link.client_ns,
+                "timeout",
+                "-s",
+                "KILL",
+                "30",
+                "curl",
+                "-sS",
+                "-o",
+            ])
+            .arg(&o)
+            .arg(url);
             (o, c.spawn().unwrap())
         })
         .collect();
@@ -132,21 +198,70 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
     ] {
         let url = format!("tftp://{server}/{path}");
         let o = out("refused");
-        let r = link.client_cmd(30, &["curl", "-sS", "--path-as-is", "-o", o.to_str().unwrap(), &url], &[]);
-        assert_eq!(r.status.code(), Some(code), "curl {path}: {}", String::from_utf8_lossy(&r.stderr));
+        let r = link.client_cmd(
+            30,
+            &[
+                "curl",
+                "-sS",
+                "--path-as-is",
+                "-o",
+                o.to_str().unwrap(),
+                &url,
+            ],
+            &[],
+        );
+        assert_eq!(
+            r.status.code(),
+            Some(code),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
     }
     for path in ["../etc/passwd", "/etc/passwd", "escape"] {
         let o = out("refused-hpa");
-        let r = link.client_cmd(30, &["tftp", "-m", "binary", &server, "-c", "get", path, o.to_str().unwrap()], &[]);
-        let msg = String::from_utf8_lossy(&r.stderr).to_string() + &String::from_utf8_lossy(&r.stdout);
+        let r = link.client_cmd(
+            30,
+            &[
+                "tftp",
+                "-m",
+                "binary",
+                &server,
+                "-c",
+                "get",
+                path,
+                o.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let msg =
+            String::from_utf8_lossy(&r.stderr).to_string() + &String::from_utf8_lossy(&r.stdout);
         assert!(msg.contains("Error code 2"), "tftp-hpa {path}: {msg}");
     }
     // netascii is refused with an explanation (error 0).
     let o = out("ascii");
-    let r = link.client_cmd(30, &["tftp", "-m", "ascii", &server, "-c", "get", "undionly.kpxe", o.to_str().unwrap()], &[]);
+    let r = link.client_cmd(
+        30,
+        &[
+            "tftp",
+            "-m",
+            "ascii",
+            &server,
+            "-c",
+            "get",
+            "undionly.kpxe",
+            o.to_str().unwrap(),
+        ],
+        &[],
+    );
     let msg = String::from_utf8_lossy(&r.stderr).to_string() + &String::from_utf8_lossy(&r.stdout);
-    assert!(msg.contains("Error code 0") && msg.contains("octet"), "tftp-hpa netascii: {msg}");
-    eprintln!("refusals (traversal, absolute, symlinks, missing, netascii): {:?}", t.elapsed());
+    assert!(
+        msg.contains("Error code 0") && msg.contains("octet"),
+        "tftp-hpa netascii: {msg}"
+    );
+    eprintln!(
+        "refusals (traversal, absolute, symlinks, missing, netascii): {:?}",
+        t.elapsed()
+    );
 
     assert!(!handle.is_finished(), "TFTP server thread ended");
     eprintln!("total: {:?}", t0.elapsed());

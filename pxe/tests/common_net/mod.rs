@@ -71,12 +71,38 @@ impl Link {
         ip(&["netns", "add", &l.server_ns]);
         ip(&["netns", "add", &l.client_ns]);
         ip(&[
-            "link", "add", &l.server_if, "netns", &l.server_ns, "type", "veth", "peer", "name",
-            &l.client_if, "netns", &l.client_ns,
+            "link",
+            "add",
+            &l.server_if,
+            "netns",
+            &l.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &l.client_if,
+            "netns",
+            &l.client_ns,
         ]);
-        ip(&["-n", &l.server_ns, "addr", "add", &format!("{}/24", l.server_ip), "dev", &l.server_if]);
+        ip(&[
+            "-n",
+            &l.server_ns,
+            "addr",
+            "add",
+            &format!("{}/24", l.server_ip),
+            "dev",
+            &l.server_if,
+        ]);
         if client_addr {
-            ip(&["-n", &l.client_ns, "addr", "add", &format!("10.77.{subnet}.2/24"), "dev", &l.client_if]);
+            ip(&[
+                "-n",
+                &l.client_ns,
+                "addr",
+                "add",
+                &format!("10.77.{subnet}.2/24"),
+                "dev",
+                &l.client_if,
+            ]);
         }
         for (ns, dev) in [(&l.server_ns, &l.server_if), (&l.client_ns, &l.client_if)] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
@@ -87,8 +113,23 @@ impl Link {
 
     /// Give the client interface another MAC address (a different client).
     pub fn set_client_mac(&self, mac: &str) {
-        ip(&["-n", &self.client_ns, "link", "set", &self.client_if, "down"]);
-        ip(&["-n", &self.client_ns, "link", "set", &self.client_if, "address", mac]);
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "link",
+            "set",
+            &self.client_if,
+            "down",
+        ]);
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "link",
+            "set",
+            &self.client_if,
+            "address",
+            mac,
+        ]);
         ip(&["-n", &self.client_ns, "link", "set", &self.client_if, "up"]);
     }
 
@@ -106,9 +147,17 @@ impl Link {
     /// Run a command in the client namespace, killed after `secs`.
     pub fn client_cmd(&self, secs: u32, args: &[&str], envs: &[(&str, &Path)]) -> Output {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.client_ns, "timeout", "-s", "KILL", &secs.to_string()])
-            .args(args)
-            .stdin(Stdio::null());
+        c.args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            "timeout",
+            "-s",
+            "KILL",
+            &secs.to_string(),
+        ])
+        .args(args)
+        .stdin(Stdio::null());
         for (k, v) in envs {
             c.env(k, v);
         }
@@ -121,7 +170,10 @@ impl Drop for Link {
         // Deleting a namespace removes its end of the veth, and with it
         // the peer.
         for ns in [&self.client_ns, &self.server_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -168,5 +220,7 @@ impl Drop for Scratch {
 
 /// FNV-1a, enough to compare file contents in assertion messages.
 pub fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
