@@ -70,6 +70,8 @@ const PAR_LEN: usize = 4 << 20;
 const RECOVERY_OFF: u64 = 48 << 20;
 /// Where the guest pattern is written in a session with CRC32C digests.
 const DIGEST_OFF: u64 = 52 << 20;
+/// Where two concurrent sessions write the halves of the second pattern.
+const TWO_OFF: u64 = 56 << 20;
 /// A 9-sector write at an odd sector (file LUN).
 const SMALL_SECTOR: u64 = 12_345;
 const SMALL_LEN: usize = 9 * 512;
@@ -236,7 +238,7 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
          BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
-         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\n"
+         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -251,35 +253,78 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
     (c.finish(), order)
 }
 
-/// The guest runs one Normal session at a time and logs out of the last
-/// one, so at each Normal login of the guest no other Normal connection of
-/// it may be open (a login with the ISID of a live session reinstates it:
-/// the old connection must go), and none may be open at shutdown.
+/// Logins (by the ISID the capture saw on their TCP port) that completed
+/// while an older connection with the same ISID was still open in bootlun:
+/// the old session should have been reinstated (closed) first.
+fn not_reinstated(log: &str, logins: &[vm::LoginSeen]) -> Vec<String> {
+    let login_of = |port: &str| -> Option<&vm::LoginSeen> {
+        let port: u16 = port.rsplit(':').next()?.parse().ok()?;
+        logins.iter().find(|l| l.port == port)
+    };
+    let peer_of = |l: &str| -> Option<String> {
+        let rest = &l[l.find("connection ")? + "connection ".len()..];
+        Some(rest.split([' ', ':']).take(2).collect::<Vec<_>>().join(":"))
+    };
+    let marker = format!("login complete (Normal session, initiator {INITIATOR_IQN}");
+    let mut open: Vec<(String, String)> = Vec::new(); // (peer, ISID)
+    let mut problems = Vec::new();
+    for l in log.lines() {
+        if l.contains(&marker) {
+            let Some(p) = peer_of(l) else { continue };
+            let Some(seen) = login_of(&p) else { continue };
+            let isid = seen.isid_hex();
+            for (q, _) in open.iter().filter(|(_, i)| *i == isid) {
+                problems.push(format!(
+                    "login of {p} (ISID {isid}, TSIH {}) completed while {q}, a connection with the same ISID, was still open",
+                    seen.tsih
+                ));
+            }
+            open.push((p, isid));
+        } else if l.contains("closing: ") {
+            if let Some(p) = peer_of(l) {
+                open.retain(|(q, _)| *q != p);
+            }
+        }
+    }
+    problems
+}
+
+/// Normal-session connections of the guest that outlived it: the guest
+/// logs out of every session it keeps, and a session it abandons (link
+/// loss) is reinstated by its next login with the same ISID, which must
+/// close the old connection (RFC 7143 6.3.5). So every connection of the
+/// guest should be closed by a logout or by the peer before bootlun is
+/// stopped. Each straggler is listed with the logins that followed it.
 fn stale_connections(log: &str) -> Vec<String> {
     let peer_of = |l: &str| -> Option<String> {
         let rest = &l[l.find("connection ")? + "connection ".len()..];
         Some(rest.split([' ', ':']).take(2).collect::<Vec<_>>().join(":"))
     };
     let marker = format!("login complete (Normal session, initiator {INITIATOR_IQN}");
-    let mut open: Vec<String> = Vec::new();
-    let mut problems = Vec::new();
+    // (peer, login line, later logins, closed by the guest's side)
+    let mut conns: Vec<(String, String, Vec<String>, bool)> = Vec::new();
     for l in log.lines() {
         if l.contains(&marker) {
             let Some(p) = peer_of(l) else { continue };
-            if !open.is_empty() {
-                problems.push(format!("login of {p} while {open:?} still open: {l}"));
+            for c in conns.iter_mut().filter(|c| !c.3) {
+                c.2.push(p.clone());
             }
-            open.push(p);
-        } else if l.contains("closing: ") {
+            conns.push((p, l.to_string(), Vec::new(), false));
+        } else if l.contains("closing: ") && !l.contains("target shutting down") {
             if let Some(p) = peer_of(l) {
-                open.retain(|o| *o != p);
-            }
-            if l.contains("target shutting down") {
-                problems.push(format!("still open at shutdown: {l}"));
+                for c in conns.iter_mut().filter(|c| c.0 == p) {
+                    c.3 = true;
+                }
             }
         }
     }
-    problems
+    conns
+        .into_iter()
+        .filter(|c| !c.3)
+        .map(|(p, login, later, _)| {
+            format!("{p} was still open when bootlun stopped; later logins of the guest: {later:?}; its login: {login}")
+        })
+        .collect()
 }
 
 /// First differing offset of two equal-length buffers, for messages.
@@ -387,6 +432,13 @@ fn linux_kernel_initiator_in_a_vm() {
     let pid = std::process::id();
     let tap = format!("bltap{}", pid % 100_000);
     let ns = NetNs::with_tap(&format!("bl-vm-{pid}"), &tap, &format!("{HOST_IP}/24"));
+    let sniffer = match vm::LoginSniffer::start(&ns.name, &tap, PORT) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: no capture of Login Requests ({e}); session checks use bootlun's log only");
+            None
+        }
+    };
     let origin = Instant::now();
     let listen = format!("{HOST_IP}:{PORT}");
     let mut bootlun = Spawned::spawn(
@@ -487,18 +539,27 @@ fn linux_kernel_initiator_in_a_vm() {
     assert!(blog.contains(&discovery), "bootlun's log lacks `{discovery}` (iscsiadm SendTargets):\n{blog}");
     let normal_logins = blog.matches(&login).count();
     assert!(
-        normal_logins >= 5,
-        "expected at least 5 Normal-session logins (iscsistart, iscsid's takeover, iscsiadm, recovery, digests), saw {normal_logins}:\n{blog}"
+        normal_logins >= 7,
+        "expected at least 7 Normal-session logins (iscsistart, iscsid's takeover, iscsiadm, recovery, digests, 2 sessions), saw {normal_logins}:\n{blog}"
     );
     let logouts = blog.lines().filter(|l| l.contains(": logout (reason 0)")).count();
-    assert!(logouts >= 3, "expected the guest's 3 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}");
+    assert!(logouts >= 5, "expected the guest's 5 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}");
     let digests = format!("initiator {INITIATOR_IQN}, digests true/true");
     assert!(blog.contains(&digests), "bootlun's log lacks a login with `{digests}`:\n{blog}");
-    let stale = stale_connections(&blog);
+    let logins = sniffer.as_ref().map(|s| s.logins()).unwrap_or_default();
+    eprintln!("--- Login Requests on the wire (first of each connection) ---");
+    let mut ports = std::collections::BTreeSet::new();
+    for l in &logins {
+        if ports.insert(l.port) {
+            eprintln!("  port {} ISID {} TSIH {} CID {}", l.port, l.isid_hex(), l.tsih, l.cid);
+        }
+    }
+    let mut stale = not_reinstated(&blog, &logins);
+    stale.extend(stale_connections(&blog));
     if !stale.is_empty() {
         let msg = format!(
-            "a Normal-session login completed while an older connection of the same initiator was still \
-             open (no session reinstatement), or a connection outlived the guest's logouts:\n  {}",
+            "bootlun did not reinstate a session the guest abandoned (RFC 7143 6.3.5: a login with the \
+             ISID of a live session and TSIH 0 must end the old session first):\n  {}",
             stale.join("\n  ")
         );
         if env_flag("BOOTLUN_VM_STRICT_SESSIONS") {
@@ -524,7 +585,8 @@ fn linux_kernel_initiator_in_a_vm() {
     }
 
     // Every region the guest wrote (or read), as the backing file holds it.
-    let regions: [(&str, u64, &[u8]); 8] = [
+    let regions: [(&str, u64, &[u8]); 9] = [
+        ("halves written by two concurrent sessions", TWO_OFF, &pat.par),
         ("host pattern (read by the guest)", HOST_OFF, &pat.host),
         ("O_DIRECT write issued while the link was down", RECOVERY_OFF, &pat.par),
         ("4 MiB O_DIRECT write with CRC32C digests", DIGEST_OFF, &pat.guest),
@@ -578,6 +640,7 @@ fn linux_kernel_initiator_in_a_vm() {
     // The namespace goes last, after the processes that ran in it.
     drop(qemu);
     drop(bootlun);
+    drop(sniffer);
     drop(ns);
     phases.report();
 }

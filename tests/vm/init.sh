@@ -357,7 +357,47 @@ ddx digest-read-host if=/dev/$F of=/tmp/host.rd bs=$MIB skip=$((HOST_OFF / MIB))
 cmp /tmp/host.rd /data/host.bin || fail digest-host-pattern-mismatch
 mark digests
 
-# 14. Clean logout: sd flushes the write-back cache (SYNCHRONIZE CACHE)
+# 14. Two sessions at once (different ISIDs): each LUN shows up twice.
+# The two sessions write the two halves of a pattern concurrently; each
+# reads back the whole of it.
+logout_all before-two-sessions
+wait_no_disks before-two-sessions
+for k in HeaderDigest DataDigest; do
+    iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n "node.conn[0].iscsi.$k" -v None || fail digest-reset
+done
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n node.session.nr_sessions -v 2 || fail nr-sessions
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1 || { cat /tmp/li.txt /tmp/iscsid.log; fail two-session-login; }
+sed 's/^/BOOTLUN-VM-ISCSIADM /' /tmp/li.txt
+# The LUN 1 disks of the two SCSI hosts (one host per session).
+n=0
+while :; do
+    set -- $(for d in /sys/block/sd*; do
+        [ -e "$d/device" ] || continue
+        a=$(basename "$(readlink "$d/device")")
+        [ "${a##*:}" = 1 ] && [ "$(cat $d/size)" != 0 ] && basename "$d"
+    done)
+    [ $# -ge 2 ] && break
+    n=$((n+1)); [ $n -gt 300 ] && { ls -l /sys/block; iscsiadm -m session; fail two-session-disks; }
+    usleep 200000
+done
+A=$1; B=$2
+info "two sessions: $(iscsiadm -m session | tr '\n' ';') LUN 1 as $A and $B"
+HALF=$((PAR_LEN / 2 / MIB))
+( dd if=/data/par.bin of=/dev/$A bs=$MIB seek=$((TWO_OFF / MIB)) count=$HALF oflag=direct conv=notrunc,fsync 2>/tmp/two-a.err; echo $? > /tmp/two-a.rc ) &
+( dd if=/data/par.bin of=/dev/$B bs=$MIB skip=$HALF seek=$((TWO_OFF / MIB + HALF)) count=$HALF oflag=direct conv=notrunc,fsync 2>/tmp/two-b.err; echo $? > /tmp/two-b.rc ) &
+n=0
+until [ -e /tmp/two-a.rc ] && [ -e /tmp/two-b.rc ]; do
+    n=$((n+1)); [ $n -gt 600 ] && fail two-session-write-hung
+    usleep 200000
+done
+[ "$(cat /tmp/two-a.rc)" = 0 ] && [ "$(cat /tmp/two-b.rc)" = 0 ] || { cat /tmp/two-*.err; fail two-session-write; }
+for d in $A $B; do
+    ddx two-session-read-$d if=/dev/$d of=/tmp/two.rd bs=$MIB skip=$((TWO_OFF / MIB)) count=$((PAR_LEN / MIB)) iflag=direct
+    cmp /tmp/two.rd /data/par.bin || fail "two-session-mismatch-$d"
+done
+mark two-sessions
+
+# 15. Clean logout: sd flushes the write-back cache (SYNCHRONIZE CACHE)
 # while the disks go away, then the Logout exchange.
 logout_all final
 wait_no_disks final

@@ -735,3 +735,172 @@ impl Cpio {
         self.buf
     }
 }
+
+// ---------------------------------------------------------------------------
+// Login Requests on the wire
+// ---------------------------------------------------------------------------
+
+/// One iSCSI Login Request seen on the wire.
+#[derive(Clone, Debug)]
+pub struct LoginSeen {
+    /// The initiator's TCP port.
+    pub port: u16,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    pub cid: u16,
+}
+
+impl LoginSeen {
+    pub fn isid_hex(&self) -> String {
+        self.isid.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Records the Login Requests sent to TCP port `target_port` on an
+/// interface inside a network namespace, from a thread that joins the
+/// namespace with setns(2) and reads an AF_PACKET socket. bootlun logs no
+/// ISIDs; this tells which connections belong to the same session.
+pub struct LoginSniffer {
+    seen: Arc<Mutex<Vec<LoginSeen>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl LoginSniffer {
+    pub fn start(netns: &str, ifname: &str, target_port: u16) -> Result<LoginSniffer, String> {
+        let seen: Arc<Mutex<Vec<LoginSeen>>> = Arc::default();
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let ns_path = format!("/run/netns/{netns}");
+        let ifname = std::ffi::CString::new(ifname).unwrap();
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let fd = match open_packet_socket(&ns_path, &ifname) {
+                Ok(fd) => {
+                    let _ = tx.send(Ok(()));
+                    fd
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: recv(2) into our own buffer, on our own socket.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n <= 0 {
+                    continue; // timeout (SO_RCVTIMEO) or interrupted
+                }
+                if let Some(l) = parse_login(&buf[..n as usize], target_port) {
+                    seen2.lock().unwrap().push(l);
+                }
+            }
+            // SAFETY: closing the socket this thread opened.
+            unsafe { libc::close(fd) };
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(LoginSniffer { seen, stop, thread: Some(thread) }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("packet capture thread did not start".into()),
+        }
+    }
+
+    pub fn logins(&self) -> Vec<LoginSeen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LoginSniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Joins the namespace (this thread only) and opens an AF_PACKET socket on
+/// `ifname` with a 200 ms receive timeout.
+fn open_packet_socket(ns_path: &str, ifname: &std::ffi::CStr) -> Result<libc::c_int, String> {
+    let ns = std::fs::File::open(ns_path).map_err(|e| format!("{ns_path}: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns(2) on a namespace file we hold open; it changes the
+    // network namespace of this (dedicated) thread only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns {ns_path}: {}", std::io::Error::last_os_error()));
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+    if fd < 0 {
+        return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: if_nametoindex on a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if index == 0 {
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+        return Err(format!("no interface {ifname:?} in the namespace"));
+    }
+    // SAFETY: sockaddr_ll is plain old data; zero is a valid initial value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = index as i32;
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    // SAFETY: bind/setsockopt with correctly sized, initialised arguments.
+    let ok = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) == 0
+    };
+    if !ok {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our socket.
+        unsafe { libc::close(fd) };
+        return Err(format!("bind/setsockopt on the packet socket: {e}"));
+    }
+    Ok(fd)
+}
+
+/// An iSCSI Login Request at the start of the TCP payload of an Ethernet
+/// frame (IPv4) sent to `target_port`.
+fn parse_login(frame: &[u8], target_port: u16) -> Option<LoginSeen> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ip[9] != 6 || ip.len() < ihl + 20 {
+        return None;
+    }
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let ip = &ip[..total.min(ip.len())];
+    let tcp = &ip[ihl..];
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let doff = (tcp[12] >> 4) as usize * 4;
+    if dport != target_port || tcp.len() < doff + 48 {
+        return None;
+    }
+    let pdu = &tcp[doff..];
+    if pdu[0] & 0x3f != 0x03 {
+        return None;
+    }
+    Some(LoginSeen {
+        port: sport,
+        isid: pdu[8..14].try_into().unwrap(),
+        tsih: u16::from_be_bytes([pdu[14], pdu[15]]),
+        cid: u16::from_be_bytes([pdu[20], pdu[21]]),
+    })
+}
