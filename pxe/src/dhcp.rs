@@ -746,6 +746,17 @@ pub fn handle_packet_at(
             return None;
         }
     };
+    if cfg.mode == DhcpMode::Server && !req.giaddr.is_unspecified() && !cfg.on_subnet(req.giaddr) {
+        // The pool only serves this interface's subnet.
+        tracing::debug!(
+            "dhcp: ignoring {} relayed from {}, outside {}/{}",
+            req.describe(),
+            req.giaddr,
+            cfg.server_ip,
+            cfg.netmask
+        );
+        return None;
+    }
     match cfg.mode {
         DhcpMode::Off => None,
         DhcpMode::Proxy => handle_proxy(cfg, &req, info),
@@ -1503,6 +1514,10 @@ mod tests {
         let r = handle_packet(&mut t, &c, &p).unwrap();
         assert_eq!(r.dest, SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 254), 67));
         assert_eq!(decode(&r).giaddr(), Ipv4Addr::new(10, 77, 0, 254));
+        // A relay on another subnet: not served from this pool.
+        let mut p = raw(1, &MAC2, Ipv4Addr::UNSPECIFIED, &[]);
+        p[24..28].copy_from_slice(&[192, 0, 2, 1]);
+        assert!(handle_packet(&mut t, &c, &p).is_none());
         let mut p = raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, &[]);
         p[10] = 0x80;
         let r = handle_packet(&mut t, &c, &p).unwrap();
