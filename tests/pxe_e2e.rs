@@ -546,7 +546,7 @@ fn pxe_boot_with_real_firmware() {
         serve
             .args(["--listen", &format!("{SERVER_IP}:3260"), "--target-name", IQN])
             .args(["--pxe-interface", "br0", "--boot-dir", boot.to_str().unwrap()])
-            .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0", "--dhcp-pool", "10.77.0.2-10.77.0.20"])
+            .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0"])
             .env("RUST_LOG", "info");
         let mut server = Proc::spawn(serve, &format!("bootlun serve ({mode:?})"));
         if server.wait_line(Duration::from_secs(30), |l| l.contains("listening on")).is_none() {

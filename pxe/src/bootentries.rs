@@ -101,6 +101,19 @@ pub fn discover_bls(dir: &Path) -> Result<Vec<BootEntry>, String> {
             tracing::warn!("bootentries: {}: no `linux` key, skipped", de.path().display());
             continue;
         };
+        let mut entry = entry;
+        // Entries written with /boot on the root filesystem name
+        // `/boot/vmlinuz-…`; the boot directory is that /boot already.
+        if !dir.join(&entry.linux).is_file() {
+            if let Some(p) = entry.linux.strip_prefix("boot/").filter(|p| dir.join(p).is_file()) {
+                entry.linux = p.to_string();
+                for i in &mut entry.initrd {
+                    if let Some(p) = i.strip_prefix("boot/").filter(|p| dir.join(p).is_file()) {
+                        *i = p.to_string();
+                    }
+                }
+            }
+        }
         if !dir.join(&entry.linux).is_file() {
             tracing::warn!("bootentries: {}: kernel {} missing, skipped", name, entry.linux);
             continue;

@@ -93,11 +93,11 @@ pub struct PxeArgs {
     /// Seconds the menu waits before booting the default entry; 0 boots it at once [default: 5].
     #[arg(long, value_name = "SECS")]
     pub menu_timeout: Option<u32>,
-    /// User name required to see the boot menu.
-    #[arg(long, requires = "menu_password")]
+    /// User name required to see the boot menu (with --menu-password).
+    #[arg(long)]
     pub menu_user: Option<String>,
-    /// Password required to see the boot menu.
-    #[arg(long, requires = "menu_user")]
+    /// Password required to see the boot menu (with --menu-user).
+    #[arg(long)]
     pub menu_password: Option<String>,
     /// Directory of iPXE binaries served over TFTP and HTTP [default: /usr/lib/ipxe].
     #[arg(long, value_name = "DIR")]
@@ -281,6 +281,9 @@ fn menu_config(
 /// `--pxe-interface` is not set. Errors are one line for the operator.
 pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, String> {
     let Some(ifname) = &args.pxe_interface else { return Ok(None) };
+    if args.menu_user.is_some() != args.menu_password.is_some() {
+        return Err("--menu-user and --menu-password must be given together".into());
+    }
     let ifa = iface::ipv4_of(ifname)?;
     let method = args.boot_method.unwrap_or_default();
     let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), args.boot_path.as_deref())?;
@@ -343,6 +346,26 @@ mod sidecars {
         Ok((a, b))
     }
 
+    /// A few addresses next to ours. One address is not enough: UEFI PXE
+    /// and the iPXE it chains into present different client identifiers
+    /// for the same NIC, so each holds its own lease.
+    pub(super) fn default_pool(ifa: &iface::IfaceAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        const SIZE: u32 = 8;
+        let m = u32::from(ifa.netmask);
+        if ifa.prefix_len() > 29 {
+            return None;
+        }
+        let me = u32::from(ifa.addr);
+        let first = (me & m) + 1;
+        let last = (me | !m) - 1;
+        let (a, b) = if me < last {
+            (me + 1, (me + SIZE).min(last))
+        } else {
+            (first.max(me.saturating_sub(SIZE)), me - 1)
+        };
+        Some((Ipv4Addr::from(a), Ipv4Addr::from(b)))
+    }
+
     pub(super) fn spawn(
         args: &PxeArgs,
         ifname: &str,
@@ -362,8 +385,13 @@ mod sidecars {
             boot.initiator_iqn = Some(cfg.initiator_name.clone());
             let mut d = dhcp::DhcpConfig::new(ifname, ifa.addr, ifa.netmask, boot);
             d.mode = mode;
-            if let Some(p) = &args.dhcp_pool {
-                d.pool = parse_pool(p, ifa)?;
+            match &args.dhcp_pool {
+                Some(p) => d.pool = parse_pool(p, ifa)?,
+                None => {
+                    if let Some(p) = default_pool(ifa) {
+                        d.pool = p;
+                    }
+                }
             }
             threads.push(dhcp::spawn(d).map_err(|e| format!("--pxe-interface {ifname}: {e}"))?);
         }
@@ -492,5 +520,98 @@ pub fn bootentries_main(args: &BootentriesArgs) -> std::process::ExitCode {
             eprintln!("bootlun bootentries: {e}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        pxe: PxeArgs,
+    }
+
+    #[test]
+    fn flags_and_config_keys() {
+        let cli = Cli::try_parse_from([
+            "x", "--pxe-interface", "eth1", "--boot-dir", "/boot", "--boot-method", "ibft", "--menu-timeout", "0",
+            "--dhcp-mode", "proxy", "--dhcp-pool", "10.0.0.5-10.0.0.9", "--http-port", "8080", "--strip-args",
+            "quiet,splash", "--cmdline-default", "-- ro", "--menu-user", "u",
+        ])
+        .unwrap();
+        let a = cli.pxe;
+        assert_eq!(a.boot_method, Some(BootMethod::Ibft));
+        assert_eq!(a.dhcp_mode, Some(DhcpModeArg::Proxy));
+        assert_eq!(a.strip_list(), ["quiet", "splash"]);
+        assert_eq!(a.cmdline_default.as_deref(), Some("-- ro"));
+        let file: PxeArgs = serde_json::from_str(
+            r#"{"pxe-interface":"eth9","boot-device":"LABEL=boot","boot-path":"/boot","menu-password":"p",
+                "ipxe-dir":"/srv/ipxe","boot-method":"sanboot","strip-args":"quiet rhgb","cmdline-chap":true}"#,
+        )
+        .unwrap();
+        let mut merged = a.clone();
+        merged.merge_from(file);
+        assert_eq!(merged.pxe_interface.as_deref(), Some("eth1"), "flags win");
+        assert_eq!(merged.boot_method, Some(BootMethod::Ibft));
+        assert_eq!(merged.menu_password.as_deref(), Some("p"));
+        assert_eq!(merged.ipxe_dir.as_deref(), Some(Path::new("/srv/ipxe")));
+        assert_eq!(merged.cmdline_chap, Some(true));
+        assert!(serde_json::from_str::<PxeArgs>(r#"{"no-such-key":1}"#).is_err());
+    }
+
+    #[test]
+    fn default_pool_next_to_us() {
+        let ifa = |a: [u8; 4], p: u32| iface::IfaceAddr {
+            addr: a.into(),
+            netmask: std::net::Ipv4Addr::from(if p == 0 { 0 } else { u32::MAX << (32 - p) }),
+            index: 1,
+        };
+        let p = sidecars::default_pool(&ifa([10, 77, 0, 1], 24)).unwrap();
+        assert_eq!(p, ([10, 77, 0, 2].into(), [10, 77, 0, 9].into()));
+        let p = sidecars::default_pool(&ifa([10, 77, 0, 254], 24)).unwrap();
+        assert_eq!(p, ([10, 77, 0, 246].into(), [10, 77, 0, 253].into()));
+        let p = sidecars::default_pool(&ifa([192, 168, 1, 1], 29)).unwrap();
+        assert_eq!(p, ([192, 168, 1, 2].into(), [192, 168, 1, 6].into()));
+        assert!(sidecars::default_pool(&ifa([192, 168, 1, 1], 30)).is_none());
+        let bad = sidecars::parse_pool("10.77.1.2-10.77.1.9", &ifa([10, 77, 0, 1], 24)).unwrap_err();
+        assert_eq!(bad, "--dhcp-pool 10.77.1.2-10.77.1.9: not inside 10.77.0.0/24");
+    }
+
+    #[test]
+    fn start_on_loopback_serves_the_menu() {
+        use std::io::{Read, Write};
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut args = PxeArgs {
+            pxe_interface: Some("nosuch0".into()),
+            boot_dir: Some(fixtures.join("debian")),
+            dhcp_mode: Some(DhcpModeArg::Off),
+            http_port: Some(0),
+            ipxe_dir: Some("/nonexistent".into()),
+            cmdline_default: Some("ro quiet".into()),
+            ..PxeArgs::default()
+        };
+        let export = IscsiExport { target_name: "iqn.2026-11.org.bootlun:t".into(), port: 3260, luns: vec![0], ..Default::default() };
+        assert_eq!(start(&args, &export).err().unwrap(), "--pxe-interface nosuch0: no such interface");
+        args.pxe_interface = Some("lo".into());
+        args.boot_dir = Some(fixtures.join("expected"));
+        let e = start(&args, &export).err().unwrap();
+        assert!(e.starts_with("--boot-dir ") && e.ends_with(": no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"), "{e}");
+        args.menu_user = Some("u".into());
+        assert_eq!(start(&args, &export).err().unwrap(), "--menu-user and --menu-password must be given together");
+        args.menu_user = None;
+        args.boot_dir = Some(fixtures.join("debian"));
+        let h = start(&args, &export).unwrap().unwrap();
+        let mut s = std::net::TcpStream::connect(h.http.local_addr()).unwrap();
+        s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("netroot=iscsi:127.0.0.1::::iqn.2026-11.org.bootlun:t"), "{out}");
+        assert!(!out.contains(" quiet"), "{out}");
+        assert!(start(&PxeArgs::default(), &export).unwrap().is_none());
+        h.stop();
     }
 }

@@ -368,6 +368,25 @@ mod tests {
     }
 
     #[test]
+    fn login_script_asks_then_chains_with_credentials() {
+        let mut c = cfg(BootMethod::Netroot);
+        c.login = true;
+        c.http_port = 8080;
+        let s = ipxe_login(&c);
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("\nlogin || goto cancel\n"));
+        assert!(s.contains(
+            "chain --autofree http://${username:uristring}:${password:uristring}@192.168.200.1:8080/menu.ipxe || goto failed"
+        ));
+        // The menu itself clears the login before any SAN command, so the
+        // menu password is never sent as iSCSI CHAP.
+        c.method = BootMethod::Sanboot;
+        let m = ipxe_menu(&c, &[]);
+        let i = m.find("clear password").unwrap();
+        assert!(i < m.find("sanboot iscsi:").unwrap());
+    }
+
+    #[test]
     fn ibft_keeps_secret_off_cmdline() {
         let mut c = cfg(BootMethod::Ibft);
         c.chap = Some(Chap { user: "u".into(), secret: "sekrit".into() });

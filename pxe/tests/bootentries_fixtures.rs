@@ -146,3 +146,23 @@ fn errors_are_one_line() {
     assert!(e.ends_with("expected: no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"), "{e}");
     assert!(!e.contains('\n'));
 }
+
+#[test]
+fn bls_paths_under_boot_on_the_root_filesystem() {
+    // /boot inside the root filesystem: entries say /boot/vmlinuz-…, and
+    // the boot directory handed to us is that /boot.
+    let d = std::env::temp_dir().join(format!("bootlun-bootprefix.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("loader/entries")).unwrap();
+    std::fs::write(d.join("vmlinuz-6.9.1"), "k").unwrap();
+    std::fs::write(d.join("initramfs-6.9.1.img"), "i").unwrap();
+    std::fs::write(
+        d.join("loader/entries/m-6.9.1.conf"),
+        "title T\nversion 6.9.1\nlinux /boot/vmlinuz-6.9.1\ninitrd /boot/initramfs-6.9.1.img\noptions ro\n",
+    )
+    .unwrap();
+    let (_, e) = bootentries::discover(&d, "").unwrap();
+    assert_eq!(e[0].linux, "vmlinuz-6.9.1");
+    assert_eq!(e[0].initrd, ["initramfs-6.9.1.img"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
