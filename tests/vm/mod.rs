@@ -400,7 +400,7 @@ impl DebCache {
         );
         let name = dep
             .split([',', '|'])
-            .map(|s| s.trim().split_whitespace().next().unwrap_or(""))
+            .map(|s| s.split_whitespace().next().unwrap_or(""))
             .find(|s| s.starts_with("linux-image-"))
             .unwrap_or_else(|| panic!("no linux-image dependency in {dep:?}"))
             .to_string();
@@ -672,7 +672,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -729,7 +729,7 @@ impl Cpio {
 
     pub fn finish(mut self) -> Vec<u8> {
         self.header("TRAILER!!!", 0, 0, (0, 0));
-        while self.buf.len() % 512 != 0 {
+        while !self.buf.len().is_multiple_of(512) {
             self.buf.push(0);
         }
         self.buf
