@@ -9,7 +9,8 @@
 //! (no ROM) chaining snponly.efi over TFTP (all `--boot-method netroot`);
 //! OVMF + iPXE with `--boot-method ibft` (iPXE logs in to the target and
 //! the kernel must see an iBFT); SeaBIOS + iPXE `sanboot` of a LUN whose
-//! boot sector prints a marker.
+//! boot sector prints a marker; OVMF + iPXE with `--menu-user/--menu-password`,
+//! the test typing the credentials into iPXE's login form.
 //!
 //! Needs root, `ip`, `qemu-system-x86_64`, the `ipxe-qemu`/`ipxe`/`ovmf`
 //! packages and `apt-get download` access for `linux-image-amd64` and
@@ -18,7 +19,7 @@
 //! when any is missing; `BOOTLUN_E2E=0` skips too. `BOOTLUN_E2E_ONLY=a,b`
 //! runs only the named scenarios.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -343,21 +344,21 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, what: &str) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         eprintln!("pxe_e2e: started {what} (pid {})", child.id());
         let out = Arc::new(Mutex::new(Vec::new()));
         for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
             let out = out.clone();
             std::thread::spawn(move || {
-                let mut r = BufReader::new(r);
-                let mut buf = Vec::new();
-                while let Ok(n) = r.read_until(b'\n', &mut buf) {
+                // Chunks, not lines: firmware menus draw without newlines.
+                let mut r = r;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
-                    out.lock().unwrap().extend_from_slice(&buf);
-                    buf.clear();
+                    out.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
             });
         }
@@ -366,6 +367,14 @@ impl Proc {
 
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Type on the child's stdin (QEMU's serial console).
+    fn type_text(&mut self, s: &str) {
+        if let Some(i) = self.child.stdin.as_mut() {
+            let _ = i.write_all(s.as_bytes());
+            let _ = i.flush();
+        }
     }
 
     /// Wait until a line satisfies `f`, the process exits, or `limit`.
@@ -421,6 +430,9 @@ enum Mode {
     Ibft,
     /// iPXE sanboots the LUN, whose boot sector prints a marker.
     Sanboot,
+    /// Netroot behind `--menu-user/--menu-password`: the test types the
+    /// credentials into iPXE's login form on the serial console.
+    Login,
 }
 
 struct Scenario {
@@ -437,8 +449,11 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "uefi-pxe-snponly", rom: "", uefi: true, mode: Mode::Netroot },
     Scenario { name: "uefi-ipxe-ibft", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Ibft },
     Scenario { name: "bios-ipxe-sanboot", rom: IPXE_ROM_BIOS, uefi: false, mode: Mode::Sanboot },
+    Scenario { name: "uefi-ipxe-login", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Login },
 ];
 
+const MENU_USER: &str = "admin";
+const MENU_PASSWORD: &str = "s3cret";
 const SANBOOT_MARKER: &str = "BOOTLUN-SANBOOT-OK";
 
 /// The MBR of a disk whose boot code prints [`SANBOOT_MARKER`] on COM1
@@ -486,6 +501,18 @@ fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
 
 fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
     let mut q = Proc::spawn(qemu(ns, sc, work), &format!("qemu ({})", sc.name));
+    if sc.mode == Mode::Login {
+        // iPXE's login form: Enter moves from the user name to the
+        // password field, and submits from there.
+        if q.wait_line(BOOT_TIMEOUT, |l| l.contains("Username")).is_none() {
+            return Err(format!("{}: no login form on the console:\n{}", sc.name, q.text()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for chunk in [MENU_USER, "\r", MENU_PASSWORD, "\r"] {
+            q.type_text(chunk);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
     let line = if sc.mode == Mode::Sanboot {
         q.wait_line(BOOT_TIMEOUT, |l| l.contains(SANBOOT_MARKER))
     } else {
@@ -542,6 +569,7 @@ fn pxe_boot_with_real_firmware() {
             Mode::Sanboot => serve.args(["--lun", disk.to_str().unwrap(), "--boot-method", "sanboot"]),
             Mode::Ibft => serve.args(["--lun", "ram:64M", "--boot-method", "ibft"]),
             Mode::Netroot => serve.args(["--lun", "ram:64M"]),
+            Mode::Login => serve.args(["--lun", "ram:64M", "--menu-user", MENU_USER, "--menu-password", MENU_PASSWORD]),
         };
         serve
             .args(["--listen", &format!("{SERVER_IP}:3260"), "--target-name", IQN])
@@ -593,7 +621,7 @@ fn pxe_boot_with_real_firmware() {
         eprintln!("pxe_e2e: {}: booted in {secs:.1}s: {cmdline}", sc.name);
         let mut problems = Vec::new();
         let (want, unwanted): (Vec<String>, Vec<&str>) = match sc.mode {
-            Mode::Netroot => (
+            Mode::Netroot | Mode::Login => (
                 vec![
                     format!("netroot=iscsi:{SERVER_IP}::::{IQN}"),
                     "initrd=initrd.img-e2e".into(),
@@ -621,6 +649,15 @@ fn pxe_boot_with_real_firmware() {
         }
         if cmdline.split_whitespace().any(|a| a == "quiet") {
             problems.push("`quiet` was not stripped".into());
+        }
+        if sc.mode == Mode::Login {
+            // iPXE asked without credentials first, then with them.
+            let log = server.as_ref().map(|(_, p)| p.text()).unwrap_or_default();
+            for want in ["\"GET /menu.ipxe\" 401", "\"GET /menu.ipxe\" 200"] {
+                if !log.contains(want) {
+                    problems.push(format!("server log lacks {want}"));
+                }
+            }
         }
         if !problems.is_empty() {
             failures.push(format!("{}: {}: {cmdline}", sc.name, problems.join(", ")));
