@@ -94,10 +94,10 @@ pub struct PxeArgs {
     #[arg(long, value_name = "SECS")]
     pub menu_timeout: Option<u32>,
     /// User name required to see the boot menu (with --menu-password).
-    #[arg(long)]
+    #[arg(long, value_name = "USER")]
     pub menu_user: Option<String>,
     /// Password required to see the boot menu (with --menu-user).
-    #[arg(long)]
+    #[arg(long, value_name = "PASSWORD")]
     pub menu_password: Option<String>,
     /// Directory of iPXE binaries served over TFTP and HTTP [default: /usr/lib/ipxe].
     #[arg(long, value_name = "DIR")]
@@ -105,7 +105,7 @@ pub struct PxeArgs {
     /// DHCP sidecar: full server, ProxyDHCP next to another server, or off [default: server].
     #[arg(long, value_enum)]
     pub dhcp_mode: Option<DhcpModeArg>,
-    /// Addresses handed out in server mode, START-END [default: the address after ours].
+    /// Addresses handed out in server mode, START-END [default: up to 8 addresses after ours].
     #[arg(long, value_name = "START-END")]
     pub dhcp_pool: Option<String>,
     /// TCP port of the HTTP server [default: 80].
@@ -115,7 +115,7 @@ pub struct PxeArgs {
     #[arg(long, value_name = "ARGS")]
     pub strip_args: Option<String>,
     /// Also put the CHAP credentials on the kernel command line (netroot).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub cmdline_chap: Option<bool>,
 }
 
@@ -539,7 +539,7 @@ mod tests {
         let cli = Cli::try_parse_from([
             "x", "--pxe-interface", "eth1", "--boot-dir", "/boot", "--boot-method", "ibft", "--menu-timeout", "0",
             "--dhcp-mode", "proxy", "--dhcp-pool", "10.0.0.5-10.0.0.9", "--http-port", "8080", "--strip-args",
-            "quiet,splash", "--cmdline-default", "-- ro", "--menu-user", "u",
+            "quiet,splash", "--cmdline-default", "-- ro", "--menu-user", "u", "--cmdline-chap",
         ])
         .unwrap();
         let a = cli.pxe;
@@ -547,6 +547,7 @@ mod tests {
         assert_eq!(a.dhcp_mode, Some(DhcpModeArg::Proxy));
         assert_eq!(a.strip_list(), ["quiet", "splash"]);
         assert_eq!(a.cmdline_default.as_deref(), Some("-- ro"));
+        assert_eq!(a.cmdline_chap, Some(true));
         let file: PxeArgs = serde_json::from_str(
             r#"{"pxe-interface":"eth9","boot-device":"LABEL=boot","boot-path":"/boot","menu-password":"p",
                 "ipxe-dir":"/srv/ipxe","boot-method":"sanboot","strip-args":"quiet rhgb","cmdline-chap":true}"#,
@@ -559,6 +560,9 @@ mod tests {
         assert_eq!(merged.menu_password.as_deref(), Some("p"));
         assert_eq!(merged.ipxe_dir.as_deref(), Some(Path::new("/srv/ipxe")));
         assert_eq!(merged.cmdline_chap, Some(true));
+        let mut from_file = PxeArgs::default();
+        from_file.merge_from(serde_json::from_str(r#"{"cmdline-chap":false,"menu-timeout":0}"#).unwrap());
+        assert_eq!((from_file.cmdline_chap, from_file.menu_timeout), (Some(false), Some(0)));
         assert!(serde_json::from_str::<PxeArgs>(r#"{"no-such-key":1}"#).is_err());
     }
 
