@@ -33,7 +33,7 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 const SEED: u64 = 0x5eed_b007_1a2b_3c4d;
-const SESSIONS: usize = 300;
+const SESSIONS: usize = 600;
 const MAX_PDUS: usize = 50;
 /// Sessions between two TEST UNIT READY checks by a fresh client.
 const BATCH: usize = 25;
@@ -120,13 +120,126 @@ struct Hostile {
     /// R2Ts seen: (ITT, TTT, offset, length).
     r2ts: Vec<(u32, u32, u32, u32)>,
     pdus_in: usize,
+    /// Data bytes each outstanding write still needs, and the ranges of
+    /// its data sent so far (immediate and Data-Out), by ITT.
+    writes: std::collections::HashMap<u32, Pending>,
+    /// ITTs used twice while outstanding: not judged.
+    ambiguous: std::collections::HashSet<u32>,
+    /// A header claimed a different data length than was sent: the
+    /// target's view of the stream is no longer ours, writes are not judged.
+    lied: bool,
+    /// GOOD status for writes whose data was not all sent.
+    violations: Vec<Violation>,
+}
+
+struct Pending {
+    need: u32,
+    ranges: Vec<(u64, u64)>,
+}
+
+struct Violation {
+    itt: u32,
+    need: u32,
+    covered: u64,
+    /// Bytes sent for `[0, need)` counting overlaps repeatedly.
+    sent_with_overlaps: u64,
+}
+
+impl Violation {
+    /// KNOWN TARGET BUG (reported, not fixed yet): overlapping Data-Out
+    /// (or unsolicited Data-Out over the immediate data) is counted twice,
+    /// so the target writes and acknowledges a chunk whose remaining bytes
+    /// never arrived (stale pool-buffer contents reach the medium). Remove
+    /// this exemption once `conn::data_arrived` counts each byte once.
+    fn is_known_overlap_bug(&self) -> bool {
+        self.sent_with_overlaps >= u64::from(self.need)
+    }
+}
+
+/// Data bytes a write CDB moves at most, if it is one this test builds.
+fn write_len(cdb: &[u8]) -> Option<u64> {
+    let be = |r: std::ops::Range<usize>| cdb[r].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+    match cdb[0] {
+        0x2a | 0x2e => Some(be(7..9) * 512),
+        0x8a => Some(be(10..14) * 512),
+        _ => None,
+    }
 }
 
 impl Hostile {
+    fn new(c: IscsiConn) -> Hostile {
+        Hostile {
+            c,
+            rx: Vec::new(),
+            closed: false,
+            r2ts: Vec::new(),
+            pdus_in: 0,
+            writes: Default::default(),
+            ambiguous: Default::default(),
+            lied: false,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Bookkeeping for the acknowledged-data check.
+    fn track(&mut self, bhs: &[u8; BHS_LEN], sent: usize) {
+        let claim = ((bhs[5] as usize) << 16) | ((bhs[6] as usize) << 8) | bhs[7] as usize;
+        if claim != sent || bhs[4] != 0 {
+            self.lied = true;
+        }
+        let u = |o: usize| u32::from_be_bytes(bhs[o..o + 4].try_into().unwrap());
+        let itt = u(16);
+        match bhs[0] & 0x3f {
+            0x01 => {
+                if self.writes.contains_key(&itt) {
+                    self.ambiguous.insert(itt);
+                }
+                if let Some(wanted) = write_len(&bhs[32..48]) {
+                    let xfer = wanted.min(u64::from(u(20)));
+                    let need = (xfer - xfer % 512) as u32;
+                    let ranges = if claim > 0 { vec![(0, claim as u64)] } else { Vec::new() };
+                    self.writes.insert(itt, Pending { need, ranges });
+                }
+            }
+            0x05 => {
+                if let Some(w) = self.writes.get_mut(&itt) {
+                    let off = u64::from(u(40));
+                    w.ranges.push((off, off + claim as u64));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A SCSI Response arrived for `itt`.
+    fn judge(&mut self, itt: u32, good: bool) {
+        let Some(w) = self.writes.remove(&itt) else { return };
+        if !good || self.lied || self.ambiguous.contains(&itt) {
+            return;
+        }
+        let need = u64::from(w.need);
+        let mut r: Vec<(u64, u64)> = w.ranges.iter().map(|&(a, b)| (a.min(need), b.min(need))).filter(|(a, b)| a < b).collect();
+        let with_overlaps = r.iter().map(|(a, b)| b - a).sum();
+        r.sort();
+        let mut covered = 0u64;
+        let mut end = 0u64;
+        for (a, b) in r {
+            let a = a.max(end);
+            if b > a {
+                covered += b - a;
+                end = b;
+            }
+        }
+        if covered < need {
+            self.violations.push(Violation { itt, need: w.need, covered, sent_with_overlaps: with_overlaps });
+        }
+    }
+
     fn send(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) {
         if self.closed {
             return;
         }
+        self.track(bhs, data.len());
         let mut buf = Vec::with_capacity(BHS_LEN + data.len() + 3);
         buf.extend_from_slice(bhs);
         buf.extend_from_slice(data);
@@ -189,6 +302,9 @@ impl Hostile {
             let op = bhs[0] & 0x3f;
             if op == OP_R2T {
                 self.r2ts.push((u(16), u(20), u(40), u(44)));
+            }
+            if op == OP_SCSI_RSP {
+                self.judge(u(16), bhs[2] == 0 && bhs[3] == 0);
             }
             if matches!(op, 0x21 | 0x22 | 0x24 | 0x26 | 0x3f) || (op == OP_DATA_IN && bhs[1] & 1 != 0) {
                 self.c.exp_statsn = u(24).wrapping_add(1);
@@ -799,6 +915,8 @@ fn hostile_pdu_sequences() {
     let started = Instant::now();
     let mut kinds: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let (mut pdus_out, mut pdus_in, mut closed_by_target) = (0usize, 0usize, 0usize);
+    // Writes acknowledged without all their data, by the known overlap bug.
+    let mut known_overlap = 0usize;
 
     for i in 0..sessions {
         if KNOWN_BAD.contains(&(seed, i)) {
@@ -816,7 +934,7 @@ fn hostile_pdu_sequences() {
             Ok(()) => {}
             Err(e) => ctx.fail(&what(&format!("acknowledged write: {e}"))),
         }
-        let mut h = Hostile { c, rx: Vec::new(), closed: false, r2ts: Vec::new(), pdus_in: 0 };
+        let mut h = Hostile::new(c);
         let mut last_cmd = 0u32;
         let n = 1 + r.below(MAX_PDUS as u64) as usize;
         let scenario = r.chance(40);
@@ -841,6 +959,16 @@ fn hostile_pdu_sequences() {
             closed_by_target += 1;
         }
         pdus_in += h.pdus_in;
+        for v in &h.violations {
+            if v.is_known_overlap_bug() {
+                known_overlap += 1;
+                continue;
+            }
+            ctx.fail(&what(&format!(
+                "GOOD status for write ITT {:#x} with {} of its {} data bytes sent: acknowledged data never received",
+                v.itt, v.covered, v.need
+            )));
+        }
         let _ = h.c.stream.shutdown(Shutdown::Both);
         drop(h);
 
@@ -881,7 +1009,7 @@ fn hostile_pdu_sequences() {
         ctx.fail("the target log contains 'panicked'");
     }
     println!(
-        "{sessions} hostile sessions, {pdus_out} hostile PDUs sent, {pdus_in} PDUs received, {closed_by_target} closed by the target, {:?}; write scenarios: {kinds:?}",
+        "{sessions} hostile sessions, {pdus_out} hostile PDUs sent, {pdus_in} PDUs received, {closed_by_target} closed by the target, {:?}; write scenarios: {kinds:?}; writes acknowledged without their data (known overlap bug, not failed): {known_overlap}",
         started.elapsed()
     );
 }
