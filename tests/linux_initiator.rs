@@ -72,6 +72,11 @@ const RECOVERY_OFF: u64 = 48 << 20;
 const DIGEST_OFF: u64 = 52 << 20;
 /// Where two concurrent sessions write the halves of the second pattern.
 const TWO_OFF: u64 = 56 << 20;
+/// Where the guest writes the second pattern while bootlun is frozen, so
+/// that the kernel times the command out and aborts it (file LUN).
+const ABORT_OFF: u64 = 60 << 20;
+/// How long bootlun is frozen (SIGSTOP) for that.
+const FREEZE: Duration = Duration::from_secs(10);
 /// A 9-sector write at an odd sector (file LUN).
 const SMALL_SECTOR: u64 = 12_345;
 const SMALL_LEN: usize = 9 * 512;
@@ -238,7 +243,7 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
          BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
-         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\n"
+         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\nABORT_OFF={ABORT_OFF}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -477,7 +482,25 @@ fn linux_kernel_initiator_in_a_vm() {
     );
     let serial: Capture = qemu.out.clone();
     let guest_start = Instant::now();
-    let verdict = serial.wait_for(GUEST_LIMIT, |l| l.contains("BOOTLUN-VM-OK") || l.contains("BOOTLUN-VM-FAIL"));
+    // The guest asks once for bootlun to be frozen (to make a command time
+    // out); everything else is its verdict.
+    let mut froze = false;
+    let verdict = loop {
+        let left = GUEST_LIMIT.saturating_sub(guest_start.elapsed());
+        let got = serial.wait_for(left, |l| {
+            l.contains("BOOTLUN-VM-OK") || l.contains("BOOTLUN-VM-FAIL") || (!froze && l.contains("BOOTLUN-VM-PAUSE-TARGET"))
+        });
+        match got {
+            Some((_, l)) if l.contains("BOOTLUN-VM-PAUSE-TARGET") => {
+                eprintln!("freezing bootlun for {FREEZE:?} (SIGSTOP), as the guest asked");
+                bootlun.signal(libc::SIGSTOP);
+                std::thread::sleep(FREEZE);
+                bootlun.signal(libc::SIGCONT);
+                froze = true;
+            }
+            other => break other,
+        }
+    };
     let guest_elapsed = guest_start.elapsed();
     let fail_report = |why: &str, qemu_status: String, serial: &Capture, bootlun: &Spawned| -> String {
         format!(
@@ -567,6 +590,9 @@ fn linux_kernel_initiator_in_a_vm() {
         }
         eprintln!("KNOWN ISSUE (fatal with BOOTLUN_VM_STRICT_SESSIONS=1): {msg}");
     }
+    assert!(froze, "the guest never asked for bootlun to be frozen");
+    let aborts: Vec<&str> = blog.lines().filter(|l| l.contains("task management AbortTask")).collect();
+    assert!(!aborts.is_empty(), "the kernel's ABORT TASK for the timed-out WRITE is not in bootlun's log:\n{blog}");
     for tmf in ["task management LogicalUnitReset -> 0", "task management TargetWarmReset -> 0"] {
         assert!(blog.contains(tmf), "bootlun's log lacks `{tmf}` (the guest's sg_reset):\n{blog}");
     }
@@ -585,7 +611,8 @@ fn linux_kernel_initiator_in_a_vm() {
     }
 
     // Every region the guest wrote (or read), as the backing file holds it.
-    let regions: [(&str, u64, &[u8]); 9] = [
+    let regions: [(&str, u64, &[u8]); 10] = [
+        ("write that timed out while bootlun was frozen", ABORT_OFF, &pat.par),
         ("halves written by two concurrent sessions", TWO_OFF, &pat.par),
         ("host pattern (read by the guest)", HOST_OFF, &pat.host),
         ("O_DIRECT write issued while the link was down", RECOVERY_OFF, &pat.par),

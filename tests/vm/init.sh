@@ -343,6 +343,11 @@ logout_all before-digests
 wait_no_disks before-digests
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n 'node.conn[0].iscsi.HeaderDigest' -v CRC32C || fail digest-setting
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n 'node.conn[0].iscsi.DataDigest' -v CRC32C || fail digest-setting
+# No NOP-Out pings in this session: a timed-out command is then aborted at
+# once instead of first checking the connection (see 13b).
+for k in noop_out_interval noop_out_timeout; do
+    iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n "node.conn[0].timeo.$k" -v 0 || fail noop-setting
+done
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1 || { cat /tmp/li.txt /tmp/iscsid.log; fail digest-login; }
 wait_disks digests
 for c in /sys/class/iscsi_connection/connection*; do
@@ -357,6 +362,27 @@ ddx digest-read-host if=/dev/$F of=/tmp/host.rd bs=$MIB skip=$((HOST_OFF / MIB))
 cmp /tmp/host.rd /data/host.bin || fail digest-host-pattern-mismatch
 mark digests
 
+# 13b. A command that times out: the host freezes bootlun (SIGSTOP) when it
+# sees the PAUSE marker and thaws it 10 s later. With a 2 s SCSI timeout
+# and no NOP-Out pings, the kernel sends ABORT TASK for the stuck WRITE;
+# its error handling must end with the data on the disk and the session
+# usable.
+echo 2 > /sys/block/$F/device/timeout || fail set-timeout
+echo 1 > /sys/module/libiscsi/parameters/debug_libiscsi_eh
+echo 7 > /proc/sys/dev/scsi/logging_level
+dmesg -c > /dev/null
+echo "BOOTLUN-VM-PAUSE-TARGET uptime=$(up)"
+sleep 1
+ddx write-while-frozen if=/data/par.bin of=/dev/$F bs=$MIB seek=$((ABORT_OFF / MIB)) count=$((PAR_LEN / MIB)) oflag=direct conv=notrunc,fsync
+echo 30 > /sys/block/$F/device/timeout
+echo 0 > /proc/sys/dev/scsi/logging_level
+echo 0 > /sys/module/libiscsi/parameters/debug_libiscsi_eh
+dmesg | sed 's/^/BOOTLUN-VM-EH /'
+ddx read-after-abort if=/dev/$F of=/tmp/abort.rd bs=$MIB skip=$((ABORT_OFF / MIB)) count=$((PAR_LEN / MIB)) iflag=direct
+cmp /tmp/abort.rd /data/par.bin || fail abort-mismatch
+info "after the frozen target: $(sess_ids)"
+mark command-timeout
+
 # 14. Two sessions at once (different ISIDs): each LUN shows up twice.
 # The two sessions write the two halves of a pattern concurrently; each
 # reads back the whole of it.
@@ -364,6 +390,9 @@ logout_all before-two-sessions
 wait_no_disks before-two-sessions
 for k in HeaderDigest DataDigest; do
     iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n "node.conn[0].iscsi.$k" -v None || fail digest-reset
+done
+for k in noop_out_interval noop_out_timeout; do
+    iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n "node.conn[0].timeo.$k" -v 5 || fail noop-reset
 done
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n node.session.nr_sessions -v 2 || fail nr-sessions
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1 || { cat /tmp/li.txt /tmp/iscsid.log; fail two-session-login; }

@@ -226,6 +226,16 @@ impl Spawned {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Sends `sig` to the child's PID (if it has not been reaped).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: kill(2) on the PID of our own unreaped child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
