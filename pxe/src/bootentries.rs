@@ -56,7 +56,7 @@ pub fn discover(dir: &Path, cmdline_default: &str) -> Result<(Source, Vec<BootEn
     if !meta.is_dir() {
         return Err("not a directory".into());
     }
-    let bls = discover_bls(dir)?;
+    let bls = discover_bls(dir, cmdline_default)?;
     if !bls.is_empty() {
         return Ok((Source::Bls, bls));
     }
@@ -75,9 +75,42 @@ fn io_msg(e: &std::io::Error) -> String {
     }
 }
 
+/// Variables of GRUB's environment block (`grub2/grubenv` or
+/// `grub/grubenv`): older Fedora entries say `options $kernelopts`.
+pub fn grubenv(dir: &Path) -> Vec<(String, String)> {
+    ["grub2/grubenv", "grub/grubenv"]
+        .iter()
+        .find_map(|p| fs::read_to_string(dir.join(p)).ok())
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replace `$name`/`${name}` words with their grubenv values; words naming
+/// unknown variables are dropped (GRUB expands them to nothing).
+pub fn expand_vars(words: &str, env: &[(String, String)]) -> String {
+    words
+        .split_ascii_whitespace()
+        .filter_map(|w| {
+            let Some(name) = w.strip_prefix('$') else { return Some(w.to_string()) };
+            let name = name.trim_start_matches('{').trim_end_matches('}');
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Parse every `loader/entries/*.conf` under `dir`. Entries whose kernel file
-/// is missing are skipped with a warning.
-pub fn discover_bls(dir: &Path) -> Result<Vec<BootEntry>, String> {
+/// is missing are skipped with a warning. `$variables` in `options` and
+/// `initrd` come from grubenv; an entry left without options gets
+/// `cmdline_default`.
+pub fn discover_bls(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>, String> {
+    let env = grubenv(dir);
     let edir = dir.join("loader/entries");
     let rd = match fs::read_dir(&edir) {
         Ok(rd) => rd,
@@ -102,6 +135,15 @@ pub fn discover_bls(dir: &Path) -> Result<Vec<BootEntry>, String> {
             continue;
         };
         let mut entry = entry;
+        if entry.options.contains('$') {
+            entry.options = expand_vars(&entry.options, &env);
+        }
+        if entry.options.is_empty() {
+            entry.options = cmdline_default.to_string();
+        }
+        entry.initrd = entry.initrd.iter().map(|i| expand_vars(i, &env)).flat_map(|i| {
+            i.split_ascii_whitespace().map(rel).collect::<Vec<_>>()
+        }).collect();
         // Entries written with /boot on the root filesystem name
         // `/boot/vmlinuz-…`; the boot directory is that /boot already.
         if !dir.join(&entry.linux).is_file() {

@@ -166,3 +166,31 @@ fn bls_paths_under_boot_on_the_root_filesystem() {
     assert_eq!(e[0].initrd, ["initramfs-6.9.1.img"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn bls_kernelopts_from_grubenv() {
+    // Fedora 30-33: `options $kernelopts`, the value in grub2/grubenv;
+    // unknown variables ($tuned_params) vanish.
+    let d = std::env::temp_dir().join(format!("bootlun-grubenv.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("loader/entries")).unwrap();
+    std::fs::create_dir_all(d.join("grub2")).unwrap();
+    std::fs::write(d.join("vmlinuz-5.8.15"), "k").unwrap();
+    std::fs::write(d.join("initramfs-5.8.15.img"), "i").unwrap();
+    std::fs::write(
+        d.join("grub2/grubenv"),
+        "# GRUB Environment Block\nsaved_entry=x\nkernelopts=root=/dev/mapper/fedora-root ro rhgb quiet\n#######\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("loader/entries/m-5.8.15.conf"),
+        "title F\nversion 5.8.15\nlinux /vmlinuz-5.8.15\ninitrd /initramfs-5.8.15.img $tuned_initrd\noptions $kernelopts $tuned_params\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("loader/entries/m-5.8.14.conf"), "title G\nversion 5.8.14\nlinux /vmlinuz-5.8.15\noptions $nothing\n").unwrap();
+    let (_, e) = bootentries::discover(&d, "root=/dev/sdz9").unwrap();
+    assert_eq!(e[0].options, "root=/dev/mapper/fedora-root ro rhgb quiet");
+    assert_eq!(e[0].initrd, ["initramfs-5.8.15.img"]);
+    assert_eq!(e[1].options, "root=/dev/sdz9");
+    std::fs::remove_dir_all(&d).unwrap();
+}
