@@ -75,8 +75,9 @@ const TWO_OFF: u64 = 56 << 20;
 /// Where the guest writes the second pattern while bootlun is frozen, so
 /// that the kernel times the command out and aborts it (file LUN).
 const ABORT_OFF: u64 = 60 << 20;
-/// How long bootlun is frozen (SIGSTOP) for that.
-const FREEZE: Duration = Duration::from_secs(10);
+/// The longest bootlun stays frozen (SIGSTOP) for that; the guest asks for
+/// the thaw once the kernel has sent its abort.
+const MAX_FREEZE: Duration = Duration::from_secs(20);
 /// A 9-sector write at an odd sector (file LUN).
 const SMALL_SECTOR: u64 = 12_345;
 const SMALL_LEN: usize = 9 * 512;
@@ -492,10 +493,15 @@ fn linux_kernel_initiator_in_a_vm() {
         });
         match got {
             Some((_, l)) if l.contains("BOOTLUN-VM-PAUSE-TARGET") => {
-                eprintln!("freezing bootlun for {FREEZE:?} (SIGSTOP), as the guest asked");
                 bootlun.signal(libc::SIGSTOP);
-                std::thread::sleep(FREEZE);
+                let t = Instant::now();
+                let resume = serial.wait_for(MAX_FREEZE, |l| l.contains("BOOTLUN-VM-RESUME-TARGET"));
                 bootlun.signal(libc::SIGCONT);
+                eprintln!(
+                    "bootlun was frozen (SIGSTOP) for {:.1}s at the guest's request{}",
+                    t.elapsed().as_secs_f64(),
+                    if resume.is_some() { "" } else { " (no RESUME from the guest; thawed at the limit)" }
+                );
                 froze = true;
             }
             other => break other,

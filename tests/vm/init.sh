@@ -363,21 +363,35 @@ cmp /tmp/host.rd /data/host.bin || fail digest-host-pattern-mismatch
 mark digests
 
 # 13b. A command that times out: the host freezes bootlun (SIGSTOP) when it
-# sees the PAUSE marker and thaws it 10 s later. With a 2 s SCSI timeout
-# and no NOP-Out pings, the kernel sends ABORT TASK for the stuck WRITE;
-# its error handling must end with the data on the disk and the session
-# usable.
+# sees the PAUSE marker, and thaws it when it sees RESUME. With a 2 s SCSI
+# timeout and no NOP-Out pings, the kernel aborts the stuck WRITE (ABORT
+# TASK, which waits up to abort_timeout = 15 s for its answer); RESUME is
+# printed once the abort has been sent. Error handling must end with the
+# data on the disk and the session usable.
 echo 2 > /sys/block/$F/device/timeout || fail set-timeout
 echo 1 > /sys/module/libiscsi/parameters/debug_libiscsi_eh
 echo 7 > /proc/sys/dev/scsi/logging_level
 dmesg -c > /dev/null
 echo "BOOTLUN-VM-PAUSE-TARGET uptime=$(up)"
 sleep 1
-ddx write-while-frozen if=/data/par.bin of=/dev/$F bs=$MIB seek=$((ABORT_OFF / MIB)) count=$((PAR_LEN / MIB)) oflag=direct conv=notrunc,fsync
+rm -f /tmp/frozen.rc
+( dd if=/data/par.bin of=/dev/$F bs=$MIB seek=$((ABORT_OFF / MIB)) count=$((PAR_LEN / MIB)) oflag=direct conv=notrunc,fsync 2>/tmp/frozen.err; echo $? > /tmp/frozen.rc ) &
+n=0
+until dmesg | grep -q 'iscsi_eh_abort aborting'; do
+    n=$((n+1)); [ $n -gt 100 ] && break
+    usleep 200000
+done
+echo "BOOTLUN-VM-RESUME-TARGET uptime=$(up)"
+n=0
+until [ -e /tmp/frozen.rc ]; do
+    n=$((n+1)); [ $n -gt 600 ] && fail write-while-frozen-hung
+    usleep 200000
+done
 echo 30 > /sys/block/$F/device/timeout
 echo 0 > /proc/sys/dev/scsi/logging_level
 echo 0 > /sys/module/libiscsi/parameters/debug_libiscsi_eh
 dmesg | sed 's/^/BOOTLUN-VM-EH /'
+[ "$(cat /tmp/frozen.rc)" = 0 ] || { cat /tmp/frozen.err; fail write-while-frozen; }
 ddx read-after-abort if=/dev/$F of=/tmp/abort.rd bs=$MIB skip=$((ABORT_OFF / MIB)) count=$((PAR_LEN / MIB)) iflag=direct
 cmp /tmp/abort.rd /data/par.bin || fail abort-mismatch
 info "after the frozen target: $(sess_ids)"
