@@ -381,7 +381,7 @@ impl BootMount {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
-            .unwrap_or_else(|| std::env::temp_dir());
+            .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("bootlun-boot.{}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| format!("--boot-device {spec}: {}: {e}", dir.display()))?;
         let fstypes: Vec<String> = fs::read_to_string("/proc/filesystems")

@@ -251,6 +251,7 @@ impl PxeHandle {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn menu_config(
     server: String,
     http_port: u16,

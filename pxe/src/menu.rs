@@ -134,8 +134,7 @@ pub fn ipxe_login(cfg: &MenuConfig) -> String {
     s.push_str("login || goto cancel\n");
     let _ = writeln!(
         s,
-        "chain --autofree {}://${{username:uristring}}:${{password:uristring}}@{}/menu.ipxe || goto failed",
-        "http",
+        "chain --autofree http://${{username:uristring}}:${{password:uristring}}@{}/menu.ipxe || goto failed",
         cfg.http_base().trim_start_matches("http://")
     );
     s.push_str(":failed\necho Login failed\nclear username\nclear password\ngoto login\n");
