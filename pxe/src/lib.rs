@@ -230,8 +230,8 @@ pub fn routes(
     Ok(r)
 }
 
-/// Running sidecars; dropping it does not stop them (they live as long as
-/// the process).
+/// Running sidecars. Dropping it (or [`PxeHandle::stop`]) stops the HTTP
+/// server; the DHCP and TFTP threads run until the process exits.
 pub struct PxeHandle {
     /// The HTTP server.
     pub http: http::HttpServer,
@@ -317,7 +317,9 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         router.auth = Some((args.menu_user.clone().unwrap(), args.menu_password.clone().unwrap()));
     }
     let listen = std::net::SocketAddr::from((ifa.addr, http_port));
-    let http = http::spawn(http::HttpConfig::new(listen, router))?;
+    let http = http::spawn(http::HttpConfig::new(listen, router)).map_err(|e| {
+        format!("--http-port {http_port}: {}", e.trim_start_matches("http: "))
+    })?;
     for e in &entries {
         tracing::info!("pxe: entry {:?} kernel {}", e.title, e.linux);
     }
