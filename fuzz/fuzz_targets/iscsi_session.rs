@@ -18,6 +18,7 @@ use bootlun_frontends::iscsi::negotiate::Limits;
 use bootlun_frontends::iscsi::wire::{decode_lun, digest, digest_bytes};
 use bootlun_frontends::iscsi::{IscsiService, Lun, TargetShared};
 use libfuzzer_sys::fuzz_target;
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,37 @@ struct Client {
     closed: bool,
     /// R2Ts received: (ITT, TTT, offset, length).
     r2ts: Vec<(u32, u32, u32, u32)>,
+    /// Outstanding writes by ITT: data bytes needed, ranges sent.
+    writes: HashMap<u32, (u64, Vec<(u64, u64)>)>,
+    /// ITTs reused while outstanding: not judged.
+    ambiguous: HashSet<u32>,
+    /// A header's data length differed from the bytes sent (or an AHS was
+    /// claimed): the target's framing is no longer ours, writes are not
+    /// judged.
+    lied: bool,
+}
+
+/// Data bytes a write CDB moves at most.
+fn write_len(cdb: &[u8]) -> Option<u64> {
+    let be = |r: std::ops::Range<usize>| cdb[r].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+    match cdb[0] {
+        0x2a | 0x2e => Some(be(7..9) * 512),
+        0x8a => Some(be(10..14) * 512),
+        _ => None,
+    }
+}
+
+/// Whether to judge acknowledged writes (GOOD status only once every
+/// byte was sent). `BOOTLUN_FUZZ_ACK=0` turns it off; `=strict` also
+/// fails on the known overlap case (Data-Out overlapping earlier data is
+/// counted twice by the target), which is otherwise tolerated.
+fn ack_mode() -> u8 {
+    static M: OnceLock<u8> = OnceLock::new();
+    *M.get_or_init(|| match std::env::var("BOOTLUN_FUZZ_ACK").as_deref() {
+        Ok("0") => 0,
+        Ok("strict") => 2,
+        _ => 1,
+    })
 }
 
 fn put_u32(b: &mut [u8; 48], off: usize, v: u32) {
@@ -121,6 +153,62 @@ impl Client {
             rx: Vec::new(),
             closed: false,
             r2ts: Vec::new(),
+            writes: HashMap::new(),
+            ambiguous: HashSet::new(),
+            lied: false,
+        }
+    }
+
+    fn track(&mut self, bhs: &[u8; 48], dsl: u32, sent: usize) {
+        if dsl as usize != sent || bhs[4] != 0 {
+            self.lied = true;
+        }
+        let itt = u32_at(bhs, 16);
+        match bhs[0] & 0x3f {
+            0x01 => {
+                if self.writes.contains_key(&itt) {
+                    self.ambiguous.insert(itt);
+                }
+                if let Some(wanted) = write_len(&bhs[32..48]) {
+                    let xfer = wanted.min(u64::from(u32_at(bhs, 20)));
+                    let ranges = if dsl > 0 { vec![(0, u64::from(dsl))] } else { Vec::new() };
+                    self.writes.insert(itt, (xfer - xfer % 512, ranges));
+                }
+            }
+            0x05 => {
+                if let Some(w) = self.writes.get_mut(&itt) {
+                    let off = u64::from(u32_at(bhs, 40));
+                    w.1.push((off, off + u64::from(dsl)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A SCSI Response for `itt`: GOOD for a write means all its data was
+    /// sent.
+    fn judge(&mut self, itt: u32, good: bool) {
+        let Some((need, ranges)) = self.writes.remove(&itt) else { return };
+        if !good || self.lied || self.ambiguous.contains(&itt) || ack_mode() == 0 {
+            return;
+        }
+        let mut r: Vec<(u64, u64)> =
+            ranges.iter().map(|&(a, b)| (a.min(need), b.min(need))).filter(|(a, b)| a < b).collect();
+        let with_overlaps: u64 = r.iter().map(|(a, b)| b - a).sum();
+        r.sort();
+        let (mut covered, mut end) = (0u64, 0u64);
+        for (a, b) in r {
+            let a = a.max(end);
+            if b > a {
+                covered += b - a;
+                end = b;
+            }
+        }
+        if covered < need && (with_overlaps < need || ack_mode() == 2) {
+            panic!(
+                "GOOD status for write ITT {itt:#x} with {covered} of its {need} data bytes sent \
+                 ({with_overlaps} counting overlaps): acknowledged data never received"
+            );
         }
     }
 
@@ -131,6 +219,7 @@ impl Client {
         if self.closed {
             return;
         }
+        self.track(&bhs, dsl, data.len());
         bhs[5] = (dsl >> 16) as u8;
         bhs[6] = (dsl >> 8) as u8;
         bhs[7] = dsl as u8;
@@ -222,6 +311,9 @@ impl Client {
             }
             // StatSN tracking for responses that carry it.
             let op = bhs[0] & 0x3f;
+            if op == 0x21 {
+                self.judge(u32_at(&bhs, 16), bhs[2] == 0 && bhs[3] == 0);
+            }
             if matches!(op, 0x21 | 0x22 | 0x24 | 0x26 | 0x3f) || (op == 0x25 && bhs[1] & 1 != 0) {
                 self.exp_stat_sn = u32_at(&bhs, 24).wrapping_add(1);
             }
