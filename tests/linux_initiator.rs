@@ -547,8 +547,12 @@ fn linux_kernel_initiator_in_a_vm() {
     // Guest-side step timings (from its uptime) and host-side arrival times.
     eprintln!("--- guest steps (host time since QEMU start / guest uptime) ---");
     for (t, l) in serial.lines() {
-        if let Some(rest) = l.strip_prefix("BOOTLUN-VM-STEP ").or_else(|| l.strip_prefix("BOOTLUN-VM-OK ")) {
-            eprintln!("  {:7.2}s  {rest}", t.as_secs_f64());
+        // The first line may follow the firmware's terminal escapes.
+        for tag in ["BOOTLUN-VM-STEP ", "BOOTLUN-VM-OK "] {
+            if let Some(i) = l.find(tag) {
+                let what = if tag.contains("OK") { "OK " } else { "" };
+                eprintln!("  {:7.2}s  {what}{}", t.as_secs_f64(), &l[i + tag.len()..]);
+            }
         }
     }
 
