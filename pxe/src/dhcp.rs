@@ -215,7 +215,7 @@ impl Lease {
 /// Leases and declined addresses; the only state of the server.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    /// By client key: option 61 when sent, else the hardware address.
+    /// By client hardware address (see `Request::key`).
     leases: HashMap<Vec<u8>, Lease>,
     declined: HashMap<Ipv4Addr, Instant>,
 }
@@ -453,16 +453,13 @@ impl Request {
         })
     }
 
-    /// Lease key: the client identifier if sent, else the hardware address.
+    /// Lease key: the hardware address. Option 61 is deliberately not
+    /// used: UEFI firmware's PXE and the iPXE it chains into send different
+    /// client identifiers for the same NIC, and the one-address pool that
+    /// keeps a second machine from booting the same disk must still serve
+    /// both stages of one machine.
     fn key(&self) -> Vec<u8> {
-        match self.opts.get(&61) {
-            Some(id) if !id.is_empty() => {
-                let mut k = vec![0xff];
-                k.extend_from_slice(id);
-                k
-            }
-            _ => self.hwaddr().to_vec(),
-        }
+        self.hwaddr().to_vec()
     }
 
     fn addr_opt(&self, code: u8) -> Option<Ipv4Addr> {

@@ -349,24 +349,18 @@ mod sidecars {
         Ok((a, b))
     }
 
-    /// A few addresses next to ours. One address is not enough: UEFI PXE
-    /// and the iPXE it chains into present different client identifiers
-    /// for the same NIC, so each holds its own lease.
+    /// The default pool: exactly one address, the one after ours (or the
+    /// one before when ours is the last host of the subnet), so only one
+    /// machine can boot this disk at a time.
     pub(super) fn default_pool(ifa: &iface::IfaceAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        const SIZE: u32 = 8;
         let m = u32::from(ifa.netmask);
-        if ifa.prefix_len() > 29 {
+        if ifa.prefix_len() > 30 {
             return None;
         }
         let me = u32::from(ifa.addr);
-        let first = (me & m) + 1;
-        let last = (me | !m) - 1;
-        let (a, b) = if me < last {
-            (me + 1, (me + SIZE).min(last))
-        } else {
-            (first.max(me.saturating_sub(SIZE)), me - 1)
-        };
-        Some((Ipv4Addr::from(a), Ipv4Addr::from(b)))
+        let (first, last) = ((me & m) + 1, (me | !m) - 1);
+        let a = if me < last { me + 1 } else if me > first { me - 1 } else { return None };
+        Some((Ipv4Addr::from(a), Ipv4Addr::from(a)))
     }
 
     pub(super) fn spawn(
@@ -388,14 +382,12 @@ mod sidecars {
             boot.initiator_iqn = Some(cfg.initiator_name.clone());
             let mut d = dhcp::DhcpConfig::new(ifname, ifa.addr, ifa.netmask, boot);
             d.mode = mode;
-            match &args.dhcp_pool {
-                Some(p) => d.pool = parse_pool(p, ifa)?,
-                None => {
-                    if let Some(p) = default_pool(ifa) {
-                        d.pool = p;
-                    }
-                }
-            }
+            d.pool = match &args.dhcp_pool {
+                Some(p) => parse_pool(p, ifa)?,
+                None => default_pool(ifa).ok_or_else(|| {
+                    format!("--pxe-interface {ifname}: subnet too small for a client address; use --dhcp-pool")
+                })?,
+            };
             threads.push(dhcp::spawn(d).map_err(|e| format!("--pxe-interface {ifname}: {e}"))?);
         }
         if ipxe_dir.is_dir() {
@@ -577,12 +569,12 @@ mod tests {
             index: 1,
         };
         let p = sidecars::default_pool(&ifa([10, 77, 0, 1], 24)).unwrap();
-        assert_eq!(p, ([10, 77, 0, 2].into(), [10, 77, 0, 9].into()));
+        assert_eq!(p, ([10, 77, 0, 2].into(), [10, 77, 0, 2].into()));
         let p = sidecars::default_pool(&ifa([10, 77, 0, 254], 24)).unwrap();
-        assert_eq!(p, ([10, 77, 0, 246].into(), [10, 77, 0, 253].into()));
-        let p = sidecars::default_pool(&ifa([192, 168, 1, 1], 29)).unwrap();
-        assert_eq!(p, ([192, 168, 1, 2].into(), [192, 168, 1, 6].into()));
-        assert!(sidecars::default_pool(&ifa([192, 168, 1, 1], 30)).is_none());
+        assert_eq!(p, ([10, 77, 0, 253].into(), [10, 77, 0, 253].into()));
+        let p = sidecars::default_pool(&ifa([192, 168, 1, 1], 30)).unwrap();
+        assert_eq!(p, ([192, 168, 1, 2].into(), [192, 168, 1, 2].into()));
+        assert!(sidecars::default_pool(&ifa([192, 168, 1, 1], 31)).is_none());
         let bad = sidecars::parse_pool("10.77.1.2-10.77.1.9", &ifa([10, 77, 0, 1], 24)).unwrap_err();
         assert_eq!(bad, "--dhcp-pool 10.77.1.2-10.77.1.9: not inside 10.77.0.0/24");
     }
