@@ -22,6 +22,8 @@
 //! The run is bounded by counts, not sleeps. `PDU_SEQ_SEED` and
 //! `PDU_SEQ_SESSIONS` override the seed and the number of sessions to
 //! reproduce a failure; every failure names the seed and the session.
+//! `PDU_SEQ_ARGS` adds `bootlun serve` arguments (e.g. small buffers);
+//! `PDU_SEQ_VERBOSE` prints the target's log.
 //!
 //! Hostile PDUs never address LUN 1: it holds the acknowledged patterns.
 
@@ -909,7 +911,11 @@ fn hostile_pdu_sequences() {
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or(SEED);
     let sessions = std::env::var("PDU_SEQ_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(SESSIONS);
-    let server = Server::start(&["ram:64M", "ram:4M"], &[]);
+    // Extra `bootlun serve` arguments, e.g. "--buffer-size 64K --buffers 8"
+    // to exercise chunking and buffer waits.
+    let extra = std::env::var("PDU_SEQ_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let server = Server::start(&["ram:64M", "ram:4M"], &extra);
     let mut ctx = Ctx { server, seed };
     let data_lun = ctx.server.lun(DATA_LUN);
     let started = Instant::now();
