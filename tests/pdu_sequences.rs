@@ -774,7 +774,7 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
     };
     let mrdsl = h.c.target_mrdsl;
     let chunk = rlen.min(mrdsl).min(8192);
-    match r.below(12) {
+    match r.below(14) {
         0 => {
             h.data_out(lun0, itt, ttt ^ 0x5a5a, 0, off, true, &vec![fill; chunk as usize]);
             "wrong TTT"
@@ -843,12 +843,44 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
             h.text(&t, flags, ttt);
             "Text garbage mid-transfer"
         }
-        _ => {
+        11 => {
             // Unsolicited Data-Out (reserved TTT) overlapping the
             // immediate data, then the solicited burst with a DataSN gap.
             h.data_out(lun0, itt, u32::MAX, 0, 0, false, &vec![fill; 512]);
             h.data_out(lun0, itt, ttt, 3, off, true, &vec![fill; chunk as usize]);
             "unsolicited Data-Out and a DataSN gap"
+        }
+        _ => {
+            // The whole burst, correct, but each Data-Out's header goes
+            // out before its data (the target receives the data straight
+            // into the task's buffer), sometimes cut short by a close.
+            let n = rlen.min(mrdsl);
+            let mut b = [0u8; BHS_LEN];
+            b[0] = 0x05;
+            b[1] = 0x80;
+            b[8..16].copy_from_slice(&lun0);
+            put32(&mut b, 16, itt);
+            put32(&mut b, 20, ttt);
+            put32(&mut b, 28, h.c.exp_statsn);
+            put32(&mut b, 40, off);
+            set_dsl(&mut b, n);
+            h.track(&b, n as usize);
+            if h.c.stream.write_all(&b).is_err() {
+                h.closed = true;
+                return "split Data-Out";
+            }
+            h.drain(Duration::from_millis(2));
+            let data = vec![fill; n as usize];
+            let cut = if r.chance(30) { n as usize / 3 } else { n as usize };
+            if h.c.stream.write_all(&data[..cut]).is_err() {
+                h.closed = true;
+            }
+            if cut < n as usize {
+                h.closed = true;
+                let _ = h.c.stream.shutdown(Shutdown::Both);
+                return "split Data-Out, then close mid-data";
+            }
+            "split Data-Out"
         }
     }
 }
