@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use super::discovery::{answer_text, TargetRecord};
 use super::negotiate::{Negotiator, SessionParams, SessionType, Stage};
-use super::target::TargetShared;
+use super::target::{SessionClaim, TargetShared};
 use super::wire::*;
 use crate::scsi::{self, CommandCtx, Outcome, Sense, Status};
 
@@ -49,6 +49,11 @@ const TAG_SEND: u32 = 3 << 28;
 const TAG_DISK: u32 = 4 << 28;
 const TAG_LOGIN_TIMER: u32 = 5 << 28;
 const TAG_CANCEL: u32 = 6 << 28;
+const TAG_REINSTATE_TIMER: u32 = 7 << 28;
+/// Session reinstatement waits for the old connection in steps of
+/// `REINSTATE_POLL_MS`, at most this many.
+const REINSTATE_MAX_POLLS: u32 = 3000;
+const REINSTATE_POLL_MS: u32 = 10;
 
 const TAG_KIND: u32 = 0xf << 28;
 
@@ -165,6 +170,11 @@ struct Task {
 
 pub struct Conn {
     sh: Arc<TargetShared>,
+    /// Unique among all connections of the target.
+    id: u64,
+    /// Registered as the holder of a normal session (see
+    /// `TargetShared::register_session`).
+    session_registered: bool,
     /// Owns the socket; closed when the connection is dropped.
     _stream: TcpStream,
     fd: RawFd,
@@ -215,6 +225,11 @@ pub struct Conn {
     login_deadline: Box<types::Timespec>,
     timer_armed: bool,
     timer_cancelled: bool,
+    /// The final Login Response, held while an old session is reinstated.
+    pending_login: Option<(LoginResponse, Vec<u8>)>,
+    reinstate_poll: Box<types::Timespec>,
+    reinstate_timer_armed: bool,
+    reinstate_polls: u32,
     /// Base address of every pool buffer of this reactor, so the data
     /// path does pointer arithmetic without going through the pool.
     buf_ptrs: Vec<*mut u8>,
@@ -226,7 +241,10 @@ impl Conn {
         let login_deadline = Box::new(types::Timespec::new().sec(sh.login_timeout_secs));
         let local = stream.local_addr().ok();
         let neg = Negotiator::new(sh.limits.clone());
+        let id = sh.conn_id();
         Conn {
+            id,
+            session_registered: false,
             sh,
             _stream: stream,
             fd,
@@ -272,6 +290,10 @@ impl Conn {
             login_deadline,
             timer_armed: false,
             timer_cancelled: false,
+            pending_login: None,
+            reinstate_poll: Box::new(types::Timespec::new().nsec(REINSTATE_POLL_MS * 1_000_000)),
+            reinstate_timer_armed: false,
+            reinstate_polls: 0,
         }
     }
 
@@ -742,38 +764,78 @@ impl Conn {
                     resp.nsg = nsg as u8;
                 }
                 let done = r.transit && nsg == Stage::FullFeature;
-                if done {
-                    self.tsih = self.sh.alloc_tsih();
-                    resp.tsih = self.tsih;
+                if !done {
+                    let len = out.len();
+                    self.send_status(io, TxData::Owned(out), false, |h, sn| {
+                        build_login_response(h, &resp, len, sn)
+                    });
+                    return;
                 }
-                let len = out.len();
-                // The last Login Response goes out without digests;
-                // everything after it uses them.
-                self.send_status(io, TxData::Owned(out), false, |h, sn| {
-                    build_login_response(h, &resp, len, sn)
-                });
-                if done {
-                    self.params = self.neg.params().clone();
-                    tracing::info!(
-                        "connection {}: login complete ({:?} session, initiator {}, digests {}/{}, MaxRecvDataSegmentLength {}/{}, burst {}/{}, InitialR2T {}, ImmediateData {})",
-                        self.peer,
-                        self.params.session_type,
-                        self.params.initiator_name,
-                        self.params.header_digest,
-                        self.params.data_digest,
-                        self.params.initiator_max_recv_dsl,
-                        self.params.target_max_recv_dsl,
-                        self.params.first_burst_length,
-                        self.params.max_burst_length,
-                        self.params.initial_r2t,
-                        self.params.immediate_data,
-                    );
-                    self.phase = Phase::FullFeature;
-                    self.hd = self.params.header_digest;
-                    self.dd = self.params.data_digest;
+                self.tsih = self.sh.alloc_tsih();
+                resp.tsih = self.tsih;
+                self.params = self.neg.params().clone();
+                self.pending_login = Some((resp, out));
+                self.finish_login(io);
+            }
+        }
+    }
+
+    /// Send the final Login Response and enter the full feature phase. A
+    /// normal session whose InitiatorName and ISID belong to a live session
+    /// reinstates it (RFC 7143 6.3.5): the old connection is shut down and
+    /// the response waits until it has drained its I/O, so no command of
+    /// the old session can land after one of the new.
+    fn finish_login(&mut self, io: &mut Io<'_>) {
+        if self.params.session_type == SessionType::Normal {
+            match self.sh.claim_session(&self.params.initiator_name, self.isid, self.id, self.fd) {
+                SessionClaim::Claimed => self.session_registered = true,
+                SessionClaim::Reinstating => {
+                    if self.reinstate_polls == 0 {
+                        tracing::warn!(
+                            "connection {}: session reinstatement: closing the previous connection of {} with this ISID",
+                            self.peer,
+                            self.params.initiator_name
+                        );
+                    }
+                    self.reinstate_polls += 1;
+                    if self.reinstate_polls > REINSTATE_MAX_POLLS {
+                        let (resp, _) = self.pending_login.take().unwrap();
+                        return self.login_fail(io, resp, (3, 0x00), "previous session did not end");
+                    }
+                    let ts: *const types::Timespec = &*self.reinstate_poll;
+                    unsafe { io.push(opcode::Timeout::new(ts).build(), TAG_REINSTATE_TIMER) };
+                    self.reinstate_timer_armed = true;
+                    return;
                 }
             }
         }
+        let Some((resp, out)) = self.pending_login.take() else {
+            return;
+        };
+        let len = out.len();
+        // The last Login Response goes out without digests; everything
+        // after it uses them.
+        self.send_status(io, TxData::Owned(out), false, |h, sn| {
+            build_login_response(h, &resp, len, sn)
+        });
+        tracing::info!(
+            "connection {}: login complete ({:?} session, initiator {}, digests {}/{}, MaxRecvDataSegmentLength {}/{}, burst {}/{}, InitialR2T {}, ImmediateData {})",
+            self.peer,
+            self.params.session_type,
+            self.params.initiator_name,
+            self.params.header_digest,
+            self.params.data_digest,
+            self.params.initiator_max_recv_dsl,
+            self.params.target_max_recv_dsl,
+            self.params.first_burst_length,
+            self.params.max_burst_length,
+            self.params.initial_r2t,
+            self.params.immediate_data,
+        );
+        self.phase = Phase::FullFeature;
+        self.hd = self.params.header_digest;
+        self.dd = self.params.data_digest;
+        self.post_recv(io);
     }
 
     fn login_fail(&mut self, io: &mut Io<'_>, mut resp: LoginResponse, st: (u8, u8), why: &str) {
@@ -1995,6 +2057,12 @@ impl Connection for Conn {
                 }
             }
             TAG_CANCEL => {}
+            TAG_REINSTATE_TIMER => {
+                self.reinstate_timer_armed = false;
+                if !self.closing {
+                    self.finish_login(io);
+                }
+            }
             TAG_DISK => {
                 let idx = tag & !TAG_KIND;
                 if self.closing {
@@ -2015,6 +2083,7 @@ impl Connection for Conn {
             && !self.tx_busy
             && !self.rx_busy
             && !self.timer_armed
+            && !self.reinstate_timer_armed
             && self.tasks.iter().all(|t| t.is_none())
     }
 
@@ -2032,7 +2101,12 @@ impl Connection for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // `stream` closes the socket after this.
+        // All I/O of this connection has drained (the reactor drops it only
+        // then): a reinstating login may now proceed. `stream` closes the
+        // socket after this.
+        if self.session_registered {
+            self.sh.unregister_session(&self.params.initiator_name, self.isid, self.id);
+        }
         tracing::debug!("connection {} released", self.peer);
     }
 }

@@ -4,7 +4,10 @@
 use bootlun_engine::{BlockBackend, Service};
 use sha2::{Digest, Sha256};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::collections::HashMap;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::sync::Arc;
 
 use super::conn::Conn;
@@ -60,6 +63,27 @@ pub struct TargetShared {
     /// A connection that has not logged in after this long is closed.
     pub login_timeout_secs: u64,
     next_tsih: AtomicU16,
+    /// Logged-in normal sessions by (InitiatorName, ISID), for session
+    /// reinstatement (RFC 7143 6.3.5).
+    sessions: Mutex<HashMap<(String, [u8; 6]), SessionEntry>>,
+    next_conn_id: AtomicU64,
+}
+
+/// Answer of [`TargetShared::claim_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionClaim {
+    /// The caller now holds the session.
+    Claimed,
+    /// An older connection holds it and is being closed; try again soon.
+    Reinstating,
+}
+
+/// The connection that holds a session.
+struct SessionEntry {
+    conn_id: u64,
+    /// Its socket. Valid while the entry exists: a connection removes its
+    /// entry before its socket can be closed.
+    fd: RawFd,
 }
 
 impl TargetShared {
@@ -74,6 +98,44 @@ impl TargetShared {
             portals: Vec::new(),
             login_timeout_secs: 30,
             next_tsih: AtomicU16::new(1),
+            sessions: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A unique id for a new connection.
+    pub fn conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connection `conn_id` (socket `fd`) wants the session of
+    /// `initiator` + `isid`. When another connection still holds it, that
+    /// connection is shut down (it stops taking commands, drains its I/O
+    /// and then releases the session) and the caller must retry.
+    pub fn claim_session(&self, initiator: &str, isid: [u8; 6], conn_id: u64, fd: RawFd) -> SessionClaim {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (initiator.to_string(), isid);
+        match s.get(&key) {
+            Some(o) if o.conn_id != conn_id => {
+                // SAFETY: the holder has not closed its socket yet (it
+                // removes its entry under this lock before that).
+                unsafe { libc::shutdown(o.fd, libc::SHUT_RDWR) };
+                SessionClaim::Reinstating
+            }
+            _ => {
+                s.insert(key, SessionEntry { conn_id, fd });
+                SessionClaim::Claimed
+            }
+        }
+    }
+
+    /// Connection `conn_id` is gone (all its I/O finished): release its
+    /// session, if it holds it.
+    pub fn unregister_session(&self, initiator: &str, isid: [u8; 6], conn_id: u64) {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (initiator.to_string(), isid);
+        if s.get(&key).is_some_and(|e| e.conn_id == conn_id) {
+            s.remove(&key);
         }
     }
 
