@@ -148,7 +148,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
         LunKind::Null(size) => Ok(Arc::new(NullBackend {
             info: BackendInfo {
                 describe: spec.text.clone(),
-                identity: format!("null:{index}"),
+                identity: format!("{}null:{index}", host_id()),
                 size: *size,
                 block_size: 512,
                 read_only: spec.read_only,
@@ -173,7 +173,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
                 file,
                 info: BackendInfo {
                     describe: spec.text.clone(),
-                    identity: format!("ram:{index}"),
+                    identity: format!("{}ram:{index}", host_id()),
                     size: *size,
                     block_size: 512,
                     read_only: spec.read_only,
@@ -234,11 +234,17 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
         ));
     }
     let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    // A disk's own WWID follows it from host to host and path to path;
+    // otherwise this host plus the path.
+    let identity = is_block
+        .then(|| sysfs_wwid(&meta))
+        .flatten()
+        .unwrap_or_else(|| format!("{}{}", host_id(), canon.display()));
     Ok(Arc::new(FileBackend {
         file,
         info: BackendInfo {
             describe: spec.text.clone(),
-            identity: canon.display().to_string(),
+            identity,
             size,
             block_size,
             read_only: spec.read_only,
@@ -261,6 +267,30 @@ fn probe_direct(f: &File) -> bool {
         std::alloc::dealloc(p, layout);
         r >= 0
     }
+}
+
+/// This machine's id (`/etc/machine-id`, else the hostname), so two hosts
+/// exporting `ram:` LUNs or the same path do not report the same SCSI
+/// identifiers (multipath would merge them).
+fn host_id() -> String {
+    let id = std::fs::read_to_string("/etc/machine-id")
+        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .unwrap_or_default();
+    format!("{}/", id.trim())
+}
+
+/// The WWID the kernel reads from the device (`device/wwid` in sysfs).
+fn sysfs_wwid(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let base = format!("/sys/dev/block/{maj}:{min}");
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    // A partition's id is its disk's plus the partition number.
+    read(&format!("{base}/device/wwid")).or_else(|| {
+        let part = read(&format!("{base}/partition"))?;
+        Some(format!("{}-part{part}", read(&format!("{base}/../device/wwid"))?))
+    })
 }
 
 fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
