@@ -302,6 +302,9 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         initiator_name: None,
         chap: None,
     };
+    if args.pxe.pxe_interface.is_some() {
+        keep_sidecars_off(&cores, available);
+    }
     let pxe = bootlun_pxe::start(&args.pxe, &export).map_err(Usage)?;
 
     tracing::info!(
@@ -335,6 +338,27 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The PXE sidecar threads inherit this thread's CPU mask: keep them off
+/// the reactors' cores when there are other cores to run on.
+fn keep_sidecars_off(reactor_cores: &[usize], available: usize) {
+    let others: Vec<usize> = (0..available).filter(|c| !reactor_cores.contains(c)).collect();
+    if others.is_empty() {
+        tracing::info!("PXE sidecars share the reactors' cores (no other core is free)");
+        return;
+    }
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in &others {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!("cannot move PXE sidecars off the reactor cores: {}", std::io::Error::last_os_error());
+            return;
+        }
+    }
+    tracing::info!("PXE sidecars run on cores {others:?}");
 }
 
 /// Registered buffers are pinned memory; lift the limit if we may.
