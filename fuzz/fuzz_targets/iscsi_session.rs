@@ -524,6 +524,8 @@ enum Op {
     Scsi { cdb: Cdb, r: bool, w: bool, edtl: Option<u32>, attr: u8, ahs: u8 },
     Tmf { function: u8, referenced: Tag },
     Text { text: Vec<u8>, cont: bool, ttt: Tag },
+    /// `data_sn: None` numbers Data-Out per (ITT, TTT) from 0, as an
+    /// initiator would.
     DataOut { ttt: Option<Tag>, offset: Offset, data_sn: Option<u32>, fin: bool, r2t_pick: u8 },
     Logout { reason: u8 },
     Snack,
@@ -613,6 +615,8 @@ struct State {
     last_cmd_itt: u32,
     /// (ITT, expected transfer length) of write commands sent.
     writes: Vec<(u32, u32)>,
+    /// Next DataSN by (ITT, TTT).
+    data_sns: HashMap<(u32, u32), u32>,
 }
 
 fn tag(c: &mut Client, st: &State, t: Tag) -> u32 {
@@ -729,7 +733,10 @@ fn send_pdu(c: &mut Client, st: &mut State, p: &Pdu, max_len: u32) {
                 Some(t) => tag(c, st, *t),
             });
             put_u32(&mut b, 28, c.exp_stat_sn);
-            put_u32(&mut b, 36, data_sn.unwrap_or(0));
+            let key = (itt, u32_at(&b, 20));
+            let next = st.data_sns.entry(key).or_insert(0);
+            put_u32(&mut b, 36, data_sn.unwrap_or(*next));
+            *next = next.wrapping_add(1);
             let off = match offset {
                 Offset::R2t(d) => r_off.wrapping_add(*d as i32 as u32),
                 Offset::Raw(v) => *v,
@@ -810,7 +817,7 @@ fuzz_target!(|s: Session| {
     }
     c.hd = s.hd;
     c.dd = s.dd;
-    let mut st = State { last_cmd_itt: 0, writes: Vec::new() };
+    let mut st = State { last_cmd_itt: 0, writes: Vec::new(), data_sns: HashMap::new() };
     // What the target declared is at least 8192 (ours: 256 KiB); stay
     // below that for the data lengths so most PDUs are not refused
     // outright, except when lying on purpose.
