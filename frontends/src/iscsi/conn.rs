@@ -116,6 +116,17 @@ enum Kind {
     Flush,
 }
 
+impl Kind {
+    /// Pool buffers a task of this kind holds.
+    fn buffers(self) -> usize {
+        if self == Kind::VerifyCompare {
+            2
+        } else {
+            1
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct R2tOut {
     ttt: u32,
@@ -148,8 +159,14 @@ struct Task {
     chunk_start: u32,
     chunk_len: u32,
     chunk_got: u32,
-    /// Unsolicited (immediate + Data-Out without R2T) data ends here.
+    /// Unsolicited (immediate + Data-Out without R2T) data ends here, as
+    /// far as the medium is concerned (clipped to what moves).
     unsol_end: u32,
+    /// Wire offsets of unsolicited data: the next one due, and the end
+    /// the initiator may send up to (RFC 7143: immediate data, plus
+    /// FirstBurstLength when InitialR2T=No).
+    unsol_next: u32,
+    unsol_limit: u32,
     r2t_next: u32,
     r2t: Option<R2tOut>,
     r2t_sn: u32,
@@ -202,8 +219,13 @@ pub struct Conn {
     cur: [u8; BHS_LEN],
     pdu_data: Vec<u8>,
     data_crc: u32,
-    /// Where the direct recv in flight writes (for the data digest).
+    /// Where the direct recv in flight writes (for the data digest), and
+    /// the task whose buffer that is: it is not freed until the recv ends.
     direct_ptr: *mut u8,
+    direct_task: Option<u32>,
+    /// Pool buffers this connection's tasks hold (bounded by `buf_limit`,
+    /// so one connection cannot starve the reactor's others).
+    bufs_held: usize,
     // send
     txq: VecDeque<Tx>,
     tx_fly: Vec<Tx>,
@@ -272,6 +294,8 @@ impl Conn {
             pdu_data: Vec::new(),
             data_crc: 0,
             direct_ptr: std::ptr::null_mut(),
+            direct_task: None,
+            bufs_held: 0,
             txq: VecDeque::with_capacity(256),
             tx_fly: Vec::with_capacity(SEND_BATCH),
             iov: Vec::with_capacity(SEND_BATCH * 3),
@@ -488,8 +512,8 @@ impl Conn {
                             trailer,
                         };
                         if got < total {
-                            if let Some(ptr) = self.direct_target(sink, got, total) {
-                                self.recv_direct(io, ptr, total - got);
+                            if let Some((direct_idx, ptr)) = self.direct_target(sink, got, total) {
+                                self.recv_direct(io, direct_idx, ptr, total - got);
                                 return;
                             }
                             break;
@@ -526,7 +550,8 @@ impl Conn {
 
     /// Receive the next `len` bytes of the data segment straight into `ptr`
     /// (a task's pool buffer).
-    fn recv_direct(&mut self, io: &mut Io<'_>, ptr: *mut u8, len: usize) {
+    fn recv_direct(&mut self, io: &mut Io<'_>, task: u32, ptr: *mut u8, len: usize) {
+        self.direct_task = Some(task);
         let e = opcode::Recv::new(types::Fd(self.fd), ptr, len as u32)
             .flags(libc::MSG_WAITALL)
             .build();
@@ -537,7 +562,7 @@ impl Conn {
 
     /// Where a direct recv of the rest of a data segment may land, if the
     /// sink is a task buffer that covers all of it.
-    fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<*mut u8> {
+    fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<(u32, *mut u8)> {
         if total - got < DIRECT_MIN {
             return None;
         }
@@ -551,7 +576,7 @@ impl Conn {
             return None;
         }
         t.buf?;
-        Some(unsafe { self.buf_ptr_for(idx, start as u32) })
+        Some((idx, unsafe { self.buf_ptr_for(idx, start as u32) }))
     }
 
     /// Pointer into task `idx`'s buffer for data byte `off` of the command
@@ -1163,30 +1188,68 @@ impl Conn {
             self.finish_good(io, idx);
             return Sink::Discard;
         }
-        let want_bufs = if kind == Kind::VerifyCompare { 2 } else { 1 };
-        if io.pool.available() < want_bufs {
-            io.stats.buffer_waits.fetch_add(1, Relaxed);
-            self.drop_task(io, idx);
-            self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
-            return Sink::Discard;
-        }
-        self.take_buffers(io, idx);
-        let unsol = if self.params.initial_r2t {
+        let unsol_limit = if self.params.initial_r2t {
             dsl as u32
         } else {
             self.params.first_burst_length.min(edtl)
         };
         {
             let t = self.tasks[idx as usize].as_mut().unwrap();
-            t.unsol_end = unsol.min(t.xfer).min(t.chunk_len);
-            t.r2t_next = t.unsol_end;
+            t.unsol_limit = unsol_limit;
+            t.unsol_next = dsl as u32;
         }
-        self.send_r2t(idx);
-        self.flush_tx(io);
+        if !self.can_take(io, kind.buffers()) {
+            if unsol_limit > 0 {
+                // Data is on its way and there is nowhere to put it.
+                io.stats.buffer_waits.fetch_add(1, Relaxed);
+                self.drop_task(io, idx);
+                self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
+                return Sink::Discard;
+            }
+            // Nothing comes before our R2T: wait for a buffer.
+            self.park_for_buffer(io, idx);
+            return Sink::Discard;
+        }
+        self.start_data_out(io, idx);
         if dsl > 0 {
             Sink::Task { idx, off: 0 }
         } else {
             Sink::Discard
+        }
+    }
+
+    /// A write or verify task got its buffers: ask for the data.
+    fn start_data_out(&mut self, io: &mut Io<'_>, idx: u32) {
+        self.take_buffers(io, idx);
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        t.unsol_end = t.unsol_limit.min(t.xfer).min(t.chunk_len);
+        t.r2t_next = t.unsol_end;
+        self.send_r2t(idx);
+        self.flush_tx(io);
+    }
+
+    /// Most buffers one connection may hold: a quarter of the reactor's
+    /// pool, and at least four.
+    fn buf_limit(io: &Io<'_>) -> usize {
+        (io.pool.count() / 4).max(4)
+    }
+
+    fn can_take(&self, io: &Io<'_>, n: usize) -> bool {
+        io.pool.available() >= n && self.bufs_held + n <= Self::buf_limit(io)
+    }
+
+    /// Queue task `idx` until a buffer can be had.
+    fn park_for_buffer(&mut self, io: &mut Io<'_>, idx: u32) {
+        let t = self.tasks[idx as usize].as_mut().unwrap();
+        if !t.waiting_buf {
+            t.waiting_buf = true;
+            io.stats.buffer_waits.fetch_add(1, Relaxed);
+            self.buf_waiters.push_back(idx);
+        }
+        // Buffers held by other connections: hear when they come back.
+        // (Our own come back through `maybe_free`.)
+        if io.pool.available() < 2 {
+            io.wait_for_buffers();
         }
     }
 
@@ -1220,6 +1283,8 @@ impl Conn {
             chunk_len: 0,
             chunk_got: 0,
             unsol_end: 0,
+            unsol_next: 0,
+            unsol_limit: 0,
             r2t_next: 0,
             r2t: None,
             r2t_sn: 0,
@@ -1254,6 +1319,7 @@ impl Conn {
         if t.kind == Kind::VerifyCompare {
             t.cmp_buf = io.pool.alloc();
         }
+        self.bufs_held += t.buf.is_some() as usize + t.cmp_buf.is_some() as usize;
         let chunk_max = buf_size - buf_size % t.bs;
         t.chunk_start = 0;
         t.chunk_len = t.xfer.min(chunk_max);
@@ -1277,14 +1343,8 @@ impl Conn {
             }
             Kind::Read => {
                 if t.buf.is_none() {
-                    if io.pool.available() == 0 {
-                        if !t.waiting_buf {
-                            t.waiting_buf = true;
-                            io.stats.buffer_waits.fetch_add(1, Relaxed);
-                            self.buf_waiters.push_back(idx);
-                        }
-                        io.wait_for_buffers();
-                        return;
+                    if !self.can_take(io, 1) {
+                        return self.park_for_buffer(io, idx);
                     }
                     self.take_buffers(io, idx);
                 }
@@ -1307,7 +1367,17 @@ impl Conn {
                 t.io_busy = true;
                 backend.prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
             }
-            Kind::Write | Kind::VerifyCompare => return,
+            Kind::Write | Kind::VerifyCompare => {
+                if t.buf.is_none() {
+                    let need = t.kind.buffers();
+                    if !self.can_take(io, need) {
+                        return self.park_for_buffer(io, idx);
+                    }
+                    self.tasks[idx as usize].as_mut().unwrap().waiting_buf = false;
+                    self.start_data_out(io, idx);
+                }
+                return;
+            }
         };
         self.submit_disk(io, idx, prep);
     }
@@ -1345,12 +1415,9 @@ impl Conn {
         if e > s {
             t.chunk_got += (e - s) as u32;
         }
-        if let (Some((ttt, fin)), Some(r)) = (data_out, t.r2t.as_mut()) {
-            if ttt == r.ttt {
-                r.got += n;
-                if fin || r.got >= r.len {
-                    t.r2t = None;
-                }
+        if let (Some((ttt, _)), Some(r)) = (data_out, t.r2t.as_ref()) {
+            if ttt == r.ttt && r.got >= r.len {
+                t.r2t = None;
             }
         }
         if t.chunk_got >= t.chunk_len && !t.io_busy {
@@ -1455,23 +1522,40 @@ impl Conn {
             );
             return Sink::Discard;
         }
+        // DataPDUInOrder and DataSequenceInOrder are Yes: every burst's
+        // data comes in order, each byte once. Anything else (overlaps,
+        // repeats, gaps, bytes past the burst) would let a chunk look
+        // complete with bytes missing.
         let off = d.buffer_offset();
         let end = off as u64 + dsl as u64;
+        let fin = bhs.final_bit();
+        let initial_r2t = self.params.initial_r2t;
+        let t = self.tasks[idx as usize].as_mut().unwrap();
         let ok = if d.ttt() == RESERVED_TAG {
-            end <= t.unsol_end.max(if self.params.initial_r2t {
-                0
-            } else {
-                self.params.first_burst_length
-            }) as u64
+            let ok = !initial_r2t && off == t.unsol_next && end <= t.unsol_limit as u64;
+            if ok {
+                t.unsol_next = end as u32;
+            }
+            ok
         } else {
-            t.r2t
-                .is_some_and(|r| r.ttt == d.ttt() && off >= r.off && end <= (r.off + r.len) as u64)
+            match t.r2t.as_mut() {
+                Some(r)
+                    if r.ttt == d.ttt()
+                        && off == r.off + r.got
+                        && end <= (r.off + r.len) as u64
+                        && (!fin || end == (r.off + r.len) as u64) =>
+                {
+                    r.got += dsl as u32;
+                    true
+                }
+                _ => false,
+            }
         };
         if !ok {
             self.reject_and_close(
                 io,
                 reject_reason::PROTOCOL_ERROR,
-                "Data-Out outside the solicited range",
+                "Data-Out out of order or outside the solicited range",
             );
             return Sink::Discard;
         }
@@ -1689,17 +1773,10 @@ impl Conn {
         let Some(t) = self.tasks[idx as usize].as_ref() else {
             return;
         };
-        if !t.finished || t.io_busy || t.sends > 0 {
+        if !t.finished || t.io_busy || t.sends > 0 || self.direct_task == Some(idx) {
             return;
         }
-        let t = self.tasks[idx as usize].take().unwrap();
-        if let Some(b) = t.buf {
-            io.pool.release(b);
-        }
-        if let Some(b) = t.cmp_buf {
-            io.pool.release(b);
-        }
-        self.free_tasks.push(idx);
+        self.release_task(io, idx);
         // A buffer came back: wake a waiting read.
         self.run_buffer_waiters(io);
     }
@@ -1707,7 +1784,12 @@ impl Conn {
     /// Start reads that were waiting for a pool buffer, while there are
     /// buffers.
     fn run_buffer_waiters(&mut self, io: &mut Io<'_>) {
-        while io.pool.available() > 0 {
+        // Each waiter is tried once: one that still cannot get a buffer
+        // goes back to the end of the queue.
+        for _ in 0..self.buf_waiters.len() {
+            if !self.can_take(io, 1) {
+                break;
+            }
             let Some(w) = self.buf_waiters.pop_front() else {
                 break;
             };
@@ -1958,22 +2040,22 @@ impl Conn {
         }
         for i in 0..self.tasks.len() {
             if let Some(t) = self.tasks[i].as_mut() {
-                if !t.io_busy {
+                // Never while the kernel may still write into its buffer.
+                if !t.io_busy && !(self.rx_busy && self.direct_task == Some(i as u32)) {
                     t.finished = true;
                     t.sends = 0;
-                    self.maybe_free_closing(io, i as u32);
+                    self.release_task(io, i as u32);
                 }
             }
         }
     }
 
-    fn maybe_free_closing(&mut self, io: &mut Io<'_>, idx: u32) {
+    /// Drop task `idx` and give its buffers back to the pool.
+    fn release_task(&mut self, io: &mut Io<'_>, idx: u32) {
         if let Some(t) = self.tasks[idx as usize].take() {
-            if let Some(b) = t.buf {
+            for b in [t.buf, t.cmp_buf].into_iter().flatten() {
                 io.pool.release(b);
-            }
-            if let Some(b) = t.cmp_buf {
-                io.pool.release(b);
+                self.bufs_held -= 1;
             }
             self.free_tasks.push(idx);
         }
@@ -2012,6 +2094,7 @@ impl Connection for Conn {
             }
             TAG_RECV_DIRECT => {
                 self.rx_busy = false;
+                let target_task = self.direct_task.take();
                 if self.closing {
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
@@ -2036,12 +2119,19 @@ impl Connection for Conn {
                         trailer,
                     };
                     if got < total {
-                        if let Some(ptr) = self.direct_target(sink, got, total) {
-                            self.recv_direct(io, ptr, total - got);
+                        if let Some((direct_idx, ptr)) = self.direct_target(sink, got, total) {
+                            self.recv_direct(io, direct_idx, ptr, total - got);
                             return;
                         }
                     }
                     self.process_rx(io);
+                }
+                // The buffer it wrote into may belong to a task that ended
+                // meanwhile; it can go back now.
+                if let Some(t) = target_task {
+                    if self.direct_task != Some(t) {
+                        self.maybe_free(io, t);
+                    }
                 }
             }
             TAG_SEND => self.send_done(io, res),
