@@ -505,17 +505,10 @@ impl Conn {
                             self.rx_start += n;
                         }
                         let got = got + n;
-                        self.rx_state = Rx::Data {
-                            sink,
-                            total,
-                            got,
-                            trailer,
-                        };
+                        if self.data_progress(io, got) {
+                            return;
+                        }
                         if got < total {
-                            if let Some((direct_idx, ptr)) = self.direct_target(sink, got, total) {
-                                self.recv_direct(io, direct_idx, ptr, total - got);
-                                return;
-                            }
                             break;
                         }
                     }
@@ -546,6 +539,22 @@ impl Conn {
             }
         }
         self.post_recv(io);
+    }
+
+    /// `got` bytes of the current data segment are in. If the rest can go
+    /// straight into a task buffer, start that receive and return true.
+    fn data_progress(&mut self, io: &mut Io<'_>, got: usize) -> bool {
+        let Rx::Data { sink, total, trailer, .. } = self.rx_state else {
+            return false;
+        };
+        self.rx_state = Rx::Data { sink, total, got, trailer };
+        if got < total {
+            if let Some((idx, ptr)) = self.direct_target(sink, got, total) {
+                self.recv_direct(io, idx, ptr, total - got);
+                return true;
+            }
+        }
+        false
     }
 
     /// Receive the next `len` bytes of the data segment straight into `ptr`
@@ -2098,31 +2107,15 @@ impl Connection for Conn {
                 if self.closing {
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
-                } else if let Rx::Data {
-                    sink,
-                    total,
-                    got,
-                    trailer,
-                } = self.rx_state
-                {
+                } else if let Rx::Data { got, .. } = self.rx_state {
                     if self.dd {
                         // SAFETY: the kernel just wrote `res` bytes there.
                         let b = unsafe { std::slice::from_raw_parts(self.direct_ptr, res as usize) };
                         self.data_crc = crc32c::crc32c_append(self.data_crc, b);
                     }
                     self.direct_ptr = unsafe { self.direct_ptr.add(res as usize) };
-                    let got = got + res as usize;
-                    self.rx_state = Rx::Data {
-                        sink,
-                        total,
-                        got,
-                        trailer,
-                    };
-                    if got < total {
-                        if let Some((direct_idx, ptr)) = self.direct_target(sink, got, total) {
-                            self.recv_direct(io, direct_idx, ptr, total - got);
-                            return;
-                        }
+                    if self.data_progress(io, got + res as usize) {
+                        return;
                     }
                     self.process_rx(io);
                 }
