@@ -175,8 +175,11 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
     use Failure::*;
     // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
     // right after the "listening on" line still flushes and exits 0.
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .map_err(|e| Runtime(format!("cannot install signal handlers: {e}")))?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Runtime(format!("cannot install signal handlers: {e}")))?;
     let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen: SocketAddr = listen.parse().map_err(|_| {
         Usage(format!(
@@ -244,8 +247,16 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
             backend.describe(),
             backend.size_bytes(),
             backend.block_size(),
-            if backend.read_only() { ", read-only" } else { "" },
-            if backend.info().direct { ", O_DIRECT" } else { "" }
+            if backend.read_only() {
+                ", read-only"
+            } else {
+                ""
+            },
+            if backend.info().direct {
+                ", O_DIRECT"
+            } else {
+                ""
+            }
         );
         // Commands larger than a buffer are carried in buffer-sized chunks,
         // so the limit reported to initiators (VPD B0h) is not the buffer.
@@ -343,7 +354,9 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
 /// The PXE sidecar threads inherit this thread's CPU mask: keep them off
 /// the reactors' cores when there are other cores to run on.
 fn keep_sidecars_off(reactor_cores: &[usize], available: usize) {
-    let others: Vec<usize> = (0..available).filter(|c| !reactor_cores.contains(c)).collect();
+    let others: Vec<usize> = (0..available)
+        .filter(|c| !reactor_cores.contains(c))
+        .collect();
     if others.is_empty() {
         tracing::info!("PXE sidecars share the reactors' cores (no other core is free)");
         return;
@@ -354,7 +367,10 @@ fn keep_sidecars_off(reactor_cores: &[usize], available: usize) {
             libc::CPU_SET(c, &mut set);
         }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!("cannot move PXE sidecars off the reactor cores: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                "cannot move PXE sidecars off the reactor cores: {}",
+                std::io::Error::last_os_error()
+            );
             return;
         }
     }

@@ -16,7 +16,12 @@ const VERDICT_LIMIT: Duration = Duration::from_secs(10);
 fn logged_in(server: &Server, tag: &str) -> IscsiConn {
     let mut c = IscsiConn::connect(server.addr);
     c.login(&initiator_name(tag), &server.iqn)
-        .unwrap_or_else(|e| panic!("login ({tag}) failed: {e}\n--- target output ---\n{}", server.output()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "login ({tag}) failed: {e}\n--- target output ---\n{}",
+                server.output()
+            )
+        });
     c
 }
 
@@ -45,7 +50,10 @@ fn oversized_data_segment(server: &Server) {
     let mut c = logged_in(server, "oversized");
     let mrdsl = c.target_mrdsl as usize;
     let len = (mrdsl * 2).min(0xff_fff0);
-    assert!(len > mrdsl, "target MaxRecvDataSegmentLength {mrdsl} leaves no room for an oversized segment");
+    assert!(
+        len > mrdsl,
+        "target MaxRecvDataSegmentLength {mrdsl} leaves no room for an oversized segment"
+    );
     // WRITE(10) of len/512 blocks at LBA 0 with all data as immediate data.
     let blocks = (len / 512) as u16;
     let cdb = [0x2a, 0, 0, 0, 0, 0, 0, (blocks >> 8) as u8, blocks as u8, 0];
@@ -116,15 +124,26 @@ fn malformed_pdus_are_rejected_or_dropped_and_target_keeps_serving() {
     unknown_opcode(&server, 0x3d);
     random_garbage(&server);
 
-    assert!(server.is_running(), "target exited after bad input:\n{}", server.output());
+    assert!(
+        server.is_running(),
+        "target exited after bad input:\n{}",
+        server.output()
+    );
 
     // A good client is still served.
     let mut good = logged_in(&server, "good");
     let lun = server.lun(0);
-    good.test_unit_ready(lun).unwrap_or_else(|e| panic!("TEST UNIT READY: {e}\n{}", server.output()));
-    let inq = good.inquiry(lun).unwrap_or_else(|e| panic!("INQUIRY: {e}\n{}", server.output()));
+    good.test_unit_ready(lun)
+        .unwrap_or_else(|e| panic!("TEST UNIT READY: {e}\n{}", server.output()));
+    let inq = good
+        .inquiry(lun)
+        .unwrap_or_else(|e| panic!("INQUIRY: {e}\n{}", server.output()));
     assert!(inq.len() >= 36, "short INQUIRY data: {inq:02x?}");
-    assert_eq!(inq[0] & 0x1f, 0, "LUN {lun} is not a direct-access device: {inq:02x?}");
+    assert_eq!(
+        inq[0] & 0x1f,
+        0,
+        "LUN {lun} is not a direct-access device: {inq:02x?}"
+    );
     let (blocks, bs) = good.read_capacity16(lun).unwrap();
     assert_eq!(blocks * bs as u64, 64 << 20, "capacity of ram:64M");
     println!(

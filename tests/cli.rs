@@ -19,8 +19,17 @@ fn write_config(dir: &TempDir, text: &str) -> String {
 /// Runs bootlun with `args`; it must exit 2 with exactly one non-empty
 /// stderr line that mentions `must_name`.
 fn assert_rejected(args: &[&str], must_name: &str) {
-    let out = run_tool(Command::new(bootlun_bin()).args(args).env_remove("RUST_LOG"), CLI_LIMIT);
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let out = run_tool(
+        Command::new(bootlun_bin())
+            .args(args)
+            .env_remove("RUST_LOG"),
+        CLI_LIMIT,
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     println!("bootlun {} -> {} / {:?}", args.join(" "), out.status, lines);
     assert_eq!(
         out.status.code(),
@@ -44,7 +53,11 @@ fn assert_rejected(args: &[&str], must_name: &str) {
         args.join(" "),
         lines[0]
     );
-    assert!(!out.stderr.contains('\u{1b}'), "ANSI escapes in non-terminal stderr: {:?}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "ANSI escapes in non-terminal stderr: {:?}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -52,9 +65,34 @@ fn bad_flag_values_exit_2_naming_the_flag() {
     if !bootlun_cli_available() {
         return;
     }
-    assert_rejected(&["serve", "--listen", "127.0.0.1:0", "--lun", "bogus:1"], "--lun");
-    assert_rejected(&["serve", "--listen", "127.0.0.1:0", "--lun", "ram:16M", "--cores", "99"], "--cores");
-    assert_rejected(&["serve", "--listen", "127.0.0.1:0", "--lun", "ram:16M", "--poll", "fast"], "--poll");
+    assert_rejected(
+        &["serve", "--listen", "127.0.0.1:0", "--lun", "bogus:1"],
+        "--lun",
+    );
+    assert_rejected(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lun",
+            "ram:16M",
+            "--cores",
+            "99",
+        ],
+        "--cores",
+    );
+    assert_rejected(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lun",
+            "ram:16M",
+            "--poll",
+            "fast",
+        ],
+        "--poll",
+    );
 }
 
 #[test]
@@ -63,20 +101,38 @@ fn bad_config_file_exits_2_naming_the_key() {
         return;
     }
     let dir = TempDir::new("cli-bad-config");
-    let cfg = write_config(&dir, "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\nbogus-key = 1\n");
+    let cfg = write_config(
+        &dir,
+        "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\nbogus-key = 1\n",
+    );
     assert_rejected(&["serve", "--config", &cfg], "bogus-key");
-    let cfg = write_config(&dir, "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\npoll = \"fast\"\n");
+    let cfg = write_config(
+        &dir,
+        "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\npoll = \"fast\"\n",
+    );
     assert_rejected(&["serve", "--config", &cfg], "poll");
 }
 
-fn iscsi_ls(server: &Server) -> (Vec<String>, std::collections::HashMap<u32, (String, Option<String>)>, String) {
-    let out = run_tool(Command::new("iscsi-ls").args(["-s", &server.portal_url()]), Duration::from_secs(60));
+fn iscsi_ls(
+    server: &Server,
+) -> (
+    Vec<String>,
+    std::collections::HashMap<u32, (String, Option<String>)>,
+    String,
+) {
+    let out = run_tool(
+        Command::new("iscsi-ls").args(["-s", &server.portal_url()]),
+        Duration::from_secs(60),
+    );
     out.assert_success();
     let (t, l) = parse_iscsi_ls(&out.stdout);
     (t, l, out.stdout)
 }
 
-fn size_of(luns: &std::collections::HashMap<u32, (String, Option<String>)>, lun: u32) -> Option<String> {
+fn size_of(
+    luns: &std::collections::HashMap<u32, (String, Option<String>)>,
+    lun: u32,
+) -> Option<String> {
     luns.get(&lun).and_then(|(_, s)| s.clone())
 }
 
@@ -95,13 +151,32 @@ fn config_file_values_are_used() {
     let server = Server::bootlun(&["serve", "--config", &cfg]);
     // `listen` came from the file: loopback, ephemeral port (the default
     // would be 0.0.0.0:3260).
-    assert_eq!(server.addr.ip().to_string(), "127.0.0.1", "{}", server.output());
+    assert_eq!(
+        server.addr.ip().to_string(),
+        "127.0.0.1",
+        "{}",
+        server.output()
+    );
     assert_ne!(server.addr.port(), 3260);
     let (targets, luns, text) = iscsi_ls(&server);
-    assert!(targets.iter().any(|t| t == "iqn.2026-11.org.bootlun:from-config"), "target-name from config not used:\n{text}");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t == "iqn.2026-11.org.bootlun:from-config"),
+        "target-name from config not used:\n{text}"
+    );
     let base = server.lun(0);
-    assert_eq!(size_of(&luns, base).as_deref(), Some(iscsi_ls_size(16 << 20, 512).as_str()), "LUN {base}:\n{text}");
-    assert_eq!(size_of(&luns, base + 1).as_deref(), Some(iscsi_ls_size(32 << 20, 512).as_str()), "LUN {}:\n{text}", base + 1);
+    assert_eq!(
+        size_of(&luns, base).as_deref(),
+        Some(iscsi_ls_size(16 << 20, 512).as_str()),
+        "LUN {base}:\n{text}"
+    );
+    assert_eq!(
+        size_of(&luns, base + 1).as_deref(),
+        Some(iscsi_ls_size(32 << 20, 512).as_str()),
+        "LUN {}:\n{text}",
+        base + 1
+    );
 }
 
 #[test]
@@ -121,12 +196,27 @@ fn flags_override_config_file() {
         "ram:48M",
     ]);
     let (targets, luns, text) = iscsi_ls(&server);
-    assert!(targets.iter().any(|t| t == "iqn.2026-11.org.bootlun:from-flag"), "--target-name did not override:\n{text}");
-    assert!(!targets.iter().any(|t| t.ends_with(":from-config")), "config target-name still served:\n{text}");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t == "iqn.2026-11.org.bootlun:from-flag"),
+        "--target-name did not override:\n{text}"
+    );
+    assert!(
+        !targets.iter().any(|t| t.ends_with(":from-config")),
+        "config target-name still served:\n{text}"
+    );
     let base = server.lun(0);
     // --lun replaces the file's list: exactly one disk, the 48M one.
-    assert_eq!(size_of(&luns, base).as_deref(), Some(iscsi_ls_size(48 << 20, 512).as_str()), "LUN {base}:\n{text}");
-    assert!(!luns.contains_key(&(base + 1)), "config LUNs still served although --lun was given:\n{text}");
+    assert_eq!(
+        size_of(&luns, base).as_deref(),
+        Some(iscsi_ls_size(48 << 20, 512).as_str()),
+        "LUN {base}:\n{text}"
+    );
+    assert!(
+        !luns.contains_key(&(base + 1)),
+        "config LUNs still served although --lun was given:\n{text}"
+    );
 }
 
 #[test]
@@ -139,7 +229,12 @@ fn sigterm_with_open_session_exits_0() {
     c.login(&initiator_name("sigterm"), &server.iqn)
         .unwrap_or_else(|e| panic!("login: {e}\n{}", server.output()));
     let status = server.stop_with(libc::SIGTERM);
-    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}\n{}", server.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM: {status}\n{}",
+        server.output()
+    );
     drop(c);
 }
 
@@ -150,5 +245,10 @@ fn sigint_exits_0() {
     }
     let mut server = Server::bootlun(&["serve", "--listen", "127.0.0.1:0", "--lun", "ram:16M"]);
     let status = server.stop_with(libc::SIGINT);
-    assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}\n{}", server.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGINT: {status}\n{}",
+        server.output()
+    );
 }

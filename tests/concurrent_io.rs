@@ -37,20 +37,37 @@ fn qemu_io(url: &str, cmds: &[String]) -> ToolOutput {
 }
 
 fn check(url: &str) {
-    let mut w: Vec<String> = requests().iter().map(|(o, l, p)| format!("aio_write -P {p} {o} {l}")).collect();
+    let mut w: Vec<String> = requests()
+        .iter()
+        .map(|(o, l, p)| format!("aio_write -P {p} {o} {l}"))
+        .collect();
     w.push("aio_flush".into());
     let out = qemu_io(url, &w);
     out.assert_success();
-    assert!(!out.stdout.contains("error") && !out.stderr.contains("error"), "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("error") && !out.stderr.contains("error"),
+        "{}",
+        out.stderr
+    );
 
     // Read back in a separate session, again all requests in flight.
-    let mut r: Vec<String> = requests().iter().map(|(o, l, p)| format!("aio_read -P {p} {o} {l}")).collect();
+    let mut r: Vec<String> = requests()
+        .iter()
+        .map(|(o, l, p)| format!("aio_read -P {p} {o} {l}"))
+        .collect();
     r.push("aio_flush".into());
     let out = qemu_io(url, &r);
     out.assert_success();
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(!text.contains("Pattern verification failed"), "data mismatch:\n{text}");
-    assert_eq!(text.matches("read ").count(), requests().len(), "every read completed:\n{text}");
+    assert!(
+        !text.contains("Pattern verification failed"),
+        "data mismatch:\n{text}"
+    );
+    assert_eq!(
+        text.matches("read ").count(),
+        requests().len(),
+        "every read completed:\n{text}"
+    );
 }
 
 #[test]
@@ -83,17 +100,25 @@ fn reads_waiting_for_buffers_across_connections_all_complete() {
     // One reactor with 8 small buffers shared by two sessions that each
     // keep 24 reads in flight: reads must queue for buffers freed by the
     // other connection and all of them must finish.
-    let mut server = Server::start(&["ram:96M"], &["--cores", "0", "--buffers", "8", "--buffer-size", "64K"]);
+    let mut server = Server::start(
+        &["ram:96M"],
+        &["--cores", "0", "--buffers", "8", "--buffer-size", "64K"],
+    );
     let url = server.url(0);
-    let mut w: Vec<String> = requests().iter().map(|(o, l, p)| format!("aio_write -P {p} {o} {l}")).collect();
+    let mut w: Vec<String> = requests()
+        .iter()
+        .map(|(o, l, p)| format!("aio_write -P {p} {o} {l}"))
+        .collect();
     w.push("aio_flush".into());
     qemu_io(&url, &w).assert_success();
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let mut r: Vec<String> =
-                    requests().iter().map(|(o, l, p)| format!("aio_read -P {p} {o} {l}")).collect();
+                let mut r: Vec<String> = requests()
+                    .iter()
+                    .map(|(o, l, p)| format!("aio_read -P {p} {o} {l}"))
+                    .collect();
                 r.push("aio_flush".into());
                 qemu_io(&url, &r)
             })
@@ -103,8 +128,15 @@ fn reads_waiting_for_buffers_across_connections_all_complete() {
         let out = h.join().unwrap();
         out.assert_success();
         let text = format!("{}{}", out.stdout, out.stderr);
-        assert!(!text.contains("Pattern verification failed"), "data mismatch:\n{text}");
-        assert_eq!(text.matches("read ").count(), requests().len(), "every read completed:\n{text}");
+        assert!(
+            !text.contains("Pattern verification failed"),
+            "data mismatch:\n{text}"
+        );
+        assert_eq!(
+            text.matches("read ").count(),
+            requests().len(),
+            "every read completed:\n{text}"
+        );
     }
     server.stop();
 }

@@ -47,7 +47,13 @@ impl Client {
     fn connect(port: u16) -> Client {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Client { s, digests: false, cmd_sn: 1, exp_stat_sn: 0, itt: 1 }
+        Client {
+            s,
+            digests: false,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            itt: 1,
+        }
     }
 
     fn send(&mut self, bhs: &[u8; 48], data: &[u8], corrupt_data_digest: bool) {
@@ -132,8 +138,13 @@ impl Client {
     fn command(&mut self, cdb: &[u8], read_len: u32, write: &[u8]) -> [u8; 48] {
         let mut bhs = [0u8; 48];
         bhs[0] = 0x01;
-        bhs[1] = 0x80 | if read_len > 0 { 0x40 } else { 0 } | if !write.is_empty() { 0x20 } else { 0 };
-        let edtl = if read_len > 0 { read_len } else { write.len() as u32 };
+        bhs[1] =
+            0x80 | if read_len > 0 { 0x40 } else { 0 } | if !write.is_empty() { 0x20 } else { 0 };
+        let edtl = if read_len > 0 {
+            read_len
+        } else {
+            write.len() as u32
+        };
         bhs[16..20].copy_from_slice(&self.itt.to_be_bytes());
         bhs[20..24].copy_from_slice(&edtl.to_be_bytes());
         bhs[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
@@ -240,7 +251,10 @@ fn header_and_data_digests_protect_every_pdu() {
     // blocks untouched (still zero).
     let mut c2 = Client::connect(server.port());
     c2.login();
-    assert!(c2.read10(2000, 8192).iter().all(|&b| b == 0), "bad-digest data reached the disk");
+    assert!(
+        c2.read10(2000, 8192).iter().all(|&b| b == 0),
+        "bad-digest data reached the disk"
+    );
     assert!(server.is_running());
     server.stop();
 }

@@ -71,7 +71,8 @@ fn outcome(c: &mut IscsiConn) -> Option<u8> {
 
 fn read_back(server: &Server, lba: u32) -> Vec<u8> {
     let mut g = IscsiConn::connect(addr(server));
-    g.login(&initiator_name("hostile-check"), DEFAULT_IQN).unwrap();
+    g.login(&initiator_name("hostile-check"), DEFAULT_IQN)
+        .unwrap();
     let mut cdb = [0u8; 10];
     cdb[0] = 0x28;
     cdb[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -85,14 +86,22 @@ fn read_back(server: &Server, lba: u32) -> Vec<u8> {
 fn unsolicited_data_over_immediate_data_is_not_acknowledged() {
     let mut server = Server::start(&["ram:16M"], &[]);
     let mut c = IscsiConn::connect(addr(&server));
-    c.login(&initiator_name("hostile-unsol"), DEFAULT_IQN).unwrap(); // InitialR2T=Yes
+    c.login(&initiator_name("hostile-unsol"), DEFAULT_IQN)
+        .unwrap(); // InitialR2T=Yes
     let itt = start_write(&mut c, 100, 2048);
     let b = data_out(itt, 0xffff_ffff, 0, 0, true, c.exp_statsn);
     c.send_pdu(b, &[0xAA; 2048]).unwrap();
     let status = outcome(&mut c);
-    assert_ne!(status, Some(0), "write acknowledged with half its data never sent");
+    assert_ne!(
+        status,
+        Some(0),
+        "write acknowledged with half its data never sent"
+    );
     assert!(server.is_running());
-    assert!(read_back(&server, 100).iter().all(|&x| x == 0), "unacknowledged data reached the disk");
+    assert!(
+        read_back(&server, 100).iter().all(|&x| x == 0),
+        "unacknowledged data reached the disk"
+    );
     server.stop();
 }
 
@@ -100,7 +109,8 @@ fn unsolicited_data_over_immediate_data_is_not_acknowledged() {
 fn a_repeated_part_of_an_r2t_burst_is_not_counted_twice() {
     let mut server = Server::start(&["ram:16M"], &[]);
     let mut c = IscsiConn::connect(addr(&server));
-    c.login(&initiator_name("hostile-dup"), DEFAULT_IQN).unwrap();
+    c.login(&initiator_name("hostile-dup"), DEFAULT_IQN)
+        .unwrap();
     let itt = start_write(&mut c, 200, 2048);
     c.set_read_timeout(Duration::from_secs(20));
     let r2t = loop {
@@ -113,19 +123,38 @@ fn a_repeated_part_of_an_r2t_burst_is_not_counted_twice() {
     assert_eq!((off, len), (2048, 2048));
     // The first half of the burst, twice; never the second half.
     let half = (len / 2) as usize;
-    c.send_pdu(data_out(itt, ttt, 0, off, false, c.exp_statsn), &vec![0xBB; half]).unwrap();
-    c.send_pdu(data_out(itt, ttt, 1, off, true, c.exp_statsn), &vec![0xBB; half]).unwrap();
-    assert_ne!(outcome(&mut c), Some(0), "write acknowledged with a quarter of its data never sent");
-    assert!(read_back(&server, 200).iter().all(|&x| x == 0), "unacknowledged data reached the disk");
+    c.send_pdu(
+        data_out(itt, ttt, 0, off, false, c.exp_statsn),
+        &vec![0xBB; half],
+    )
+    .unwrap();
+    c.send_pdu(
+        data_out(itt, ttt, 1, off, true, c.exp_statsn),
+        &vec![0xBB; half],
+    )
+    .unwrap();
+    assert_ne!(
+        outcome(&mut c),
+        Some(0),
+        "write acknowledged with a quarter of its data never sent"
+    );
+    assert!(
+        read_back(&server, 200).iter().all(|&x| x == 0),
+        "unacknowledged data reached the disk"
+    );
     server.stop();
 }
 
 #[test]
 fn writes_that_never_send_data_do_not_starve_other_readers() {
     // 16 buffers on one reactor: one connection may hold at most 4.
-    let mut server = Server::start(&["ram:64M"], &["--cores", "0", "--buffers", "16", "--buffer-size", "64K"]);
+    let mut server = Server::start(
+        &["ram:64M"],
+        &["--cores", "0", "--buffers", "16", "--buffer-size", "64K"],
+    );
     let mut hog = IscsiConn::connect(addr(&server));
-    hog.login(&initiator_name("hostile-hog"), DEFAULT_IQN).unwrap();
+    hog.login(&initiator_name("hostile-hog"), DEFAULT_IQN)
+        .unwrap();
     for i in 0..100u32 {
         // No immediate data; InitialR2T=Yes: each waits for its R2T data.
         let bhs = hog.scsi_bhs(0, &write10_cdb(i * 8, 8), 0, 4096);

@@ -53,7 +53,12 @@ fn parse_cunit(out: &str) -> Counts {
     let mut records: Vec<(String, String)> = Vec::new();
     for line in out.lines() {
         if let Some(i) = line.find("Test: ") {
-            let name = line[i + 6..].split(" ...").next().unwrap_or("").trim().to_string();
+            let name = line[i + 6..]
+                .split(" ...")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             records.push((name, line[i..].to_string()));
         } else if line.starts_with("Run Summary") {
             records.push((String::new(), String::new()));
@@ -133,7 +138,11 @@ fn abridge(out: &str) -> String {
     let mut run = 0;
     let flush = |kept: &mut Vec<String>, line: Option<&str>, run: usize| {
         if let Some(l) = line {
-            kept.push(if run > 1 { format!("{l}   [line repeated {run} times]") } else { l.to_string() });
+            kept.push(if run > 1 {
+                format!("{l}   [line repeated {run} times]")
+            } else {
+                l.to_string()
+            });
         }
     };
     for line in out.lines() {
@@ -170,7 +179,9 @@ fn libiscsi_conformance_suites_pass() {
     let started = std::time::Instant::now();
     for suite in SUITES {
         if started.elapsed() > TOTAL_LIMIT {
-            let line = format!("{suite:<28} NOT RUN: the suites' total time limit {TOTAL_LIMIT:?} was used up");
+            let line = format!(
+                "{suite:<28} NOT RUN: the suites' total time limit {TOTAL_LIMIT:?} was used up"
+            );
             println!("{line}");
             table.push(line.clone());
             problems.push(format!("=== {line} ==="));
@@ -195,7 +206,8 @@ fn libiscsi_conformance_suites_pass() {
         };
         let all = format!("{}\n{}", out.stdout, out.stderr);
         let c = parse_cunit(&all);
-        let line = format!(
+        let line =
+            format!(
             "{suite:<28} total {:>3}  passed {:>3}  failed {:>3}  skipped {:>3}  ({:.1?}, exit {})",
             c.total,
             c.passed,
@@ -216,13 +228,21 @@ fn libiscsi_conformance_suites_pass() {
             why.push("no test ran (wrong suite name?)".to_string());
         }
         if c.failed > 0 {
-            why.push(format!("{} failed: {}", c.failed, c.failed_tests.join(", ")));
+            why.push(format!(
+                "{} failed: {}",
+                c.failed,
+                c.failed_tests.join(", ")
+            ));
         }
         if !hung && !out.success() {
             why.push(format!("exit status {}", out.status));
         }
         if !why.is_empty() {
-            problems.push(format!("=== {suite}: {} ===\n{}", why.join("; "), abridge(&all)));
+            problems.push(format!(
+                "=== {suite}: {} ===\n{}",
+                why.join("; "),
+                abridge(&all)
+            ));
         }
     }
     println!("\n{}", table.join("\n"));
@@ -259,6 +279,13 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive\n\
     1. test_write10_beyondeol.c:50  - CU_ASSERT_EQUAL(ret,0)\n";
     let c = parse_cunit(sample);
     assert!(c.summary_found);
-    assert_eq!((c.total, c.passed, c.failed, c.skipped), (5, 2, 2, 1), "{c:?}");
-    assert_eq!(c.failed_tests, vec!["BeyondEol".to_string(), "Async".to_string()]);
+    assert_eq!(
+        (c.total, c.passed, c.failed, c.skipped),
+        (5, 2, 2, 1),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.failed_tests,
+        vec!["BeyondEol".to_string(), "Async".to_string()]
+    );
 }

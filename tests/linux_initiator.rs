@@ -104,8 +104,18 @@ const INIT: &str = include_str!("vm/init.sh");
 
 /// sg3-utils programs copied into the guest.
 const SG_TOOLS: &[&str] = &[
-    "sg_inq", "sg_vpd", "sg_readcap", "sg_luns", "sg_opcodes", "sg_modes", "sg_turs", "sg_sync", "sg_reset", "sg_raw",
-    "sg_verify", "sg_requests",
+    "sg_inq",
+    "sg_vpd",
+    "sg_readcap",
+    "sg_luns",
+    "sg_opcodes",
+    "sg_modes",
+    "sg_turs",
+    "sg_sync",
+    "sg_reset",
+    "sg_raw",
+    "sg_verify",
+    "sg_requests",
 ];
 
 /// The data the guest reads and writes (also kept on the host to verify).
@@ -125,7 +135,11 @@ struct Phases {
 impl Phases {
     fn new() -> Phases {
         let now = Instant::now();
-        Phases { start: now, last: now, rows: Vec::new() }
+        Phases {
+            start: now,
+            last: now,
+            rows: Vec::new(),
+        }
     }
     fn done(&mut self, name: &str) {
         let now = Instant::now();
@@ -139,7 +153,11 @@ impl Phases {
         for (n, d) in &self.rows {
             eprintln!("  {n:<28} {:8.2}s", d.as_secs_f64());
         }
-        eprintln!("  {:<28} {:8.2}s", "total", self.start.elapsed().as_secs_f64());
+        eprintln!(
+            "  {:<28} {:8.2}s",
+            "total",
+            self.start.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -152,7 +170,10 @@ fn env_flag(name: &str) -> bool {
 fn fetch_packages(cache: &DebCache) -> PathBuf {
     let kernel = cache.unpacked(&cache.kernel_deb());
     cache.unpacked(&cache.deb("busybox-static"));
-    for (pkg, lib_prefixes) in [("open-iscsi", &["libopeniscsiusr", "libisns"][..]), ("sg3-utils", &["libsgutils"][..])] {
+    for (pkg, lib_prefixes) in [
+        ("open-iscsi", &["libopeniscsiusr", "libisns"][..]),
+        ("sg3-utils", &["libsgutils"][..]),
+    ] {
         let deb = cache.deb(pkg);
         cache.unpacked(&deb);
         for prefix in lib_prefixes {
@@ -166,7 +187,11 @@ fn fetch_packages(cache: &DebCache) -> PathBuf {
 
 /// Builds the initramfs: busybox, iscsistart and its libraries, modules,
 /// the patterns and /init.
-fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) -> (Vec<u8>, Vec<String>) {
+fn build_initramfs(
+    cache: &DebCache,
+    kernel_tree: &Path,
+    patterns: &Patterns,
+) -> (Vec<u8>, Vec<String>) {
     let busybox = cache.unpacked(&cache.deb("busybox-static"));
     let iscsi_deb = cache.deb("open-iscsi");
     let iscsi = cache.unpacked(&iscsi_deb);
@@ -191,7 +216,9 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
     let order = mods.closure(WANTED_MODULES);
 
     let mut c = Cpio::new();
-    for d in ["dev", "proc", "sys", "tmp", "run", "mnt", "etc", "sbin", "var", "root"] {
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "mnt", "etc", "sbin", "var", "root",
+    ] {
         c.dir(d);
     }
     c.char_dev("dev/console", 0o600, 5, 1);
@@ -201,7 +228,11 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
         Command::new(busybox.join("bin/busybox")).arg("--list"),
         Duration::from_secs(30),
     );
-    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
 
@@ -216,19 +247,35 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
         }
     };
     for p in ["iscsistart", "iscsid", "iscsiadm"] {
-        program(&mut c, &format!("sbin/{p}"), &iscsi.join("sbin").join(p), &iscsi_lib_dirs);
+        program(
+            &mut c,
+            &format!("sbin/{p}"),
+            &iscsi.join("sbin").join(p),
+            &iscsi_lib_dirs,
+        );
     }
     // The package's iscsid.conf, without systemd socket activation (iscsid
     // is started by /init).
     let conf = std::fs::read_to_string(iscsi.join("etc/iscsi/iscsid.conf")).expect("iscsid.conf");
     let conf: String = conf
         .lines()
-        .map(|l| if l.starts_with("iscsid.startup") { "iscsid.startup = /bin/true" } else { l })
+        .map(|l| {
+            if l.starts_with("iscsid.startup") {
+                "iscsid.startup = /bin/true"
+            } else {
+                l
+            }
+        })
         .flat_map(|l| [l, "\n"])
         .collect();
     c.file("etc/iscsi/iscsid.conf", 0o644, conf.as_bytes());
     for tool in SG_TOOLS {
-        program(&mut c, &format!("bin/{tool}"), &sg.join("usr/bin").join(tool), &sg_lib_dirs);
+        program(
+            &mut c,
+            &format!("bin/{tool}"),
+            &sg.join("usr/bin").join(tool),
+            &sg_lib_dirs,
+        );
     }
 
     for m in &order {
@@ -249,7 +296,11 @@ fn build_initramfs(cache: &DebCache, kernel_tree: &Path, patterns: &Patterns) ->
     // iscsid only serves peers whose uid has a name.
     c.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     c.file("etc/group", 0o644, b"root:x:0:\n");
-    c.file("etc/iscsi/initiatorname.iscsi", 0o644, format!("InitiatorName={INITIATOR_IQN}\n").as_bytes());
+    c.file(
+        "etc/iscsi/initiatorname.iscsi",
+        0o644,
+        format!("InitiatorName={INITIATOR_IQN}\n").as_bytes(),
+    );
     c.file("data/host.bin", 0o644, &patterns.host);
     c.file("data/guest.bin", 0o644, &patterns.guest);
     c.file("data/small.bin", 0o644, &patterns.small);
@@ -339,7 +390,9 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 
 /// Lines of `text` starting with `prefix`, prefix removed.
 fn tagged<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    text.lines().filter_map(|l| l.find(prefix).map(|i| l[i + prefix.len()..].trim())).collect()
+    text.lines()
+        .filter_map(|l| l.find(prefix).map(|i| l[i + prefix.len()..].trim()))
+        .collect()
 }
 
 fn kv(s: &str) -> BTreeMap<String, String> {
@@ -396,7 +449,12 @@ fn linux_kernel_initiator_in_a_vm() {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
         .expect("no vmlinuz in the kernel package");
     phases.done("fetch+unpack packages");
 
@@ -449,7 +507,13 @@ fn linux_kernel_initiator_in_a_vm() {
     let mut bootlun = Spawned::spawn(
         "bootlun",
         ns.command(&common::bootlun_bin())
-            .args(["serve", "--listen", &listen, "--lun", &format!("ram:{}M", RAM_LUN_BYTES >> 20)])
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--lun",
+                &format!("ram:{}M", RAM_LUN_BYTES >> 20),
+            ])
             .arg("--lun")
             .arg(&backing)
             .arg("--lun")
@@ -459,8 +523,14 @@ fn linux_kernel_initiator_in_a_vm() {
         origin,
         echo,
     );
-    let ready = bootlun.out.wait_for(common::READY_TIMEOUT, |l| l.contains(&format!("listening on {listen}")));
-    assert!(ready.is_some(), "bootlun did not report `listening on {listen}`:\n{}", bootlun.out.text());
+    let ready = bootlun.out.wait_for(common::READY_TIMEOUT, |l| {
+        l.contains(&format!("listening on {listen}"))
+    });
+    assert!(
+        ready.is_some(),
+        "bootlun did not report `listening on {listen}`:\n{}",
+        bootlun.out.text()
+    );
     phases.done("namespace + bootlun ready");
 
     let append = "console=ttyS0 tsc=reliable clocksource=tsc panic=-1 quiet";
@@ -468,14 +538,26 @@ fn linux_kernel_initiator_in_a_vm() {
     let mut qemu = Spawned::spawn(
         "serial",
         ns.command(qemu_bin)
-            .args(["-accel", "tcg", "-m", "512", "-smp", "1", "-nographic", "-nodefaults"])
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-nographic",
+                "-nodefaults",
+            ])
             .args(["-serial", "stdio", "-no-reboot"])
             .arg("-kernel")
             .arg(&vmlinuz)
             .arg("-initrd")
             .arg(&initrd_path)
             .args(["-append", append])
-            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
             .args(["-device", "virtio-net-pci,netdev=n0"]),
         Instant::now(),
         echo,
@@ -488,18 +570,25 @@ fn linux_kernel_initiator_in_a_vm() {
     let verdict = loop {
         let left = GUEST_LIMIT.saturating_sub(guest_start.elapsed());
         let got = serial.wait_for(left, |l| {
-            l.contains("BOOTLUN-VM-OK") || l.contains("BOOTLUN-VM-FAIL") || (!froze && l.contains("BOOTLUN-VM-PAUSE-TARGET"))
+            l.contains("BOOTLUN-VM-OK")
+                || l.contains("BOOTLUN-VM-FAIL")
+                || (!froze && l.contains("BOOTLUN-VM-PAUSE-TARGET"))
         });
         match got {
             Some((_, l)) if l.contains("BOOTLUN-VM-PAUSE-TARGET") => {
                 bootlun.signal(libc::SIGSTOP);
                 let t = Instant::now();
-                let resume = serial.wait_for(MAX_FREEZE, |l| l.contains("BOOTLUN-VM-RESUME-TARGET"));
+                let resume =
+                    serial.wait_for(MAX_FREEZE, |l| l.contains("BOOTLUN-VM-RESUME-TARGET"));
                 bootlun.signal(libc::SIGCONT);
                 eprintln!(
                     "bootlun was frozen (SIGSTOP) for {:.1}s at the guest's request{}",
                     t.elapsed().as_secs_f64(),
-                    if resume.is_some() { "" } else { " (no RESUME from the guest; thawed at the limit)" }
+                    if resume.is_some() {
+                        ""
+                    } else {
+                        " (no RESUME from the guest; thawed at the limit)"
+                    }
                 );
                 froze = true;
             }
@@ -507,7 +596,11 @@ fn linux_kernel_initiator_in_a_vm() {
         }
     };
     let guest_elapsed = guest_start.elapsed();
-    let fail_report = |why: &str, qemu_status: String, serial: &Capture, bootlun: &Spawned| -> String {
+    let fail_report = |why: &str,
+                       qemu_status: String,
+                       serial: &Capture,
+                       bootlun: &Spawned|
+     -> String {
         format!(
             "{why} (after {:.1}s; QEMU {qemu_status})\n--- serial console ---\n{}\n--- bootlun log (last 200 lines) ---\n{}",
             guest_elapsed.as_secs_f64(),
@@ -523,13 +616,26 @@ fn linux_kernel_initiator_in_a_vm() {
         Some((_, l)) if l.contains("BOOTLUN-VM-OK") => {}
         Some((_, l)) => {
             let st = qemu.wait(Duration::from_secs(30));
-            panic!("{}", fail_report(&format!("guest reported failure: {l}"), format!("{st:?}"), &serial, &bootlun));
+            panic!(
+                "{}",
+                fail_report(
+                    &format!("guest reported failure: {l}"),
+                    format!("{st:?}"),
+                    &serial,
+                    &bootlun
+                )
+            );
         }
         None => {
             let st = qemu.stop(libc::SIGKILL, Duration::from_secs(10));
             panic!(
                 "{}",
-                fail_report(&format!("no verdict from the guest within {GUEST_LIMIT:?}"), format!("{st:?}"), &serial, &bootlun)
+                fail_report(
+                    &format!("no verdict from the guest within {GUEST_LIMIT:?}"),
+                    format!("{st:?}"),
+                    &serial,
+                    &bootlun
+                )
             );
         }
     }
@@ -538,7 +644,12 @@ fn linux_kernel_initiator_in_a_vm() {
     assert!(
         qemu_status.is_some(),
         "{}",
-        fail_report("QEMU did not exit after the guest's power-off", "killed".into(), &serial, &bootlun)
+        fail_report(
+            "QEMU did not exit after the guest's power-off",
+            "killed".into(),
+            &serial,
+            &bootlun
+        )
     );
     phases.done("guest (boot..poweroff)");
     let serial_text = serial.text();
@@ -566,24 +677,45 @@ fn linux_kernel_initiator_in_a_vm() {
 
     // --- Assertions -----------------------------------------------------
     let login = format!("login complete (Normal session, initiator {INITIATOR_IQN}");
-    assert!(blog.contains(&login), "bootlun's log lacks `{login}`:\n{blog}");
+    assert!(
+        blog.contains(&login),
+        "bootlun's log lacks `{login}`:\n{blog}"
+    );
     let discovery = format!("login complete (Discovery session, initiator {INITIATOR_IQN}");
-    assert!(blog.contains(&discovery), "bootlun's log lacks `{discovery}` (iscsiadm SendTargets):\n{blog}");
+    assert!(
+        blog.contains(&discovery),
+        "bootlun's log lacks `{discovery}` (iscsiadm SendTargets):\n{blog}"
+    );
     let normal_logins = blog.matches(&login).count();
     assert!(
         normal_logins >= 7,
         "expected at least 7 Normal-session logins (iscsistart, iscsid's takeover, iscsiadm, recovery, digests, 2 sessions), saw {normal_logins}:\n{blog}"
     );
-    let logouts = blog.lines().filter(|l| l.contains(": logout (reason 0)")).count();
-    assert!(logouts >= 5, "expected the guest's 5 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}");
+    let logouts = blog
+        .lines()
+        .filter(|l| l.contains(": logout (reason 0)"))
+        .count();
+    assert!(
+        logouts >= 5,
+        "expected the guest's 5 logouts (reason 0) in bootlun's log, saw {logouts}:\n{blog}"
+    );
     let digests = format!("initiator {INITIATOR_IQN}, digests true/true");
-    assert!(blog.contains(&digests), "bootlun's log lacks a login with `{digests}`:\n{blog}");
+    assert!(
+        blog.contains(&digests),
+        "bootlun's log lacks a login with `{digests}`:\n{blog}"
+    );
     let logins = sniffer.as_ref().map(|s| s.logins()).unwrap_or_default();
     eprintln!("--- Login Requests on the wire (first of each connection) ---");
     let mut ports = std::collections::BTreeSet::new();
     for l in &logins {
         if ports.insert(l.port) {
-            eprintln!("  port {} ISID {} TSIH {} CID {}", l.port, l.isid_hex(), l.tsih, l.cid);
+            eprintln!(
+                "  port {} ISID {} TSIH {} CID {}",
+                l.port,
+                l.isid_hex(),
+                l.tsih,
+                l.cid
+            );
         }
     }
     let mut stale = not_reinstated(&blog, &logins);
@@ -597,41 +729,89 @@ fn linux_kernel_initiator_in_a_vm() {
         panic!("{msg}\n--- bootlun log ---\n{blog}");
     }
     assert!(froze, "the guest never asked for bootlun to be frozen");
-    let aborts: Vec<&str> = blog.lines().filter(|l| l.contains("task management AbortTask")).collect();
-    assert!(!aborts.is_empty(), "the kernel's ABORT TASK for the timed-out WRITE is not in bootlun's log:\n{blog}");
-    for tmf in ["task management LogicalUnitReset -> 0", "task management TargetWarmReset -> 0"] {
-        assert!(blog.contains(tmf), "bootlun's log lacks `{tmf}` (the guest's sg_reset):\n{blog}");
+    let aborts: Vec<&str> = blog
+        .lines()
+        .filter(|l| l.contains("task management AbortTask"))
+        .collect();
+    assert!(
+        !aborts.is_empty(),
+        "the kernel's ABORT TASK for the timed-out WRITE is not in bootlun's log:\n{blog}"
+    );
+    for tmf in [
+        "task management LogicalUnitReset -> 0",
+        "task management TargetWarmReset -> 0",
+    ] {
+        assert!(
+            blog.contains(tmf),
+            "bootlun's log lacks `{tmf}` (the guest's sg_reset):\n{blog}"
+        );
     }
 
-    let disks: Vec<BTreeMap<String, String>> = tagged(&serial_text, "BOOTLUN-VM-DISK ").into_iter().map(kv).collect();
-    for (lun, want) in [("0", RAM_LUN_BYTES), ("1", FILE_LUN_BYTES), ("2", RO_LUN_BYTES), ("3", NULL_LUN_BYTES)] {
+    let disks: Vec<BTreeMap<String, String>> = tagged(&serial_text, "BOOTLUN-VM-DISK ")
+        .into_iter()
+        .map(kv)
+        .collect();
+    for (lun, want) in [
+        ("0", RAM_LUN_BYTES),
+        ("1", FILE_LUN_BYTES),
+        ("2", RO_LUN_BYTES),
+        ("3", NULL_LUN_BYTES),
+    ] {
         let d = disks
             .iter()
             .find(|d| d.get("lun").map(String::as_str) == Some(lun))
             .unwrap_or_else(|| panic!("guest did not report LUN {lun}:\n{serial_text}"));
         let sectors: u64 = d["sectors"].parse().unwrap();
         let lbs: u64 = d["lbs"].parse().unwrap();
-        assert_eq!(sectors * 512, want, "LUN {lun}: the guest sees {sectors} sectors ({d:?})");
+        assert_eq!(
+            sectors * 512,
+            want,
+            "LUN {lun}: the guest sees {sectors} sectors ({d:?})"
+        );
         assert_eq!(lbs, 512, "LUN {lun}: logical block size {lbs}");
         eprintln!("guest LUN {lun}: {d:?}");
     }
 
     // Every region the guest wrote (or read), as the backing file holds it.
     let regions: [(&str, u64, &[u8]); 10] = [
-        ("write that timed out while bootlun was frozen", ABORT_OFF, &pat.par),
-        ("halves written by two concurrent sessions", TWO_OFF, &pat.par),
+        (
+            "write that timed out while bootlun was frozen",
+            ABORT_OFF,
+            &pat.par,
+        ),
+        (
+            "halves written by two concurrent sessions",
+            TWO_OFF,
+            &pat.par,
+        ),
         ("host pattern (read by the guest)", HOST_OFF, &pat.host),
-        ("O_DIRECT write issued while the link was down", RECOVERY_OFF, &pat.par),
-        ("4 MiB O_DIRECT write with CRC32C digests", DIGEST_OFF, &pat.guest),
+        (
+            "O_DIRECT write issued while the link was down",
+            RECOVERY_OFF,
+            &pat.par,
+        ),
+        (
+            "4 MiB O_DIRECT write with CRC32C digests",
+            DIGEST_OFF,
+            &pat.guest,
+        ),
         ("1 MiB O_DIRECT writes", GUEST_OFF, &pat.guest),
-        ("4 MiB O_DIRECT write in 1 MiB commands", LARGE_OFF, &pat.guest),
+        (
+            "4 MiB O_DIRECT write in 1 MiB commands",
+            LARGE_OFF,
+            &pat.guest,
+        ),
         ("8 concurrent O_DIRECT writers", PAR_OFF, &pat.par),
         ("page-cache writeback", BUFFERED_OFF, &pat.par),
         ("9-sector write", SMALL_SECTOR * 512, &pat.small),
     ];
     let mut all = Vec::new();
     File::open(&backing).unwrap().read_to_end(&mut all).unwrap();
-    assert_eq!(all.len() as u64, FILE_LUN_BYTES, "the backing file changed size");
+    assert_eq!(
+        all.len() as u64,
+        FILE_LUN_BYTES,
+        "the backing file changed size"
+    );
     for (what, off, want) in regions {
         let got = &all[off as usize..off as usize + want.len()];
         assert!(
@@ -642,14 +822,31 @@ fn linux_kernel_initiator_in_a_vm() {
     }
     // Nothing else was written: the rest of the backing file is still zero.
     let stray = all.iter().enumerate().position(|(i, b)| {
-        *b != 0 && !regions.iter().any(|(_, o, w)| i >= *o as usize && i < *o as usize + w.len())
+        *b != 0
+            && !regions
+                .iter()
+                .any(|(_, o, w)| i >= *o as usize && i < *o as usize + w.len())
     });
-    assert!(stray.is_none(), "unexpected non-zero byte in the backing file at offset {stray:?}");
+    assert!(
+        stray.is_none(),
+        "unexpected non-zero byte in the backing file at offset {stray:?}"
+    );
     let ro_now = std::fs::read(&ro_backing).unwrap();
-    assert!(ro_now == ro_image, "the read-only LUN's file changed at +{:?}", first_diff(&ro_now, &ro_image));
+    assert!(
+        ro_now == ro_image,
+        "the read-only LUN's file changed at +{:?}",
+        first_diff(&ro_now, &ro_image)
+    );
     for (lun, ro) in [("0", "0"), ("1", "0"), ("2", "1"), ("3", "0")] {
-        let d = disks.iter().find(|d| d.get("lun").map(String::as_str) == Some(lun)).unwrap();
-        assert_eq!(d.get("ro").map(String::as_str), Some(ro), "LUN {lun}: the kernel's read-only flag ({d:?})");
+        let d = disks
+            .iter()
+            .find(|d| d.get("lun").map(String::as_str) == Some(lun))
+            .unwrap();
+        assert_eq!(
+            d.get("ro").map(String::as_str),
+            Some(ro),
+            "LUN {lun}: the kernel's read-only flag ({d:?})"
+        );
     }
     phases.done("host verification");
 
@@ -667,7 +864,10 @@ fn linux_kernel_initiator_in_a_vm() {
         }
     }
     eprintln!("--- bootlun log (info and above) ---");
-    for l in blog.lines().filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE ")) {
+    for l in blog
+        .lines()
+        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+    {
         eprintln!("  {l}");
     }
     // The namespace goes last, after the processes that ran in it.

@@ -16,19 +16,27 @@ fn silent_connections_are_dropped_after_the_login_timeout() {
     // A session that logs in first: its login timer runs out too, but it
     // must stay usable.
     let mut good = IscsiConn::connect(addr);
-    good.login(&initiator_name("login-timeout"), DEFAULT_IQN).unwrap();
+    good.login(&initiator_name("login-timeout"), DEFAULT_IQN)
+        .unwrap();
 
     // A peer that connects and says nothing.
     let mut silent = TcpStream::connect(addr).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut b = [0u8; 1];
     match silent.read(&mut b) {
         Ok(0) => {}
         Ok(_) => panic!("the target sent data to a peer that never logged in"),
         Err(e) => panic!("silent connection not closed by the target: {e}"),
     }
-    assert!(server.output().contains("no login within 1 s"), "{}", server.output());
+    assert!(
+        server.output().contains("no login within 1 s"),
+        "{}",
+        server.output()
+    );
 
-    good.test_unit_ready(0).expect("logged-in session still served after the login timeout");
+    good.test_unit_ready(0)
+        .expect("logged-in session still served after the login timeout");
     server.stop();
 }

@@ -145,7 +145,6 @@ struct Violation {
     covered: u64,
 }
 
-
 /// Data bytes a write CDB moves at most, if it is one this test builds.
 fn write_len(cdb: &[u8]) -> Option<u64> {
     let be = |r: std::ops::Range<usize>| cdb[r].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
@@ -187,7 +186,11 @@ impl Hostile {
                 if let Some(wanted) = write_len(&bhs[32..48]) {
                     let xfer = wanted.min(u64::from(u(20)));
                     let need = (xfer - xfer % 512) as u32;
-                    let ranges = if claim > 0 { vec![(0, claim as u64)] } else { Vec::new() };
+                    let ranges = if claim > 0 {
+                        vec![(0, claim as u64)]
+                    } else {
+                        Vec::new()
+                    };
                     self.writes.insert(itt, Pending { need, ranges });
                 }
             }
@@ -203,12 +206,19 @@ impl Hostile {
 
     /// A SCSI Response arrived for `itt`.
     fn judge(&mut self, itt: u32, good: bool) {
-        let Some(w) = self.writes.remove(&itt) else { return };
+        let Some(w) = self.writes.remove(&itt) else {
+            return;
+        };
         if !good || self.lied || self.ambiguous.contains(&itt) {
             return;
         }
         let need = u64::from(w.need);
-        let mut r: Vec<(u64, u64)> = w.ranges.iter().map(|&(a, b)| (a.min(need), b.min(need))).filter(|(a, b)| a < b).collect();
+        let mut r: Vec<(u64, u64)> = w
+            .ranges
+            .iter()
+            .map(|&(a, b)| (a.min(need), b.min(need)))
+            .filter(|(a, b)| a < b)
+            .collect();
         r.sort();
         let mut covered = 0u64;
         let mut end = 0u64;
@@ -220,7 +230,11 @@ impl Hostile {
             }
         }
         if covered < need {
-            self.violations.push(Violation { itt, need: w.need, covered });
+            self.violations.push(Violation {
+                itt,
+                need: w.need,
+                covered,
+            });
         }
     }
 
@@ -254,7 +268,8 @@ impl Hostile {
             if left.is_zero() {
                 break;
             }
-            self.c.set_read_timeout(left.max(Duration::from_micros(200)));
+            self.c
+                .set_read_timeout(left.max(Duration::from_micros(200)));
             match self.c.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.closed = true;
@@ -280,7 +295,8 @@ impl Hostile {
     fn parse(&mut self, out: &mut Vec<[u8; BHS_LEN]>) {
         while self.rx.len() >= BHS_LEN {
             let ahs = self.rx[4] as usize * 4;
-            let dsl = ((self.rx[5] as usize) << 16) | ((self.rx[6] as usize) << 8) | self.rx[7] as usize;
+            let dsl =
+                ((self.rx[5] as usize) << 16) | ((self.rx[6] as usize) << 8) | self.rx[7] as usize;
             let total = BHS_LEN + ahs + dsl.div_ceil(4) * 4;
             if self.rx.len() < total {
                 return;
@@ -295,7 +311,9 @@ impl Hostile {
             if op == OP_SCSI_RSP {
                 self.judge(u(16), bhs[2] == 0 && bhs[3] == 0);
             }
-            if matches!(op, 0x21 | 0x22 | 0x24 | 0x26 | 0x3f) || (op == OP_DATA_IN && bhs[1] & 1 != 0) {
+            if matches!(op, 0x21 | 0x22 | 0x24 | 0x26 | 0x3f)
+                || (op == OP_DATA_IN && bhs[1] & 1 != 0)
+            {
                 self.c.exp_statsn = u(24).wrapping_add(1);
             }
             self.pdus_in += 1;
@@ -329,7 +347,14 @@ impl Hostile {
         v
     }
 
-    fn scsi_write10(&mut self, lun_field: [u8; 8], lba: u32, blocks: u16, edtl: u32, immediate: &[u8]) -> u32 {
+    fn scsi_write10(
+        &mut self,
+        lun_field: [u8; 8],
+        lba: u32,
+        blocks: u16,
+        edtl: u32,
+        immediate: &[u8],
+    ) -> u32 {
         let itt = self.next_itt();
         let mut b = [0u8; BHS_LEN];
         b[0] = OP_SCSI_CMD;
@@ -348,7 +373,16 @@ impl Hostile {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn data_out(&mut self, lun_field: [u8; 8], itt: u32, ttt: u32, data_sn: u32, offset: u32, fin: bool, data: &[u8]) {
+    fn data_out(
+        &mut self,
+        lun_field: [u8; 8],
+        itt: u32,
+        ttt: u32,
+        data_sn: u32,
+        offset: u32,
+        fin: bool,
+        data: &[u8],
+    ) {
         let mut b = [0u8; BHS_LEN];
         b[0] = 0x05;
         b[1] = if fin { 0x80 } else { 0 };
@@ -370,7 +404,11 @@ impl Hostile {
         let itt = self.next_itt();
         put32(&mut b, 16, itt);
         put32(&mut b, 20, referenced);
-        let sn = if immediate { self.c.cmdsn } else { self.next_cmdsn() };
+        let sn = if immediate {
+            self.c.cmdsn
+        } else {
+            self.next_cmdsn()
+        };
         put32(&mut b, 24, sn);
         put32(&mut b, 28, self.c.exp_statsn);
         self.send(&b, &[]);
@@ -431,7 +469,9 @@ fn wait_status(
 ) -> Result<(u8, Vec<u8>), String> {
     let mut data = Vec::new();
     for _ in 0..100_000 {
-        let p = c.recv_pdu().map_err(|e| format!("waiting for status of ITT {itt:#x}: {e:?}"))?;
+        let p = c
+            .recv_pdu()
+            .map_err(|e| format!("waiting for status of ITT {itt:#x}: {e:?}"))?;
         match p.opcode() {
             OP_R2T if p.u32_at(16) == itt => on_r2t(c, p.u32_at(20), p.u32_at(40), p.u32_at(44))?,
             OP_DATA_IN if p.u32_at(16) == itt => {
@@ -449,7 +489,12 @@ fn wait_status(
                 return Ok((p.bhs[3], data));
             }
             OP_NOP_IN => {}
-            op => return Err(format!("unexpected opcode {op:#04x} (ITT {:#x})", p.u32_at(16))),
+            op => {
+                return Err(format!(
+                    "unexpected opcode {op:#04x} (ITT {:#x})",
+                    p.u32_at(16)
+                ))
+            }
         }
     }
     Err("too many PDUs".into())
@@ -460,11 +505,23 @@ fn wait_status(
 fn good_write(c: &mut IscsiConn, lun: u32, lba: u32, data: &[u8]) -> Result<u8, String> {
     assert_eq!(data.len() % 512, 0);
     let blocks = (data.len() / 512) as u16;
-    let cdb = [0x2a, 0, (lba >> 24) as u8, (lba >> 16) as u8, (lba >> 8) as u8, lba as u8, 0, (blocks >> 8) as u8, blocks as u8, 0];
+    let cdb = [
+        0x2a,
+        0,
+        (lba >> 24) as u8,
+        (lba >> 16) as u8,
+        (lba >> 8) as u8,
+        lba as u8,
+        0,
+        (blocks >> 8) as u8,
+        blocks as u8,
+        0,
+    ];
     let first = data.len().min(65536).min(c.target_mrdsl as usize);
     let bhs = c.scsi_bhs(lun, &cdb, 0, data.len() as u32);
     let itt = c.itt;
-    c.send_pdu(bhs, &data[..first]).map_err(|e| format!("sending WRITE: {e}"))?;
+    c.send_pdu(bhs, &data[..first])
+        .map_err(|e| format!("sending WRITE: {e}"))?;
     c.itt = c.itt.wrapping_add(1);
     c.cmdsn = c.cmdsn.wrapping_add(1);
     let mrdsl = c.target_mrdsl as usize;
@@ -487,7 +544,8 @@ fn good_write(c: &mut IscsiConn, lun: u32, lba: u32, data: &[u8]) -> Result<u8, 
             put32(&mut b, 28, c.exp_statsn);
             put32(&mut b, 36, sn);
             put32(&mut b, 40, (off + sent) as u32);
-            c.send_pdu(b, &data[off + sent..off + sent + n]).map_err(|e| format!("Data-Out: {e}"))?;
+            c.send_pdu(b, &data[off + sent..off + sent + n])
+                .map_err(|e| format!("Data-Out: {e}"))?;
             sent += n;
             sn += 1;
         }
@@ -497,11 +555,23 @@ fn good_write(c: &mut IscsiConn, lun: u32, lba: u32, data: &[u8]) -> Result<u8, 
 }
 
 fn good_read(c: &mut IscsiConn, lun: u32, lba: u32, blocks: u16) -> Result<(u8, Vec<u8>), String> {
-    let cdb = [0x28, 0, (lba >> 24) as u8, (lba >> 16) as u8, (lba >> 8) as u8, lba as u8, 0, (blocks >> 8) as u8, blocks as u8, 0];
+    let cdb = [
+        0x28,
+        0,
+        (lba >> 24) as u8,
+        (lba >> 16) as u8,
+        (lba >> 8) as u8,
+        lba as u8,
+        0,
+        (blocks >> 8) as u8,
+        blocks as u8,
+        0,
+    ];
     let len = u32::from(blocks) * 512;
     let bhs = c.scsi_bhs(lun, &cdb, len, 0);
     let itt = c.itt;
-    c.send_pdu(bhs, &[]).map_err(|e| format!("sending READ: {e}"))?;
+    c.send_pdu(bhs, &[])
+        .map_err(|e| format!("sending READ: {e}"))?;
     c.itt = c.itt.wrapping_add(1);
     c.cmdsn = c.cmdsn.wrapping_add(1);
     wait_status(c, itt, |_, _, _, _| Err("R2T for a READ".into()))
@@ -601,7 +671,8 @@ fn sane_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
             let lba = r.below(60_000) as u32;
             let blocks = 1 + r.below(64) as u16;
             let len = u32::from(blocks) * 512;
-            let imm = (r.below(u64::from(len.min(h.c.target_mrdsl).min(65536)) / 512 + 1) * 512).min(u64::from(len)) as usize;
+            let imm = (r.below(u64::from(len.min(h.c.target_mrdsl).min(65536)) / 512 + 1) * 512)
+                .min(u64::from(len)) as usize;
             let imm = if r.chance(50) { imm } else { 0 };
             let fill = r.u8();
             *last_cmd = h.scsi_write10(lun0, lba, blocks, len, &vec![fill; imm]);
@@ -633,7 +704,15 @@ fn sane_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
                 while sent < len {
                     let n = (len - sent).min(mrdsl);
                     let fin = sent + n == len;
-                    h.data_out(lun0, itt, ttt, sn, off + sent, fin, &vec![r.u8(); n as usize]);
+                    h.data_out(
+                        lun0,
+                        itt,
+                        ttt,
+                        sn,
+                        off + sent,
+                        fin,
+                        &vec![r.u8(); n as usize],
+                    );
                     sent += n;
                     sn += 1;
                     if part {
@@ -660,7 +739,9 @@ fn sane_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
 /// data segment length consistent with the bytes sent or not.
 fn random_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
     let mut b = [0u8; BHS_LEN];
-    let ops = [0x00u8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x07, 0x1f, 0x21, 0x31, 0x3f, 0x2a];
+    let ops = [
+        0x00u8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x07, 0x1f, 0x21, 0x31, 0x3f, 0x2a,
+    ];
     let op = ops[r.below(ops.len() as u64) as usize];
     b[0] = op | if r.chance(30) { 0x40 } else { 0 };
     b[1] = if r.chance(70) { 0x80 } else { 0 } | (r.u8() & if r.chance(50) { 0x7f } else { 0x07 });
@@ -690,13 +771,25 @@ fn random_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
         _ => h.next_cmdsn(),
     };
     put32(&mut b, 24, sn);
-    put32(&mut b, 28, if r.chance(80) { h.c.exp_statsn } else { r.u32() });
+    put32(
+        &mut b,
+        28,
+        if r.chance(80) {
+            h.c.exp_statsn
+        } else {
+            r.u32()
+        },
+    );
     let mut natural = 0u32;
     match op {
         0x01 => {
             let (cdb, xfer) = hostile_cdb(r);
             b[32..48].copy_from_slice(&cdb);
-            let edtl = if r.chance(80) { xfer } else { r.u32() % (1 << 21) };
+            let edtl = if r.chance(80) {
+                xfer
+            } else {
+                r.u32() % (1 << 21)
+            };
             put32(&mut b, 20, edtl);
             if cdb[0] == 0x2a || cdb[0] == 0x8a || cdb[0] == 0x2e {
                 b[1] |= 0x20;
@@ -707,7 +800,11 @@ fn random_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
             *last_cmd = itt;
         }
         0x05 => {
-            let (ritt, rttt, roff, rlen) = h.r2ts.last().copied().unwrap_or((*last_cmd, u32::MAX, 0, 4096));
+            let (ritt, rttt, roff, rlen) =
+                h.r2ts
+                    .last()
+                    .copied()
+                    .unwrap_or((*last_cmd, u32::MAX, 0, 4096));
             if r.chance(60) {
                 put32(&mut b, 16, ritt);
                 put32(&mut b, 20, rttt);
@@ -722,7 +819,13 @@ fn random_pdu(h: &mut Hostile, r: &mut Rng, last_cmd: &mut u32) {
             natural = rlen.min(h.c.target_mrdsl);
         }
         0x04 => natural = r.below(300) as u32,
-        0x00 => natural = if r.chance(30) { r.below(2000) as u32 } else { 0 },
+        0x00 => {
+            natural = if r.chance(30) {
+                r.below(2000) as u32
+            } else {
+                0
+            }
+        }
         _ => {}
     }
     let mrdsl = h.c.target_mrdsl;
@@ -753,7 +856,11 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
     let lba = r.below(60_000) as u32;
     let blocks = [8u16, 64, 128, 256, 512][r.below(5) as usize];
     let len = u32::from(blocks) * 512;
-    let imm = if r.chance(70) { len.min(65536).min(h.c.target_mrdsl) as usize / 2 } else { 0 };
+    let imm = if r.chance(70) {
+        len.min(65536).min(h.c.target_mrdsl) as usize / 2
+    } else {
+        0
+    };
     let fill = r.u8();
     let itt = h.scsi_write10(lun0, lba, blocks, len, &vec![fill; imm]);
     let Some((_, ttt, off, rlen)) = h.wait_r2t(itt, Duration::from_millis(500)) else {
@@ -763,17 +870,41 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
     let chunk = rlen.min(mrdsl).min(8192);
     match r.below(14) {
         0 => {
-            h.data_out(lun0, itt, ttt ^ 0x5a5a, 0, off, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt ^ 0x5a5a,
+                0,
+                off,
+                true,
+                &vec![fill; chunk as usize],
+            );
             "wrong TTT"
         }
         1 => {
             h.data_out(lun0, itt, ttt, 0, off, false, &vec![fill; chunk as usize]);
             h.data_out(lun0, itt, ttt, 1, off, true, &vec![fill; chunk as usize]);
-            h.data_out(lun0, itt, ttt, 2, off + chunk / 2, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                2,
+                off + chunk / 2,
+                true,
+                &vec![fill; chunk as usize],
+            );
             "overlapping offsets"
         }
         2 => {
-            h.data_out(lun0, itt, ttt, 0, off.wrapping_sub(512), true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                0,
+                off.wrapping_sub(512),
+                true,
+                &vec![fill; chunk as usize],
+            );
             "offset before the R2T"
         }
         3 => {
@@ -791,32 +922,72 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
             "repeated F bits"
         }
         5 => {
-            h.data_out(lun0, itt ^ 0x8000_0000, ttt, 0, off, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt ^ 0x8000_0000,
+                ttt,
+                0,
+                off,
+                true,
+                &vec![fill; chunk as usize],
+            );
             h.data_out(lun0, r.u32(), u32::MAX, 0, 0, true, &vec![fill; 512]);
             "Data-Out for unknown ITTs"
         }
         6 => {
             h.data_out(lun0, itt, ttt, 0, off, false, &vec![fill; chunk as usize]);
             h.tmf(1, lun0, itt, r.chance(50));
-            h.data_out(lun0, itt, ttt, 1, off + chunk, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                1,
+                off + chunk,
+                true,
+                &vec![fill; chunk as usize],
+            );
             "ABORT TASK mid-transfer"
         }
         7 => {
             h.data_out(lun0, itt, ttt, 0, off, false, &vec![fill; chunk as usize]);
             h.tmf(r.pick(&[5, 2, 4, 6, 7]), lun0, 0, r.chance(50));
-            h.data_out(lun0, itt, ttt, 1, off + chunk, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                1,
+                off + chunk,
+                true,
+                &vec![fill; chunk as usize],
+            );
             "LUN RESET (or task set / target reset) mid-transfer"
         }
         8 => {
             h.data_out(lun0, itt, ttt, 0, off, false, &vec![fill; chunk as usize]);
             h.logout(r.below(3) as u8);
-            h.data_out(lun0, itt, ttt, 1, off + chunk, true, &vec![fill; chunk as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                1,
+                off + chunk,
+                true,
+                &vec![fill; chunk as usize],
+            );
             "Logout mid-transfer"
         }
         9 => {
             let n = 1 + r.below(4000) as usize;
             h.nop_with_data(&r.bytes(n));
-            h.data_out(lun0, itt, ttt, 0, off, true, &vec![fill; rlen.min(mrdsl) as usize]);
+            h.data_out(
+                lun0,
+                itt,
+                ttt,
+                0,
+                off,
+                true,
+                &vec![fill; rlen.min(mrdsl) as usize],
+            );
             "NOP-Out with data mid-transfer"
         }
         10 => {
@@ -858,7 +1029,11 @@ fn write_scenario(h: &mut Hostile, r: &mut Rng) -> &'static str {
             }
             h.drain(Duration::from_millis(2));
             let data = vec![fill; n as usize];
-            let cut = if r.chance(30) { n as usize / 3 } else { n as usize };
+            let cut = if r.chance(30) {
+                n as usize / 3
+            } else {
+                n as usize
+            };
             if h.c.stream.write_all(&data[..cut]).is_err() {
                 h.closed = true;
             }
@@ -929,7 +1104,10 @@ fn hostile_pdu_sequences() {
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or(SEED);
-    let sessions = std::env::var("PDU_SEQ_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(SESSIONS);
+    let sessions = std::env::var("PDU_SEQ_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SESSIONS);
     // Extra `bootlun serve` arguments, e.g. "--buffer-size 64K --buffers 8"
     // to exercise chunking and buffer waits.
     let extra = std::env::var("PDU_SEQ_ARGS").unwrap_or_default();
@@ -948,7 +1126,12 @@ fn hostile_pdu_sequences() {
             continue;
         }
         let mut r = Rng::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let what = |s: &str| format!("session {i}: {s} (reproduce: PDU_SEQ_SEED={seed:x} PDU_SEQ_SESSIONS={})", i + 1);
+        let what = |s: &str| {
+            format!(
+                "session {i}: {s} (reproduce: PDU_SEQ_SEED={seed:x} PDU_SEQ_SESSIONS={})",
+                i + 1
+            )
+        };
 
         // Hostile session, starting with an acknowledged write.
         let mut c = ctx.login(&format!("hostile-{i}"));
@@ -1006,12 +1189,15 @@ fn hostile_pdu_sequences() {
         }
         let glba = (session_lba(i) + 8) % (DATA_LUN_BLOCKS - 256);
         let fresh = pattern(seed ^ !(i as u64), 256 * 512);
-        if let Err(e) = with_retries(|| good_write(&mut g, data_lun, glba, &fresh).map(|s| (s, ()))) {
+        if let Err(e) = with_retries(|| good_write(&mut g, data_lun, glba, &fresh).map(|s| (s, ())))
+        {
             ctx.fail(&what(&format!("good write: {e}")));
         }
         match with_retries(|| good_read(&mut g, data_lun, glba, 256)) {
             Ok(d) if d == fresh => {}
-            Ok(_) => ctx.fail(&what(&format!("good write at LBA {glba} did not read back"))),
+            Ok(_) => ctx.fail(&what(&format!(
+                "good write at LBA {glba} did not read back"
+            ))),
             Err(e) => ctx.fail(&what(&format!("good read: {e}"))),
         }
         g.logout();

@@ -42,13 +42,22 @@ fn run(cmd: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|e| format!("{}: {e}", cmd.join(" ")))?;
     if !out.status.success() {
-        return Err(format!("{}: {}{}", cmd.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)));
+        return Err(format!(
+            "{}: {}{}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn which(p: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {p}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {p}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Why the test cannot run here, if it cannot.
@@ -60,7 +69,13 @@ fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (needs network namespaces and taps)".into());
     }
-    for t in ["ip", "qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb"] {
+    for t in [
+        "ip",
+        "qemu-system-x86_64",
+        "apt-get",
+        "apt-cache",
+        "dpkg-deb",
+    ] {
         if !which(t) {
             return Some(format!("{t} not installed"));
         }
@@ -86,10 +101,14 @@ fn cache_dir() -> PathBuf {
 /// `apt-get download` of `pkg` into the cache (once); returns the .deb.
 fn fetch_deb(cache: &Path, pkg: &str) -> Result<PathBuf, String> {
     let find = || -> Option<PathBuf> {
-        std::fs::read_dir(cache).ok()?.flatten().map(|e| e.path()).find(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
-        })
+        std::fs::read_dir(cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
+            })
     };
     if let Some(p) = find() {
         return Ok(p);
@@ -103,7 +122,12 @@ fn fetch_deb(cache: &Path, pkg: &str) -> Result<PathBuf, String> {
     if !st.success() {
         return Err(format!("apt-get download {pkg} failed"));
     }
-    find().ok_or_else(|| format!("apt-get download {pkg}: no .deb appeared in {}", cache.display()))
+    find().ok_or_else(|| {
+        format!(
+            "apt-get download {pkg}: no .deb appeared in {}",
+            cache.display()
+        )
+    })
 }
 
 /// The real kernel package behind the `linux-image-amd64` metapackage.
@@ -124,7 +148,12 @@ fn extract(cache: &Path, deb: &Path, name: &str) -> Result<PathBuf, String> {
     if !stamp.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        run(&["dpkg-deb", "-x", deb.to_str().unwrap(), dir.to_str().unwrap()])?;
+        run(&[
+            "dpkg-deb",
+            "-x",
+            deb.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ])?;
         std::fs::write(&stamp, "").unwrap();
     }
     Ok(dir)
@@ -139,7 +168,12 @@ fn kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
         .map_err(|e| format!("{kpkg}: {e}"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
         .ok_or_else(|| format!("{kpkg}: no boot/vmlinuz-*"))?;
     let bdeb = fetch_deb(&cache, "busybox-static")?;
     let bdir = extract(&cache, &bdeb, "busybox-static")?;
@@ -158,7 +192,10 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Cpio {
-        Cpio { out: Vec::new(), ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn pad(&mut self) {
@@ -213,7 +250,12 @@ fn initramfs(busybox: &Path) -> Vec<u8> {
         c.entry(d, 0o040755, (0, 0), b"");
     }
     c.entry("dev/console", 0o020600, (5, 1), b"");
-    c.entry("bin/busybox", 0o100755, (0, 0), &std::fs::read(busybox).unwrap());
+    c.entry(
+        "bin/busybox",
+        0o100755,
+        (0, 0),
+        &std::fs::read(busybox).unwrap(),
+    );
     c.entry("bin/sh", 0o120777, (0, 0), b"busybox");
     c.entry("init", 0o100755, (0, 0), init.as_bytes());
     c.finish()
@@ -240,13 +282,41 @@ impl Netns {
             run(&v)
         };
         // No DAD: the bridge's link-local address is usable at once (RA).
-        let _ = run(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
-        let _ = run(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
+        let _ = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
+        let _ = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+        ]);
         ip(&["link", "set", "lo", "up"])?;
-        ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0", "stp_state", "0"])?;
+        ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ])?;
         ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", "br0"])?;
         ip(&["link", "set", "br0", "up"])?;
-        run(&["ip", "netns", "exec", &ns.name, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])?;
+        run(&[
+            "ip", "netns", "exec", &ns.name, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
+        ])?;
         ip(&["link", "set", "tap0", "master", "br0"])?;
         ip(&["link", "set", "tap0", "up"])?;
         Ok(ns)
@@ -280,7 +350,9 @@ impl RaSender {
         let path = format!("/run/netns/{ns}");
         let thread = std::thread::spawn(move || {
             // This thread alone moves into the namespace.
-            let Ok(f) = std::fs::File::open(&path) else { return };
+            let Ok(f) = std::fs::File::open(&path) else {
+                return;
+            };
             use std::os::fd::AsRawFd;
             // SAFETY: plain syscalls on valid descriptors and buffers.
             unsafe {
@@ -292,14 +364,26 @@ impl RaSender {
                     return;
                 }
                 let dev = b"br0\0";
-                libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr().cast(), 4);
+                libc::setsockopt(
+                    s,
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    dev.as_ptr().cast(),
+                    4,
+                );
                 let hops: libc::c_int = 255;
                 let hp = (&hops as *const libc::c_int).cast();
                 let hl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
                 libc::setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, hp, hl);
                 libc::setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, hp, hl);
                 let idx = libc::if_nametoindex(dev.as_ptr().cast()) as libc::c_int;
-                libc::setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, (&idx as *const libc::c_int).cast(), hl);
+                libc::setsockopt(
+                    s,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_IF,
+                    (&idx as *const libc::c_int).cast(),
+                    hl,
+                );
                 // Type 134, code 0, checksum (kernel), hop limit, flags,
                 // router lifetime 0, reachable 0, retrans 0.
                 let ra = [134u8, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -321,7 +405,10 @@ impl RaSender {
                 libc::close(s);
             }
         });
-        RaSender { stop, thread: Some(thread) }
+        RaSender {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -344,11 +431,18 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, what: &str) -> Proc {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         eprintln!("pxe_e2e: started {what} (pid {})", child.id());
         let out = Arc::new(Mutex::new(Vec::new()));
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let out = out.clone();
             std::thread::spawn(move || {
                 // Chunks, not lines: firmware menus draw without newlines.
@@ -444,12 +538,42 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "bios-ipxe-rom", rom: IPXE_ROM_BIOS, uefi: false, mode: Mode::Netroot },
-    Scenario { name: "uefi-ipxe-rom", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Netroot },
-    Scenario { name: "uefi-pxe-snponly", rom: "", uefi: true, mode: Mode::Netroot },
-    Scenario { name: "uefi-ipxe-ibft", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Ibft },
-    Scenario { name: "bios-ipxe-sanboot", rom: IPXE_ROM_BIOS, uefi: false, mode: Mode::Sanboot },
-    Scenario { name: "uefi-ipxe-login", rom: IPXE_ROM_EFI, uefi: true, mode: Mode::Login },
+    Scenario {
+        name: "bios-ipxe-rom",
+        rom: IPXE_ROM_BIOS,
+        uefi: false,
+        mode: Mode::Netroot,
+    },
+    Scenario {
+        name: "uefi-ipxe-rom",
+        rom: IPXE_ROM_EFI,
+        uefi: true,
+        mode: Mode::Netroot,
+    },
+    Scenario {
+        name: "uefi-pxe-snponly",
+        rom: "",
+        uefi: true,
+        mode: Mode::Netroot,
+    },
+    Scenario {
+        name: "uefi-ipxe-ibft",
+        rom: IPXE_ROM_EFI,
+        uefi: true,
+        mode: Mode::Ibft,
+    },
+    Scenario {
+        name: "bios-ipxe-sanboot",
+        rom: IPXE_ROM_BIOS,
+        uefi: false,
+        mode: Mode::Sanboot,
+    },
+    Scenario {
+        name: "uefi-ipxe-login",
+        rom: IPXE_ROM_EFI,
+        uefi: true,
+        mode: Mode::Login,
+    },
 ];
 
 const MENU_USER: &str = "admin";
@@ -485,14 +609,30 @@ fn sanboot_disk() -> Vec<u8> {
 
 fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
     let mut c = ns.exec("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-m", "256", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"]);
+    c.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ]);
     c.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
     c.args(["-device", &format!("virtio-net-pci,disable-legacy=on,netdev=n0,mac=52:54:00:77:00:02,romfile={},bootindex=1", sc.rom)]);
     if sc.uefi {
         let vars = work.join(format!("OVMF_VARS.{}.fd", sc.name));
         std::fs::copy(OVMF_VARS, &vars).unwrap();
-        c.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
-        c.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+        c.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        ]);
+        c.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
     } else {
         c.args(["-boot", "n"]);
     }
@@ -504,8 +644,14 @@ fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
     if sc.mode == Mode::Login {
         // iPXE's login form: Enter moves from the user name to the
         // password field, and submits from there.
-        if q.wait_line(BOOT_TIMEOUT, |l| l.contains("Username")).is_none() {
-            return Err(format!("{}: no login form on the console:\n{}", sc.name, q.text()));
+        if q.wait_line(BOOT_TIMEOUT, |l| l.contains("Username"))
+            .is_none()
+        {
+            return Err(format!(
+                "{}: no login form on the console:\n{}",
+                sc.name,
+                q.text()
+            ));
         }
         std::thread::sleep(Duration::from_millis(500));
         for chunk in [MENU_USER, "\r", MENU_PASSWORD, "\r"] {
@@ -516,19 +662,37 @@ fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
     let line = if sc.mode == Mode::Sanboot {
         q.wait_line(BOOT_TIMEOUT, |l| l.contains(SANBOOT_MARKER))
     } else {
-        q.wait_line(BOOT_TIMEOUT, |l| l.contains(MARKER) && l.contains("console=ttyS0"))
+        q.wait_line(BOOT_TIMEOUT, |l| {
+            l.contains(MARKER) && l.contains("console=ttyS0")
+        })
     };
     let text = q.text();
     q.stop();
     match line {
-        Some(_) if sc.mode == Mode::Sanboot => Ok(format!("(boot sector of LUN 0 printed {SANBOOT_MARKER})")),
-        Some(l) if sc.mode == Mode::Ibft && !text.contains("ACPI: iBFT") => {
-            Err(format!("{}: booted, but the kernel saw no iBFT ACPI table: {}", sc.name, l.trim()))
+        Some(_) if sc.mode == Mode::Sanboot => {
+            Ok(format!("(boot sector of LUN 0 printed {SANBOOT_MARKER})"))
         }
-        Some(l) => Ok(l[l.find(MARKER).unwrap() + MARKER.len()..].trim().to_string()),
+        Some(l) if sc.mode == Mode::Ibft && !text.contains("ACPI: iBFT") => Err(format!(
+            "{}: booted, but the kernel saw no iBFT ACPI table: {}",
+            sc.name,
+            l.trim()
+        )),
+        Some(l) => Ok(l[l.find(MARKER).unwrap() + MARKER.len()..]
+            .trim()
+            .to_string()),
         None => {
-            let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-            Err(format!("{}: no `{MARKER}` line within {BOOT_TIMEOUT:?}; serial tail:\n{tail}", sc.name))
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Err(format!(
+                "{}: no `{MARKER}` line within {BOOT_TIMEOUT:?}; serial tail:\n{tail}",
+                sc.name
+            ))
         }
     }
 }
@@ -547,37 +711,68 @@ fn pxe_boot_with_real_firmware() {
             return;
         }
     };
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pxe-e2e.{}", std::process::id()));
+    let work =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pxe-e2e.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let boot = work.join("boot");
     std::fs::create_dir_all(&boot).unwrap();
     std::fs::copy(&vmlinuz, boot.join("vmlinuz-e2e")).unwrap();
     std::fs::write(boot.join("initrd.img-e2e"), initramfs(&busybox)).unwrap();
-    eprintln!("pxe_e2e: assets ready in {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "pxe_e2e: assets ready in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let disk = work.join("sanboot.img");
     std::fs::write(&disk, sanboot_disk()).unwrap();
     // Sparse 32 MiB: iPXE's INT 13 emulation guesses 255 heads x 63
     // sectors and cannot address a disk smaller than one such cylinder.
-    std::fs::File::options().write(true).open(&disk).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     let ns = Netns::create().expect("network namespace");
     let _ra = RaSender::start(&ns.name);
     let start_server = |mode: Mode| -> Proc {
         let mut serve = ns.exec(env!("CARGO_BIN_EXE_bootlun"));
         serve.arg("serve");
         match mode {
-            Mode::Sanboot => serve.args(["--lun", disk.to_str().unwrap(), "--boot-method", "sanboot"]),
+            Mode::Sanboot => {
+                serve.args(["--lun", disk.to_str().unwrap(), "--boot-method", "sanboot"])
+            }
             Mode::Ibft => serve.args(["--lun", "ram:64M", "--boot-method", "ibft"]),
             Mode::Netroot => serve.args(["--lun", "ram:64M"]),
-            Mode::Login => serve.args(["--lun", "ram:64M", "--menu-user", MENU_USER, "--menu-password", MENU_PASSWORD]),
+            Mode::Login => serve.args([
+                "--lun",
+                "ram:64M",
+                "--menu-user",
+                MENU_USER,
+                "--menu-password",
+                MENU_PASSWORD,
+            ]),
         };
         serve
-            .args(["--listen", &format!("{SERVER_IP}:3260"), "--target-name", IQN])
-            .args(["--pxe-interface", "br0", "--boot-dir", boot.to_str().unwrap()])
+            .args([
+                "--listen",
+                &format!("{SERVER_IP}:3260"),
+                "--target-name",
+                IQN,
+            ])
+            .args([
+                "--pxe-interface",
+                "br0",
+                "--boot-dir",
+                boot.to_str().unwrap(),
+            ])
             .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0"])
             .env("RUST_LOG", "info");
         let mut server = Proc::spawn(serve, &format!("bootlun serve ({mode:?})"));
-        if server.wait_line(Duration::from_secs(30), |l| l.contains("listening on")).is_none() {
+        if server
+            .wait_line(Duration::from_secs(30), |l| l.contains("listening on"))
+            .is_none()
+        {
             panic!("bootlun serve did not start:\n{}", server.text());
         }
         server
@@ -589,7 +784,10 @@ fn pxe_boot_with_real_firmware() {
     let mut times = Vec::new();
     let mut failures = Vec::new();
     for sc in SCENARIOS {
-        if only.as_deref().is_some_and(|o| !o.split(',').any(|o| o == sc.name)) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|o| o == sc.name))
+        {
             continue;
         }
         if sc.uefi && !Path::new(OVMF_CODE).exists() {
@@ -632,7 +830,11 @@ fn pxe_boot_with_real_firmware() {
                 vec!["rd.iscsi.firmware=1"],
             ),
             Mode::Ibft => (
-                vec!["rd.iscsi.firmware=1".into(), "initrd=initrd.img-e2e".into(), "tsc=reliable".into()],
+                vec![
+                    "rd.iscsi.firmware=1".into(),
+                    "initrd=initrd.img-e2e".into(),
+                    "tsc=reliable".into(),
+                ],
                 vec!["netroot="],
             ),
             Mode::Sanboot => (vec![], vec![]),
@@ -676,7 +878,12 @@ fn pxe_boot_with_real_firmware() {
     if failures.is_empty() {
         let _ = std::fs::remove_dir_all(&work);
     } else {
-        let _ = std::io::stderr().write_all(format!("--- bootlun serve log ---\n{log}\n").as_bytes());
-        panic!("{} scenario(s) failed:\n{}", failures.len(), failures.join("\n\n"));
+        let _ =
+            std::io::stderr().write_all(format!("--- bootlun serve log ---\n{log}\n").as_bytes());
+        panic!(
+            "{} scenario(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
     }
 }

@@ -21,8 +21,20 @@ fn checksum(path: &Path) -> (u32, Vec<u8>) {
 fn assert_same(what: &str, expected: &Path, actual: &Path) {
     let (a, da) = checksum(expected);
     let (b, db) = checksum(actual);
-    println!("{what}: crc32c {:08x} (source) vs {:08x} ({})", a, b, actual.display());
-    assert_eq!(da.len(), db.len(), "{what}: {} has {} bytes, expected {}", actual.display(), db.len(), da.len());
+    println!(
+        "{what}: crc32c {:08x} (source) vs {:08x} ({})",
+        a,
+        b,
+        actual.display()
+    );
+    assert_eq!(
+        da.len(),
+        db.len(),
+        "{what}: {} has {} bytes, expected {}",
+        actual.display(),
+        db.len(),
+        da.len()
+    );
     if da != db {
         let first = da.iter().zip(&db).position(|(x, y)| x != y).unwrap();
         panic!("{what}: data differs from the source (first difference at byte {first}; crc32c {a:08x} vs {b:08x})");
@@ -72,23 +84,60 @@ fn qemu_img_roundtrip_plain_and_crc32c_on_ram_and_file_luns() {
 
         // Plain: URL syntax both ways.
         let back = dir.join(&format!("back-plain-{i}.raw"));
-        qemu(&["convert", "-n", "-f", "raw", "-O", "raw", &src_plain.to_string_lossy(), &url]);
-        qemu(&["convert", "-f", "raw", "-O", "raw", &url, &back.to_string_lossy()]);
+        qemu(&[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &src_plain.to_string_lossy(),
+            &url,
+        ]);
+        qemu(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            &back.to_string_lossy(),
+        ]);
         assert_same(&format!("{name}, no digest"), &src_plain, &back);
         std::fs::remove_file(&back).unwrap();
 
         // CRC32C header digests: image-opts for the destination, then the source.
         let opts = image_opts(&server, lun);
         let back = dir.join(&format!("back-digest-{i}.raw"));
-        qemu(&["convert", "-n", "-f", "raw", &src_digest.to_string_lossy(), "--target-image-opts", &opts]);
-        qemu(&["convert", "--image-opts", &opts, "-O", "raw", &back.to_string_lossy()]);
+        qemu(&[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            &src_digest.to_string_lossy(),
+            "--target-image-opts",
+            &opts,
+        ]);
+        qemu(&[
+            "convert",
+            "--image-opts",
+            &opts,
+            "-O",
+            "raw",
+            &back.to_string_lossy(),
+        ]);
         assert_same(&format!("{name}, header-digest=crc32c"), &src_digest, &back);
         std::fs::remove_file(&back).unwrap();
     }
 
     let status = server.stop();
     if server.kind == TargetKind::Bootlun {
-        assert_eq!(status.code(), Some(0), "bootlun exited with {status} after SIGTERM:\n{}", server.output());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "bootlun exited with {status} after SIGTERM:\n{}",
+            server.output()
+        );
     }
     // The last thing written to the file LUN was the digest pass.
     assert_same("file LUN backing file after stop", &src_digest, &backing);

@@ -13,7 +13,12 @@ use std::time::Duration;
 fn parse_accept_line(line: &str) -> Option<(SocketAddr, u32)> {
     let key = "accepted connection from ";
     let rest = &line[line.find(key)? + key.len()..];
-    let peer: SocketAddr = rest.split_whitespace().next()?.trim_end_matches([',', ';']).parse().ok()?;
+    let peer: SocketAddr = rest
+        .split_whitespace()
+        .next()?
+        .trim_end_matches([',', ';'])
+        .parse()
+        .ok()?;
     let key = "on reactor ";
     let rest = &rest[rest.find(key)? + key.len()..];
     let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -22,9 +27,16 @@ fn parse_accept_line(line: &str) -> Option<(SocketAddr, u32)> {
 
 #[test]
 fn accept_line_parser() {
-    let l = "2026-11-22T03:00:00Z  INFO bootlun: accepted connection from 127.0.0.1:41234 on reactor 1";
-    assert_eq!(parse_accept_line(l), Some(("127.0.0.1:41234".parse().unwrap(), 1)));
-    assert_eq!(parse_accept_line("accepted connection from 127.0.0.1:5 on reactor 12 (fd 7)").map(|x| x.1), Some(12));
+    let l =
+        "2026-11-22T03:00:00Z  INFO bootlun: accepted connection from 127.0.0.1:41234 on reactor 1";
+    assert_eq!(
+        parse_accept_line(l),
+        Some(("127.0.0.1:41234".parse().unwrap(), 1))
+    );
+    assert_eq!(
+        parse_accept_line("accepted connection from 127.0.0.1:5 on reactor 12 (fd 7)").map(|x| x.1),
+        Some(12)
+    );
     assert_eq!(parse_accept_line("listening on 127.0.0.1:3260"), None);
 }
 
@@ -33,7 +45,15 @@ fn two_concurrent_initiators_land_on_different_reactors() {
     if !bootlun_cli_available() {
         return;
     }
-    let server = Server::bootlun(&["serve", "--listen", "127.0.0.1:0", "--lun", "ram:16M", "--cores", "0,1"]);
+    let server = Server::bootlun(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--lun",
+        "ram:16M",
+        "--cores",
+        "0,1",
+    ]);
     let lun = server.lun(0);
 
     // Two sessions, both logged in and held open at the same time.
@@ -44,8 +64,10 @@ fn two_concurrent_initiators_land_on_different_reactors() {
     b.login(&initiator_name("reactor-b"), &server.iqn)
         .unwrap_or_else(|e| panic!("login b: {e}\n{}", server.output()));
     // Both are served while both are open.
-    a.test_unit_ready(lun).unwrap_or_else(|e| panic!("TUR a: {e}\n{}", server.output()));
-    b.test_unit_ready(lun).unwrap_or_else(|e| panic!("TUR b: {e}\n{}", server.output()));
+    a.test_unit_ready(lun)
+        .unwrap_or_else(|e| panic!("TUR a: {e}\n{}", server.output()));
+    b.test_unit_ready(lun)
+        .unwrap_or_else(|e| panic!("TUR b: {e}\n{}", server.output()));
 
     let mut reactors = BTreeSet::new();
     for (name, conn) in [("a", &a), ("b", &b)] {

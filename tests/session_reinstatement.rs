@@ -31,11 +31,19 @@ fn a_login_with_the_same_isid_closes_the_old_session() {
 
     let verdict = old.expect_reject_or_close(Duration::from_secs(20));
     assert!(
-        verdict.as_deref().is_ok_and(|v| v.contains("closed") || v.contains("error")),
+        verdict
+            .as_deref()
+            .is_ok_and(|v| v.contains("closed") || v.contains("error")),
         "old connection of a reinstated session still open: {verdict:?}"
     );
     new.test_unit_ready(0).expect("the new session is served");
-    other.test_unit_ready(0).expect("a session with another ISID is left alone");
-    assert!(server.output().contains("session reinstatement"), "{}", server.output());
+    other
+        .test_unit_ready(0)
+        .expect("a session with another ISID is left alone");
+    assert!(
+        server.output().contains("session reinstatement"),
+        "{}",
+        server.output()
+    );
     server.stop();
 }

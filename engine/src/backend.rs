@@ -285,11 +285,19 @@ fn sysfs_wwid(meta: &std::fs::Metadata) -> Option<String> {
     let rdev = meta.rdev();
     let (maj, min) = (libc::major(rdev), libc::minor(rdev));
     let base = format!("/sys/dev/block/{maj}:{min}");
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
     // A partition's id is its disk's plus the partition number.
     read(&format!("{base}/device/wwid")).or_else(|| {
         let part = read(&format!("{base}/partition"))?;
-        Some(format!("{}-part{part}", read(&format!("{base}/../device/wwid"))?))
+        Some(format!(
+            "{}-part{part}",
+            read(&format!("{base}/../device/wwid"))?
+        ))
     })
 }
 
@@ -364,7 +372,6 @@ impl BlockBackend for FileBackend {
         self.file.sync_data()
     }
 }
-
 
 struct NullBackend {
     info: BackendInfo,

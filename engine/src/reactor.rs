@@ -128,7 +128,13 @@ impl Io<'_> {
     }
 }
 
-fn io<'a>(p: &'a mut Parts, stats: &'a ReactorStats, reactor: usize, slot: u32, inflight: &'a mut u32) -> Io<'a> {
+fn io<'a>(
+    p: &'a mut Parts,
+    stats: &'a ReactorStats,
+    reactor: usize,
+    slot: u32,
+    inflight: &'a mut u32,
+) -> Io<'a> {
     Io {
         ring: &mut p.ring,
         pool: &mut p.pool,
@@ -389,7 +395,11 @@ impl Reactor {
         );
         Ok(Reactor {
             id,
-            parts: Parts { ring, pool, buf_waiters: VecDeque::new() },
+            parts: Parts {
+                ring,
+                pool,
+                buf_waiters: VecDeque::new(),
+            },
             wake_fd,
             wake_buf: Box::new(0),
             incoming,
@@ -429,7 +439,8 @@ impl Reactor {
                 stopping = true;
                 for (i, s) in slots.iter_mut().enumerate() {
                     if let Some(c) = s.conn.as_mut() {
-                        let mut io = io(&mut self.parts, rstats, self.id, i as u32, &mut s.inflight);
+                        let mut io =
+                            io(&mut self.parts, rstats, self.id, i as u32, &mut s.inflight);
                         c.shutdown(&mut io);
                     }
                 }
@@ -498,7 +509,13 @@ impl Reactor {
                 };
                 s.inflight = s.inflight.saturating_sub(1);
                 if let Some(c) = s.conn.as_mut() {
-                    let mut io = io(&mut self.parts, rstats, self.id, idx as u32, &mut s.inflight);
+                    let mut io = io(
+                        &mut self.parts,
+                        rstats,
+                        self.id,
+                        idx as u32,
+                        &mut s.inflight,
+                    );
                     c.complete(&mut io, tag, res);
                 }
                 if s.inflight == 0 && s.conn.as_ref().is_some_and(|c| c.finished()) {
@@ -510,8 +527,12 @@ impl Reactor {
             // Buffers came back: let waiting connections retry, oldest
             // first, while there are buffers to take.
             while self.parts.pool.available() > 0 {
-                let Some(w) = self.parts.buf_waiters.pop_front() else { break };
-                let Some(s) = slots.get_mut(w as usize) else { continue };
+                let Some(w) = self.parts.buf_waiters.pop_front() else {
+                    break;
+                };
+                let Some(s) = slots.get_mut(w as usize) else {
+                    continue;
+                };
                 if let Some(c) = s.conn.as_mut() {
                     let mut io = io(&mut self.parts, rstats, self.id, w, &mut s.inflight);
                     c.buffers_available(&mut io);

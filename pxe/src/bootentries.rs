@@ -97,9 +97,14 @@ pub fn expand_vars(words: &str, env: &[(String, String)]) -> String {
     words
         .split_ascii_whitespace()
         .filter_map(|w| {
-            let Some(name) = w.strip_prefix('$') else { return Some(w.to_string()) };
+            let Some(name) = w.strip_prefix('$') else {
+                return Some(w.to_string());
+            };
             let name = name.trim_start_matches('{').trim_end_matches('}');
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty())
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -119,7 +124,9 @@ pub fn discover_bls(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>,
     let mut found: Vec<(Option<String>, BootEntry)> = Vec::new();
     for de in rd.flatten() {
         let name = de.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".conf") else { continue };
+        let Some(stem) = name.strip_suffix(".conf") else {
+            continue;
+        };
         if stem.is_empty() || name.starts_with('.') {
             continue;
         }
@@ -131,7 +138,10 @@ pub fn discover_bls(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>,
             }
         };
         let Some((sort_key, entry)) = parse_bls(stem, &text) else {
-            tracing::warn!("bootentries: {}: no `linux` key, skipped", de.path().display());
+            tracing::warn!(
+                "bootentries: {}: no `linux` key, skipped",
+                de.path().display()
+            );
             continue;
         };
         let mut entry = entry;
@@ -141,13 +151,20 @@ pub fn discover_bls(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>,
         if entry.options.is_empty() {
             entry.options = cmdline_default.to_string();
         }
-        entry.initrd = entry.initrd.iter().map(|i| expand_vars(i, &env)).flat_map(|i| {
-            i.split_ascii_whitespace().map(rel).collect::<Vec<_>>()
-        }).collect();
+        entry.initrd = entry
+            .initrd
+            .iter()
+            .map(|i| expand_vars(i, &env))
+            .flat_map(|i| i.split_ascii_whitespace().map(rel).collect::<Vec<_>>())
+            .collect();
         // Entries written with /boot on the root filesystem name
         // `/boot/vmlinuz-…`; the boot directory is that /boot already.
         if !dir.join(&entry.linux).is_file() {
-            if let Some(p) = entry.linux.strip_prefix("boot/").filter(|p| dir.join(p).is_file()) {
+            if let Some(p) = entry
+                .linux
+                .strip_prefix("boot/")
+                .filter(|p| dir.join(p).is_file())
+            {
                 entry.linux = p.to_string();
                 for i in &mut entry.initrd {
                     if let Some(p) = i.strip_prefix("boot/").filter(|p| dir.join(p).is_file()) {
@@ -157,7 +174,11 @@ pub fn discover_bls(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEntry>,
             }
         }
         if !dir.join(&entry.linux).is_file() {
-            tracing::warn!("bootentries: {}: kernel {} missing, skipped", name, entry.linux);
+            tracing::warn!(
+                "bootentries: {}: kernel {} missing, skipped",
+                name,
+                entry.linux
+            );
             continue;
         }
         found.push((sort_key, entry));
@@ -174,12 +195,20 @@ fn bls_order(ka: Option<&str>, a: &BootEntry, kb: Option<&str>, b: &BootEntry) -
         (Some(x), Some(y)) => x
             .cmp(y)
             .then_with(|| a.machine_id.cmp(&b.machine_id))
-            .then_with(|| vercmp(b.version.as_deref().unwrap_or(""), a.version.as_deref().unwrap_or("")))
+            .then_with(|| {
+                vercmp(
+                    b.version.as_deref().unwrap_or(""),
+                    a.version.as_deref().unwrap_or(""),
+                )
+            })
             .then_with(|| vercmp(&b.id, &a.id)),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
-        (None, None) => vercmp(b.version.as_deref().unwrap_or(""), a.version.as_deref().unwrap_or(""))
-            .then_with(|| vercmp(&b.id, &a.id)),
+        (None, None) => vercmp(
+            b.version.as_deref().unwrap_or(""),
+            a.version.as_deref().unwrap_or(""),
+        )
+        .then_with(|| vercmp(&b.id, &a.id)),
     }
 }
 
@@ -246,18 +275,24 @@ pub fn discover_kernels(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEnt
         .collect();
     for de in rd.flatten() {
         let name = de.file_name().to_string_lossy().into_owned();
-        let Some(ver) = name.strip_prefix("vmlinuz-") else { continue };
+        let Some(ver) = name.strip_prefix("vmlinuz-") else {
+            continue;
+        };
         if ver.is_empty() || name.ends_with(".hmac") || name.ends_with(".sig") {
             continue;
         }
         let path = de.path();
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
         let candidates = [format!("initramfs-{ver}.img"), format!("initrd.img-{ver}")];
         let Some(initrd) = candidates.into_iter().find(|c| dir.join(c).is_file()) else {
-            tracing::info!("bootentries: {name}: no initramfs-{ver}.img or initrd.img-{ver}, skipped");
+            tracing::info!(
+                "bootentries: {name}: no initramfs-{ver}.img or initrd.img-{ver}, skipped"
+            );
             continue;
         };
         let mut initrds = microcode.clone();
@@ -347,7 +382,8 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 pub fn resolve_device(spec: &str) -> Result<PathBuf, String> {
     let by = |kind: &str, v: &str| -> Result<PathBuf, String> {
         let p = Path::new("/dev/disk").join(kind).join(v);
-        fs::canonicalize(&p).map_err(|_| format!("--boot-device {spec}: {} does not exist", p.display()))
+        fs::canonicalize(&p)
+            .map_err(|_| format!("--boot-device {spec}: {} does not exist", p.display()))
     };
     if let Some(v) = spec.strip_prefix("UUID=") {
         by("by-uuid", v)
@@ -383,7 +419,8 @@ impl BootMount {
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("bootlun-boot.{}", std::process::id()));
-        fs::create_dir_all(&dir).map_err(|e| format!("--boot-device {spec}: {}: {e}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| format!("--boot-device {spec}: {}: {e}", dir.display()))?;
         let fstypes: Vec<String> = fs::read_to_string("/proc/filesystems")
             .unwrap_or_default()
             .lines()
@@ -398,16 +435,29 @@ impl BootMount {
             let ct = std::ffi::CString::new(t.as_str()).unwrap();
             // SAFETY: all pointers are valid NUL-terminated strings; data is null.
             let r = unsafe {
-                libc::mount(cdev.as_ptr(), cdir.as_ptr(), ct.as_ptr(), libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC, std::ptr::null())
+                libc::mount(
+                    cdev.as_ptr(),
+                    cdir.as_ptr(),
+                    ct.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
             };
             if r == 0 {
-                tracing::info!("boot device {} ({t}) mounted read-only at {}", dev.display(), dir.display());
+                tracing::info!(
+                    "boot device {} ({t}) mounted read-only at {}",
+                    dev.display(),
+                    dir.display()
+                );
                 return Ok(BootMount { dir });
             }
             last = std::io::Error::last_os_error().to_string();
         }
         let _ = fs::remove_dir(&dir);
-        Err(format!("--boot-device {spec}: cannot mount {} read-only: {last}", dev.display()))
+        Err(format!(
+            "--boot-device {spec}: cannot mount {} read-only: {last}",
+            dev.display()
+        ))
     }
 }
 
@@ -423,7 +473,8 @@ impl Drop for BootMount {
 
 fn cstr(s: &std::ffi::OsStr) -> Result<std::ffi::CString, String> {
     use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(s.as_bytes()).map_err(|_| format!("{}: path contains NUL", s.to_string_lossy()))
+    std::ffi::CString::new(s.as_bytes())
+        .map_err(|_| format!("{}: path contains NUL", s.to_string_lossy()))
 }
 
 #[cfg(test)]
@@ -441,8 +492,15 @@ mod tests {
 
     #[test]
     fn strip_by_name_or_whole() {
-        let s = vec!["quiet".to_string(), "rhgb".to_string(), "splash".to_string()];
-        assert_eq!(strip_args("ro quiet  rhgb root=UUID=x splash=silent", &s), "ro root=UUID=x");
+        let s = vec![
+            "quiet".to_string(),
+            "rhgb".to_string(),
+            "splash".to_string(),
+        ];
+        assert_eq!(
+            strip_args("ro quiet  rhgb root=UUID=x splash=silent", &s),
+            "ro root=UUID=x"
+        );
     }
 
     #[test]

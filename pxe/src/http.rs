@@ -48,11 +48,19 @@ pub struct Resource {
 impl Resource {
     /// Generated text.
     pub fn text(s: impl Into<String>, content_type: &'static str) -> Resource {
-        Resource { body: Body::Memory(Arc::from(s.into().into_bytes())), content_type, auth: false }
+        Resource {
+            body: Body::Memory(Arc::from(s.into().into_bytes())),
+            content_type,
+            auth: false,
+        }
     }
     /// A file on disk.
     pub fn file(p: PathBuf) -> Resource {
-        Resource { body: Body::File(p), content_type: "application/octet-stream", auth: false }
+        Resource {
+            body: Body::File(p),
+            content_type: "application/octet-stream",
+            auth: false,
+        }
     }
 }
 
@@ -181,7 +189,11 @@ pub fn error_response(code: u16, head_only: bool, close: bool, extra: &str) -> R
     Response {
         status: code,
         head: h.into_bytes(),
-        body: if head_only { OutBody::None } else { OutBody::Mem(b, 0, len) },
+        body: if head_only {
+            OutBody::None
+        } else {
+            OutBody::Mem(b, 0, len)
+        },
     }
 }
 
@@ -230,7 +242,10 @@ pub enum PathError {
 /// (also encoded) and backslashes.
 pub fn normalize_target(target: &str) -> Result<String, PathError> {
     let mut t = target;
-    if let Some(rest) = t.strip_prefix("http://").or_else(|| t.strip_prefix("HTTP://")) {
+    if let Some(rest) = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("HTTP://"))
+    {
         t = match rest.find('/') {
             Some(i) => &rest[i..],
             None => "/",
@@ -285,12 +300,20 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(auth: &(String, String), header: Option<&[u8]>) -> bool {
-    let Some(h) = header.and_then(|h| std::str::from_utf8(h).ok()) else { return false };
-    let h = h.trim();
-    let Some(cred) = h.get(..6).filter(|p| p.eq_ignore_ascii_case("basic ")).map(|_| h[6..].trim()) else {
+    let Some(h) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
         return false;
     };
-    let Some(dec) = b64_decode(cred) else { return false };
+    let h = h.trim();
+    let Some(cred) = h
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case("basic "))
+        .map(|_| h[6..].trim())
+    else {
+        return false;
+    };
+    let Some(dec) = b64_decode(cred) else {
+        return false;
+    };
     let want = format!("{}:{}", auth.0, auth.1);
     ct_eq(&dec, want.as_bytes())
 }
@@ -310,13 +333,19 @@ pub enum RangeSpec {
 /// body (both allowed by RFC 9110).
 pub fn parse_range(v: &str, len: u64) -> RangeSpec {
     let v = v.trim();
-    let Some(spec) = v.get(..6).filter(|p| p.eq_ignore_ascii_case("bytes=")).map(|_| v[6..].trim()) else {
+    let Some(spec) = v
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case("bytes="))
+        .map(|_| v[6..].trim())
+    else {
         return RangeSpec::Full;
     };
     if spec.contains(',') {
         return RangeSpec::Full;
     }
-    let Some((a, b)) = spec.split_once('-') else { return RangeSpec::Full };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Full;
+    };
     let (a, b) = (a.trim(), b.trim());
     let num = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
@@ -326,13 +355,17 @@ pub fn parse_range(v: &str, len: u64) -> RangeSpec {
         }
     };
     if a.is_empty() {
-        let Some(n) = num(b) else { return RangeSpec::Full };
+        let Some(n) = num(b) else {
+            return RangeSpec::Full;
+        };
         if n == 0 || len == 0 {
             return RangeSpec::Unsatisfiable;
         }
         return RangeSpec::Part(len.saturating_sub(n), len - 1);
     }
-    let Some(start) = num(a) else { return RangeSpec::Full };
+    let Some(start) = num(a) else {
+        return RangeSpec::Full;
+    };
     let end = if b.is_empty() {
         u64::MAX
     } else {
@@ -348,7 +381,10 @@ pub fn parse_range(v: &str, len: u64) -> RangeSpec {
 }
 
 fn header<'a>(req: &'a httparse::Request, name: &str) -> Option<&'a [u8]> {
-    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 fn has_token(v: Option<&[u8]>, tok: &str) -> bool {
@@ -363,9 +399,13 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut hdrs);
     let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return bad(431, buf, "head too large"),
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return bad(431, buf, "head too large")
+        }
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return bad(431, buf, "head too large"),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return bad(431, buf, "head too large")
+        }
         Ok(httparse::Status::Partial) => return Step::Incomplete,
         Err(httparse::Error::TooManyHeaders) => return bad(431, buf, "too many headers"),
         Err(httparse::Error::Version) => return bad(505, buf, "bad version"),
@@ -382,7 +422,12 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
         has_token(conn_hdr, "close")
     };
     let head = method == "HEAD";
-    let respond = |resp: Response, consumed: usize, close: bool| Step::Respond { consumed, resp, close, summary: summary.clone() };
+    let respond = |resp: Response, consumed: usize, close: bool| Step::Respond {
+        consumed,
+        resp,
+        close,
+        summary: summary.clone(),
+    };
 
     // Request body (unusual for GET/HEAD): skip it to keep the stream in sync.
     if header(&req, "transfer-encoding").is_some() {
@@ -390,10 +435,14 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
     }
     let mut consumed = head_len;
     if let Some(cl) = header(&req, "content-length") {
-        let n = std::str::from_utf8(cl).ok().and_then(|s| s.trim().parse::<usize>().ok());
+        let n = std::str::from_utf8(cl)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
         match n {
             None => return respond(error_response(400, head, true, ""), buf.len(), true),
-            Some(n) if n > MAX_BODY => return respond(error_response(413, head, true, ""), buf.len(), true),
+            Some(n) if n > MAX_BODY => {
+                return respond(error_response(413, head, true, ""), buf.len(), true)
+            }
             Some(n) if buf.len() < head_len + n => return Step::Incomplete,
             Some(n) => consumed += n,
         }
@@ -401,7 +450,11 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
     match method {
         "GET" | "HEAD" => {}
         "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "TRACE" | "CONNECT" => {
-            return respond(error_response(405, false, close, "Allow: GET, HEAD\r\n"), consumed, close)
+            return respond(
+                error_response(405, false, close, "Allow: GET, HEAD\r\n"),
+                consumed,
+                close,
+            )
         }
         _ => return respond(error_response(501, false, true, ""), consumed, true),
     }
@@ -414,7 +467,9 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
             tracing::warn!("http: refused path traversal {:?}", target);
             return respond(error_response(403, head, close, ""), consumed, close);
         }
-        Err(PathError::Bad) => return respond(error_response(400, head, close, ""), consumed, close),
+        Err(PathError::Bad) => {
+            return respond(error_response(400, head, close, ""), consumed, close)
+        }
     };
     let Some(res) = router.routes.get(&key) else {
         return respond(error_response(404, head, close, ""), consumed, close);
@@ -423,7 +478,12 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
         if let Some(a) = &router.auth {
             if !authorized(a, header(&req, "authorization")) {
                 return respond(
-                    error_response(401, head, close, "WWW-Authenticate: Basic realm=\"bootlun\"\r\n"),
+                    error_response(
+                        401,
+                        head,
+                        close,
+                        "WWW-Authenticate: Basic realm=\"bootlun\"\r\n",
+                    ),
                     consumed,
                     close,
                 );
@@ -437,7 +497,11 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
             Ok(_) => return respond(error_response(404, head, close, ""), consumed, close),
             Err(e) => {
                 tracing::warn!("http: {}: {e}", p.display());
-                let code = if e.kind() == io::ErrorKind::NotFound { 404 } else { 500 };
+                let code = if e.kind() == io::ErrorKind::NotFound {
+                    404
+                } else {
+                    500
+                };
                 return respond(error_response(code, head, close, ""), consumed, close);
             }
         },
@@ -448,9 +512,19 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
         .unwrap_or(RangeSpec::Full);
     let (status, start, end_excl, extra) = match range {
         RangeSpec::Full => (200, 0, len, String::new()),
-        RangeSpec::Part(a, b) => (206, a, b + 1, format!("Content-Range: bytes {a}-{b}/{len}\r\n")),
+        RangeSpec::Part(a, b) => (
+            206,
+            a,
+            b + 1,
+            format!("Content-Range: bytes {a}-{b}/{len}\r\n"),
+        ),
         RangeSpec::Unsatisfiable => {
-            let r = error_response(416, head, close, &format!("Content-Range: bytes */{len}\r\n"));
+            let r = error_response(
+                416,
+                head,
+                close,
+                &format!("Content-Range: bytes */{len}\r\n"),
+            );
             return respond(r, consumed, close);
         }
     };
@@ -476,11 +550,29 @@ pub fn process(router: &Router, buf: &[u8]) -> Step {
             OutBody::None => OutBody::None,
         }
     };
-    respond(Response { status, head: h.into_bytes(), body }, consumed, close)
+    respond(
+        Response {
+            status,
+            head: h.into_bytes(),
+            body,
+        },
+        consumed,
+        close,
+    )
 }
 
 fn bad(code: u16, buf: &[u8], why: &str) -> Step {
-    let first: String = buf.iter().take(60).map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect();
+    let first: String = buf
+        .iter()
+        .take(60)
+        .map(|&c| {
+            if c.is_ascii_graphic() || c == b' ' {
+                c as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
     Step::Respond {
         consumed: buf.len(),
         resp: error_response(code, false, true, ""),
@@ -538,15 +630,19 @@ struct Conn {
 
 /// Bind and start the server thread. Binding errors are returned here.
 pub fn spawn(cfg: HttpConfig) -> Result<HttpServer, String> {
-    let std_listener = socket2::Socket::new(socket2::Domain::for_address(cfg.listen), socket2::Type::STREAM, None)
-        .and_then(|s| {
-            s.set_reuse_address(true)?;
-            s.bind(&cfg.listen.into())?;
-            s.listen(128)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })
-        .map_err(|e| format!("http: cannot listen on {}: {e}", cfg.listen))?;
+    let std_listener = socket2::Socket::new(
+        socket2::Domain::for_address(cfg.listen),
+        socket2::Type::STREAM,
+        None,
+    )
+    .and_then(|s| {
+        s.set_reuse_address(true)?;
+        s.bind(&cfg.listen.into())?;
+        s.listen(128)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
+    .map_err(|e| format!("http: cannot listen on {}: {e}", cfg.listen))?;
     let listener = TcpListener::from_std(std_listener.into());
     let addr = listener.local_addr().map_err(|e| format!("http: {e}"))?;
     let poll = Poll::new().map_err(|e| format!("http: {e}"))?;
@@ -558,11 +654,19 @@ pub fn spawn(cfg: HttpConfig) -> Result<HttpServer, String> {
         .spawn(move || run(poll, listener, cfg, stop2))
         .map_err(|e| format!("http: {e}"))?;
     tracing::info!("http: serving on {addr}");
-    Ok(HttpServer { addr, stop, waker, thread: Some(thread) })
+    Ok(HttpServer {
+        addr,
+        stop,
+        waker,
+        thread: Some(thread),
+    })
 }
 
 fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<AtomicBool>) {
-    if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
+    if let Err(e) = poll
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+    {
         tracing::error!("http: {e}");
         return;
     }
@@ -584,18 +688,37 @@ fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<Ato
                     match listener.accept() {
                         Ok((mut sock, peer)) => {
                             if conns.len() >= cfg.max_conns {
-                                tracing::warn!("http: {peer}: too many connections ({}), refused", conns.len());
+                                tracing::warn!(
+                                    "http: {peer}: too many connections ({}), refused",
+                                    conns.len()
+                                );
                                 continue;
                             }
                             let _ = sock.set_nodelay(true);
                             let tok = next;
                             next = next.wrapping_add(1).max(2);
-                            if poll.registry().register(&mut sock, Token(tok), Interest::READABLE | Interest::WRITABLE).is_err() {
+                            if poll
+                                .registry()
+                                .register(
+                                    &mut sock,
+                                    Token(tok),
+                                    Interest::READABLE | Interest::WRITABLE,
+                                )
+                                .is_err()
+                            {
                                 continue;
                             }
                             conns.insert(
                                 tok,
-                                Conn { sock, peer, rbuf: Vec::new(), out: None, close_after: false, last: Instant::now(), head_since: None },
+                                Conn {
+                                    sock,
+                                    peer,
+                                    rbuf: Vec::new(),
+                                    out: None,
+                                    close_after: false,
+                                    last: Instant::now(),
+                                    head_since: None,
+                                },
                             );
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -626,7 +749,10 @@ fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<Ato
             if now.duration_since(c.last) > cfg.idle_timeout {
                 tracing::info!("http: {}: idle timeout", c.peer);
                 expired.push(*t);
-            } else if c.out.is_none() && c.head_since.is_some_and(|s| now.duration_since(s) > cfg.head_timeout) {
+            } else if c.out.is_none()
+                && c.head_since
+                    .is_some_and(|s| now.duration_since(s) > cfg.head_timeout)
+            {
                 tracing::info!("http: {}: request head timeout", c.peer);
                 let r = error_response(408, false, true, "");
                 let mut bytes = r.head;
@@ -671,9 +797,18 @@ fn drive(c: &mut Conn, router: &Router, scratch: &mut [u8]) -> bool {
         }
         if !c.rbuf.is_empty() {
             match process(router, &c.rbuf) {
-                Step::Respond { consumed, resp, close, summary } => {
+                Step::Respond {
+                    consumed,
+                    resp,
+                    close,
+                    summary,
+                } => {
                     c.rbuf.drain(..consumed.min(c.rbuf.len()));
-                    c.head_since = if c.rbuf.is_empty() { None } else { Some(Instant::now()) };
+                    c.head_since = if c.rbuf.is_empty() {
+                        None
+                    } else {
+                        Some(Instant::now())
+                    };
                     c.close_after = close;
                     c.out = Some((resp, 0, summary));
                     continue;
@@ -762,11 +897,23 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(normalize_target("/boot//./vmlinuz?x=1").unwrap(), "/boot/vmlinuz");
+        assert_eq!(
+            normalize_target("/boot//./vmlinuz?x=1").unwrap(),
+            "/boot/vmlinuz"
+        );
         assert_eq!(normalize_target("http://h:80/a%20b").unwrap(), "/a b");
-        assert_eq!(normalize_target("/boot/../etc/passwd"), Err(PathError::Traversal));
-        assert_eq!(normalize_target("/boot/%2e%2e/etc"), Err(PathError::Traversal));
-        assert_eq!(normalize_target("/boot/%2E%2E%2Fetc"), Err(PathError::Traversal));
+        assert_eq!(
+            normalize_target("/boot/../etc/passwd"),
+            Err(PathError::Traversal)
+        );
+        assert_eq!(
+            normalize_target("/boot/%2e%2e/etc"),
+            Err(PathError::Traversal)
+        );
+        assert_eq!(
+            normalize_target("/boot/%2E%2E%2Fetc"),
+            Err(PathError::Traversal)
+        );
         assert_eq!(normalize_target("/a%00b"), Err(PathError::Bad));
         assert_eq!(normalize_target("/a%zz"), Err(PathError::Bad));
         assert_eq!(normalize_target("*"), Err(PathError::Bad));

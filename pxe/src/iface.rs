@@ -23,7 +23,8 @@ impl IfaceAddr {
 /// Look up `name`. Errors are one line for the operator:
 /// `--pxe-interface eth9: no such interface`.
 pub fn ipv4_of(name: &str) -> Result<IfaceAddr, String> {
-    let cname = std::ffi::CString::new(name).map_err(|_| format!("--pxe-interface {name:?}: invalid name"))?;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| format!("--pxe-interface {name:?}: invalid name"))?;
     // SAFETY: valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if index == 0 {
@@ -32,7 +33,10 @@ pub fn ipv4_of(name: &str) -> Result<IfaceAddr, String> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(format!("--pxe-interface {name}: getifaddrs: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "--pxe-interface {name}: getifaddrs: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let mut found = None;
     let mut cur = head;
@@ -62,7 +66,11 @@ pub fn ipv4_of(name: &str) -> Result<IfaceAddr, String> {
             let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
             Ipv4Addr::from(u32::from_be(m.sin_addr.s_addr))
         };
-        found = Some(IfaceAddr { addr, netmask, index });
+        found = Some(IfaceAddr {
+            addr,
+            netmask,
+            index,
+        });
         break;
     }
     // SAFETY: head came from getifaddrs.
@@ -77,6 +85,9 @@ mod tests {
         let lo = super::ipv4_of("lo").unwrap();
         assert_eq!(lo.addr, std::net::Ipv4Addr::LOCALHOST);
         assert_eq!(lo.prefix_len(), 8);
-        assert_eq!(super::ipv4_of("nosuch9").unwrap_err(), "--pxe-interface nosuch9: no such interface");
+        assert_eq!(
+            super::ipv4_of("nosuch9").unwrap_err(),
+            "--pxe-interface nosuch9: no such interface"
+        );
     }
 }

@@ -42,7 +42,9 @@ pub struct IscsiExport {
 }
 
 /// How the booted system finds its root disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMethod {
     /// dracut `netroot=iscsi:…` on the kernel command line.
@@ -129,9 +131,23 @@ impl PxeArgs {
     /// Fill every field not given on the command line from the config file.
     pub fn merge_from(&mut self, file: PxeArgs) {
         merge_fields!(
-            self, file, pxe_interface, boot_dir, boot_device, boot_path, cmdline_default, boot_method,
-            menu_timeout, menu_user, menu_password, ipxe_dir, dhcp_mode, dhcp_pool, http_port,
-            strip_args, cmdline_chap
+            self,
+            file,
+            pxe_interface,
+            boot_dir,
+            boot_device,
+            boot_path,
+            cmdline_default,
+            boot_method,
+            menu_timeout,
+            menu_user,
+            menu_password,
+            ipxe_dir,
+            dhcp_mode,
+            dhcp_pool,
+            http_port,
+            strip_args,
+            cmdline_chap
         );
     }
 
@@ -162,11 +178,17 @@ fn boot_source(
     let sub = boot_path.unwrap_or("/").trim_start_matches('/');
     match (boot_dir, boot_device) {
         (Some(_), Some(_)) => Err("--boot-dir and --boot-device cannot be used together".into()),
-        (Some(d), None) => Ok(Some(BootSource { dir: d.join(sub), _mount: None })),
+        (Some(d), None) => Ok(Some(BootSource {
+            dir: d.join(sub),
+            _mount: None,
+        })),
         (None, Some(dev)) => {
             let m = BootMount::mount(dev)?;
             let dir = m.dir.join(sub);
-            Ok(Some(BootSource { dir, _mount: Some(m) }))
+            Ok(Some(BootSource {
+                dir,
+                _mount: Some(m),
+            }))
         }
         (None, None) => Ok(None),
     }
@@ -192,25 +214,42 @@ pub fn routes(
     let mut r = http::Router::default();
     let menu = menu::ipxe_menu(cfg, entries);
     if cfg.login {
-        r.routes.insert("/boot.ipxe".into(), Resource::text(menu::ipxe_login(cfg), "text/plain"));
+        r.routes.insert(
+            "/boot.ipxe".into(),
+            Resource::text(menu::ipxe_login(cfg), "text/plain"),
+        );
         let mut m = Resource::text(menu, "text/plain");
         m.auth = true;
         r.routes.insert("/menu.ipxe".into(), m);
     } else {
-        r.routes.insert("/boot.ipxe".into(), Resource::text(menu.clone(), "text/plain"));
-        r.routes.insert("/menu.ipxe".into(), Resource::text(menu, "text/plain"));
+        r.routes.insert(
+            "/boot.ipxe".into(),
+            Resource::text(menu.clone(), "text/plain"),
+        );
+        r.routes
+            .insert("/menu.ipxe".into(), Resource::text(menu, "text/plain"));
     }
-    r.routes.insert("/pxelinux.cfg/default".into(), Resource::text(menu::pxelinux(cfg, entries), "text/plain"));
-    let jail = std::fs::canonicalize(boot_dir).map_err(|e| format!("{}: {e}", boot_dir.display()))?;
+    r.routes.insert(
+        "/pxelinux.cfg/default".into(),
+        Resource::text(menu::pxelinux(cfg, entries), "text/plain"),
+    );
+    let jail =
+        std::fs::canonicalize(boot_dir).map_err(|e| format!("{}: {e}", boot_dir.display()))?;
     for e in entries {
         for rel in std::iter::once(&e.linux).chain(e.initrd.iter()) {
             let p = boot_dir.join(rel);
             match std::fs::canonicalize(&p) {
                 Ok(c) if c.starts_with(&jail) && c.is_file() => {
-                    let key = http::normalize_target(&menu::url_path(rel)).map_err(|_| format!("{rel}: unusable file name"))?;
+                    let key = http::normalize_target(&menu::url_path(rel))
+                        .map_err(|_| format!("{rel}: unusable file name"))?;
                     r.routes.insert(key, Resource::file(c));
                 }
-                Ok(c) => tracing::warn!("{}: resolves to {} outside {}, not served", p.display(), c.display(), jail.display()),
+                Ok(c) => tracing::warn!(
+                    "{}: resolves to {} outside {}, not served",
+                    p.display(),
+                    c.display(),
+                    jail.display()
+                ),
                 Err(err) => tracing::warn!("{}: {err}, not served", p.display()),
             }
         }
@@ -218,7 +257,9 @@ pub fn routes(
     if let Some(d) = ipxe_dir {
         if let (Ok(jail), Ok(rd)) = (std::fs::canonicalize(d), std::fs::read_dir(d)) {
             for de in rd.flatten() {
-                let Ok(c) = std::fs::canonicalize(de.path()) else { continue };
+                let Ok(c) = std::fs::canonicalize(de.path()) else {
+                    continue;
+                };
                 if !c.is_file() || !c.starts_with(&jail) {
                     continue;
                 }
@@ -267,9 +308,19 @@ fn menu_config(
         http_port,
         target_name: export.target_name.clone(),
         iscsi_port: if export.port == 0 { 3260 } else { export.port },
-        luns: if export.luns.is_empty() { vec![0] } else { export.luns.clone() },
-        initiator_name: export.initiator_name.clone().unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
-        chap: export.chap.clone().map(|(user, secret)| Chap { user, secret }),
+        luns: if export.luns.is_empty() {
+            vec![0]
+        } else {
+            export.luns.clone()
+        },
+        initiator_name: export
+            .initiator_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
+        chap: export
+            .chap
+            .clone()
+            .map(|(user, secret)| Chap { user, secret }),
         chap_on_cmdline,
         method,
         timeout,
@@ -281,22 +332,35 @@ fn menu_config(
 /// Start the sidecars described by `args`, or return `Ok(None)` when
 /// `--pxe-interface` is not set. Errors are one line for the operator.
 pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, String> {
-    let Some(ifname) = &args.pxe_interface else { return Ok(None) };
+    let Some(ifname) = &args.pxe_interface else {
+        return Ok(None);
+    };
     if args.menu_user.is_some() != args.menu_password.is_some() {
         return Err("--menu-user and --menu-password must be given together".into());
     }
     let ifa = iface::ipv4_of(ifname)?;
     let method = args.boot_method.unwrap_or_default();
-    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), args.boot_path.as_deref())?;
+    let src = boot_source(
+        args.boot_dir.as_deref(),
+        args.boot_device.as_deref(),
+        args.boot_path.as_deref(),
+    )?;
     let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
     let (entries, boot_dir) = match &src {
-        Some(s) => match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
-            Ok((_, e)) => (e, Some(s.dir.clone())),
-            Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
-            Err(e) => return Err(format!("{flag}: {e}")),
-        },
+        Some(s) => {
+            match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
+                Ok((_, e)) => (e, Some(s.dir.clone())),
+                Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
+                Err(e) => return Err(format!("{flag}: {e}")),
+            }
+        }
         None if method == BootMethod::Sanboot => (Vec::new(), None),
-        None => return Err("--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)".into()),
+        None => {
+            return Err(
+                "--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)"
+                    .into(),
+            )
+        }
     };
     let http_port = args.http_port.unwrap_or(80);
     let login = args.menu_user.is_some() && args.menu_password.is_some();
@@ -310,21 +374,41 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         args.strip_list(),
         args.cmdline_chap.unwrap_or(false),
     );
-    let ipxe_dir = args.ipxe_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
+    let ipxe_dir = args
+        .ipxe_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
     let empty = std::env::temp_dir();
-    let mut router = routes(&cfg, &entries, boot_dir.as_deref().unwrap_or(&empty), Some(&ipxe_dir))?;
+    let mut router = routes(
+        &cfg,
+        &entries,
+        boot_dir.as_deref().unwrap_or(&empty),
+        Some(&ipxe_dir),
+    )?;
     if login {
-        router.auth = Some((args.menu_user.clone().unwrap(), args.menu_password.clone().unwrap()));
+        router.auth = Some((
+            args.menu_user.clone().unwrap(),
+            args.menu_password.clone().unwrap(),
+        ));
     }
     let listen = std::net::SocketAddr::from((ifa.addr, http_port));
     let http = http::spawn(http::HttpConfig::new(listen, router)).map_err(|e| {
-        format!("--http-port {http_port}: {}", e.trim_start_matches("http: "))
+        format!(
+            "--http-port {http_port}: {}",
+            e.trim_start_matches("http: ")
+        )
     })?;
     for e in &entries {
         tracing::info!("pxe: entry {:?} kernel {}", e.title, e.linux);
     }
     let threads = sidecars::spawn(args, ifname, &ifa, &cfg, &ipxe_dir)?;
-    Ok(Some(PxeHandle { http, server: ifa.addr, entries, threads, _boot: src }))
+    Ok(Some(PxeHandle {
+        http,
+        server: ifa.addr,
+        entries,
+        threads,
+        _boot: src,
+    }))
 }
 
 mod sidecars {
@@ -333,7 +417,10 @@ mod sidecars {
     use std::net::Ipv4Addr;
 
     /// `START-END` → inclusive pool on the interface's subnet.
-    pub(super) fn parse_pool(s: &str, ifa: &iface::IfaceAddr) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    pub(super) fn parse_pool(
+        s: &str,
+        ifa: &iface::IfaceAddr,
+    ) -> Result<(Ipv4Addr, Ipv4Addr), String> {
         let bad = || format!("--dhcp-pool {s}: expected START-END, two IPv4 addresses");
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
@@ -344,7 +431,11 @@ mod sidecars {
         let m = u32::from(ifa.netmask);
         let net = u32::from(ifa.addr) & m;
         if u32::from(a) & m != net || u32::from(b) & m != net {
-            return Err(format!("--dhcp-pool {s}: not inside {}/{}", Ipv4Addr::from(net), ifa.prefix_len()));
+            return Err(format!(
+                "--dhcp-pool {s}: not inside {}/{}",
+                Ipv4Addr::from(net),
+                ifa.prefix_len()
+            ));
         }
         Ok((a, b))
     }
@@ -359,7 +450,13 @@ mod sidecars {
         }
         let me = u32::from(ifa.addr);
         let (first, last) = ((me & m) + 1, (me | !m) - 1);
-        let a = if me < last { me + 1 } else if me > first { me - 1 } else { return None };
+        let a = if me < last {
+            me + 1
+        } else if me > first {
+            me - 1
+        } else {
+            return None;
+        };
         Some((Ipv4Addr::from(a), Ipv4Addr::from(a)))
     }
 
@@ -412,7 +509,12 @@ mod sidecars {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootentriesArgs {
     /// Directory holding the kernels (a /boot tree).
-    #[arg(long, value_name = "DIR", conflicts_with = "boot_device", required_unless_present = "boot_device")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "boot_device",
+        required_unless_present = "boot_device"
+    )]
     pub boot_dir: Option<PathBuf>,
     /// Block device with the kernels, mounted read-only: a path, UUID=… or LABEL=….
     #[arg(long, value_name = "DEV")]
@@ -430,7 +532,11 @@ pub struct BootentriesArgs {
     #[arg(long, value_name = "PORT", default_value_t = 80)]
     pub http_port: u16,
     /// Target IQN.
-    #[arg(long, value_name = "IQN", default_value = "iqn.2025-01.org.bootlun:target")]
+    #[arg(
+        long,
+        value_name = "IQN",
+        default_value = "iqn.2025-01.org.bootlun:target"
+    )]
     pub target_name: String,
     /// iSCSI portal port.
     #[arg(long, value_name = "PORT", default_value_t = 3260)]
@@ -442,7 +548,12 @@ pub struct BootentriesArgs {
     #[arg(long, value_enum, default_value = "netroot")]
     pub boot_method: BootMethod,
     /// Kernel command line of entries that have none.
-    #[arg(long, value_name = "ARGS", default_value = "", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
     pub cmdline_default: String,
     /// Menu timeout in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
@@ -465,8 +576,12 @@ pub enum BootentriesFormat {
 
 /// Render the dry run as text (the body of [`bootentries_main`]).
 pub fn bootentries_render(args: &BootentriesArgs) -> Result<String, String> {
-    let src = boot_source(args.boot_dir.as_deref(), args.boot_device.as_deref(), Some(&args.boot_path))?
-        .ok_or("one of --boot-dir or --boot-device is required")?;
+    let src = boot_source(
+        args.boot_dir.as_deref(),
+        args.boot_device.as_deref(),
+        Some(&args.boot_path),
+    )?
+    .ok_or("one of --boot-dir or --boot-device is required")?;
     let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
     let found = bootentries::discover(&src.dir, &args.cmdline_default);
     let (source, entries) = match found {
@@ -506,7 +621,11 @@ pub fn bootentries_main(args: &BootentriesArgs) -> std::process::ExitCode {
         Ok(s) => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            if out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_err() {
+            if out
+                .write_all(s.as_bytes())
+                .and_then(|_| out.flush())
+                .is_err()
+            {
                 return std::process::ExitCode::from(1);
             }
             std::process::ExitCode::SUCCESS
@@ -532,9 +651,28 @@ mod tests {
     #[test]
     fn flags_and_config_keys() {
         let cli = Cli::try_parse_from([
-            "x", "--pxe-interface", "eth1", "--boot-dir", "/boot", "--boot-method", "ibft", "--menu-timeout", "0",
-            "--dhcp-mode", "proxy", "--dhcp-pool", "10.0.0.5-10.0.0.9", "--http-port", "8080", "--strip-args",
-            "quiet,splash", "--cmdline-default", "-- ro", "--menu-user", "u", "--cmdline-chap",
+            "x",
+            "--pxe-interface",
+            "eth1",
+            "--boot-dir",
+            "/boot",
+            "--boot-method",
+            "ibft",
+            "--menu-timeout",
+            "0",
+            "--dhcp-mode",
+            "proxy",
+            "--dhcp-pool",
+            "10.0.0.5-10.0.0.9",
+            "--http-port",
+            "8080",
+            "--strip-args",
+            "quiet,splash",
+            "--cmdline-default",
+            "-- ro",
+            "--menu-user",
+            "u",
+            "--cmdline-chap",
         ])
         .unwrap();
         let a = cli.pxe;
@@ -556,8 +694,13 @@ mod tests {
         assert_eq!(merged.ipxe_dir.as_deref(), Some(Path::new("/srv/ipxe")));
         assert_eq!(merged.cmdline_chap, Some(true));
         let mut from_file = PxeArgs::default();
-        from_file.merge_from(serde_json::from_str(r#"{"cmdline-chap":false,"menu-timeout":0}"#).unwrap());
-        assert_eq!((from_file.cmdline_chap, from_file.menu_timeout), (Some(false), Some(0)));
+        from_file.merge_from(
+            serde_json::from_str(r#"{"cmdline-chap":false,"menu-timeout":0}"#).unwrap(),
+        );
+        assert_eq!(
+            (from_file.cmdline_chap, from_file.menu_timeout),
+            (Some(false), Some(0))
+        );
         assert!(serde_json::from_str::<PxeArgs>(r#"{"no-such-key":1}"#).is_err());
     }
 
@@ -575,8 +718,12 @@ mod tests {
         let p = sidecars::default_pool(&ifa([192, 168, 1, 1], 30)).unwrap();
         assert_eq!(p, ([192, 168, 1, 2].into(), [192, 168, 1, 2].into()));
         assert!(sidecars::default_pool(&ifa([192, 168, 1, 1], 31)).is_none());
-        let bad = sidecars::parse_pool("10.77.1.2-10.77.1.9", &ifa([10, 77, 0, 1], 24)).unwrap_err();
-        assert_eq!(bad, "--dhcp-pool 10.77.1.2-10.77.1.9: not inside 10.77.0.0/24");
+        let bad =
+            sidecars::parse_pool("10.77.1.2-10.77.1.9", &ifa([10, 77, 0, 1], 24)).unwrap_err();
+        assert_eq!(
+            bad,
+            "--dhcp-pool 10.77.1.2-10.77.1.9: not inside 10.77.0.0/24"
+        );
     }
 
     #[test]
@@ -592,23 +739,44 @@ mod tests {
             cmdline_default: Some("ro quiet".into()),
             ..PxeArgs::default()
         };
-        let export = IscsiExport { target_name: "iqn.2026-11.org.bootlun:t".into(), port: 3260, luns: vec![0], ..Default::default() };
-        assert_eq!(start(&args, &export).err().unwrap(), "--pxe-interface nosuch0: no such interface");
+        let export = IscsiExport {
+            target_name: "iqn.2026-11.org.bootlun:t".into(),
+            port: 3260,
+            luns: vec![0],
+            ..Default::default()
+        };
+        assert_eq!(
+            start(&args, &export).err().unwrap(),
+            "--pxe-interface nosuch0: no such interface"
+        );
         args.pxe_interface = Some("lo".into());
         args.boot_dir = Some(fixtures.join("expected"));
         let e = start(&args, &export).err().unwrap();
-        assert!(e.starts_with("--boot-dir ") && e.ends_with(": no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"), "{e}");
+        assert!(
+            e.starts_with("--boot-dir ")
+                && e.ends_with(
+                    ": no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"
+                ),
+            "{e}"
+        );
         args.menu_user = Some("u".into());
-        assert_eq!(start(&args, &export).err().unwrap(), "--menu-user and --menu-password must be given together");
+        assert_eq!(
+            start(&args, &export).err().unwrap(),
+            "--menu-user and --menu-password must be given together"
+        );
         args.menu_user = None;
         args.boot_dir = Some(fixtures.join("debian"));
         let h = start(&args, &export).unwrap().unwrap();
         let mut s = std::net::TcpStream::connect(h.http.local_addr()).unwrap();
-        s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        assert!(out.contains("netroot=iscsi:127.0.0.1::::iqn.2026-11.org.bootlun:t"), "{out}");
+        assert!(
+            out.contains("netroot=iscsi:127.0.0.1::::iqn.2026-11.org.bootlun:t"),
+            "{out}"
+        );
         assert!(!out.contains(" quiet"), "{out}");
         assert!(start(&PxeArgs::default(), &export).unwrap().is_none());
         h.stop();

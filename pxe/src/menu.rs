@@ -74,9 +74,16 @@ impl MenuConfig {
     /// `iscsi:SERVER:PROTO:PORT:LUN:TARGET` (protocol empty = TCP, port
     /// empty = 3260). Exactly four colons sit between server and target.
     pub fn iscsi_uri(&self, lun: Option<u64>) -> String {
-        let port = if self.iscsi_port == 3260 { String::new() } else { self.iscsi_port.to_string() };
+        let port = if self.iscsi_port == 3260 {
+            String::new()
+        } else {
+            self.iscsi_port.to_string()
+        };
         let lun = lun.map(|l| l.to_string()).unwrap_or_default();
-        format!("iscsi:{}::{}:{}:{}", self.server, port, lun, self.target_name)
+        format!(
+            "iscsi:{}::{}:{}:{}",
+            self.server, port, lun, self.target_name
+        )
     }
 
     fn boot_lun(&self) -> u64 {
@@ -107,9 +114,18 @@ impl MenuConfig {
         if self.method == BootMethod::Ibft && ibft {
             push(&mut args, "rd.iscsi.firmware=1 ip=ibft");
         } else {
-            push(&mut args, &format!("netroot={}", self.netroot(self.chap_on_cmdline)));
-            push(&mut args, &format!("rd.iscsi.initiator={}", self.initiator_name));
-            push(&mut args, "ip=dhcp rd.iscsi.param=node.session.timeo.replacement_timeout=-1");
+            push(
+                &mut args,
+                &format!("netroot={}", self.netroot(self.chap_on_cmdline)),
+            );
+            push(
+                &mut args,
+                &format!("rd.iscsi.initiator={}", self.initiator_name),
+            );
+            push(
+                &mut args,
+                "ip=dhcp rd.iscsi.param=node.session.timeo.replacement_timeout=-1",
+            );
         }
         args
     }
@@ -122,7 +138,9 @@ fn basename(p: &str) -> &str {
 /// Menu text: iPXE treats nothing specially in item text except a leading
 /// `--`, and keeps it on one line.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// `/boot.ipxe` when a login is configured: ask, then chain the
@@ -159,7 +177,11 @@ pub fn ipxe_menu(cfg: &MenuConfig, entries: &[BootEntry]) -> String {
     s.push_str("menu bootlun: boot over iSCSI\n");
     if cfg.method == BootMethod::Sanboot || entries.is_empty() {
         s.push_str("item --gap -- Disk\n");
-        let _ = writeln!(s, "item sanboot Boot the disk's own boot loader (LUN {})", cfg.boot_lun());
+        let _ = writeln!(
+            s,
+            "item sanboot Boot the disk's own boot loader (LUN {})",
+            cfg.boot_lun()
+        );
     }
     if !entries.is_empty() {
         s.push_str("item --gap -- Installed kernels\n");
@@ -183,7 +205,12 @@ pub fn ipxe_menu(cfg: &MenuConfig, entries: &[BootEntry]) -> String {
         if cfg.method == BootMethod::Ibft {
             san_setup(cfg, &mut s);
             for (n, lun) in cfg.luns.iter().enumerate() {
-                let _ = writeln!(s, "sanhook --drive 0x{:02x} {} || goto failed", 0x80 + n, cfg.iscsi_uri(Some(*lun)));
+                let _ = writeln!(
+                    s,
+                    "sanhook --drive 0x{:02x} {} || goto failed",
+                    0x80 + n,
+                    cfg.iscsi_uri(Some(*lun))
+                );
             }
         }
         let mut line = format!("kernel {}", cfg.url(&e.linux));
@@ -204,7 +231,11 @@ pub fn ipxe_menu(cfg: &MenuConfig, entries: &[BootEntry]) -> String {
     if default == "sanboot" {
         s.push_str(":sanboot\n");
         san_setup(cfg, &mut s);
-        let _ = writeln!(s, "sanboot {} || goto failed", cfg.iscsi_uri(Some(cfg.boot_lun())));
+        let _ = writeln!(
+            s,
+            "sanboot {} || goto failed",
+            cfg.iscsi_uri(Some(cfg.boot_lun()))
+        );
     }
     s.push_str(":failed\necho Boot failed: press a key for the menu\nprompt\ngoto menu\n");
     s.push_str(":shell\necho Type 'exit' to return to the menu\nshell\ngoto menu\n");
@@ -358,12 +389,24 @@ mod tests {
         assert_eq!(u, "iscsi:192.168.200.1:::0:iqn.2025-01.org.bootlun:disk");
         let mid = &u["iscsi:192.168.200.1".len()..u.len() - "iqn.2025-01.org.bootlun:disk".len()];
         assert_eq!(mid, ":::0:");
-        assert_eq!(c.netroot(false), "iscsi:192.168.200.1::::iqn.2025-01.org.bootlun:disk");
+        assert_eq!(
+            c.netroot(false),
+            "iscsi:192.168.200.1::::iqn.2025-01.org.bootlun:disk"
+        );
         let mut c2 = c.clone();
         c2.iscsi_port = 3261;
-        c2.chap = Some(Chap { user: "u".into(), secret: "s".into() });
-        assert_eq!(c2.netroot(true), "iscsi:u:s@192.168.200.1::3261::iqn.2025-01.org.bootlun:disk");
-        assert_eq!(c2.netroot(false), "iscsi:192.168.200.1::3261::iqn.2025-01.org.bootlun:disk");
+        c2.chap = Some(Chap {
+            user: "u".into(),
+            secret: "s".into(),
+        });
+        assert_eq!(
+            c2.netroot(true),
+            "iscsi:u:s@192.168.200.1::3261::iqn.2025-01.org.bootlun:disk"
+        );
+        assert_eq!(
+            c2.netroot(false),
+            "iscsi:192.168.200.1::3261::iqn.2025-01.org.bootlun:disk"
+        );
     }
 
     #[test]
@@ -388,7 +431,10 @@ mod tests {
     #[test]
     fn ibft_keeps_secret_off_cmdline() {
         let mut c = cfg(BootMethod::Ibft);
-        c.chap = Some(Chap { user: "u".into(), secret: "sekrit".into() });
+        c.chap = Some(Chap {
+            user: "u".into(),
+            secret: "sekrit".into(),
+        });
         let e = BootEntry {
             id: "x".into(),
             title: "X".into(),

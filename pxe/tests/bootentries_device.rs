@@ -7,9 +7,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> Result<String, String> {
-    let o = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
     if !o.status.success() {
-        return Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr)));
+        return Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
@@ -37,7 +44,19 @@ fn boot_device_on_a_loop_device() {
     std::fs::write(tree.join("initrd.img-6.1.0-20-amd64"), "i").unwrap();
     let img = dir.join("root.img");
     let img_s = img.to_str().unwrap();
-    if let Err(e) = run(&["mke2fs", "-q", "-F", "-t", "ext4", "-L", "bootlun-test", "-d", dir.join("tree").to_str().unwrap(), img_s, "8M"]) {
+    if let Err(e) = run(&[
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-L",
+        "bootlun-test",
+        "-d",
+        dir.join("tree").to_str().unwrap(),
+        img_s,
+        "8M",
+    ]) {
         eprintln!("bootentries_device skipped: {e}");
         return;
     }
@@ -64,8 +83,16 @@ fn boot_device_on_a_loop_device() {
         strip_args: "quiet".into(),
     };
     let out = bootentries_render(&a).unwrap();
-    assert!(out.contains("\"linux\": \"vmlinuz-6.1.0-20-amd64\""), "{out}");
-    assert!(out.contains("root=LABEL=bootlun-test ro netroot=iscsi:10.0.0.1::::iqn.2026-11.org.bootlun:t"), "{out}");
+    assert!(
+        out.contains("\"linux\": \"vmlinuz-6.1.0-20-amd64\""),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "root=LABEL=bootlun-test ro netroot=iscsi:10.0.0.1::::iqn.2026-11.org.bootlun:t"
+        ),
+        "{out}"
+    );
     // Unmounted again (the mount lives as long as the render).
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&dev.0), "{} still mounted", dev.0);
@@ -74,10 +101,16 @@ fn boot_device_on_a_loop_device() {
     let e = bootentries_render(&a).unwrap_err();
     assert_eq!(e, format!("--boot-device {}: no such directory", dev.0));
     a.boot_device = Some("/dev/does-not-exist".into());
-    assert_eq!(bootentries_render(&a).unwrap_err(), "--boot-device /dev/does-not-exist: no such device");
+    assert_eq!(
+        bootentries_render(&a).unwrap_err(),
+        "--boot-device /dev/does-not-exist: no such device"
+    );
     a.boot_device = Some("UUID=0000-not-there".into());
     let e = bootentries_render(&a).unwrap_err();
-    assert_eq!(e, "--boot-device UUID=0000-not-there: /dev/disk/by-uuid/0000-not-there does not exist");
+    assert_eq!(
+        e,
+        "--boot-device UUID=0000-not-there: /dev/disk/by-uuid/0000-not-there does not exist"
+    );
     drop(dev);
     std::fs::remove_dir_all(&dir).unwrap();
 }

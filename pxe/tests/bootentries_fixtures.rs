@@ -17,13 +17,24 @@ fn fixtures() -> PathBuf {
 fn pin_mtimes(dir: &str, order: &[&str]) {
     let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for (i, name) in order.iter().enumerate() {
-        let f = std::fs::File::options().write(true).open(fixtures().join(dir).join(name)).unwrap();
-        f.set_modified(base + Duration::from_secs(3600 * i as u64)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(fixtures().join(dir).join(name))
+            .unwrap();
+        f.set_modified(base + Duration::from_secs(3600 * i as u64))
+            .unwrap();
     }
 }
 
 fn pin_all() {
-    pin_mtimes("debian", &["vmlinuz-6.1.0-9-amd64", "vmlinuz-6.1.0-13-amd64", "vmlinuz-6.1.0-18-amd64"]);
+    pin_mtimes(
+        "debian",
+        &[
+            "vmlinuz-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-13-amd64",
+            "vmlinuz-6.1.0-18-amd64",
+        ],
+    );
     pin_mtimes("arch", &["vmlinuz-linux-lts", "vmlinuz-linux"]);
 }
 
@@ -54,7 +65,10 @@ fn check(name: &str, a: &BootentriesArgs) {
     }
     let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     if got != want {
-        panic!("{name} differs from {}:\n--- got ---\n{got}\n--- want ---\n{want}", path.display());
+        panic!(
+            "{name} differs from {}:\n--- got ---\n{got}\n--- want ---\n{want}",
+            path.display()
+        );
     }
 }
 
@@ -129,7 +143,8 @@ fn newest_mtime_is_default() {
         let k = d.join(format!("vmlinuz-{v}"));
         std::fs::write(&k, "k").unwrap();
         let f = std::fs::File::options().write(true).open(&k).unwrap();
-        f.set_modified(base + Duration::from_secs(60 * i as u64)).unwrap();
+        f.set_modified(base + Duration::from_secs(60 * i as u64))
+            .unwrap();
     }
     let (_, e) = bootentries::discover(&d, "").unwrap();
     assert_eq!(e[0].id, "vmlinuz-6.1.0-13-amd64");
@@ -140,10 +155,16 @@ fn newest_mtime_is_default() {
 fn errors_are_one_line() {
     let mut a = args("does-not-exist", BootentriesFormat::Ipxe);
     let e = bootentries_render(&a).unwrap_err();
-    assert!(e.starts_with("--boot-dir ") && e.ends_with("does-not-exist: no such directory"), "{e}");
+    assert!(
+        e.starts_with("--boot-dir ") && e.ends_with("does-not-exist: no such directory"),
+        "{e}"
+    );
     a.boot_dir = Some(fixtures().join("expected"));
     let e = bootentries_render(&a).unwrap_err();
-    assert!(e.ends_with("expected: no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"), "{e}");
+    assert!(
+        e.ends_with("expected: no kernels found (looked for loader/entries/*.conf and vmlinuz-*)"),
+        "{e}"
+    );
     assert!(!e.contains('\n'));
 }
 
@@ -187,7 +208,11 @@ fn bls_kernelopts_from_grubenv() {
         "title F\nversion 5.8.15\nlinux /vmlinuz-5.8.15\ninitrd /initramfs-5.8.15.img $tuned_initrd\noptions $kernelopts $tuned_params\n",
     )
     .unwrap();
-    std::fs::write(d.join("loader/entries/m-5.8.14.conf"), "title G\nversion 5.8.14\nlinux /vmlinuz-5.8.15\noptions $nothing\n").unwrap();
+    std::fs::write(
+        d.join("loader/entries/m-5.8.14.conf"),
+        "title G\nversion 5.8.14\nlinux /vmlinuz-5.8.15\noptions $nothing\n",
+    )
+    .unwrap();
     let (_, e) = bootentries::discover(&d, "root=/dev/sdz9").unwrap();
     assert_eq!(e[0].options, "root=/dev/mapper/fedora-root ro rhgb quiet");
     assert_eq!(e[0].initrd, ["initramfs-5.8.15.img"]);

@@ -32,10 +32,19 @@ fn start(tag: &str, tweak: impl FnOnce(&mut HttpConfig)) -> Fixture {
     std::fs::write(dir.join("vmlinuz"), pattern(100_000)).unwrap();
     std::fs::write(dir.join("empty"), b"").unwrap();
     let mut router = Router::default();
-    router.routes.insert("/boot/vmlinuz".into(), Resource::file(dir.join("vmlinuz")));
-    router.routes.insert("/boot/empty".into(), Resource::file(dir.join("empty")));
-    router.routes.insert("/boot/gone".into(), Resource::file(dir.join("gone")));
-    router.routes.insert("/boot.ipxe".into(), Resource::text("#!ipxe\necho hi\n", "text/plain"));
+    router
+        .routes
+        .insert("/boot/vmlinuz".into(), Resource::file(dir.join("vmlinuz")));
+    router
+        .routes
+        .insert("/boot/empty".into(), Resource::file(dir.join("empty")));
+    router
+        .routes
+        .insert("/boot/gone".into(), Resource::file(dir.join("gone")));
+    router.routes.insert(
+        "/boot.ipxe".into(),
+        Resource::text("#!ipxe\necho hi\n", "text/plain"),
+    );
     let mut secret = Resource::text("#!ipxe\necho secret menu\n", "text/plain");
     secret.auth = true;
     router.routes.insert("/menu.ipxe".into(), secret);
@@ -60,7 +69,10 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -83,7 +95,10 @@ fn read_resp(s: &mut TcpStream, pending: &mut Vec<u8>, head_req: bool) -> Option
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+        })
         .collect();
     let len: usize = headers
         .iter()
@@ -99,7 +114,11 @@ fn read_resp(s: &mut TcpStream, pending: &mut Vec<u8>, head_req: bool) -> Option
         pending.extend_from_slice(&buf[..n]);
     }
     let body = pending.drain(..len).collect();
-    Some(Resp { status, headers, body })
+    Some(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn connect(f: &Fixture) -> TcpStream {
@@ -116,7 +135,10 @@ fn raw(f: &Fixture, req: &[u8]) -> Resp {
 }
 
 fn get(f: &Fixture, path: &str, extra: &str) -> Resp {
-    raw(f, format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes())
+    raw(
+        f,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 /// True when the server closed the connection (EOF) within the timeout.
@@ -135,7 +157,10 @@ fn get_head_and_ranges() {
     assert_eq!(r.header("content-length"), Some("100000"));
     assert_eq!(r.header("accept-ranges"), Some("bytes"));
 
-    let r = raw(&f, b"HEAD /boot/vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        &f,
+        b"HEAD /boot/vmlinuz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("100000"));
     assert!(r.body.is_empty());
@@ -182,12 +207,19 @@ fn keep_alive_and_pipelining() {
     s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\nHEAD /boot/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\nGET /boot/vmlinuz HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n").unwrap();
     let mut p = Vec::new();
     let a = read_resp(&mut s, &mut p, false).unwrap();
-    assert_eq!((a.status, a.body.as_slice()), (200, &b"#!ipxe\necho hi\n"[..]));
+    assert_eq!(
+        (a.status, a.body.as_slice()),
+        (200, &b"#!ipxe\necho hi\n"[..])
+    );
     let b = read_resp(&mut s, &mut p, true).unwrap();
-    assert_eq!((b.status, b.header("content-length")), (200, Some("100000")));
+    assert_eq!(
+        (b.status, b.header("content-length")),
+        (200, Some("100000"))
+    );
     let c = read_resp(&mut s, &mut p, false).unwrap();
     assert_eq!((c.status, c.body.as_slice()), (206, &pattern(4)[..]));
-    s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let d = read_resp(&mut s, &mut p, false).unwrap();
     assert_eq!(d.header("connection"), Some("close"));
     assert!(closed(&mut s));
@@ -195,14 +227,21 @@ fn keep_alive_and_pipelining() {
     // HTTP/1.0 closes by default, stays open with keep-alive.
     let mut s = connect(&f);
     s.write_all(b"GET /boot.ipxe HTTP/1.0\r\n\r\n").unwrap();
-    assert_eq!(read_resp(&mut s, &mut Vec::new(), false).unwrap().status, 200);
+    assert_eq!(
+        read_resp(&mut s, &mut Vec::new(), false).unwrap().status,
+        200
+    );
     assert!(closed(&mut s));
     let mut s = connect(&f);
-    s.write_all(b"GET /boot.ipxe HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    s.write_all(b"GET /boot.ipxe HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     let r = read_resp(&mut s, &mut Vec::new(), false).unwrap();
     assert_eq!(r.header("connection"), Some("keep-alive"));
     s.write_all(b"GET /boot.ipxe HTTP/1.0\r\n\r\n").unwrap();
-    assert_eq!(read_resp(&mut s, &mut Vec::new(), false).unwrap().status, 200);
+    assert_eq!(
+        read_resp(&mut s, &mut Vec::new(), false).unwrap().status,
+        200
+    );
 }
 
 fn have_curl() -> bool {
@@ -229,19 +268,32 @@ fn curl_reuses_the_connection() {
         "second URL did not reuse the connection:\n{err}"
     );
     // A range through curl.
-    let out = Command::new("curl").args(["-sS", "-r", "100-199"]).arg(format!("{}/boot/vmlinuz", base(&f))).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-r", "100-199"])
+        .arg(format!("{}/boot/vmlinuz", base(&f)))
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, &pattern(100_000)[100..200]);
 }
 
 #[test]
 fn traversal_and_jail() {
     let f = start("traversal", |_| {});
-    for p in ["/boot/../etc/passwd", "/boot/%2e%2e/%2e%2e/etc/passwd", "/boot/%2E%2E%2Fetc", "/..", "/boot/..\\..\\x"] {
+    for p in [
+        "/boot/../etc/passwd",
+        "/boot/%2e%2e/%2e%2e/etc/passwd",
+        "/boot/%2E%2E%2Fetc",
+        "/..",
+        "/boot/..\\..\\x",
+    ] {
         let r = get(&f, p, "");
         assert!(r.status == 403 || r.status == 404, "{p}: {}", r.status);
     }
     assert_eq!(get(&f, "/etc/passwd", "").status, 404);
-    assert_eq!(raw(&f, b"GET etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n").status, 400);
+    assert_eq!(
+        raw(&f, b"GET etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        400
+    );
     assert_eq!(get(&f, "http://evil/boot.ipxe", "").status, 200);
 }
 
@@ -274,7 +326,10 @@ fn symlink_out_of_boot_dir_is_not_routed() {
     assert!(r.routes.contains_key("/boot/vmlinuz-2"));
     assert!(r.routes.contains_key("/boot/initrd.img-2"));
     assert!(r.routes.contains_key("/boot/vmlinuz-1"));
-    assert!(!r.routes.contains_key("/boot/initrd.img-1"), "symlink leaving the boot dir was routed");
+    assert!(
+        !r.routes.contains_key("/boot/initrd.img-1"),
+        "symlink leaving the boot dir was routed"
+    );
     assert!(r.routes.values().all(|x| match &x.body {
         Body::File(p) => p.starts_with(std::fs::canonicalize(d.join("boot")).unwrap()),
         Body::Memory(_) => true,
@@ -287,16 +342,39 @@ fn basic_auth_on_the_menu() {
     let f = start("auth", |_| {});
     let r = get(&f, "/menu.ipxe", "");
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"bootlun\""));
-    assert_eq!(get(&f, "/menu.ipxe", "Authorization: Basic YWRtaW46d3Jvbmc=\r\n").status, 401);
-    let r = get(&f, "/menu.ipxe", "Authorization: Basic YWRtaW46czNjcmV0\r\n");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"bootlun\"")
+    );
+    assert_eq!(
+        get(
+            &f,
+            "/menu.ipxe",
+            "Authorization: Basic YWRtaW46d3Jvbmc=\r\n"
+        )
+        .status,
+        401
+    );
+    let r = get(
+        &f,
+        "/menu.ipxe",
+        "Authorization: Basic YWRtaW46czNjcmV0\r\n",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"#!ipxe\necho secret menu\n");
     // Unprotected resources need nothing.
     assert_eq!(get(&f, "/boot.ipxe", "").status, 200);
     if have_curl() {
         let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", "admin:s3cret"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-u",
+                "admin:s3cret",
+            ])
             .arg(format!("{}/menu.ipxe", base(&f)))
             .output()
             .unwrap();
@@ -308,17 +386,44 @@ fn basic_auth_on_the_menu() {
 fn bad_requests_get_the_right_status() {
     let f = start("bad", |_| {});
     assert_eq!(raw(&f, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").status, 400);
-    assert_eq!(raw(&f, b"GET /boot.ipxe HTTP/1.1\r\n\r\n").status, 400, "missing Host");
-    let r = raw(&f, b"POST /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(
+        raw(&f, b"GET /boot.ipxe HTTP/1.1\r\n\r\n").status,
+        400,
+        "missing Host"
+    );
+    let r = raw(
+        &f,
+        b"POST /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
-    assert_eq!(raw(&f, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n").status, 501);
+    assert_eq!(
+        raw(&f, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        501
+    );
     assert_eq!(raw(&f, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").status, 505);
-    let big = format!("GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(9000));
+    let big = format!(
+        "GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     assert_eq!(raw(&f, big.as_bytes()).status, 431);
     let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-    assert_eq!(raw(&f, format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).status, 431);
-    assert_eq!(raw(&f, b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").status, 501);
+    assert_eq!(
+        raw(
+            &f,
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()
+        )
+        .status,
+        431
+    );
+    assert_eq!(
+        raw(
+            &f,
+            b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .status,
+        501
+    );
     // A body on GET is skipped, and the next pipelined request still works.
     let mut s = connect(&f);
     s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcdGET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -344,7 +449,8 @@ fn slow_and_idle_clients_are_cut_off() {
     assert!(t.elapsed() < Duration::from_secs(5));
     // Idle keep-alive connection: closed.
     let mut s = connect(&f);
-    s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     read_resp(&mut s, &mut Vec::new(), false).unwrap();
     assert!(closed(&mut s));
     assert!(t.elapsed() < Duration::from_secs(8));
@@ -364,7 +470,10 @@ fn connection_limit() {
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Server half of `one_gib_file_with_flat_rss`, run in a child process so
@@ -372,9 +481,13 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
 /// unless started by that test.
 #[test]
 fn rss_child_server() {
-    let Some(path) = std::env::var_os("BOOTLUN_RSS_CHILD") else { return };
+    let Some(path) = std::env::var_os("BOOTLUN_RSS_CHILD") else {
+        return;
+    };
     let mut router = Router::default();
-    router.routes.insert("/boot/big.img".into(), Resource::file(PathBuf::from(path)));
+    router
+        .routes
+        .insert("/boot/big.img".into(), Resource::file(PathBuf::from(path)));
     let server = http::spawn(HttpConfig::new("127.0.0.1:0".parse().unwrap(), router)).unwrap();
     println!("PORT {}", server.local_addr().port());
     std::io::stdout().flush().unwrap();
@@ -393,7 +506,13 @@ fn one_gib_file_with_flat_rss() {
     f.set_len(1 << 30).unwrap();
     drop(f);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rss_child_server", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "rss_child_server",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("BOOTLUN_RSS_CHILD", &path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -429,7 +548,8 @@ fn one_gib_file_with_flat_rss() {
     // A raw client that discards the body as it comes.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(b"GET /boot/big.img HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /boot/big.img HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     let mut head = Vec::new();
@@ -454,10 +574,15 @@ fn one_gib_file_with_flat_rss() {
     sampler.join().unwrap();
     drop(child.stdin.take());
     let _ = child.wait();
-    let grown = peak.load(std::sync::atomic::Ordering::SeqCst).saturating_sub(before);
+    let grown = peak
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(before);
     eprintln!("1 GiB served; server RSS before {before} KiB, peak growth {grown} KiB");
     assert_eq!(total, 1 << 30);
-    assert!(grown < 32 * 1024, "server RSS grew by {grown} KiB while serving 1 GiB");
+    assert!(
+        grown < 32 * 1024,
+        "server RSS grew by {grown} KiB while serving 1 GiB"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -467,7 +592,10 @@ mod fuzz {
 
     fn router() -> Router {
         let mut r = Router::default();
-        r.routes.insert("/boot.ipxe".into(), Resource::text("#!ipxe\n", "text/plain"));
+        r.routes.insert(
+            "/boot.ipxe".into(),
+            Resource::text("#!ipxe\n", "text/plain"),
+        );
         let mut m = Resource::text("menu", "text/plain");
         m.auth = true;
         r.routes.insert("/menu.ipxe".into(), m);
@@ -517,7 +645,10 @@ mod fuzz {
     #[test]
     fn arbitrary_bytes_over_the_socket() {
         let f = start("fuzz", |_| {});
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        });
         runner
             .run(&proptest::collection::vec(any::<u8>(), 1..600), |input| {
                 let mut s = connect(&f);

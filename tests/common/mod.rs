@@ -109,7 +109,9 @@ pub fn parse_size(s: &str) -> u64 {
         Some('T') => (&s[..s.len() - 1], 1u64 << 40),
         _ => (s, 1),
     };
-    num.parse::<u64>().unwrap_or_else(|_| panic!("bad size {s:?}")) * mult
+    num.parse::<u64>()
+        .unwrap_or_else(|_| panic!("bad size {s:?}"))
+        * mult
 }
 
 // ---------------------------------------------------------------------------
@@ -126,7 +128,9 @@ fn find_in_path(bin: &str) -> Option<PathBuf> {
 
 /// True when `BOOTLUN_SKIP_EXTERNAL=1`.
 pub fn skip_external() -> bool {
-    std::env::var("BOOTLUN_SKIP_EXTERNAL").map(|v| v == "1").unwrap_or(false)
+    std::env::var("BOOTLUN_SKIP_EXTERNAL")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Checks that `bin` is installed. Missing: panics naming the Debian package,
@@ -137,7 +141,9 @@ pub fn require_tool(bin: &str, debian_package: &str) -> bool {
         return true;
     }
     if skip_external() {
-        eprintln!("SKIPPED: `{bin}` not found (Debian package {debian_package}); BOOTLUN_SKIP_EXTERNAL=1");
+        eprintln!(
+            "SKIPPED: `{bin}` not found (Debian package {debian_package}); BOOTLUN_SKIP_EXTERNAL=1"
+        );
         println!("SKIPPED: `{bin}` not found (Debian package {debian_package})");
         false
     } else {
@@ -244,7 +250,13 @@ pub fn try_run_tool(cmd: &mut Command, limit: Duration) -> Result<ToolOutput, To
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     match status {
-        Some(status) => Ok(ToolOutput { status, stdout, stderr, elapsed: start.elapsed(), description }),
+        Some(status) => Ok(ToolOutput {
+            status,
+            stdout,
+            stderr,
+            elapsed: start.elapsed(),
+            description,
+        }),
         None => {
             use std::os::unix::process::ExitStatusExt;
             Err(ToolOutput {
@@ -286,7 +298,9 @@ impl LogBuf {
                 match reader.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+                        let text = String::from_utf8_lossy(&line)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
                         let (lock, cv) = &*me.inner;
                         lock.lock().unwrap().lines.push(format!("{prefix}{text}"));
                         cv.notify_all();
@@ -367,7 +381,10 @@ pub fn bootlun_bin() -> PathBuf {
 /// `BOOTLUN_TEST_LUN_BASE` sets it explicitly (for such a stand-in used
 /// without tgt mode).
 pub fn bin_lun_base() -> u32 {
-    if let Some(n) = std::env::var("BOOTLUN_TEST_LUN_BASE").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("BOOTLUN_TEST_LUN_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return n;
     }
     if target_kind() == TargetKind::Tgt && std::env::var_os("BOOTLUN_BIN").is_some() {
@@ -422,7 +439,8 @@ impl Server {
     pub fn start(luns: &[&str], extra: &[&str]) -> Server {
         match target_kind() {
             TargetKind::Bootlun => {
-                let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+                let mut args: Vec<String> =
+                    vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
                 for l in luns {
                     args.push("--lun".into());
                     args.push(l.to_string());
@@ -444,7 +462,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let description = describe(&cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{description}`: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{description}`: {e}"));
         let log = LogBuf::default();
         log.attach(child.stderr.take().unwrap(), "");
         log.attach(child.stdout.take().unwrap(), "[stdout] ");
@@ -467,9 +487,9 @@ impl Server {
         };
         // Tests always listen on loopback; requiring it keeps other
         // services' "listening on" lines from being taken for the target's.
-        let line = server
-            .log
-            .wait_for(READY_TIMEOUT, |l| parse_listening_line(l).map_or(false, |a| a.ip().is_loopback()));
+        let line = server.log.wait_for(READY_TIMEOUT, |l| {
+            parse_listening_line(l).map_or(false, |a| a.ip().is_loopback())
+        });
         match line {
             Some(line) => server.addr = parse_listening_line(&line).unwrap(),
             None => {
@@ -486,7 +506,12 @@ impl Server {
                 );
             }
         }
-        assert_ne!(server.addr.port(), 0, "readiness line reported port 0:\n{}", server.log.text());
+        assert_ne!(
+            server.addr.port(),
+            0,
+            "readiness line reported port 0:\n{}",
+            server.log.text()
+        );
         server
     }
 
@@ -498,12 +523,20 @@ impl Server {
         // Control port: the management socket is a unix socket named after
         // it, so any number unlikely to clash with a system tgtd works.
         // tgtadm accepts control ports up to 32767.
-        let control = 10000 + (std::process::id() % 15000) as u16 + (COUNTER.fetch_add(1, Ordering::SeqCst) % 1000) as u16 * 7;
+        let control = 10000
+            + (std::process::id() % 15000) as u16
+            + (COUNTER.fetch_add(1, Ordering::SeqCst) % 1000) as u16 * 7;
         let mut cmd = Command::new("tgtd");
-        cmd.args(["-f", "-C", &control.to_string(), "--iscsi", &format!("portal=127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-f",
+            "-C",
+            &control.to_string(),
+            "--iscsi",
+            &format!("portal=127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start tgtd (Debian package tgt)");
         let log = LogBuf::default();
         log.attach(child.stderr.take().unwrap(), "");
@@ -529,7 +562,16 @@ impl Server {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let ok = Command::new("tgtadm")
-                .args(["-C", &control.to_string(), "--lld", "iscsi", "--mode", "sys", "--op", "show"])
+                .args([
+                    "-C",
+                    &control.to_string(),
+                    "--lld",
+                    "iscsi",
+                    "--mode",
+                    "sys",
+                    "--op",
+                    "show",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -543,13 +585,25 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        server.tgtadm(&["--mode", "target", "--op", "new", "--tid", "1", "--targetname", &iqn]);
+        server.tgtadm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--targetname",
+            &iqn,
+        ]);
         for (i, spec) in luns.iter().enumerate() {
             let (body, ro) = match spec.strip_suffix(",ro") {
                 Some(b) => (b, true),
                 None => (*spec, false),
             };
-            let path = if let Some(sz) = body.strip_prefix("ram:").or_else(|| body.strip_prefix("null:")) {
+            let path = if let Some(sz) = body
+                .strip_prefix("ram:")
+                .or_else(|| body.strip_prefix("null:"))
+            {
                 let p = scratch.join(&format!("lun{i}.img"));
                 sparse_file(&p, parse_size(sz));
                 p.to_string_lossy().into_owned()
@@ -558,17 +612,47 @@ impl Server {
             };
             let lun = (i + 1).to_string();
             server.tgtadm(&[
-                "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", &lun, "--backing-store", &path,
+                "--mode",
+                "logicalunit",
+                "--op",
+                "new",
+                "--tid",
+                "1",
+                "--lun",
+                &lun,
+                "--backing-store",
+                &path,
             ]);
             if ro {
                 server.tgtadm(&[
-                    "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", &lun, "--params", "readonly=1",
+                    "--mode",
+                    "logicalunit",
+                    "--op",
+                    "update",
+                    "--tid",
+                    "1",
+                    "--lun",
+                    &lun,
+                    "--params",
+                    "readonly=1",
                 ]);
             }
         }
-        server.tgtadm(&["--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"]);
+        server.tgtadm(&[
+            "--mode",
+            "target",
+            "--op",
+            "bind",
+            "--tid",
+            "1",
+            "--initiator-address",
+            "ALL",
+        ]);
         server._scratch = Some(scratch);
-        eprintln!("harness: using tgtd on {} (control port {control})", server.addr);
+        eprintln!(
+            "harness: using tgtd on {} (control port {control})",
+            server.addr
+        );
         server
     }
 
@@ -655,7 +739,11 @@ impl Server {
     /// SIGTERM and wait for the exit status (tgtd, which ignores SIGTERM,
     /// gets SIGKILL).
     pub fn stop(&mut self) -> ExitStatus {
-        let sig = if self.kind == TargetKind::Tgt { libc::SIGKILL } else { libc::SIGTERM };
+        let sig = if self.kind == TargetKind::Tgt {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
         self.stop_with(sig)
     }
 }
@@ -665,7 +753,11 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             if let Ok(None) = child.try_wait() {
                 // tgtd ignores SIGTERM; it has nothing to flush here anyway.
-                let sig = if self.kind == TargetKind::Tgt { libc::SIGKILL } else { libc::SIGTERM };
+                let sig = if self.kind == TargetKind::Tgt {
+                    libc::SIGKILL
+                } else {
+                    libc::SIGTERM
+                };
                 // SAFETY: see `signal`.
                 unsafe {
                     libc::kill(child.id() as libc::pid_t, sig);
@@ -675,7 +767,10 @@ impl Drop for Server {
             }
         }
         if thread::panicking() {
-            eprintln!("--- captured server output ---\n{}\n--- end ---", self.log.text());
+            eprintln!(
+                "--- captured server output ---\n{}\n--- end ---",
+                self.log.text()
+            );
         }
     }
 }
@@ -715,14 +810,25 @@ pub fn parse_iscsi_ls(out: &str) -> (Vec<String>, HashMap<u32, (String, Option<S
             targets.push(rest.split_whitespace().next().unwrap_or("").to_string());
         } else if let Some(rest) = line.strip_prefix("Lun:") {
             let mut parts = rest.split_whitespace();
-            let Some(n) = parts.next().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Some(n) = parts.next().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
             let ty = line
                 .find("Type:")
-                .map(|i| line[i + 5..].split_whitespace().next().unwrap_or("").to_string())
+                .map(|i| {
+                    line[i + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
                 .unwrap_or_default();
-            let size = line
-                .find("(Size:")
-                .map(|i| line[i + 6..].trim_end_matches(')').trim_end_matches(')').to_string());
+            let size = line.find("(Size:").map(|i| {
+                line[i + 6..]
+                    .trim_end_matches(')')
+                    .trim_end_matches(')')
+                    .to_string()
+            });
             luns.insert(n, (ty, size));
         }
     }
@@ -849,7 +955,14 @@ impl IscsiConn {
         stream.set_nodelay(true).unwrap();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let isid = [0x80, 0x00, (pid >> 8) as u8, pid as u8, (n >> 8) as u8, n as u8];
+        let isid = [
+            0x80,
+            0x00,
+            (pid >> 8) as u8,
+            pid as u8,
+            (n >> 8) as u8,
+            n as u8,
+        ];
         IscsiConn {
             stream,
             itt: 1,
@@ -904,7 +1017,9 @@ impl IscsiConn {
         match self.stream.read_exact(buf) {
             Ok(()) => Ok(()),
             Err(e) if is_closed_kind(e.kind()) => Err(RecvError::Closed(e.to_string())),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(RecvError::Timeout),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(RecvError::Timeout)
+            }
             Err(e) => Err(RecvError::Other(e)),
         }
     }
@@ -923,10 +1038,16 @@ impl IscsiConn {
 
     fn login_exchange(&mut self, csg: u8, nsg: u8, keys: &[u8]) -> Result<Pdu, String> {
         let bhs = self.login_bhs(csg, nsg, true);
-        self.send_pdu(bhs, keys).map_err(|e| format!("sending login request: {e}"))?;
-        let rsp = self.recv_pdu().map_err(|e| format!("waiting for login response: {e:?}"))?;
+        self.send_pdu(bhs, keys)
+            .map_err(|e| format!("sending login request: {e}"))?;
+        let rsp = self
+            .recv_pdu()
+            .map_err(|e| format!("waiting for login response: {e:?}"))?;
         if rsp.opcode() != OP_LOGIN_RSP {
-            return Err(format!("expected Login Response, got opcode {:#04x}", rsp.opcode()));
+            return Err(format!(
+                "expected Login Response, got opcode {:#04x}",
+                rsp.opcode()
+            ));
         }
         if rsp.bhs[36] != 0 {
             return Err(format!(
@@ -983,7 +1104,10 @@ impl IscsiConn {
         while !(rsp.bhs[1] & 0x80 != 0 && rsp.bhs[1] & 0x03 == 3) {
             rounds += 1;
             if rounds > 4 {
-                return Err(format!("target never moved to full feature phase; keys {:?}", self.target_keys));
+                return Err(format!(
+                    "target never moved to full feature phase; keys {:?}",
+                    self.target_keys
+                ));
             }
             rsp = self.login_exchange(1, 3, &[])?;
         }
@@ -997,7 +1121,9 @@ impl IscsiConn {
         // The first command carries the ExpCmdSN the target announced.
         self.cmdsn = rsp.u32_at(28);
         if let Some(v) = self.target_keys.get("MaxRecvDataSegmentLength") {
-            self.target_mrdsl = v.parse().map_err(|_| format!("bad MaxRecvDataSegmentLength {v:?}"))?;
+            self.target_mrdsl = v
+                .parse()
+                .map_err(|_| format!("bad MaxRecvDataSegmentLength {v:?}"))?;
         }
         self.itt = self.itt.wrapping_add(1);
         Ok(())
@@ -1007,7 +1133,10 @@ impl IscsiConn {
     pub fn scsi_bhs(&self, lun: u32, cdb: &[u8], read_len: u32, write_len: u32) -> [u8; BHS_LEN] {
         let mut b = [0u8; BHS_LEN];
         b[0] = OP_SCSI_CMD;
-        b[1] = 0x80 | if read_len > 0 { 0x40 } else { 0 } | if write_len > 0 { 0x20 } else { 0 } | 0x01;
+        b[1] = 0x80
+            | if read_len > 0 { 0x40 } else { 0 }
+            | if write_len > 0 { 0x20 } else { 0 }
+            | 0x01;
         // Single-level LUN, peripheral (LUN < 256) or flat addressing.
         if lun < 256 {
             b[9] = lun as u8;
@@ -1024,15 +1153,23 @@ impl IscsiConn {
     }
 
     /// Runs a SCSI command without data-out and collects Data-In and status.
-    pub fn scsi_command(&mut self, lun: u32, cdb: &[u8], read_len: u32) -> Result<ScsiResult, String> {
+    pub fn scsi_command(
+        &mut self,
+        lun: u32,
+        cdb: &[u8],
+        read_len: u32,
+    ) -> Result<ScsiResult, String> {
         let bhs = self.scsi_bhs(lun, cdb, read_len, 0);
         let itt = self.itt;
-        self.send_pdu(bhs, &[]).map_err(|e| format!("sending SCSI command: {e}"))?;
+        self.send_pdu(bhs, &[])
+            .map_err(|e| format!("sending SCSI command: {e}"))?;
         self.itt = self.itt.wrapping_add(1);
         self.cmdsn = self.cmdsn.wrapping_add(1);
         let mut data = Vec::new();
         for _ in 0..10_000 {
-            let pdu = self.recv_pdu().map_err(|e| format!("waiting for SCSI response: {e:?}"))?;
+            let pdu = self
+                .recv_pdu()
+                .map_err(|e| format!("waiting for SCSI response: {e:?}"))?;
             match pdu.opcode() {
                 OP_DATA_IN => {
                     if pdu.u32_at(16) != itt {
@@ -1041,7 +1178,11 @@ impl IscsiConn {
                     data.extend_from_slice(&pdu.data);
                     if pdu.bhs[1] & 0x01 != 0 {
                         self.exp_statsn = pdu.u32_at(24).wrapping_add(1);
-                        return Ok(ScsiResult { status: pdu.bhs[3], data, sense: Vec::new() });
+                        return Ok(ScsiResult {
+                            status: pdu.bhs[3],
+                            data,
+                            sense: Vec::new(),
+                        });
                     }
                 }
                 OP_SCSI_RSP => {
@@ -1055,7 +1196,11 @@ impl IscsiConn {
                     } else {
                         Vec::new()
                     };
-                    return Ok(ScsiResult { status: pdu.bhs[3], data, sense });
+                    return Ok(ScsiResult {
+                        status: pdu.bhs[3],
+                        data,
+                        sense,
+                    });
                 }
                 OP_NOP_IN => {
                     // Answer target pings so the session stays up.
@@ -1068,11 +1213,16 @@ impl IscsiConn {
                         b[20..24].copy_from_slice(&ttt.to_be_bytes());
                         b[24..28].copy_from_slice(&self.cmdsn.to_be_bytes());
                         b[28..32].copy_from_slice(&self.exp_statsn.to_be_bytes());
-                        self.send_pdu(b, &pdu.data).map_err(|e| format!("NOP-Out: {e}"))?;
+                        self.send_pdu(b, &pdu.data)
+                            .map_err(|e| format!("NOP-Out: {e}"))?;
                     }
                 }
                 OP_REJECT => return Err("target sent Reject".into()),
-                op => return Err(format!("unexpected opcode {op:#04x} while waiting for SCSI response")),
+                op => {
+                    return Err(format!(
+                        "unexpected opcode {op:#04x} while waiting for SCSI response"
+                    ))
+                }
             }
         }
         Err("too many PDUs for one command".into())
@@ -1150,7 +1300,11 @@ impl IscsiConn {
         loop {
             match self.recv_pdu() {
                 Ok(p) if p.opcode() == OP_REJECT => {
-                    return Ok(format!("Reject PDU (reason {:#04x}) after {:?}", p.bhs[2], start.elapsed()))
+                    return Ok(format!(
+                        "Reject PDU (reason {:#04x}) after {:?}",
+                        p.bhs[2],
+                        start.elapsed()
+                    ))
                 }
                 Ok(p) if p.opcode() == OP_NOP_IN && start.elapsed() < limit => continue,
                 Ok(p) => {
@@ -1160,11 +1314,20 @@ impl IscsiConn {
                         &p.bhs[..8]
                     ))
                 }
-                Err(RecvError::Closed(why)) => return Ok(format!("connection closed ({why}) after {:?}", start.elapsed())),
-                Err(RecvError::Timeout) => {
-                    return Err(format!("no Reject and no close within {limit:?}: the target hung"))
+                Err(RecvError::Closed(why)) => {
+                    return Ok(format!(
+                        "connection closed ({why}) after {:?}",
+                        start.elapsed()
+                    ))
                 }
-                Err(RecvError::Other(e)) => return Ok(format!("connection error {e} after {:?}", start.elapsed())),
+                Err(RecvError::Timeout) => {
+                    return Err(format!(
+                        "no Reject and no close within {limit:?}: the target hung"
+                    ))
+                }
+                Err(RecvError::Other(e)) => {
+                    return Ok(format!("connection error {e} after {:?}", start.elapsed()))
+                }
             }
         }
     }

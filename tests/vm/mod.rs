@@ -65,7 +65,10 @@ pub fn run_bytes(cmd: &mut Command, limit: Duration) -> Vec<u8> {
     let err = err.join().unwrap_or_default();
     match status {
         Some(st) if st.success() => out,
-        other => panic!("{desc} failed ({other:?})\n--- stderr ---\n{}", String::from_utf8_lossy(&err)),
+        other => panic!(
+            "{desc} failed ({other:?})\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&err)
+        ),
     }
 }
 
@@ -114,7 +117,10 @@ pub struct Capture {
 
 impl Capture {
     pub fn new(origin: Instant) -> Capture {
-        Capture { inner: Arc::default(), origin }
+        Capture {
+            inner: Arc::default(),
+            origin,
+        }
     }
 
     /// Reads `r` line by line (lossy UTF-8, `\r` stripped) into the capture;
@@ -152,7 +158,11 @@ impl Capture {
 
     pub fn text(&self) -> String {
         let st = self.inner.0.lock().unwrap();
-        st.lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        st.lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn lines(&self) -> Vec<(Duration, String)> {
@@ -161,7 +171,11 @@ impl Capture {
 
     /// Waits (at most `limit`) for a line satisfying `pred`; None if the
     /// streams closed or time ran out first.
-    pub fn wait_for(&self, limit: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<(Duration, String)> {
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<(Duration, String)> {
         let deadline = Instant::now() + limit;
         let (lock, cv) = &*self.inner;
         let mut st = lock.lock().unwrap();
@@ -219,7 +233,11 @@ impl Spawned {
         let out = Capture::new(origin);
         out.attach(child.stdout.take().unwrap(), name, echo);
         out.attach(child.stderr.take().unwrap(), name, echo);
-        Spawned { child: Some(child), out, name }
+        Spawned {
+            child: Some(child),
+            out,
+            name,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -237,7 +255,9 @@ impl Spawned {
     }
 
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends `sig` to the child's PID and waits at most `limit` for it to
@@ -293,13 +313,32 @@ impl NetNs {
         let t = Duration::from_secs(20);
         // A namespace left by a crashed run with our exact name (same PID)
         // would make `add` fail; it is ours by construction, so remove it.
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         run_ok(Command::new("ip").args(["netns", "add", name]), t);
-        let ns = NetNs { name: name.to_string() };
-        run_ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]), t);
-        run_ok(Command::new("ip").args(["netns", "exec", name, "ip", "tuntap", "add", "dev", tap, "mode", "tap"]), t);
-        run_ok(Command::new("ip").args(["-n", name, "addr", "add", cidr, "dev", tap]), t);
-        run_ok(Command::new("ip").args(["-n", name, "link", "set", tap, "up"]), t);
+        let ns = NetNs {
+            name: name.to_string(),
+        };
+        run_ok(
+            Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]),
+            t,
+        );
+        run_ok(
+            Command::new("ip").args([
+                "netns", "exec", name, "ip", "tuntap", "add", "dev", tap, "mode", "tap",
+            ]),
+            t,
+        );
+        run_ok(
+            Command::new("ip").args(["-n", name, "addr", "add", cidr, "dev", tap]),
+            t,
+        );
+        run_ok(
+            Command::new("ip").args(["-n", name, "link", "set", tap, "up"]),
+            t,
+        );
         ns
     }
 
@@ -344,7 +383,8 @@ impl DebCache {
         let dir = std::env::var_os("BOOTLUN_E2E_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("pxe-e2e-cache"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create cache {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create cache {}: {e}", dir.display()));
         DebCache { dir }
     }
 
@@ -353,7 +393,9 @@ impl DebCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let p = self.dir.join(format!(".tmp-{tag}-{}-{nanos:08x}", std::process::id()));
+        let p = self
+            .dir
+            .join(format!(".tmp-{tag}-{}-{nanos:08x}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         p
     }
@@ -405,7 +447,10 @@ impl DebCache {
     pub fn kernel_deb(&self) -> PathBuf {
         let meta = self.deb("linux-image-amd64");
         let dep = run_ok(
-            Command::new("dpkg-deb").args(["-f"]).arg(&meta).arg("Depends"),
+            Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&meta)
+                .arg("Depends"),
             Duration::from_secs(30),
         );
         let name = dep
@@ -419,7 +464,10 @@ impl DebCache {
 
     /// Names in the `Depends` field of `deb` that start with `prefix`.
     pub fn depends_named(&self, deb: &Path, prefix: &str) -> Vec<String> {
-        let dep = run_ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), Duration::from_secs(30));
+        let dep = run_ok(
+            Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"),
+            Duration::from_secs(30),
+        );
         dep.split([',', '|'])
             .filter_map(|s| s.split_whitespace().next())
             .filter(|n| n.starts_with(prefix))
@@ -436,11 +484,18 @@ impl DebCache {
         }
         std::fs::create_dir_all(self.dir.join("unpacked")).unwrap();
         let tmp = self.private_tmp("x");
-        run_ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp), Duration::from_secs(300));
+        run_ok(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp),
+            Duration::from_secs(300),
+        );
         if std::fs::rename(&tmp, &dest).is_err() {
             // Someone else won the race; theirs is complete.
             let _ = std::fs::remove_dir_all(&tmp);
-            assert!(dest.is_dir(), "cannot place {} in the cache", dest.display());
+            assert!(
+                dest.is_dir(),
+                "cannot place {} in the cache",
+                dest.display()
+            );
         }
         dest
     }
@@ -449,7 +504,9 @@ impl DebCache {
 /// True when `path` is an `ar` archive holding `debian-binary`, a control
 /// and a data member, each as long as its header says.
 fn deb_complete(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else { return false };
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
     if !data.starts_with(b"!<arch>\n") {
         return false;
     }
@@ -457,8 +514,16 @@ fn deb_complete(path: &Path) -> bool {
     let mut names = Vec::new();
     while off + 60 <= data.len() {
         let hdr = &data[off..off + 60];
-        let name = String::from_utf8_lossy(&hdr[..16]).trim().trim_end_matches('/').to_string();
-        let Ok(size) = String::from_utf8_lossy(&hdr[48..58]).trim().parse::<usize>() else { return false };
+        let name = String::from_utf8_lossy(&hdr[..16])
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        let Ok(size) = String::from_utf8_lossy(&hdr[48..58])
+            .trim()
+            .parse::<usize>()
+        else {
+            return false;
+        };
         off += 60;
         if off + size > data.len() {
             return false;
@@ -491,7 +556,11 @@ fn mod_key(name: &str) -> String {
 
 fn module_name_of(file: &Path) -> Option<String> {
     let n = file.file_name()?.to_string_lossy().into_owned();
-    let base = n.strip_suffix(".xz").or(n.strip_suffix(".zst")).or(n.strip_suffix(".gz")).unwrap_or(&n);
+    let base = n
+        .strip_suffix(".xz")
+        .or(n.strip_suffix(".zst"))
+        .or(n.strip_suffix(".gz"))
+        .unwrap_or(&n);
     base.strip_suffix(".ko").map(mod_key)
 }
 
@@ -523,7 +592,12 @@ impl Modules {
             .lines()
             .filter_map(|l| module_name_of(Path::new(l.trim())))
             .collect();
-        Modules { version, root, files, builtin }
+        Modules {
+            version,
+            root,
+            files,
+            builtin,
+        }
     }
 
     pub fn is_builtin(&self, name: &str) -> bool {
@@ -533,7 +607,10 @@ impl Modules {
     /// The module's bytes, decompressed if the package ships it compressed.
     pub fn bytes(&self, name: &str) -> Vec<u8> {
         let p = &self.files[&mod_key(name)];
-        let ext = p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tool = match ext.as_str() {
             "ko" => return std::fs::read(p).unwrap(),
             "xz" => "xz",
@@ -541,7 +618,10 @@ impl Modules {
             "gz" => "gzip",
             other => panic!("unknown module compression {other:?} for {}", p.display()),
         };
-        run_bytes(Command::new(tool).arg("-dc").arg(p), Duration::from_secs(60))
+        run_bytes(
+            Command::new(tool).arg("-dc").arg(p),
+            Duration::from_secs(60),
+        )
     }
 
     /// `depends=` from the module's `.modinfo` strings.
@@ -553,9 +633,17 @@ impl Modules {
             let at = i + pos;
             // A .modinfo entry starts at a NUL boundary.
             if at == 0 || data[at - 1] == 0 {
-                let end = data[at..].iter().position(|b| *b == 0).map(|e| at + e).unwrap_or(data.len());
+                let end = data[at..]
+                    .iter()
+                    .position(|b| *b == 0)
+                    .map(|e| at + e)
+                    .unwrap_or(data.len());
                 let v = String::from_utf8_lossy(&data[at + key.len()..end]).into_owned();
-                return v.split(',').filter(|s| !s.is_empty()).map(mod_key).collect();
+                return v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(mod_key)
+                    .collect();
             }
             i = at + 1;
         }
@@ -573,14 +661,23 @@ impl Modules {
         order
     }
 
-    fn visit(&self, name: &str, done: &mut BTreeSet<String>, order: &mut Vec<String>, depth: usize) {
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) {
         assert!(depth < 64, "module dependency loop at {name}");
         if done.contains(name) {
             return;
         }
         done.insert(name.to_string());
         if !self.files.contains_key(name) {
-            assert!(self.is_builtin(name), "module {name} is neither shipped nor built in");
+            assert!(
+                self.is_builtin(name),
+                "module {name} is neither shipped nor built in"
+            );
             return;
         }
         for d in self.depends(name) {
@@ -603,7 +700,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// packages) and the host system after.
 pub fn shared_libs(binary: &Path, extra_lib_dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
     let lp = std::env::join_paths(extra_lib_dirs).unwrap();
-    let out = run_ok(Command::new("ldd").arg(binary).env("LD_LIBRARY_PATH", lp), Duration::from_secs(30));
+    let out = run_ok(
+        Command::new("ldd").arg(binary).env("LD_LIBRARY_PATH", lp),
+        Duration::from_secs(30),
+    );
     let mut libs = Vec::new();
     for line in out.lines() {
         let line = line.trim();
@@ -612,7 +712,10 @@ pub fn shared_libs(binary: &Path, extra_lib_dirs: &[PathBuf]) -> Vec<(String, Pa
         }
         // `libfoo.so.1 => /path (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
         let (soname, path) = match line.split_once(" => ") {
-            Some((so, rest)) => (so.trim().to_string(), rest.split_whitespace().next().unwrap_or("").to_string()),
+            Some((so, rest)) => (
+                so.trim().to_string(),
+                rest.split_whitespace().next().unwrap_or("").to_string(),
+            ),
             None => {
                 let p = line.split_whitespace().next().unwrap_or("").to_string();
                 (p.clone(), p)
@@ -651,7 +754,12 @@ const S_IFCHR: u32 = 0o020000;
 
 impl Cpio {
     pub fn new() -> Cpio {
-        Cpio { buf: Vec::new(), ino: 1, dirs: BTreeSet::new(), entries: BTreeMap::new() }
+        Cpio {
+            buf: Vec::new(),
+            ino: 1,
+            dirs: BTreeSet::new(),
+            entries: BTreeMap::new(),
+        }
     }
 
     fn header(&mut self, name: &str, mode: u32, size: usize, rdev: (u32, u32)) {
@@ -713,7 +821,8 @@ impl Cpio {
         self.header(path, S_IFREG | mode, data.len(), (0, 0));
         self.buf.extend_from_slice(data);
         self.pad();
-        self.entries.insert(path.trim_start_matches('/').to_string(), data.len());
+        self.entries
+            .insert(path.trim_start_matches('/').to_string(), data.len());
     }
 
     pub fn has(&self, path: &str) -> bool {
@@ -810,7 +919,11 @@ impl LoginSniffer {
             unsafe { libc::close(fd) };
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(LoginSniffer { seen, stop, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(LoginSniffer {
+                seen,
+                stop,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("packet capture thread did not start".into()),
         }
@@ -838,13 +951,19 @@ fn open_packet_socket(ns_path: &str, ifname: &std::ffi::CStr) -> Result<libc::c_
     // SAFETY: setns(2) on a namespace file we hold open; it changes the
     // network namespace of this (dedicated) thread only.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!("setns {ns_path}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "setns {ns_path}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
     if fd < 0 {
-        return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: if_nametoindex on a NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
@@ -858,7 +977,10 @@ fn open_packet_socket(ns_path: &str, ifname: &std::ffi::CStr) -> Result<libc::c_
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
     sll.sll_ifindex = index as i32;
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
     // SAFETY: bind/setsockopt with correctly sized, initialised arguments.
     let ok = unsafe {
         libc::bind(

@@ -544,10 +544,21 @@ impl Conn {
     /// `got` bytes of the current data segment are in. If the rest can go
     /// straight into a task buffer, start that receive and return true.
     fn data_progress(&mut self, io: &mut Io<'_>, got: usize) -> bool {
-        let Rx::Data { sink, total, trailer, .. } = self.rx_state else {
+        let Rx::Data {
+            sink,
+            total,
+            trailer,
+            ..
+        } = self.rx_state
+        else {
             return false;
         };
-        self.rx_state = Rx::Data { sink, total, got, trailer };
+        self.rx_state = Rx::Data {
+            sink,
+            total,
+            got,
+            trailer,
+        };
         if got < total {
             if let Some((idx, ptr)) = self.direct_target(sink, got, total) {
                 self.recv_direct(io, idx, ptr, total - got);
@@ -764,7 +775,9 @@ impl Conn {
         self.login_text.extend_from_slice(&self.pdu_data);
         if req.cont() {
             // More text follows: answer with an empty response.
-            self.send_status(io, TxData::None, false, |h, sn| build_login_response(h, &resp, 0, sn));
+            self.send_status(io, TxData::None, false, |h, sn| {
+                build_login_response(h, &resp, 0, sn)
+            });
             return;
         }
         let stage = |v: u8| match v {
@@ -821,7 +834,10 @@ impl Conn {
     /// the old session can land after one of the new.
     fn finish_login(&mut self, io: &mut Io<'_>) {
         if self.params.session_type == SessionType::Normal {
-            match self.sh.claim_session(&self.params.initiator_name, self.isid, self.id, self.fd) {
+            match self
+                .sh
+                .claim_session(&self.params.initiator_name, self.isid, self.id, self.fd)
+            {
                 SessionClaim::Claimed => self.session_registered = true,
                 SessionClaim::Reinstating => {
                     if self.reinstate_polls == 0 {
@@ -834,7 +850,12 @@ impl Conn {
                     self.reinstate_polls += 1;
                     if self.reinstate_polls > REINSTATE_MAX_POLLS {
                         let (resp, _) = self.pending_login.take().unwrap();
-                        return self.login_fail(io, resp, (3, 0x00), "previous session did not end");
+                        return self.login_fail(
+                            io,
+                            resp,
+                            (3, 0x00),
+                            "previous session did not end",
+                        );
                     }
                     let ts: *const types::Timespec = &*self.reinstate_poll;
                     unsafe { io.push(opcode::Timeout::new(ts).build(), TAG_REINSTATE_TIMER) };
@@ -882,7 +903,9 @@ impl Conn {
         resp.status_class = st.0;
         resp.status_detail = st.1;
         resp.transit = false;
-        self.send_status(io, TxData::None, true, |h, sn| build_login_response(h, &resp, 0, sn));
+        self.send_status(io, TxData::None, true, |h, sn| {
+            build_login_response(h, &resp, 0, sn)
+        });
     }
 
     // ------------------------------------------------------------------
@@ -1023,7 +1046,9 @@ impl Conn {
             req.function()
         );
         let (itt, cold) = (bhs.itt(), req.function() == TmfFunction::TargetColdReset);
-        self.send_status(io, TxData::None, cold, |h, sn| build_tmf_response(h, itt, response, sn));
+        self.send_status(io, TxData::None, cold, |h, sn| {
+            build_tmf_response(h, itt, response, sn)
+        });
     }
 
     fn abort_where(&mut self, io: &mut Io<'_>, f: impl Fn(&Task) -> bool) {
@@ -2110,7 +2135,8 @@ impl Connection for Conn {
                 } else if let Rx::Data { got, .. } = self.rx_state {
                     if self.dd {
                         // SAFETY: the kernel just wrote `res` bytes there.
-                        let b = unsafe { std::slice::from_raw_parts(self.direct_ptr, res as usize) };
+                        let b =
+                            unsafe { std::slice::from_raw_parts(self.direct_ptr, res as usize) };
                         self.data_crc = crc32c::crc32c_append(self.data_crc, b);
                     }
                     self.direct_ptr = unsafe { self.direct_ptr.add(res as usize) };
@@ -2188,7 +2214,8 @@ impl Drop for Conn {
         // then): a reinstating login may now proceed. `stream` closes the
         // socket after this.
         if self.session_registered {
-            self.sh.unregister_session(&self.params.initiator_name, self.isid, self.id);
+            self.sh
+                .unregister_session(&self.params.initiator_name, self.isid, self.id);
         }
         tracing::debug!("connection {} released", self.peer);
     }

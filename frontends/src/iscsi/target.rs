@@ -3,12 +3,12 @@
 
 use bootlun_engine::{BlockBackend, Service};
 use sha2::{Digest, Sha256};
-use std::net::{SocketAddr, TcpStream};
 use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use super::conn::Conn;
 use super::negotiate::Limits;
@@ -112,7 +112,13 @@ impl TargetShared {
     /// `initiator` + `isid`. When another connection still holds it, that
     /// connection is shut down (it stops taking commands, drains its I/O
     /// and then releases the session) and the caller must retry.
-    pub fn claim_session(&self, initiator: &str, isid: [u8; 6], conn_id: u64, fd: RawFd) -> SessionClaim {
+    pub fn claim_session(
+        &self,
+        initiator: &str,
+        isid: [u8; 6],
+        conn_id: u64,
+        fd: RawFd,
+    ) -> SessionClaim {
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let key = (initiator.to_string(), isid);
         match s.get(&key) {
