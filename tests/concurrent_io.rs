@@ -36,27 +36,29 @@ fn qemu_io(url: &str, cmds: &[String]) -> ToolOutput {
     run_tool(&mut c, Duration::from_secs(120))
 }
 
-fn check(url: &str) {
-    let mut w: Vec<String> = requests()
+/// Every request as `aio_write` (or `aio_read`) with its pattern, all in
+/// flight at once, then a flush.
+fn all_requests(op: &str) -> Vec<String> {
+    let mut cmds: Vec<String> = requests()
         .iter()
-        .map(|(o, l, p)| format!("aio_write -P {p} {o} {l}"))
+        .map(|(o, l, p)| format!("{op} -P {p} {o} {l}"))
         .collect();
-    w.push("aio_flush".into());
-    let out = qemu_io(url, &w);
+    cmds.push("aio_flush".into());
+    cmds
+}
+
+fn write_all(url: &str) {
+    let out = qemu_io(url, &all_requests("aio_write"));
     out.assert_success();
     assert!(
         !out.stdout.contains("error") && !out.stderr.contains("error"),
         "{}",
         out.stderr
     );
+}
 
-    // Read back in a separate session, again all requests in flight.
-    let mut r: Vec<String> = requests()
-        .iter()
-        .map(|(o, l, p)| format!("aio_read -P {p} {o} {l}"))
-        .collect();
-    r.push("aio_flush".into());
-    let out = qemu_io(url, &r);
+/// Every read finished and matched the pattern written.
+fn assert_reads_intact(out: &ToolOutput) {
     out.assert_success();
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(
@@ -68,6 +70,12 @@ fn check(url: &str) {
         requests().len(),
         "every read completed:\n{text}"
     );
+}
+
+fn check(url: &str) {
+    write_all(url);
+    // Read back in a separate session, again all requests in flight.
+    assert_reads_intact(&qemu_io(url, &all_requests("aio_read")));
 }
 
 #[test]
@@ -105,38 +113,15 @@ fn reads_waiting_for_buffers_across_connections_all_complete() {
         &["--cores", "0", "--buffers", "8", "--buffer-size", "64K"],
     );
     let url = server.url(0);
-    let mut w: Vec<String> = requests()
-        .iter()
-        .map(|(o, l, p)| format!("aio_write -P {p} {o} {l}"))
-        .collect();
-    w.push("aio_flush".into());
-    qemu_io(&url, &w).assert_success();
+    write_all(&url);
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || {
-                let mut r: Vec<String> = requests()
-                    .iter()
-                    .map(|(o, l, p)| format!("aio_read -P {p} {o} {l}"))
-                    .collect();
-                r.push("aio_flush".into());
-                qemu_io(&url, &r)
-            })
+            std::thread::spawn(move || qemu_io(&url, &all_requests("aio_read")))
         })
         .collect();
     for h in readers {
-        let out = h.join().unwrap();
-        out.assert_success();
-        let text = format!("{}{}", out.stdout, out.stderr);
-        assert!(
-            !text.contains("Pattern verification failed"),
-            "data mismatch:\n{text}"
-        );
-        assert_eq!(
-            text.matches("read ").count(),
-            requests().len(),
-            "every read completed:\n{text}"
-        );
+        assert_reads_intact(&h.join().unwrap());
     }
     server.stop();
 }

@@ -1369,11 +1369,13 @@ impl Conn {
         if t.finished || t.io_busy {
             return;
         }
-        let backend = self.sh.luns[t.lun].backend.clone();
+        // The backend is borrowed, not cloned: an Arc clone per I/O would
+        // bounce one refcount cache line between every reactor.
+        let lun = t.lun;
         let prep = match t.kind {
             Kind::Flush => {
                 t.io_busy = true;
-                backend.prep_flush()
+                self.sh.luns[lun].backend.prep_flush()
             }
             Kind::Read => {
                 if t.buf.is_none() {
@@ -1399,7 +1401,9 @@ impl Conn {
                 };
                 let t = self.tasks[idx as usize].as_mut().unwrap();
                 t.io_busy = true;
-                backend.prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
+                self.sh.luns[lun]
+                    .backend
+                    .prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
             }
             Kind::Write | Kind::VerifyCompare => {
                 if t.buf.is_none() {
@@ -1465,32 +1469,30 @@ impl Conn {
     /// The current chunk of a write or verify has all its data.
     fn chunk_received(&mut self, io: &mut Io<'_>, idx: u32) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
-        let backend = self.sh.luns[t.lun].backend.clone();
-        let b = match t.kind {
-            Kind::VerifyCompare => t.cmp_buf.unwrap(),
-            _ => t.buf.unwrap(),
-        };
-        let iob = IoBuf {
-            ptr: self.buf_ptrs[b as usize],
-            len: 0,
-            index: self.fixed_index(io, b),
-        };
-        let t = self.tasks[idx as usize].as_mut().unwrap();
         // Only whole blocks reach the medium (an overflowing EDTL can end
         // mid-block).
         let len = t.chunk_len - t.chunk_len % t.bs;
         if len == 0 {
             return self.next_chunk(io, idx);
         }
-        let iob = IoBuf { len, ..iob };
+        let b = match t.kind {
+            Kind::VerifyCompare => t.cmp_buf.unwrap(),
+            _ => t.buf.unwrap(),
+        };
+        let (lun, fua, write) = (t.lun, t.fua, t.kind == Kind::Write);
         let off = t.lba * t.bs as u64 + t.chunk_start as u64;
         t.io_busy = true;
-        let prep = match t.kind {
-            Kind::Write => {
-                io.stats.write_ops.fetch_add(1, Relaxed);
-                backend.prep_write(iob, off, t.fua)
-            }
-            _ => backend.prep_read(iob, off),
+        let iob = IoBuf {
+            ptr: self.buf_ptrs[b as usize],
+            len,
+            index: self.fixed_index(io, b),
+        };
+        let backend = &self.sh.luns[lun].backend;
+        let prep = if write {
+            io.stats.write_ops.fetch_add(1, Relaxed);
+            backend.prep_write(iob, off, fua)
+        } else {
+            backend.prep_read(iob, off)
         };
         self.submit_disk(io, idx, prep);
     }
