@@ -288,8 +288,7 @@ pub fn discover_kernels(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEnt
         if !meta.is_file() {
             continue;
         }
-        let candidates = [format!("initramfs-{ver}.img"), format!("initrd.img-{ver}")];
-        let Some(initrd) = candidates.into_iter().find(|c| dir.join(c).is_file()) else {
+        let Some(initrd) = pick_initrd(dir, ver, &path) else {
             tracing::info!(
                 "bootentries: {name}: no initramfs-{ver}.img or initrd.img-{ver}, skipped"
             );
@@ -313,6 +312,61 @@ pub fn discover_kernels(dir: &Path, cmdline_default: &str) -> Result<Vec<BootEnt
     }
     found.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| vercmp(&b.id, &a.id)));
     Ok(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// The initrd that goes with `vmlinuz-VER`: `initramfs-VER.img` or
+/// `initrd.img-VER` by name, or one named after the version the kernel
+/// image reports in its header. Arch names its kernel `vmlinuz-linux`
+/// while dracut names the initramfs after the release
+/// (`initramfs-6.6.1-arch1-1.img`); when both kinds exist the newest file
+/// wins, since the other was left by the initramfs generator no longer in
+/// use.
+fn pick_initrd(dir: &Path, ver: &str, kernel: &Path) -> Option<String> {
+    let mut names = vec![format!("initramfs-{ver}.img"), format!("initrd.img-{ver}")];
+    if let Some(kver) = kernel_release(kernel) {
+        if kver != ver {
+            names.push(format!("initramfs-{kver}.img"));
+            names.push(format!("initrd.img-{kver}"));
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let m = fs::metadata(dir.join(&n)).ok().filter(|m| m.is_file())?;
+            Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), n))
+        })
+        .max_by(|(ta, _), (tb, _)| ta.cmp(tb))
+        .map(|(_, n)| n)
+}
+
+/// The release (`uname -r`) an x86 Linux kernel image reports in its
+/// boot-protocol header: the setup header ("HdrS" at 0x202) holds at 0x20E
+/// the offset, minus 0x200, of a string that starts with the release.
+pub fn kernel_release(kernel: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(kernel).ok()?;
+    let mut hdr = [0u8; 0x210];
+    f.read_exact(&mut hdr).ok()?;
+    if &hdr[0x202..0x206] != b"HdrS" {
+        return None;
+    }
+    let ptr = u16::from_le_bytes([hdr[0x20E], hdr[0x20F]]);
+    if ptr == 0 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(u64::from(ptr) + 0x200)).ok()?;
+    let mut s = [0u8; 128];
+    let n = f.read(&mut s).ok()?;
+    let s = &s[..n];
+    let end = s
+        .iter()
+        .position(|&c| c == 0 || c == b' ')
+        .unwrap_or(s.len());
+    let r = std::str::from_utf8(&s[..end]).ok()?;
+    let ok = !r.is_empty()
+        && r.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_+~".contains(&c));
+    ok.then(|| r.to_string())
 }
 
 /// Remove every argument whose name (the part before `=`, or the whole
@@ -432,15 +486,24 @@ impl BootMount {
         let cdir = cstr(dir.as_os_str())?;
         let mut last = String::from("no filesystem types available");
         for t in &fstypes {
-            let ct = std::ffi::CString::new(t.as_str()).unwrap();
-            // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+            let Ok(ct) = std::ffi::CString::new(t.as_str()) else {
+                continue;
+            };
+            // The initiator owns this filesystem and may have it mounted
+            // with a live journal: never replay it from here.
+            let data: &[u8] = if t == "ext3" || t == "ext4" {
+                b"noload\0"
+            } else {
+                b"\0"
+            };
+            // SAFETY: all pointers are valid NUL-terminated strings.
             let r = unsafe {
                 libc::mount(
                     cdev.as_ptr(),
                     cdir.as_ptr(),
                     ct.as_ptr(),
                     libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC,
-                    std::ptr::null(),
+                    data.as_ptr().cast(),
                 )
             };
             if r == 0 {

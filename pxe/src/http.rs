@@ -73,6 +73,28 @@ pub struct Router {
     pub auth: Option<(String, String)>,
 }
 
+/// Builds a new route table; `None` keeps the current one.
+pub type RebuildFn = Arc<dyn Fn() -> Option<Router> + Send + Sync>;
+
+/// Rebuild the route table before answering a request for one of `paths`
+/// (the boot menus), so that what the menu names is what the disk holds
+/// now, not what it held at start-up.
+#[derive(Clone)]
+pub struct Refresh {
+    /// Normalized URL paths that trigger a rebuild.
+    pub paths: Vec<String>,
+    /// The rebuild itself; runs on the HTTP thread.
+    pub rebuild: RebuildFn,
+}
+
+impl std::fmt::Debug for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresh")
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -80,6 +102,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// What is served.
     pub router: Router,
+    /// Rebuild `router` on requests for some paths.
+    pub refresh: Option<Refresh>,
     /// A connection idle this long is closed.
     pub idle_timeout: Duration,
     /// A request head must arrive completely within this time.
@@ -94,6 +118,7 @@ impl HttpConfig {
         HttpConfig {
             listen,
             router,
+            refresh: None,
             idle_timeout: Duration::from_secs(30),
             head_timeout: Duration::from_secs(10),
             max_conns: 128,
@@ -662,7 +687,7 @@ pub fn spawn(cfg: HttpConfig) -> Result<HttpServer, String> {
     })
 }
 
-fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<AtomicBool>) {
+fn run(mut poll: Poll, mut listener: TcpListener, mut cfg: HttpConfig, stop: Arc<AtomicBool>) {
     if let Err(e) = poll
         .registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -731,7 +756,7 @@ fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<Ato
                 WAKER => {}
                 Token(t) => {
                     let done = match conns.get_mut(&t) {
-                        Some(c) => drive(c, &cfg.router, &mut scratch),
+                        Some(c) => drive(c, &mut cfg.router, cfg.refresh.as_ref(), &mut scratch),
                         None => false,
                     };
                     if done {
@@ -772,7 +797,17 @@ fn run(mut poll: Poll, mut listener: TcpListener, cfg: HttpConfig, stop: Arc<Ato
 }
 
 /// Make all possible progress on a connection; true when it is finished.
-fn drive(c: &mut Conn, router: &Router, scratch: &mut [u8]) -> bool {
+/// The normalized path of the complete request at the start of `buf`.
+fn request_path(buf: &[u8]) -> Option<String> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut hdrs);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => normalize_target(req.path?).ok(),
+        _ => None,
+    }
+}
+
+fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: &mut [u8]) -> bool {
     loop {
         if let Some((resp, head_off, _)) = &mut c.out {
             match write_some(&mut c.sock, resp, head_off) {
@@ -796,6 +831,13 @@ fn drive(c: &mut Conn, router: &Router, scratch: &mut [u8]) -> bool {
             }
         }
         if !c.rbuf.is_empty() {
+            if let Some(r) = refresh {
+                if request_path(&c.rbuf).is_some_and(|p| r.paths.contains(&p)) {
+                    if let Some(new) = (r.rebuild)() {
+                        *router = new;
+                    }
+                }
+            }
             match process(router, &c.rbuf) {
                 Step::Respond {
                     consumed,

@@ -194,6 +194,54 @@ fn boot_source(
     }
 }
 
+/// Finds the boot entries, again on every menu request: the initiator runs
+/// the OS from this very disk and may install a new kernel between two
+/// boots. A device is unmounted and mounted afresh for each scan, so the
+/// scan reads what is on the disk now rather than cached blocks.
+struct BootScan {
+    boot_dir: Option<PathBuf>,
+    boot_device: Option<String>,
+    boot_path: Option<String>,
+    cmdline_default: String,
+    method: BootMethod,
+    current: Option<BootSource>,
+}
+
+impl BootScan {
+    fn flag(&self) -> String {
+        source_flag(self.boot_dir.as_deref(), self.boot_device.as_deref())
+    }
+
+    /// Entries and the directory they are relative to (`None` with no
+    /// boot source, which only `sanboot` allows).
+    fn scan(&mut self) -> Result<(Vec<BootEntry>, Option<PathBuf>), String> {
+        // Release the previous mount first: a second mount of the same
+        // device would share its (possibly stale) superblock.
+        self.current = None;
+        let src = boot_source(
+            self.boot_dir.as_deref(),
+            self.boot_device.as_deref(),
+            self.boot_path.as_deref(),
+        )?;
+        let found = match &src {
+            Some(s) => match bootentries::discover(&s.dir, &self.cmdline_default) {
+                Ok((_, e)) => (e, Some(s.dir.clone())),
+                Err(_) if self.method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
+                Err(e) => return Err(format!("{}: {e}", self.flag())),
+            },
+            None if self.method == BootMethod::Sanboot => (Vec::new(), None),
+            None => {
+                return Err(
+                    "--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)"
+                        .into(),
+                )
+            }
+        };
+        self.current = src;
+        Ok(found)
+    }
+}
+
 fn source_flag(boot_dir: Option<&Path>, boot_device: Option<&str>) -> String {
     match (boot_dir, boot_device) {
         (Some(d), _) => format!("--boot-dir {}", d.display()),
@@ -282,7 +330,6 @@ pub struct PxeHandle {
     pub entries: Vec<BootEntry>,
     /// Other sidecar threads (DHCP, TFTP).
     pub threads: Vec<std::thread::JoinHandle<()>>,
-    _boot: Option<BootSource>,
 }
 
 impl PxeHandle {
@@ -340,28 +387,15 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
     }
     let ifa = iface::ipv4_of(ifname)?;
     let method = args.boot_method.unwrap_or_default();
-    let src = boot_source(
-        args.boot_dir.as_deref(),
-        args.boot_device.as_deref(),
-        args.boot_path.as_deref(),
-    )?;
-    let flag = source_flag(args.boot_dir.as_deref(), args.boot_device.as_deref());
-    let (entries, boot_dir) = match &src {
-        Some(s) => {
-            match bootentries::discover(&s.dir, args.cmdline_default.as_deref().unwrap_or("")) {
-                Ok((_, e)) => (e, Some(s.dir.clone())),
-                Err(_) if method == BootMethod::Sanboot => (Vec::new(), Some(s.dir.clone())),
-                Err(e) => return Err(format!("{flag}: {e}")),
-            }
-        }
-        None if method == BootMethod::Sanboot => (Vec::new(), None),
-        None => {
-            return Err(
-                "--pxe-interface needs --boot-dir or --boot-device (or --boot-method sanboot)"
-                    .into(),
-            )
-        }
+    let mut scan = BootScan {
+        boot_dir: args.boot_dir.clone(),
+        boot_device: args.boot_device.clone(),
+        boot_path: args.boot_path.clone(),
+        cmdline_default: args.cmdline_default.clone().unwrap_or_default(),
+        method,
+        current: None,
     };
+    let (entries, boot_dir) = scan.scan()?;
     let http_port = args.http_port.unwrap_or(80);
     let login = args.menu_user.is_some() && args.menu_password.is_some();
     let cfg = menu_config(
@@ -378,21 +412,61 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         .ipxe_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
-    let empty = std::env::temp_dir();
-    let mut router = routes(
-        &cfg,
-        &entries,
-        boot_dir.as_deref().unwrap_or(&empty),
-        Some(&ipxe_dir),
-    )?;
-    if login {
-        router.auth = Some((
-            args.menu_user.clone().unwrap(),
-            args.menu_password.clone().unwrap(),
-        ));
-    }
+    let auth = match (&args.menu_user, &args.menu_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        _ => None,
+    };
+    let build = {
+        let cfg = cfg.clone();
+        let ipxe_dir = ipxe_dir.clone();
+        move |entries: &[BootEntry], boot_dir: Option<&Path>| -> Result<http::Router, String> {
+            let empty = std::env::temp_dir();
+            let mut r = routes(&cfg, entries, boot_dir.unwrap_or(&empty), Some(&ipxe_dir))?;
+            r.auth = auth.clone();
+            Ok(r)
+        }
+    };
+    let router = build(&entries, boot_dir.as_deref())?;
     let listen = std::net::SocketAddr::from((ifa.addr, http_port));
-    let http = http::spawn(http::HttpConfig::new(listen, router)).map_err(|e| {
+    let mut http_cfg = http::HttpConfig::new(listen, router);
+    let scan = std::sync::Mutex::new(scan);
+    let known = std::sync::Mutex::new(entries.clone());
+    http_cfg.refresh = Some(http::Refresh {
+        paths: vec![
+            "/boot.ipxe".into(),
+            "/menu.ipxe".into(),
+            "/pxelinux.cfg/default".into(),
+        ],
+        rebuild: std::sync::Arc::new(move || {
+            let mut scan = scan.lock().unwrap_or_else(|p| p.into_inner());
+            let rebuilt = scan
+                .scan()
+                .and_then(|(e, dir)| build(&e, dir.as_deref()).map(|r| (e, r)));
+            match rebuilt {
+                Ok((e, r)) => {
+                    let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+                    if *known != e {
+                        for x in &e {
+                            tracing::info!(
+                                "pxe: boot entries changed: {:?} kernel {}",
+                                x.title,
+                                x.linux
+                            );
+                        }
+                        *known = e;
+                    }
+                    Some(r)
+                }
+                Err(err) => {
+                    // Keep serving the last good menu: a rescan can fail
+                    // while the initiator is writing to the partition.
+                    tracing::warn!("pxe: rescan of the boot entries failed, menu unchanged: {err}");
+                    None
+                }
+            }
+        }),
+    });
+    let http = http::spawn(http_cfg).map_err(|e| {
         format!(
             "--http-port {http_port}: {}",
             e.trim_start_matches("http: ")
@@ -407,7 +481,6 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
         server: ifa.addr,
         entries,
         threads,
-        _boot: src,
     }))
 }
 
