@@ -16,6 +16,7 @@
 //!   page).
 
 pub mod backend;
+pub mod blkid;
 pub mod bufpool;
 pub mod config;
 pub mod reactor;
