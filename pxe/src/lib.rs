@@ -9,6 +9,7 @@ pub mod dhcp;
 pub mod http;
 pub mod iface;
 pub mod menu;
+pub mod netlink;
 pub mod tftp;
 
 use serde::Deserialize;
