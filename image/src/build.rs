@@ -541,8 +541,7 @@ pub fn run(
         let comp = Compressor::new(file, args.compress)?;
         let mut w = cpio::Writer::new(comp);
         write_image(&mut w, &inputs, &progress)?;
-        let raw = w.bytes_written();
-        let comp = w.finish()?;
+        let (comp, raw) = w.finish_counted()?;
         let file = comp.finish()?;
         file.sync_all()?;
         Ok(raw)

@@ -122,10 +122,15 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes the trailer and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub fn finish(self) -> io::Result<W> {
+        self.finish_counted().map(|(w, _)| w)
+    }
+
+    /// Writes the trailer; returns the inner writer and the archive size.
+    pub fn finish_counted(mut self) -> io::Result<(W, u64)> {
         self.header(TRAILER, 0, 0, 1, 0, 0, 0)?;
         self.w.flush()?;
-        Ok(self.w)
+        Ok((self.w, self.written))
     }
 
     fn parents(&mut self, p: &str) -> io::Result<()> {

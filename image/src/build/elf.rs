@@ -56,15 +56,21 @@ pub fn elf_facts(b: &[u8]) -> Result<ElfFacts, String> {
             facts.interp = Some(String::from_utf8_lossy(s).into_owned());
         }
     }
-    for name in section_names(&rd, is64)? {
-        if name == ".symtab" || name.starts_with(".debug_") || name.starts_with(".zdebug_") {
+    // Only sections not loaded at run time count: Rust keeps an allocated
+    // `.debug_gdb_scripts` that strip leaves in place.
+    for (name, flags) in section_names(&rd, is64)? {
+        let alloc = flags & 2 != 0;
+        if !alloc
+            && (name == ".symtab" || name.starts_with(".debug_") || name.starts_with(".zdebug_"))
+        {
             facts.strippable = true;
         }
     }
     Ok(facts)
 }
 
-fn section_names(rd: &Reader<'_>, is64: bool) -> Result<Vec<String>, String> {
+/// (name, sh_flags) of every section.
+fn section_names(rd: &Reader<'_>, is64: bool) -> Result<Vec<(String, u64)>, String> {
     let (shoff, shentsize, shnum, shstrndx) = if is64 {
         (
             rd.u64(0x28)?,
@@ -83,31 +89,37 @@ fn section_names(rd: &Reader<'_>, is64: bool) -> Result<Vec<String>, String> {
     if shnum == 0 || shstrndx >= shnum {
         return Ok(Vec::new());
     }
-    let hdr = |i: u64| -> Result<(u32, u64, u64), String> {
+    let hdr = |i: u64| -> Result<(u32, u64, u64, u64), String> {
         let base = i
             .checked_mul(shentsize)
             .and_then(|o| o.checked_add(shoff))
             .ok_or("ELF section header out of range")?;
         if is64 {
-            Ok((rd.u32(base)?, rd.u64(base + 0x18)?, rd.u64(base + 0x20)?))
+            Ok((
+                rd.u32(base)?,
+                rd.u64(base + 8)?,
+                rd.u64(base + 0x18)?,
+                rd.u64(base + 0x20)?,
+            ))
         } else {
             Ok((
                 rd.u32(base)?,
+                rd.u32(base + 8)? as u64,
                 rd.u32(base + 0x10)? as u64,
                 rd.u32(base + 0x14)? as u64,
             ))
         }
     };
-    let (_, so, ss) = hdr(shstrndx)?;
+    let (_, _, so, ss) = hdr(shstrndx)?;
     let strtab = rd.slice(so, ss)?;
     let mut out = Vec::new();
     for i in 0..shnum {
-        let (n, _, _) = hdr(i)?;
+        let (n, flags, _, _) = hdr(i)?;
         let s = strtab
             .get(n as usize..)
             .and_then(|s| s.split(|&c| c == 0).next())
             .unwrap_or(b"");
-        out.push(String::from_utf8_lossy(s).into_owned());
+        out.push((String::from_utf8_lossy(s).into_owned(), flags));
     }
     Ok(out)
 }
