@@ -1148,6 +1148,15 @@ impl<'a> Session<'a> {
             Change::RemoveSymlink { path, target } => match self.root.lstat(path) {
                 Err(_) => {
                     self.say(format!("create symlink {path} -> {target}"));
+                    // The .wants directory held it at install time; if it
+                    // went away since, bring it back with the link.
+                    let host = self
+                        .root
+                        .host(path, false)
+                        .map_err(|e| self.io_fail(path, e))?;
+                    if let Some(dir) = host.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| self.io_fail(path, e))?;
+                    }
                     self.root
                         .symlink(target, path)
                         .map_err(|e| self.io_fail(path, e))?;
