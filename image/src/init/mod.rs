@@ -99,6 +99,17 @@ pub fn mounted_by_init() -> Vec<PathBuf> {
     MOUNTED.lock().map(|m| m.clone()).unwrap_or_default()
 }
 
+/// An open fd that is not /dev/null (char device 1:3).
+fn fd_is_usable(fd: i32) -> bool {
+    // SAFETY: fstat into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let is_chr = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+    !(is_chr && libc::major(st.st_rdev) == 1 && libc::minor(st.st_rdev) == 3)
+}
+
 /// Put fds 0, 1 and 2 on /dev/console. The kernel opens the console for
 /// init only if the initramfs has a /dev/console node; with devtmpfs
 /// mounted it exists either way.
@@ -127,7 +138,7 @@ fn console_stdio() -> Result<(), String> {
 
 /// Prepare the machine for bootlun, as PID 1: mount /proc, /sys, /dev
 /// (devtmpfs), /dev/pts, /dev/shm, /run and /tmp; put stdin/out/err on
-/// /dev/console; hostname `bootlun`; loopback up; Ctrl-Alt-Del becomes
+/// /dev/console when the kernel could not; hostname `bootlun`; loopback up; Ctrl-Alt-Del becomes
 /// SIGINT to us; install the signal handlers [`supervise`] waits on, with
 /// those signals blocked in this thread so every thread started later
 /// leaves them to the supervisor.
@@ -176,8 +187,14 @@ pub fn setup_system() -> Result<(), String> {
             problems.push(e);
         }
     }
-    if let Err(e) = console_stdio() {
-        problems.push(e);
+    // The kernel opens /dev/console as fds 0-2 when the initramfs has that
+    // node; otherwise init starts without them, and Rust's start-up code
+    // puts /dev/null there (or aborts if that is missing too: the image
+    // must have /dev/console and /dev/null). Either way, fix it here.
+    if (0..3).any(|fd| !fd_is_usable(fd)) {
+        if let Err(e) = console_stdio() {
+            problems.push(e);
+        }
     }
     // What a shell on the console expects to find in /dev.
     for (link, to) in [

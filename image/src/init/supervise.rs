@@ -67,6 +67,29 @@ fn console_tty() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The device number of an fd, if it is a character device.
+fn chr_rdev(fd: i32) -> Option<libc::dev_t> {
+    // SAFETY: fstat into a zeroed buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return None;
+    }
+    Some(st.st_rdev)
+}
+
+/// The terminal the shell should own: the console's tty, but only when our
+/// stdin is the console (or that tty); otherwise (stdin is a pipe, say)
+/// the shell simply inherits our stdin/stdout.
+fn shell_tty() -> Option<PathBuf> {
+    let ours = chr_rdev(0)?;
+    let tty = console_tty()?;
+    let tty_rdev = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&tty).ok()?.rdev()
+    };
+    (ours == libc::makedev(5, 1) || ours == tty_rdev).then_some(tty)
+}
+
 /// Reap every exited child; returns their PIDs.
 fn reap() -> Vec<libc::pid_t> {
     let mut out = Vec::new();
@@ -191,7 +214,7 @@ impl Supervisor {
             return;
         };
         say("starting a rescue shell; status lines pause until it exits (`exit` to return, `bootlun shutdown` to power off)");
-        match start_shell(&path, console_tty().as_deref()) {
+        match start_shell(&path, shell_tty().as_deref()) {
             Ok(s) => self.shell = Some(s),
             Err(e) => say(&format!("cannot start the rescue shell: {e}")),
         }
@@ -315,6 +338,7 @@ fn run_shutdown(shutdown: Box<dyn FnOnce() + Send>) {
         return;
     }
     let start = Instant::now();
+    let mut next_note = start + Duration::from_secs(10);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Ok(())) => {
@@ -346,7 +370,8 @@ fn run_shutdown(shutdown: Box<dyn FnOnce() + Send>) {
             ));
             return;
         }
-        if waited.as_secs() % 10 == 0 && waited.as_secs() > 0 {
+        if Instant::now() >= next_note {
+            next_note += Duration::from_secs(10);
             say(&format!(
                 "still stopping the target ({} s; press the power button again or Ctrl-Alt-Del to skip)",
                 waited.as_secs()
@@ -390,13 +415,19 @@ fn mount_points() -> Vec<String> {
         .collect()
 }
 
-fn umount(target: &str) -> Result<(), String> {
-    let c = std::ffi::CString::new(target).map_err(|e| e.to_string())?;
+/// Unmount; `Ok(false)` when it was not a mount point (any longer).
+fn umount(target: &str) -> Result<bool, String> {
+    let Ok(c) = std::ffi::CString::new(target) else {
+        return Ok(false);
+    };
     // SAFETY: valid path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let e = std::io::Error::last_os_error();
+    if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+        return Ok(false);
+    }
     // Still busy: detach it, so that at least nothing new is written
     // through it; the data was synced before.
     // SAFETY: valid path.
@@ -422,8 +453,8 @@ fn unmount_all() {
     order.extend(ours.iter().rev().map(|p| p.to_string_lossy().into_owned()));
     for m in order {
         match umount(&m) {
-            Ok(()) => say(&format!("unmounted {m}")),
-            Err(e) if e.contains("Invalid argument") => {} // not (any longer) mounted
+            Ok(true) => say(&format!("unmounted {m}")),
+            Ok(false) => {}
             Err(e) => say(&format!("unmount {e}")),
         }
     }
