@@ -79,6 +79,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "iso9660",
 ];
 
+/// Names of [`DEFAULT_MODULES`] that some kernels call otherwise: the
+/// ISO 9660 driver is the module `isofs` (alias `iso9660`).
+const OTHER_NAMES: &[(&str, &str)] = &[("iso9660", "isofs")];
+
 /// Where iPXE binaries live in the image; the baked config points there.
 pub const IMAGE_IPXE_DIR: &str = "/usr/lib/ipxe";
 
@@ -396,7 +400,7 @@ pub fn run(
     // Modules: the closure of the wanted list by depends= and softdep.
     let mods = match &modules_dir {
         Some(d) => {
-            let src = ModSource::scan(d)
+            let mut src = ModSource::scan(d)
                 .map_err(|e| Fail::Usage(format!("{modules_flag} {}: {e}", d.display())))?;
             let unknown: Vec<_> = extra_modules
                 .iter()
@@ -415,7 +419,7 @@ pub fn run(
                 .map(|s| s.to_string())
                 .chain(extra_modules.iter().cloned())
                 .collect();
-            collect_modules(&src, &wanted, &progress)?
+            collect_modules(&mut src, &wanted, &progress)?
         }
         None => {
             if !extra_modules.is_empty() {
@@ -730,6 +734,11 @@ struct ModSource {
     /// The tree's own modules.alias, when depmod has run there; used to
     /// resolve soft dependencies named by alias.
     aliases: Option<ModIndex>,
+    /// Without modules.alias: the aliases of the crypto modules, read from
+    /// their .modinfo on first need. Soft dependencies name crypto
+    /// algorithms (`crypto-crc32c` for ext4), which the kernel otherwise
+    /// requests through a modprobe the ramdisk does not have.
+    crypto_aliases: Option<ModIndex>,
 }
 
 impl ModSource {
@@ -784,7 +793,41 @@ impl ModSource {
             by_name: by_name.into_iter().map(|(k, (_, p))| (k, p)).collect(),
             builtin,
             aliases,
+            crypto_aliases: None,
         })
+    }
+
+    /// Module names for an alias (`crypto-crc32c`).
+    fn lookup_alias(&mut self, alias: &str) -> Vec<String> {
+        if let Some(a) = &self.aliases {
+            return a.match_modalias(alias);
+        }
+        if self.crypto_aliases.is_none() {
+            let mut text = String::new();
+            for (name, rel) in &self.by_name {
+                if !rel.contains("crypto/") {
+                    continue;
+                }
+                let Ok(data) = read_module(&self.dir.join(rel)) else {
+                    continue;
+                };
+                let Ok(info) = kmod::read_modinfo(&data) else {
+                    continue;
+                };
+                for a in info
+                    .aliases
+                    .iter()
+                    .filter(|a| !a.contains(char::is_whitespace))
+                {
+                    text.push_str(&format!("alias {a} {name}\n"));
+                }
+            }
+            self.crypto_aliases = Some(ModIndex::from_texts(&self.dir, b"", text.as_bytes(), b""));
+        }
+        self.crypto_aliases
+            .as_ref()
+            .map(|a| a.match_modalias(alias))
+            .unwrap_or_default()
     }
 
     fn has(&self, name: &str) -> bool {
@@ -845,7 +888,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn collect_modules(
-    src: &ModSource,
+    src: &mut ModSource,
     wanted: &[String],
     progress: &Progress,
 ) -> Result<Collected, Fail> {
@@ -856,6 +899,14 @@ fn collect_modules(
     progress.stage("reading modules", Some(wanted.len() as u64), false);
     let mut queue: Vec<String> = Vec::new();
     for w in wanted {
+        let other = OTHER_NAMES
+            .iter()
+            .find(|(a, _)| a == w)
+            .map(|(_, b)| b.to_string());
+        let w = match other {
+            Some(o) if !src.has(w) && !src.builtin.contains(w) => &o.clone(),
+            _ => w,
+        };
         if src.has(w) {
             queue.push(w.clone());
         } else if src.builtin.contains(w) {
@@ -867,10 +918,10 @@ fn collect_modules(
     queue.reverse();
     let mut seen: HashSet<String> = queue.iter().cloned().collect();
     while let Some(name) = queue.pop() {
-        let Some(rel) = src.by_name.get(&name) else {
+        let Some(rel) = src.by_name.get(&name).cloned() else {
             continue;
         };
-        let path = src.dir.join(rel);
+        let path = src.dir.join(&rel);
         let data = match read_module(&path) {
             Ok(d) => d,
             Err(e) => {
@@ -889,12 +940,12 @@ fn collect_modules(
             }
         };
         let mut next: Vec<String> = info.depends.clone();
-        for s in &info.softdeps {
+        for s in info.softdeps.iter().chain(&info.softdeps_post) {
             let n = kmod::normalize(s);
             if src.has(&n) {
                 next.push(n);
-            } else if let Some(a) = &src.aliases {
-                next.extend(a.match_modalias(s));
+            } else if !src.builtin.contains(&n) {
+                next.extend(src.lookup_alias(s));
             }
         }
         for d in next {
@@ -917,7 +968,7 @@ fn collect_modules(
             .strip_suffix(".xz")
             .or_else(|| rel.strip_suffix(".zst"))
             .or_else(|| rel.strip_suffix(".gz"))
-            .unwrap_or(rel)
+            .unwrap_or(&rel)
             .to_string();
         c.modules.push(Module {
             name: info.name.clone().unwrap_or_else(|| name.clone()),

@@ -164,11 +164,13 @@ pub struct ModIndex {
     /// Aliases with glob characters (normalized pattern, module name), file order.
     glob_aliases: Vec<(String, String)>,
     builtin: HashSet<String>,
+    /// modules.softdep: module to (pre, post) names, modules or aliases.
+    softdeps: HashMap<String, (Vec<String>, Vec<String>)>,
 }
 
 impl ModIndex {
-    /// Reads DIR/modules.dep (required), DIR/modules.alias and
-    /// DIR/modules.builtin (optional).
+    /// Reads DIR/modules.dep (required), DIR/modules.alias,
+    /// DIR/modules.builtin and DIR/modules.softdep (optional).
     pub fn open(modules_dir: &Path) -> Result<ModIndex, String> {
         let dep_path = modules_dir.join("modules.dep");
         let dep = std::fs::read(&dep_path).map_err(|e| format!("{}: {e}", dep_path.display()))?;
@@ -182,7 +184,30 @@ impl ModIndex {
         };
         let alias = read_opt("modules.alias")?;
         let builtin = read_opt("modules.builtin")?;
-        Ok(Self::from_texts(modules_dir, &dep, &alias, &builtin))
+        let softdep = read_opt("modules.softdep")?;
+        Ok(Self::from_texts(modules_dir, &dep, &alias, &builtin).with_softdeps(&softdep))
+    }
+
+    /// Adds the soft dependencies of a modules.softdep text
+    /// (`softdep MODULE pre: A B post: C`).
+    pub fn with_softdeps(mut self, text: &[u8]) -> ModIndex {
+        for line in lines(text) {
+            let mut words = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let entry = self.softdeps.entry(normalize(module)).or_default();
+            let mut post = false;
+            for w in words {
+                match w {
+                    "pre:" => post = false,
+                    "post:" => post = true,
+                    _ if post => entry.1.push(w.to_string()),
+                    _ => entry.0.push(w.to_string()),
+                }
+            }
+        }
+        self
     }
 
     /// Builds an index from the contents of the three files (bytes, since
@@ -270,7 +295,9 @@ impl ModIndex {
     }
 
     /// `names` plus all their dependencies, dependencies first, no
-    /// duplicates, built-ins and unknown names left out.
+    /// duplicates, built-ins and unknown names left out. Soft dependencies
+    /// (modules.softdep) come along as modprobe loads them: `pre:` ones
+    /// before the module, `post:` ones after it.
     pub fn load_order(&self, names: &[String]) -> Vec<String> {
         let mut out = Vec::new();
         let mut done = HashSet::new();
@@ -296,13 +323,24 @@ impl ModIndex {
             return;
         };
         on_path.insert(name.to_string());
+        let soft = self.softdeps.get(name);
+        for s in soft.map(|s| s.0.as_slice()).unwrap_or(&[]) {
+            for r in self.resolve(s) {
+                self.visit(&r, done, on_path, out);
+            }
+        }
         // depmod lists dependencies so that the last one loads first.
         for d in entry.deps.iter().rev() {
             self.visit(d, done, on_path, out);
         }
-        on_path.remove(name);
         done.insert(name.to_string());
         out.push(name.to_string());
+        for s in soft.map(|s| s.1.as_slice()).unwrap_or(&[]) {
+            for r in self.resolve(s) {
+                self.visit(&r, done, on_path, out);
+            }
+        }
+        on_path.remove(name);
     }
 
     /// Absolute path of the module file.
@@ -394,8 +432,10 @@ pub struct ModInfo {
     pub aliases: Vec<String>,
     /// `firmware=` files, relative to /lib/firmware.
     pub firmware: Vec<String>,
-    /// `softdep=` names (`pre:` and `post:`), modules or aliases.
+    /// `softdep=` `pre:` names (modules or aliases) to load before it.
     pub softdeps: Vec<String>,
+    /// `softdep=` `post:` names to load after it.
+    pub softdeps_post: Vec<String>,
 }
 
 /// Reads the `.modinfo` section of an ELF relocatable (.ko, uncompressed).
@@ -425,9 +465,13 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
             "firmware" if !v.is_empty() => mi.firmware.push(v.to_string()),
             "softdep" => {
                 // "pre: a b post: c"
+                let mut post = false;
                 for w in v.split_whitespace() {
-                    if w != "pre:" && w != "post:" {
-                        mi.softdeps.push(w.to_string());
+                    match w {
+                        "pre:" => post = false,
+                        "post:" => post = true,
+                        _ if post => mi.softdeps_post.push(w.to_string()),
+                        _ => mi.softdeps.push(w.to_string()),
                     }
                 }
             }
@@ -622,11 +666,17 @@ pub fn index_texts(entries: &[IndexEntry]) -> (String, String, String) {
             .name
             .clone()
             .unwrap_or_else(|| name_from_path(&e.path));
-        if !e.info.softdeps.is_empty() {
-            softdep.push_str(&format!(
-                "softdep {name} pre: {}\n",
-                e.info.softdeps.join(" ")
-            ));
+        let (pre, post) = (&e.info.softdeps, &e.info.softdeps_post);
+        if !pre.is_empty() || !post.is_empty() {
+            let mut line = format!("softdep {name}");
+            if !pre.is_empty() {
+                line.push_str(&format!(" pre: {}", pre.join(" ")));
+            }
+            if !post.is_empty() {
+                line.push_str(&format!(" post: {}", post.join(" ")));
+            }
+            softdep.push_str(&line);
+            softdep.push('\n');
         }
     }
     (dep, alias, softdep)
@@ -696,13 +746,14 @@ mod tests {
 
     #[test]
     fn modinfo_parse() {
-        let s = b"license=GPL\0depends=jbd2,mbcache,crc16\0alias=fs-ext4\0softdep=pre: crypto-crc32c\0name=ext4\0firmware=x/y.bin\0\0";
+        let s = b"license=GPL\0depends=jbd2,mbcache,crc16\0alias=fs-ext4\0softdep=pre: crypto-crc32c post: zz\0name=ext4\0firmware=x/y.bin\0\0";
         let m = parse_modinfo(s);
         assert_eq!(m.name.as_deref(), Some("ext4"));
         assert_eq!(m.depends, vec!["jbd2", "mbcache", "crc16"]);
         assert_eq!(m.aliases, vec!["fs-ext4"]);
         assert_eq!(m.firmware, vec!["x/y.bin"]);
         assert_eq!(m.softdeps, vec!["crypto-crc32c"]);
+        assert_eq!(m.softdeps_post, vec!["zz"]);
         let e = parse_modinfo(b"depends=\0");
         assert!(e.depends.is_empty());
     }

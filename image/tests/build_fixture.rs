@@ -86,7 +86,7 @@ fn tree(name: &str) -> Tree {
         &m.join("kernel/fs/ext4/ext4.ko"),
         &make_ko(&[
             "alias=fs-ext4",
-            "softdep=pre: crc32c_generic",
+            "softdep=pre: crypto-crc32c",
             "depends=jbd2,mbcache,crc16",
             "firmware=test/fw.bin",
             "firmware=test/fw2.bin",
@@ -308,6 +308,11 @@ fn image_content_from_a_module_tree() {
         let o = idx.load_order(&idx.resolve("fs-ext4"));
         assert_eq!(o.last().map(String::as_str), Some("ext4"));
         assert!(o.contains(&"jbd2".into()) && o.contains(&"mbcache".into()));
+        // The soft dependency, named by a crypto alias, is in the image and loads first.
+        assert!(
+            o.iter().position(|m| m == "crc32c_generic").unwrap() < o.len() - 1,
+            "{o:?}"
+        );
         assert!(idx.is_builtin("crc16"));
         assert_eq!(
             idx.match_modalias("virtio:d00000001v00001AF4"),

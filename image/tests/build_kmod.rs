@@ -114,6 +114,27 @@ fn dash_and_underscore_are_the_same_name() {
 }
 
 #[test]
+fn soft_dependencies_load_around_the_module() {
+    let d = build_common::scratch("kmod-softdep");
+    std::fs::write(d.join("modules.dep"), "kernel/fs/ext4.ko: kernel/fs/jbd2.ko\nkernel/fs/jbd2.ko:\nkernel/crypto/crc32c-generic.ko:\nkernel/x/after.ko:\n").unwrap();
+    std::fs::write(
+        d.join("modules.alias"),
+        "alias crypto-crc32c crc32c_generic\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("modules.softdep"),
+        "# comment\nsoftdep ext4 pre: crypto-crc32c post: after\nsoftdep\n",
+    )
+    .unwrap();
+    let idx = ModIndex::open(&d).unwrap();
+    assert_eq!(
+        idx.load_order(&v(&["ext4"])),
+        v(&["crc32c_generic", "jbd2", "ext4", "after"])
+    );
+}
+
+#[test]
 fn open_needs_modules_dep_only() {
     let d = build_common::scratch("kmod-open");
     assert!(ModIndex::open(&d).unwrap_err().contains("modules.dep"));
