@@ -439,7 +439,12 @@ impl Journey {
                     t.elapsed(),
                 );
                 match st {
-                    Some(_) => Ok(()),
+                    Some(s) if s.success() => Ok(()),
+                    Some(s) => Err(format!(
+                        "target VM ({}): QEMU exited with {s} after the ACPI power button; console:\n{}",
+                        method.name(),
+                        tail(&qemu.out, 60)
+                    )),
                     None => Err(format!(
                         "target VM ({}) did not power off within {TARGET_OFF_LIMIT:?} of the ACPI power button (killed); console:\n{}",
                         method.name(),
