@@ -13,6 +13,7 @@ use crate::kmod::{self, ModIndex};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most this many rounds (each needs a new level of bus).
@@ -317,6 +318,20 @@ fn settle(sys_devices: &Path) {
     }
 }
 
+fn run_rounds(
+    c: &mut Coldplug,
+    load: &mut dyn FnMut(&Path, &str) -> std::io::Result<bool>,
+    loaded: &mut dyn FnMut() -> HashSet<String>,
+) {
+    for _ in 0..MAX_ROUNDS {
+        let before = loaded();
+        if c.round(load, &before) == 0 {
+            break;
+        }
+        settle(&c.sys.join("devices"));
+    }
+}
+
 /// [`coldplug`] against another sysfs and module loader (tests).
 pub fn coldplug_in(
     modules_dir: &Path,
@@ -325,36 +340,55 @@ pub fn coldplug_in(
     load: &mut dyn FnMut(&Path, &str) -> std::io::Result<bool>,
     loaded: &mut dyn FnMut() -> HashSet<String>,
 ) -> ColdplugReport {
-    let mut c = match Coldplug::new(modules_dir, sys_root, cmdline) {
-        Ok(c) => c,
-        Err(e) => {
-            return ColdplugReport {
-                error: Some(format!("no module index ({e}); only built-in drivers")),
-                ..Default::default()
-            }
+    match Coldplug::new(modules_dir, sys_root, cmdline) {
+        Ok(mut c) => {
+            run_rounds(&mut c, load, loaded);
+            c.report
         }
-    };
-    for _ in 0..MAX_ROUNDS {
-        let before = loaded();
-        if c.round(load, &before) == 0 {
-            break;
-        }
-        settle(&sys_root.join("devices"));
+        Err(e) => ColdplugReport {
+            error: Some(format!("no module index ({e}); only built-in drivers")),
+            ..Default::default()
+        },
     }
-    c.report
 }
+
+/// The coldplug of this boot, kept so that later rounds (while waiting for
+/// a disk) remember what was tried.
+static THIS_BOOT: Mutex<Option<Coldplug>> = Mutex::new(None);
 
 /// Load the modules for every device present (and the file system
 /// modules), in rounds until a round loads nothing new.
 pub fn coldplug(modules_dir: &Path) -> ColdplugReport {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    coldplug_in(
-        modules_dir,
-        Path::new("/sys"),
-        &cmdline,
-        &mut kmod::load_module,
-        &mut kmod::loaded,
-    )
+    match Coldplug::new(modules_dir, Path::new("/sys"), &cmdline) {
+        Ok(mut c) => {
+            run_rounds(&mut c, &mut kmod::load_module, &mut kmod::loaded);
+            let report = c.report.clone();
+            if let Ok(mut g) = THIS_BOOT.lock() {
+                *g = Some(c);
+            }
+            report
+        }
+        Err(e) => ColdplugReport {
+            error: Some(format!("no module index ({e}); only built-in drivers")),
+            ..Default::default()
+        },
+    }
+}
+
+/// Another pass of [`coldplug`] for devices that appeared since (a USB
+/// disk shows up seconds after its controller's driver loads). Returns the
+/// modules it loaded; nothing when [`coldplug`] has not run.
+pub(crate) fn coldplug_again() -> Vec<String> {
+    let Ok(mut g) = THIS_BOOT.lock() else {
+        return Vec::new();
+    };
+    let Some(c) = g.as_mut() else {
+        return Vec::new();
+    };
+    let before = c.report.loaded.len();
+    run_rounds(c, &mut kmod::load_module, &mut kmod::loaded);
+    c.report.loaded[before..].to_vec()
 }
 
 #[cfg(test)]

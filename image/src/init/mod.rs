@@ -302,17 +302,21 @@ fn present_block_devices() -> String {
     }
 }
 
-/// [`wait_for_devices`] with another resolver and poll interval (tests).
+/// [`wait_for_devices`] with another resolver, poll interval and
+/// "still missing" hook (tests). `again` runs every couple of seconds
+/// while something is missing.
 pub fn wait_for_devices_with(
     specs: &[String],
     timeout: Duration,
     say: &mut dyn FnMut(&str),
     resolve: &mut dyn FnMut(&str) -> Result<Option<PathBuf>, String>,
     interval: Duration,
+    again: &mut dyn FnMut(&mut dyn FnMut(&str)),
 ) -> Result<Vec<PathBuf>, String> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut next_say = start + Duration::from_secs(3);
+    let mut next_again = start + Duration::from_secs(2);
     let mut found: Vec<Option<PathBuf>> = vec![None; specs.len()];
     loop {
         for (i, s) in specs.iter().enumerate() {
@@ -339,6 +343,10 @@ pub fn wait_for_devices_with(
                 present_block_devices()
             ));
         }
+        if now >= next_again {
+            again(say);
+            next_again = Instant::now() + Duration::from_secs(2);
+        }
         if now >= next_say {
             let left = deadline.saturating_duration_since(now).as_secs();
             say(&format!(
@@ -355,7 +363,8 @@ pub fn wait_for_devices_with(
 
 /// Wait (at most `timeout`) until every spec names a present device: a
 /// path, `UUID=`, `PARTUUID=`, `LABEL=`, `PARTLABEL=` or `serial=`. Says
-/// every few seconds on the console which ones are still missing. Returns
+/// every few seconds on the console which ones are still missing; while
+/// waiting, runs more [`coldplug`] rounds for devices that appeared late. Returns
 /// the device paths in spec order; the error names the ones that never
 /// appeared.
 pub fn wait_for_devices(
@@ -369,6 +378,14 @@ pub fn wait_for_devices(
         say,
         &mut |s| bootlun_engine::blkid::resolve(s),
         Duration::from_millis(250),
+        // Devices behind buses that enumerate slowly (USB) appear after
+        // coldplug finished: give them their drivers too.
+        &mut |say| {
+            let more = coldplug::coldplug_again();
+            if !more.is_empty() {
+                say(&format!("modules: loaded {}", more.join(" ")));
+            }
+        },
     )
 }
 
@@ -470,6 +487,7 @@ mod tests {
                 })
             },
             Duration::from_millis(1),
+            &mut |_| {},
         )
         .unwrap();
         assert_eq!(r, [PathBuf::from("/dev/a1"), PathBuf::from("/dev/b")]);
@@ -482,6 +500,7 @@ mod tests {
             &mut |_| {},
             &mut |s| Ok((s == "LABEL=y").then(|| PathBuf::from("/dev/y"))),
             Duration::from_millis(1),
+            &mut |_| {},
         )
         .unwrap_err();
         assert!(
@@ -494,9 +513,31 @@ mod tests {
             &mut |_| {},
             &mut |s| bootlun_engine::blkid::resolve(s),
             Duration::from_millis(1),
+            &mut |_| {},
         )
         .unwrap_err();
         assert!(e.contains("unknown key FOO"), "{e}");
+    }
+
+    #[test]
+    fn late_devices_get_another_coldplug_round() {
+        // The disk exists only once the extra round has loaded its driver.
+        let loaded = std::cell::Cell::new(false);
+        let mut said = Vec::new();
+        let r = wait_for_devices_with(
+            &["LABEL=usb".into()],
+            Duration::from_secs(60),
+            &mut |m| said.push(m.to_string()),
+            &mut |_| Ok(loaded.get().then(|| PathBuf::from("/dev/sdb1"))),
+            Duration::from_millis(10),
+            &mut |say| {
+                loaded.set(true);
+                say("modules: loaded usb_storage");
+            },
+        )
+        .unwrap();
+        assert_eq!(r, [PathBuf::from("/dev/sdb1")]);
+        assert_eq!(said, ["modules: loaded usb_storage"]);
     }
 
     #[test]

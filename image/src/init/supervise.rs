@@ -187,7 +187,7 @@ impl Supervisor {
 
     fn status_line(&self) {
         let f = &self.opts_status;
-        let text = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f()))
+        let text = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|_| "status unavailable".into());
         say(&format!("[{}] {text}", uptime()));
     }
