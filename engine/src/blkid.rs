@@ -698,7 +698,7 @@ pub fn probe(dev: &Path) -> std::io::Result<BlockId> {
 
 /// Every block device sysfs knows, as (sysfs dir, device node), in name
 /// order. Devices of size 0 (empty loop devices, drives without media)
-/// are left out.
+/// and floppy drives are left out.
 pub fn devices_in(roots: &Roots) -> Vec<(PathBuf, PathBuf)> {
     let Ok(rd) = std::fs::read_dir(roots.sys.join("class/block")) else {
         return Vec::new();
@@ -709,6 +709,11 @@ pub fn devices_in(roots: &Roots) -> Vec<(PathBuf, PathBuf)> {
             let name = e.file_name();
             let sysdir = e.path();
             if read_trim(&sysdir.join("size")).as_deref() == Some("0") {
+                return None;
+            }
+            // A floppy drive without a disk answers reads only after
+            // seconds of retries (QEMU machines have one by default).
+            if name.to_string_lossy().starts_with("fd") {
                 return None;
             }
             let node = roots.dev.join(&name);
