@@ -692,10 +692,12 @@ impl Progress {
                 let style = indicatif::ProgressStyle::with_template(tpl)
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                     .progress_chars("=> ");
-                b.set_style(style);
+                // Message and counts first, so no frame pairs the new
+                // style with the previous stage's numbers.
+                b.set_message(msg.to_string());
                 b.set_length(total.unwrap_or(0));
                 b.set_position(0);
-                b.set_message(msg.to_string());
+                b.set_style(style);
             }
             None => eprintln!("bootlun image build: {msg}"),
         }
