@@ -36,59 +36,90 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Print the boot entries and menu that would be served (dry run).
     Bootentries(bootlun_pxe::BootentriesArgs),
+    /// Build the boot ramdisk (bootlun-kernel.bin + bootlun-initrd.img).
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Install, update or uninstall the ramdisk's boot entry on this host.
+    Host(bootlun_image::host::HostArgs),
+    /// Run as the ramdisk's init (PID 1): set up the machine, then serve.
+    Init,
+    /// Ask the ramdisk's init to flush every LUN and power off.
+    Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Write DIR/bootlun-kernel.bin and DIR/bootlun-initrd.img.
+    Build(bootlun_image::build::BuildArgs),
 }
 
 /// `serve` flags. Every field is also a key of the TOML config file
 /// (kebab-case, as the flag); flags override the file.
-#[derive(clap::Args, Debug, Default, Deserialize)]
+#[derive(clap::Args, Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML file with the same keys as these flags.
     #[arg(long)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Address and port of the iSCSI portal [default: 0.0.0.0:3260].
     #[arg(long)]
-    listen: Option<String>,
+    pub(crate) listen: Option<String>,
     /// Target IQN [default: iqn.2026-11.org.bootlun:target].
     #[arg(long)]
-    target_name: Option<String>,
+    pub(crate) target_name: Option<String>,
     /// A LUN: a path (file or block device), ram:SIZE or null:SIZE, with an
     /// optional ,ro suffix. Repeat for LUN 1, 2, ...
     #[arg(long = "lun")]
     #[serde(default)]
-    lun: Vec<String>,
+    pub(crate) lun: Vec<String>,
     /// Cores to run reactors on, e.g. 0,1 or 0-3 [default: all].
     #[arg(long)]
-    cores: Option<String>,
+    pub(crate) cores: Option<String>,
     /// busy, adaptive or interrupt [default: adaptive].
     #[arg(long)]
-    poll: Option<String>,
+    pub(crate) poll: Option<String>,
     /// Adaptive polling: microseconds to spin before sleeping [default: 50].
     #[arg(long)]
-    poll_spin_us: Option<u64>,
+    pub(crate) poll_spin_us: Option<u64>,
     /// I/O buffers per reactor [default: 256].
     #[arg(long)]
-    buffers: Option<usize>,
+    pub(crate) buffers: Option<usize>,
     /// Size of each I/O buffer [default: 1M].
     #[arg(long)]
-    buffer_size: Option<String>,
+    pub(crate) buffer_size: Option<String>,
     /// Commands each connection may have outstanding [default: 128].
     #[arg(long)]
-    queue_depth: Option<u32>,
+    pub(crate) queue_depth: Option<u32>,
     /// Seconds a new connection has to complete its login [default: 30].
     #[arg(long)]
-    login_timeout: Option<u64>,
+    pub(crate) login_timeout: Option<u64>,
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
-    log: Option<String>,
+    pub(crate) log: Option<String>,
+    /// Interface to bring up and give --net-address [default: --pxe-interface;
+    /// in the ramdisk: the first Ethernet interface with a link].
+    #[arg(long, value_name = "IFACE")]
+    pub(crate) net_interface: Option<String>,
+    /// IPv4 address/prefix for --net-interface, added if missing and removed
+    /// at exit if bootlun added it [in the ramdisk: 192.168.200.1/24].
+    #[arg(long, value_name = "CIDR")]
+    pub(crate) net_address: Option<String>,
+    /// Seconds to wait for LUN and boot devices given as UUID=, LABEL=,
+    /// PARTUUID=, PARTLABEL= or serial= to appear [default: 0; in the ramdisk: 60].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) disk_timeout: Option<u64>,
+    /// In the ramdisk: a further TOML file on the boot device (a path under
+    /// --boot-path, e.g. bootlun.toml) read before the built-in config.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) boot_config: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
-    pxe: bootlun_pxe::PxeArgs,
+    pub(crate) pxe: bootlun_pxe::PxeArgs,
 }
 
 impl ServeArgs {
-    fn merge_from(&mut self, file: ServeArgs) {
+    pub(crate) fn merge_from(&mut self, file: ServeArgs) {
         macro_rules! take {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
@@ -102,7 +133,11 @@ impl ServeArgs {
             buffer_size,
             queue_depth,
             login_timeout,
-            log
+            log,
+            net_interface,
+            net_address,
+            disk_timeout,
+            boot_config
         );
         if self.lun.is_empty() {
             self.lun = file.lun;
@@ -117,14 +152,45 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    // The kernel starts init with arguments of its own choosing (command
+    // line words it did not recognise), so PID 1 does not parse argv.
+    if bootlun_image::running_as_init() {
+        crate::init::main();
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(args) => serve(*args),
         Cmd::Bootentries(args) => bootlun_pxe::bootentries_main(&args),
+        Cmd::Image(ImageCmd::Build(args)) => {
+            bootlun_image::build::main(&args, &|text| parse_config_text(text).map(|_| ()))
+        }
+        Cmd::Host(args) => bootlun_image::host::main(&args),
+        Cmd::Init => crate::init::main(),
+        Cmd::Shutdown => bootlun_image::init::request_shutdown(),
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// Parse a config file's text (the `serve` keys). The error is one line.
+pub(crate) fn parse_config_text(text: &str) -> Result<ServeArgs, String> {
+    toml::from_str::<ServeArgs>(text).map_err(|e| {
+        let msg = e.message().replace('\n', " ");
+        match e.span() {
+            Some(sp) => {
+                let line = text[..sp.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: {msg}")
+            }
+            None => msg,
+        }
+    })
+}
+
+/// Read and parse the config file at `path`, naming it in the error.
+pub(crate) fn load_config(path: &std::path::Path) -> Result<ServeArgs, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_config_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn init_logging(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let f = match filter {
         Some(f) => EnvFilter::new(f),
@@ -140,21 +206,29 @@ fn init_logging(filter: Option<&str>) {
 
 fn serve(mut args: ServeArgs) -> ExitCode {
     if let Some(path) = args.config.clone() {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => return usage_error(&format!("--config {}: {e}", path.display())),
-        };
-        let file: ServeArgs = match toml::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => {
-                let msg = e.message().replace('\n', " ");
-                return usage_error(&format!("--config {}: {msg}", path.display()));
-            }
-        };
-        args.merge_from(file);
+        match load_config(&path) {
+            Ok(file) => args.merge_from(file),
+            Err(e) => return usage_error(&format!("--config {e}")),
+        }
     }
     init_logging(args.log.as_deref());
-    match run(args) {
+    // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
+    // right after the "listening on" line still flushes and exits 0.
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bootlun: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = start(args).and_then(|running| {
+        wait_for_signal(signals);
+        running.stop()
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(m)) => usage_error(&m),
         Err(Failure::Runtime(m)) => {
@@ -164,28 +238,164 @@ fn serve(mut args: ServeArgs) -> ExitCode {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// The operator's input is wrong: exit 2.
     Usage(String),
     /// Something failed at run time: exit 1.
     Runtime(String),
 }
 
-fn run(args: ServeArgs) -> Result<(), Failure> {
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A running target: the reactors, the PXE sidecars and the address
+/// bootlun added, until [`Running::stop`].
+pub(crate) struct Running {
+    engine: Engine,
+    pxe: Option<bootlun_pxe::PxeHandle>,
+    backends: Vec<Arc<dyn bootlun_engine::BlockBackend>>,
+    _net: Option<NetGuard>,
+    /// `ADDR:PORT` of the portal.
+    pub(crate) portal: SocketAddr,
+    /// Target IQN.
+    pub(crate) target_name: String,
+    /// What the PXE sidecars serve on, if they run.
+    pub(crate) pxe_interface: Option<String>,
+}
+
+impl Running {
+    /// Counters of every reactor (live).
+    pub(crate) fn stats(&self) -> bootlun_engine::Stats {
+        self.engine.stats.clone()
+    }
+
+    pub(crate) fn lun_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Stop the reactors and sidecars and flush every LUN.
+    pub(crate) fn stop(self) -> Result<(), Failure> {
+        tracing::info!("stopping: flushing LUNs");
+        let stats = self.engine.stats.clone();
+        self.engine.shutdown();
+        for line in stats.summary().lines() {
+            tracing::info!("{line}");
+        }
+        if let Some(p) = self.pxe {
+            p.stop();
+        }
+        let mut failed = false;
+        for b in &self.backends {
+            if let Err(e) = b.flush_blocking() {
+                tracing::error!("flush of {} failed: {e}", b.describe());
+                failed = true;
+            }
+        }
+        if failed {
+            return Err(Failure::Runtime("some LUNs could not be flushed".into()));
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// An address bootlun put on an interface; removed again on drop.
+struct NetGuard {
+    ifname: String,
+    addr: std::net::Ipv4Addr,
+    prefix: u8,
+}
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        match bootlun_pxe::netlink::del_ipv4(&self.ifname, self.addr, self.prefix) {
+            Ok(()) => tracing::info!("removed {}/{} from {}", self.addr, self.prefix, self.ifname),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
+/// `A.B.C.D/N` of `--net-address`.
+fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let bad =
+        || format!("--net-address {s}: expected IPv4ADDRESS/PREFIX, for example 192.168.200.1/24");
+    let (a, p) = s.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
+    if prefix == 0 || prefix > 32 || addr.is_unspecified() || addr.is_broadcast() {
+        return Err(bad());
+    }
+    Ok((addr, prefix))
+}
+
+/// Bring `--net-interface` up with `--net-address`; the guard removes the
+/// address at exit when it was not there before.
+fn configure_net(args: &ServeArgs) -> Result<Option<NetGuard>, Failure> {
     use Failure::*;
-    // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
-    // right after the "listening on" line still flushes and exits 0.
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| Runtime(format!("cannot install signal handlers: {e}")))?;
-    let listen = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        Usage(format!(
-            "--listen {listen}: expected ADDR:PORT, for example 0.0.0.0:3260"
-        ))
-    })?;
+    let Some(cidr) = &args.net_address else {
+        if let Some(i) = &args.net_interface {
+            bootlun_pxe::netlink::link_up(i).map_err(Usage)?;
+        }
+        return Ok(None);
+    };
+    let (addr, prefix) = parse_cidr(cidr).map_err(Usage)?;
+    let ifname = args
+        .net_interface
+        .clone()
+        .or_else(|| args.pxe.pxe_interface.clone())
+        .ok_or_else(|| {
+            Usage(format!(
+                "--net-address {cidr}: needs --net-interface (or --pxe-interface)"
+            ))
+        })?;
+    bootlun_pxe::netlink::link_up(&ifname).map_err(Usage)?;
+    let added = bootlun_pxe::netlink::add_ipv4(&ifname, addr, prefix).map_err(Runtime)?;
+    if added {
+        tracing::info!("added {addr}/{prefix} to {ifname}");
+        Ok(Some(NetGuard {
+            ifname,
+            addr,
+            prefix,
+        }))
+    } else {
+        tracing::info!("{ifname} already has {addr}/{prefix}");
+        Ok(None)
+    }
+}
+
+/// A `--lun` or `--boot-device` given by identity rather than path.
+pub(crate) fn is_device_id(spec: &str) -> bool {
+    ["UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=", "serial="]
+        .iter()
+        .any(|p| spec.starts_with(p))
+}
+
+/// The device part of a `--lun` value (without `,ro`).
+pub(crate) fn lun_device(spec: &str) -> &str {
+    spec.strip_suffix(",ro").unwrap_or(spec)
+}
+
+pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
+    use Failure::*;
+    let net = configure_net(&args)?;
+    let listen: SocketAddr = match (&args.listen, &args.pxe.pxe_interface) {
+        (Some(l), _) => l.parse().map_err(|_| {
+            Usage(format!(
+                "--listen {l}: expected ADDR:PORT, for example 0.0.0.0:3260"
+            ))
+        })?,
+        // A boot network gets the portal on its own address only.
+        (None, Some(i)) => {
+            let ifa = bootlun_pxe::iface::ipv4_of(i).map_err(Usage)?;
+            SocketAddr::from((ifa.addr, 3260))
+        }
+        (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
     let target_name = args
         .target_name
         .clone()
@@ -240,7 +450,18 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
 
     let mut luns = Vec::new();
     for (i, text) in args.lun.iter().enumerate() {
-        let spec = LunSpec::parse(text).map_err(Usage)?;
+        let mut spec = LunSpec::parse(text).map_err(Usage)?;
+        let dev = lun_device(text);
+        if is_device_id(dev) {
+            match bootlun_engine::blkid::resolve(dev) {
+                Ok(Some(p)) => {
+                    tracing::info!("LUN {i}: {dev} is {}", p.display());
+                    spec.kind = bootlun_engine::backend::LunKind::Path(p);
+                }
+                Ok(None) => return Err(Usage(format!("--lun {text}: no such device"))),
+                Err(e) => return Err(Usage(format!("--lun {text}: {e}"))),
+            }
+        }
         let backend = open_backend(&spec, i).map_err(Usage)?;
         tracing::info!(
             "LUN {i}: {} ({} bytes, {}-byte blocks{}{})",
@@ -326,29 +547,15 @@ fn run(args: ServeArgs) -> Result<(), Failure> {
         poll
     );
     tracing::info!("listening on {bound}");
-
-    wait_for_signal(signals);
-    tracing::info!("stopping: flushing LUNs");
-    let stats = engine.stats.clone();
-    engine.shutdown();
-    for line in stats.summary().lines() {
-        tracing::info!("{line}");
-    }
-    if let Some(p) = pxe {
-        p.stop();
-    }
-    let mut failed = false;
-    for b in &backends {
-        if let Err(e) = b.flush_blocking() {
-            tracing::error!("flush of {} failed: {e}", b.describe());
-            failed = true;
-        }
-    }
-    if failed {
-        return Err(Runtime("some LUNs could not be flushed".into()));
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Running {
+        engine,
+        pxe,
+        backends,
+        _net: net,
+        portal: bound,
+        target_name,
+        pxe_interface: args.pxe.pxe_interface.clone(),
+    })
 }
 
 /// The PXE sidecar threads inherit this thread's CPU mask: keep them off

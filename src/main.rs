@@ -3,6 +3,7 @@
 //! `bootlun-pxe`.
 
 mod cli;
+mod init;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

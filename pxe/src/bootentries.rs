@@ -431,29 +431,15 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
     &d[k..]
 }
 
-/// Resolve `--boot-device`: a device path, `UUID=…` or `LABEL=…` (also
-/// `PARTUUID=`/`PARTLABEL=`), through `/dev/disk/by-*`.
+/// Resolve `--boot-device`: a device path, `UUID=`, `LABEL=`,
+/// `PARTUUID=`, `PARTLABEL=` or `serial=`, through `/dev/disk/by-*` when
+/// udev made them, else by reading the disks' superblocks and partition
+/// tables (the boot ramdisk has no udev).
 pub fn resolve_device(spec: &str) -> Result<PathBuf, String> {
-    let by = |kind: &str, v: &str| -> Result<PathBuf, String> {
-        let p = Path::new("/dev/disk").join(kind).join(v);
-        fs::canonicalize(&p)
-            .map_err(|_| format!("--boot-device {spec}: {} does not exist", p.display()))
-    };
-    if let Some(v) = spec.strip_prefix("UUID=") {
-        by("by-uuid", v)
-    } else if let Some(v) = spec.strip_prefix("LABEL=") {
-        by("by-label", v)
-    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        by("by-partuuid", v)
-    } else if let Some(v) = spec.strip_prefix("PARTLABEL=") {
-        by("by-partlabel", v)
-    } else {
-        let p = PathBuf::from(spec);
-        if p.exists() {
-            Ok(p)
-        } else {
-            Err(format!("--boot-device {spec}: no such device"))
-        }
+    match bootlun_engine::blkid::resolve(spec) {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(format!("--boot-device {spec}: no such device")),
+        Err(e) => Err(format!("--boot-device {spec}: {e}")),
     }
 }
 

@@ -455,6 +455,14 @@ impl Server {
     /// Runs the bootlun binary with exactly `args` (e.g. starting with
     /// `serve`) and waits for its `listening on ADDR:PORT` line.
     pub fn bootlun<S: AsRef<str>>(args: &[S]) -> Server {
+        // Tests always listen on loopback; requiring it keeps other
+        // services' "listening on" lines from being taken for the target's.
+        Server::bootlun_on(args, |a| a.ip().is_loopback())
+    }
+
+    /// [`Server::bootlun`] for a portal whose address satisfies `portal`
+    /// (tests inside their own network namespace).
+    pub fn bootlun_on<S: AsRef<str>>(args: &[S], portal: impl Fn(&SocketAddr) -> bool) -> Server {
         let bin = bootlun_bin();
         let mut cmd = Command::new(&bin);
         cmd.args(args.iter().map(|a| a.as_ref()))
@@ -485,10 +493,8 @@ impl Server {
             tgt_control_port: None,
             _scratch: None,
         };
-        // Tests always listen on loopback; requiring it keeps other
-        // services' "listening on" lines from being taken for the target's.
         let line = server.log.wait_for(READY_TIMEOUT, |l| {
-            parse_listening_line(l).map_or(false, |a| a.ip().is_loopback())
+            parse_listening_line(l).is_some_and(|a| portal(&a))
         });
         match line {
             Some(line) => server.addr = parse_listening_line(&line).unwrap(),

@@ -15,7 +15,6 @@
 pub mod manifest;
 pub mod render;
 pub mod root;
-pub mod sha256;
 
 use manifest::{backup_path, Change, Manifest, Pending, BACKUP_DIR, MANIFEST, STATE_DIR};
 use render::Distro;
@@ -140,7 +139,7 @@ enum Source {
 impl Source {
     fn hash(&self) -> io::Result<String> {
         match self {
-            Source::Bytes(b) => Ok(sha256::hex(b)),
+            Source::Bytes(b) => Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b))),
             Source::File(p) => root::hash_path(p),
         }
     }

@@ -4,7 +4,7 @@
 //! `--root /mnt` with an absolute `/mnt/etc/os-release -> /usr/lib/...`
 //! link reads the tree's file and not this machine's.
 
-use super::sha256::Sha256;
+use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -248,7 +248,7 @@ pub fn hash_path(p: &Path) -> io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finish_hex())
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Fields of an os-release file: `KEY=value`, the value optionally in
