@@ -18,15 +18,14 @@
 //! (MaxConnections=1) and ErrorRecoveryLevel 0: any protocol violation
 //! gets a Reject and the connection is closed.
 
-use bootlun_engine::backend::IoBuf;
-use bootlun_engine::{BufId, Connection, Io, Prep};
+use bootlun_engine::{BufPool, Connection, Io, IoOps, Issued, PoolBuf};
 use hashbrown::HashMap;
-use io_uring::{opcode, types};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::discovery::{answer_text, TargetRecord};
 use super::negotiate::{Negotiator, SessionParams, SessionType, Stage};
@@ -53,7 +52,7 @@ const TAG_REINSTATE_TIMER: u32 = 7 << 28;
 /// Session reinstatement waits for the old connection in steps of
 /// `REINSTATE_POLL_MS`, at most this many.
 const REINSTATE_MAX_POLLS: u32 = 3000;
-const REINSTATE_POLL_MS: u32 = 10;
+const REINSTATE_POLL_MS: u64 = 10;
 
 const TAG_KIND: u32 = 0xf << 28;
 
@@ -154,8 +153,8 @@ struct Task {
     xfer: u32,
     /// Bytes finished on the medium.
     done: u32,
-    buf: Option<BufId>,
-    cmp_buf: Option<BufId>,
+    buf: Option<PoolBuf>,
+    cmp_buf: Option<PoolBuf>,
     chunk_start: u32,
     chunk_len: u32,
     chunk_got: u32,
@@ -219,9 +218,10 @@ pub struct Conn {
     cur: [u8; BHS_LEN],
     pdu_data: Vec<u8>,
     data_crc: u32,
-    /// Where the direct recv in flight writes (for the data digest), and
-    /// the task whose buffer that is: it is not freed until the recv ends.
-    direct_ptr: *mut u8,
+    /// Where in its task's buffer the direct recv in flight writes (for the
+    /// data digest), and the task whose buffer that is: it is not freed
+    /// until the recv ends.
+    direct_off: u32,
     direct_task: Option<u32>,
     /// Pool buffers this connection's tasks hold (bounded by `buf_limit`,
     /// so one connection cannot starve the reactor's others).
@@ -231,7 +231,6 @@ pub struct Conn {
     tx_fly: Vec<Tx>,
     iov: Vec<libc::iovec>,
     iov_pos: usize,
-    msg: libc::msghdr,
     tx_busy: bool,
     close_after_send: bool,
     // tasks
@@ -242,25 +241,18 @@ pub struct Conn {
     next_ttt: u32,
     scratch: Vec<u8>,
     notify: Vec<u32>,
-    /// Login deadline (the timeout SQE points here), whether its SQE is
-    /// in flight, and whether it was cancelled.
-    login_deadline: Box<types::Timespec>,
+    /// Whether the login timer is in flight, and whether it was cancelled.
     timer_armed: bool,
     timer_cancelled: bool,
     /// The final Login Response, held while an old session is reinstated.
     pending_login: Option<(LoginResponse, Vec<u8>)>,
-    reinstate_poll: Box<types::Timespec>,
     reinstate_timer_armed: bool,
     reinstate_polls: u32,
-    /// Base address of every pool buffer of this reactor, so the data
-    /// path does pointer arithmetic without going through the pool.
-    buf_ptrs: Vec<*mut u8>,
 }
 
 impl Conn {
     pub fn new(sh: Arc<TargetShared>, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
         let fd = stream.as_raw_fd();
-        let login_deadline = Box::new(types::Timespec::new().sec(sh.login_timeout_secs));
         let local = stream.local_addr().ok();
         let neg = Negotiator::new(sh.limits.clone());
         let id = sh.conn_id();
@@ -293,14 +285,13 @@ impl Conn {
             cur: [0; BHS_LEN],
             pdu_data: Vec::new(),
             data_crc: 0,
-            direct_ptr: std::ptr::null_mut(),
+            direct_off: 0,
             direct_task: None,
             bufs_held: 0,
             txq: VecDeque::with_capacity(256),
             tx_fly: Vec::with_capacity(SEND_BATCH),
             iov: Vec::with_capacity(SEND_BATCH * 3),
             iov_pos: 0,
-            msg: unsafe { std::mem::zeroed() },
             tx_busy: false,
             close_after_send: false,
             tasks: Vec::new(),
@@ -310,12 +301,9 @@ impl Conn {
             next_ttt: 1,
             scratch: Vec::with_capacity(4096),
             notify: Vec::with_capacity(SEND_BATCH),
-            buf_ptrs: Vec::new(),
-            login_deadline,
             timer_armed: false,
             timer_cancelled: false,
             pending_login: None,
-            reinstate_poll: Box::new(types::Timespec::new().nsec(REINSTATE_POLL_MS * 1_000_000)),
             reinstate_timer_armed: false,
             reinstate_polls: 0,
         }
@@ -336,7 +324,7 @@ impl Conn {
     /// nothing more is read and the connection closes once it is out.
     fn send_status(
         &mut self,
-        io: &mut Io<'_>,
+        io: &mut impl IoOps,
         data: TxData,
         close: bool,
         build: impl FnOnce(&mut [u8; BHS_LEN], Sn),
@@ -369,16 +357,16 @@ impl Conn {
                 self.reactor
             );
             self.closing = true;
-            unsafe {
-                libc::shutdown(self.fd, libc::SHUT_RDWR);
-            }
+            // Ends the receive and send in flight; the socket itself is
+            // closed when the connection is dropped.
+            let _ = self._stream.shutdown(std::net::Shutdown::Both);
             self.txq.clear();
         }
     }
 
     /// Reject the PDU in `cur` and close the connection once the Reject is
     /// out (ERL 0 has no way to resynchronise).
-    fn reject_and_close(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
+    fn reject_and_close(&mut self, io: &mut impl IoOps, reason: u8, why: &str) {
         tracing::warn!(
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
@@ -388,7 +376,7 @@ impl Conn {
     }
 
     /// Reject the PDU in `cur` and carry on.
-    fn reject(&mut self, io: &mut Io<'_>, reason: u8, why: &str) {
+    fn reject(&mut self, io: &mut impl IoOps, reason: u8, why: &str) {
         tracing::warn!(
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
@@ -400,7 +388,7 @@ impl Conn {
     // ------------------------------------------------------------------
     // Receive path
 
-    fn post_recv(&mut self, io: &mut Io<'_>) {
+    fn post_recv(&mut self, io: &mut impl IoOps) {
         if self.rx_busy || self.closing || self.close_after_send || self.txq.len() > TXQ_MAX {
             return;
         }
@@ -413,9 +401,12 @@ impl Conn {
             self.rx_start = 0;
         }
         let room = RX_CAP - self.rx_end;
-        let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_end) };
-        let e = opcode::Recv::new(types::Fd(self.fd), ptr, room as u32).build();
-        unsafe { io.push(e, TAG_RECV) };
+        let ptr = self.rx[self.rx_end..].as_mut_ptr();
+        // SAFETY: `rx` is a boxed slice owned by the connection and never
+        // reallocated; the reactor drops a connection only once nothing is
+        // in flight, and `rx_busy` keeps the rest of the code from
+        // touching `rx[rx_end..]` until the receive completes.
+        unsafe { io.recv(self.fd, ptr, room as u32, TAG_RECV) };
         self.rx_busy = true;
     }
 
@@ -434,7 +425,7 @@ impl Conn {
     }
 
     /// Consume whatever complete pieces sit in the staging buffer.
-    fn process_rx(&mut self, io: &mut Io<'_>) {
+    fn process_rx(&mut self, io: &mut impl IoOps) {
         while !self.closing && !self.close_after_send {
             match self.rx_state {
                 Rx::Header => {
@@ -498,10 +489,14 @@ impl Conn {
                             if self.dd {
                                 self.data_crc = crc32c::crc32c_append(self.data_crc, bytes);
                             }
-                            // SAFETY of the split borrow: `deliver` never
-                            // touches `rx`.
-                            let bytes = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), n) };
-                            self.deliver(io, sink, got, bytes);
+                            deliver(
+                                &self.tasks,
+                                &mut self.pdu_data,
+                                io.pool_mut(),
+                                sink,
+                                got,
+                                bytes,
+                            );
                             self.rx_start += n;
                         }
                         let got = got + n;
@@ -543,7 +538,7 @@ impl Conn {
 
     /// `got` bytes of the current data segment are in. If the rest can go
     /// straight into a task buffer, start that receive and return true.
-    fn data_progress(&mut self, io: &mut Io<'_>, got: usize) -> bool {
+    fn data_progress(&mut self, io: &mut impl IoOps, got: usize) -> bool {
         let Rx::Data {
             sink,
             total,
@@ -560,29 +555,33 @@ impl Conn {
             trailer,
         };
         if got < total {
-            if let Some((idx, ptr)) = self.direct_target(sink, got, total) {
-                self.recv_direct(io, idx, ptr, total - got);
+            if let Some((idx, off)) = self.direct_target(sink, got, total) {
+                self.recv_direct(io, idx, off, total - got);
                 return true;
             }
         }
         false
     }
 
-    /// Receive the next `len` bytes of the data segment straight into `ptr`
-    /// (a task's pool buffer).
-    fn recv_direct(&mut self, io: &mut Io<'_>, task: u32, ptr: *mut u8, len: usize) {
+    /// Receive the next `len` bytes of the data segment straight into task
+    /// `task`'s pool buffer at byte `off`.
+    fn recv_direct(&mut self, io: &mut impl IoOps, task: u32, off: u32, len: usize) {
+        let Some(buf) = self.tasks[task as usize]
+            .as_ref()
+            .and_then(|t| t.buf.as_ref())
+        else {
+            return;
+        };
+        io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
         self.direct_task = Some(task);
-        let e = opcode::Recv::new(types::Fd(self.fd), ptr, len as u32)
-            .flags(libc::MSG_WAITALL)
-            .build();
-        unsafe { io.push(e, TAG_RECV_DIRECT) };
-        self.direct_ptr = ptr;
+        self.direct_off = off;
         self.rx_busy = true;
     }
 
-    /// Where a direct recv of the rest of a data segment may land, if the
-    /// sink is a task buffer that covers all of it.
-    fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<(u32, *mut u8)> {
+    /// Where a direct recv of the rest of a data segment may land (task and
+    /// offset in its buffer), if the sink is a task buffer that covers all
+    /// of it.
+    fn direct_target(&mut self, sink: Sink, got: usize, total: usize) -> Option<(u32, u32)> {
         if total - got < DIRECT_MIN {
             return None;
         }
@@ -595,53 +594,8 @@ impl Conn {
         if start < t.chunk_start as u64 || end > (t.chunk_start + t.chunk_len) as u64 {
             return None;
         }
-        t.buf?;
-        Some((idx, unsafe { self.buf_ptr_for(idx, start as u32) }))
-    }
-
-    /// Pointer into task `idx`'s buffer for data byte `off` of the command
-    /// (which must lie in the current chunk).
-    unsafe fn buf_ptr_for(&self, idx: u32, off: u32) -> *mut u8 {
-        let t = self.tasks[idx as usize].as_ref().unwrap();
-        let base = self.buf_base(t.buf.unwrap());
-        base.add((off - t.chunk_start) as usize)
-    }
-
-    /// Start of pool buffer `id` (cached from the pool, see `buf_ptrs`).
-    fn buf_base(&self, id: BufId) -> *mut u8 {
-        self.buf_ptrs[id as usize]
-    }
-
-    /// Store received data bytes `[at, at+len)` of the current PDU.
-    fn deliver(&mut self, _io: &mut Io<'_>, sink: Sink, at: usize, bytes: &[u8]) {
-        match sink {
-            Sink::Discard => {}
-            Sink::Vec => self.pdu_data.extend_from_slice(bytes),
-            Sink::Task { idx, off } => {
-                let Some(Some(t)) = self.tasks.get(idx as usize) else {
-                    return;
-                };
-                let Some(buf) = t.buf else { return };
-                // Clip to the current chunk window.
-                let start = off as u64 + at as u64;
-                let end = start + bytes.len() as u64;
-                let ws = t.chunk_start as u64;
-                let we = ws + t.chunk_len as u64;
-                let s = start.max(ws);
-                let e = end.min(we);
-                if s >= e {
-                    return;
-                }
-                let base = self.buf_base(buf);
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr().add((s - start) as usize),
-                        base.add((s - ws) as usize),
-                        (e - s) as usize,
-                    );
-                }
-            }
-        }
+        t.buf.as_ref()?;
+        Some((idx, start as u32 - t.chunk_start))
     }
 
     // ------------------------------------------------------------------
@@ -650,7 +604,7 @@ impl Conn {
     /// A header has been received: decide where its data goes. SCSI
     /// Command and Data-Out are acted on here so their data can land in
     /// the task's buffer.
-    fn on_header(&mut self, io: &mut Io<'_>, dsl: usize) -> Sink {
+    fn on_header(&mut self, io: &mut impl IoOps, dsl: usize) -> Sink {
         let cur = self.cur;
         let bhs = Bhs::parse(&cur).unwrap();
         let op = bhs.opcode();
@@ -670,7 +624,7 @@ impl Conn {
     }
 
     /// A whole PDU (header and data) has been received.
-    fn on_pdu(&mut self, io: &mut Io<'_>, sink: Sink) {
+    fn on_pdu(&mut self, io: &mut impl IoOps, sink: Sink) {
         let cur = self.cur;
         let bhs = Bhs::parse(&cur).unwrap();
         match bhs.opcode() {
@@ -731,7 +685,7 @@ impl Conn {
     // ------------------------------------------------------------------
     // Login
 
-    fn on_login(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+    fn on_login(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>) {
         let Some(req) = LoginRequest::new(bhs) else {
             return;
         };
@@ -832,7 +786,7 @@ impl Conn {
     /// reinstates it (RFC 7143 6.3.5): the old connection is shut down and
     /// the response waits until it has drained its I/O, so no command of
     /// the old session can land after one of the new.
-    fn finish_login(&mut self, io: &mut Io<'_>) {
+    fn finish_login(&mut self, io: &mut impl IoOps) {
         if self.params.session_type == SessionType::Normal {
             match self
                 .sh
@@ -857,8 +811,10 @@ impl Conn {
                             "previous session did not end",
                         );
                     }
-                    let ts: *const types::Timespec = &*self.reinstate_poll;
-                    unsafe { io.push(opcode::Timeout::new(ts).build(), TAG_REINSTATE_TIMER) };
+                    io.timeout(
+                        Duration::from_millis(REINSTATE_POLL_MS),
+                        TAG_REINSTATE_TIMER,
+                    );
                     self.reinstate_timer_armed = true;
                     return;
                 }
@@ -893,7 +849,13 @@ impl Conn {
         self.post_recv(io);
     }
 
-    fn login_fail(&mut self, io: &mut Io<'_>, mut resp: LoginResponse, st: (u8, u8), why: &str) {
+    fn login_fail(
+        &mut self,
+        io: &mut impl IoOps,
+        mut resp: LoginResponse,
+        st: (u8, u8),
+        why: &str,
+    ) {
         tracing::warn!(
             "connection {}: login failed: {why} (status {:02x}{:02x})",
             self.peer,
@@ -911,7 +873,7 @@ impl Conn {
     // ------------------------------------------------------------------
     // Text, NOP, Logout
 
-    fn on_text(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+    fn on_text(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>) {
         let Some(req) = TextRequest::new(bhs) else {
             return;
         };
@@ -963,7 +925,7 @@ impl Conn {
         });
     }
 
-    fn on_nop_out(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+    fn on_nop_out(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>) {
         let Some(nop) = NopOut::new(bhs) else { return };
         if !self.accept_cmd_sn(nop.cmd_sn(), bhs.immediate()) {
             return;
@@ -985,7 +947,7 @@ impl Conn {
         });
     }
 
-    fn on_logout(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+    fn on_logout(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>) {
         let Some(req) = LogoutRequest::new(bhs) else {
             return;
         };
@@ -1006,7 +968,7 @@ impl Conn {
     // ------------------------------------------------------------------
     // Task management
 
-    fn on_tmf(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>) {
+    fn on_tmf(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>) {
         let Some(req) = TaskMgmtRequest::new(bhs) else {
             return;
         };
@@ -1051,7 +1013,7 @@ impl Conn {
         });
     }
 
-    fn abort_where(&mut self, io: &mut Io<'_>, f: impl Fn(&Task) -> bool) {
+    fn abort_where(&mut self, io: &mut impl IoOps, f: impl Fn(&Task) -> bool) {
         let idxs: Vec<u32> = self
             .by_itt
             .values()
@@ -1065,7 +1027,7 @@ impl Conn {
 
     /// Forget a task: no status will be sent for it. Its buffers return
     /// once its I/O and queued sends have drained.
-    fn abort_task(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn abort_task(&mut self, io: &mut impl IoOps, idx: u32) {
         let Some(t) = self.tasks[idx as usize].as_mut() else {
             return;
         };
@@ -1080,7 +1042,7 @@ impl Conn {
     // ------------------------------------------------------------------
     // SCSI commands
 
-    fn on_scsi_command(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, dsl: usize) -> Sink {
+    fn on_scsi_command(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>, dsl: usize) -> Sink {
         let cmd = ScsiCommand::new(bhs).unwrap();
         if !self.accept_cmd_sn(cmd.cmd_sn(), bhs.immediate()) {
             return Sink::Discard;
@@ -1203,7 +1165,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     fn start_data_out_task(
         &mut self,
-        io: &mut Io<'_>,
+        io: &mut impl IoOps,
         bhs: Bhs<'_>,
         kind: Kind,
         lba: u64,
@@ -1235,7 +1197,7 @@ impl Conn {
         if !self.can_take(io, kind.buffers()) {
             if unsol_limit > 0 {
                 // Data is on its way and there is nowhere to put it.
-                io.stats.buffer_waits.fetch_add(1, Relaxed);
+                io.stats().buffer_waits.fetch_add(1, Relaxed);
                 self.drop_task(io, idx);
                 self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
                 return Sink::Discard;
@@ -1253,7 +1215,7 @@ impl Conn {
     }
 
     /// A write or verify task got its buffers: ask for the data.
-    fn start_data_out(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn start_data_out(&mut self, io: &mut impl IoOps, idx: u32) {
         self.take_buffers(io, idx);
         let t = self.tasks[idx as usize].as_mut().unwrap();
         t.unsol_end = t.unsol_limit.min(t.xfer).min(t.chunk_len);
@@ -1264,25 +1226,25 @@ impl Conn {
 
     /// Most buffers one connection may hold: a quarter of the reactor's
     /// pool, and at least four.
-    fn buf_limit(io: &Io<'_>) -> usize {
-        (io.pool.count() / 4).max(4)
+    fn buf_limit(io: &impl IoOps) -> usize {
+        (io.pool().count() / 4).max(4)
     }
 
-    fn can_take(&self, io: &Io<'_>, n: usize) -> bool {
-        io.pool.available() >= n && self.bufs_held + n <= Self::buf_limit(io)
+    fn can_take(&self, io: &impl IoOps, n: usize) -> bool {
+        io.pool().available() >= n && self.bufs_held + n <= Self::buf_limit(io)
     }
 
     /// Queue task `idx` until a buffer can be had.
-    fn park_for_buffer(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn park_for_buffer(&mut self, io: &mut impl IoOps, idx: u32) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
         if !t.waiting_buf {
             t.waiting_buf = true;
-            io.stats.buffer_waits.fetch_add(1, Relaxed);
+            io.stats().buffer_waits.fetch_add(1, Relaxed);
             self.buf_waiters.push_back(idx);
         }
         // Buffers held by other connections: hear when they come back.
         // (Our own come back through `maybe_free`.)
-        if io.pool.available() < 2 {
+        if io.pool().available() < 2 {
             io.wait_for_buffers();
         }
     }
@@ -1345,13 +1307,12 @@ impl Conn {
         idx
     }
 
-    fn take_buffers(&mut self, io: &mut Io<'_>, idx: u32) {
-        self.buf_ptrs_ensure(io);
-        let buf_size = io.pool.buf_size() as u32;
+    fn take_buffers(&mut self, io: &mut impl IoOps, idx: u32) {
+        let buf_size = io.pool().buf_size() as u32;
         let t = self.tasks[idx as usize].as_mut().unwrap();
-        t.buf = io.pool.alloc();
+        t.buf = io.pool_mut().alloc();
         if t.kind == Kind::VerifyCompare {
-            t.cmp_buf = io.pool.alloc();
+            t.cmp_buf = io.pool_mut().alloc();
         }
         self.bufs_held += t.buf.is_some() as usize + t.cmp_buf.is_some() as usize;
         let chunk_max = buf_size - buf_size % t.bs;
@@ -1362,7 +1323,7 @@ impl Conn {
 
     /// Move a read or flush task forward: get a buffer, start the next
     /// medium operation.
-    fn run_task(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn run_task(&mut self, io: &mut impl IoOps, idx: u32) {
         let Some(t) = self.tasks[idx as usize].as_mut() else {
             return;
         };
@@ -1372,10 +1333,10 @@ impl Conn {
         // The backend is borrowed, not cloned: an Arc clone per I/O would
         // bounce one refcount cache line between every reactor.
         let lun = t.lun;
-        let prep = match t.kind {
+        let issued = match t.kind {
             Kind::Flush => {
                 t.io_busy = true;
-                self.sh.luns[lun].backend.prep_flush()
+                io.disk_flush(&*self.sh.luns[lun].backend, TAG_DISK | idx)
             }
             Kind::Read => {
                 if t.buf.is_none() {
@@ -1384,7 +1345,7 @@ impl Conn {
                     }
                     self.take_buffers(io, idx);
                 }
-                let buf_size = io.pool.buf_size() as u32;
+                let buf_size = io.pool().buf_size() as u32;
                 let t = self.tasks[idx as usize].as_mut().unwrap();
                 t.waiting_buf = false;
                 let chunk_max = buf_size - buf_size % t.bs;
@@ -1393,17 +1354,16 @@ impl Conn {
                 // The medium is read in whole blocks even when the
                 // initiator asked for less (overflow).
                 let disk_len = t.chunk_len.div_ceil(t.bs) * t.bs;
-                let b = t.buf.unwrap();
-                let iob = IoBuf {
-                    ptr: self.buf_ptrs[b as usize],
-                    len: disk_len,
-                    index: self.fixed_index(io, b),
-                };
-                let t = self.tasks[idx as usize].as_mut().unwrap();
                 t.io_busy = true;
-                self.sh.luns[lun]
-                    .backend
-                    .prep_read(iob, t.lba * t.bs as u64 + t.chunk_start as u64)
+                let Some(b) = t.buf.as_ref() else { return };
+                let offset = t.lba * t.bs as u64 + t.chunk_start as u64;
+                io.disk_read(
+                    &*self.sh.luns[lun].backend,
+                    b,
+                    disk_len,
+                    offset,
+                    TAG_DISK | idx,
+                )
             }
             Kind::Write | Kind::VerifyCompare => {
                 if t.buf.is_none() {
@@ -1417,24 +1377,19 @@ impl Conn {
                 return;
             }
         };
-        self.submit_disk(io, idx, prep);
+        self.disk_issued(io, idx, issued);
     }
 
-    fn fixed_index(&self, io: &Io<'_>, b: BufId) -> Option<u16> {
-        io.pool.registered().then_some(b)
-    }
-
-    fn submit_disk(&mut self, io: &mut Io<'_>, idx: u32, prep: Prep) {
-        match prep {
-            Prep::Submit(e) => unsafe { io.push(e, TAG_DISK | idx) },
-            Prep::Done(res) => self.disk_done(io, idx, res),
+    fn disk_issued(&mut self, io: &mut impl IoOps, idx: u32, issued: Issued) {
+        if let Issued::Done(res) = issued {
+            self.disk_done(io, idx, res);
         }
     }
 
     /// Data bytes `[off, off+n)` of task `idx` have been stored.
     fn data_arrived(
         &mut self,
-        io: &mut Io<'_>,
+        io: &mut impl IoOps,
         idx: u32,
         off: u32,
         n: u32,
@@ -1467,7 +1422,7 @@ impl Conn {
     }
 
     /// The current chunk of a write or verify has all its data.
-    fn chunk_received(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn chunk_received(&mut self, io: &mut impl IoOps, idx: u32) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
         // Only whole blocks reach the medium (an overflowing EDTL can end
         // mid-block).
@@ -1475,26 +1430,22 @@ impl Conn {
         if len == 0 {
             return self.next_chunk(io, idx);
         }
-        let b = match t.kind {
-            Kind::VerifyCompare => t.cmp_buf.unwrap(),
-            _ => t.buf.unwrap(),
-        };
         let (lun, fua, write) = (t.lun, t.fua, t.kind == Kind::Write);
         let off = t.lba * t.bs as u64 + t.chunk_start as u64;
         t.io_busy = true;
-        let iob = IoBuf {
-            ptr: self.buf_ptrs[b as usize],
-            len,
-            index: self.fixed_index(io, b),
+        let b = match t.kind {
+            Kind::VerifyCompare => t.cmp_buf.as_ref(),
+            _ => t.buf.as_ref(),
         };
-        let backend = &self.sh.luns[lun].backend;
-        let prep = if write {
-            io.stats.write_ops.fetch_add(1, Relaxed);
-            backend.prep_write(iob, off, fua)
+        let Some(b) = b else { return };
+        let backend = &*self.sh.luns[lun].backend;
+        let issued = if write {
+            io.stats().write_ops.fetch_add(1, Relaxed);
+            io.disk_write(backend, b, len, off, fua, TAG_DISK | idx)
         } else {
-            backend.prep_read(iob, off)
+            io.disk_read(backend, b, len, off, TAG_DISK | idx)
         };
-        self.submit_disk(io, idx, prep);
+        self.disk_issued(io, idx, issued);
     }
 
     /// Send the next R2T of a write if none is outstanding
@@ -1538,7 +1489,7 @@ impl Conn {
         self.queue(hdr, TxData::None, NO_TASK, false, false);
     }
 
-    fn on_data_out_header(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, dsl: usize) -> Sink {
+    fn on_data_out_header(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>, dsl: usize) -> Sink {
         let d = DataOut::new(bhs).unwrap();
         let Some(&idx) = self.by_itt.get(&bhs.itt()) else {
             // Data for a task that was aborted or already answered.
@@ -1616,7 +1567,7 @@ impl Conn {
     }
 
     /// A medium operation of task `idx` finished with `res`.
-    fn disk_done(&mut self, io: &mut Io<'_>, idx: u32, res: i32) {
+    fn disk_done(&mut self, io: &mut impl IoOps, idx: u32, res: i32) {
         let Some(t) = self.tasks[idx as usize].as_mut() else {
             return;
         };
@@ -1641,18 +1592,11 @@ impl Conn {
                 }
                 if (res as u32) < t.chunk_len {
                     // Short read past the end of a shrinking file: zeros.
-                    let b = t.buf.unwrap();
-                    let ptr = self.buf_ptrs[b as usize];
-                    let t = self.tasks[idx as usize].as_ref().unwrap();
-                    unsafe {
-                        std::ptr::write_bytes(
-                            ptr.add(res as usize),
-                            0,
-                            (t.chunk_len - res as u32) as usize,
-                        )
-                    };
+                    if let Some(b) = t.buf.as_ref() {
+                        io.pool_mut().slice_mut(b, t.chunk_len as usize)[res as usize..].fill(0);
+                    }
                 }
-                io.stats.read_ops.fetch_add(1, Relaxed);
+                io.stats().read_ops.fetch_add(1, Relaxed);
                 self.queue_data_in(io, idx);
             }
             Kind::Write => {
@@ -1660,27 +1604,21 @@ impl Conn {
                     tracing::warn!("write failed: {res}");
                     return self.finish_check(io, idx, Sense::write_error());
                 }
-                io.stats.write_bytes.fetch_add(t.chunk_len as u64, Relaxed);
+                io.stats()
+                    .write_bytes
+                    .fetch_add(t.chunk_len as u64, Relaxed);
                 self.next_chunk(io, idx);
             }
             Kind::VerifyCompare => {
                 if res < 0 {
                     return self.finish_check(io, idx, Sense::read_error());
                 }
-                let (a, b, len) = (
-                    t.buf.unwrap(),
-                    t.cmp_buf.unwrap(),
-                    (t.chunk_len - t.chunk_len % t.bs) as usize,
-                );
-                let (pa, pb) = (self.buf_ptrs[a as usize], self.buf_ptrs[b as usize]);
-                let (sa, sb) = unsafe {
-                    (
-                        std::slice::from_raw_parts(pa, len),
-                        std::slice::from_raw_parts(pb, len),
-                    )
+                let len = (t.chunk_len - t.chunk_len % t.bs) as usize;
+                let (Some(a), Some(b)) = (t.buf.as_ref(), t.cmp_buf.as_ref()) else {
+                    return self.finish_check(io, idx, Sense::read_error());
                 };
+                let (sa, sb) = io.pool().pair(a, b, len);
                 if let Some(pos) = sa.iter().zip(sb).position(|(x, y)| x != y) {
-                    let t = self.tasks[idx as usize].as_ref().unwrap();
                     let at = t.chunk_start as u64 + pos as u64;
                     return self.finish_check(io, idx, Sense::miscompare(at));
                 }
@@ -1690,8 +1628,8 @@ impl Conn {
     }
 
     /// After a write or verify chunk: the next chunk, or the status.
-    fn next_chunk(&mut self, io: &mut Io<'_>, idx: u32) {
-        let buf_size = io.pool.buf_size() as u32;
+    fn next_chunk(&mut self, io: &mut impl IoOps, idx: u32) {
+        let buf_size = io.pool().buf_size() as u32;
         let t = self.tasks[idx as usize].as_mut().unwrap();
         t.done += t.chunk_len;
         if t.done >= t.xfer {
@@ -1706,15 +1644,16 @@ impl Conn {
     }
 
     /// Queue the Data-In PDUs of the chunk just read.
-    fn queue_data_in(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn queue_data_in(&mut self, io: &mut impl IoOps, idx: u32) {
         let mrdsl = self.params.initiator_max_recv_dsl.max(512);
         let max_burst = self.params.max_burst_length.max(512);
         let t = self.tasks[idx as usize].as_ref().unwrap();
-        let base = self.buf_ptrs[t.buf.unwrap() as usize];
+        let Some(buf) = t.buf.as_ref() else { return };
+        let base = io.pool().ptr(buf);
         let (itt, lun_raw, start, len) = (t.itt, t.lun_raw, t.chunk_start, t.chunk_len);
         let last_chunk = start + len >= t.xfer;
         let residual = Residual::of(t.edtl, t.wanted);
-        io.stats.read_bytes.fetch_add(len as u64, Relaxed);
+        io.stats().read_bytes.fetch_add(len as u64, Relaxed);
         let mut pos = 0u32;
         while pos < len {
             let n = (len - pos).min(mrdsl);
@@ -1748,7 +1687,7 @@ impl Conn {
                 sn,
             );
             let data = TxData::Buf {
-                ptr: unsafe { base.add(pos as usize) },
+                ptr: base.wrapping_add(pos as usize),
                 len: n,
             };
             self.queue(hdr, data, idx, end_of_data, false);
@@ -1765,7 +1704,7 @@ impl Conn {
     }
 
     /// A send of task `idx`'s data finished: read the next chunk.
-    fn chunk_sent(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn chunk_sent(&mut self, io: &mut impl IoOps, idx: u32) {
         let Some(t) = self.tasks[idx as usize].as_ref() else {
             return;
         };
@@ -1776,7 +1715,7 @@ impl Conn {
         }
     }
 
-    fn finish_good(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn finish_good(&mut self, io: &mut impl IoOps, idx: u32) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
         let (itt, residual) = (t.itt, Residual::of(t.edtl, t.wanted));
         let exp_data_sn = t.data_sn;
@@ -1786,7 +1725,7 @@ impl Conn {
         self.maybe_free(io, idx);
     }
 
-    fn finish_check(&mut self, io: &mut Io<'_>, idx: u32, sense: Sense) {
+    fn finish_check(&mut self, io: &mut impl IoOps, idx: u32, sense: Sense) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
         let itt = t.itt;
         t.finished = true;
@@ -1796,7 +1735,7 @@ impl Conn {
     }
 
     /// Remove a task that never started.
-    fn drop_task(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn drop_task(&mut self, io: &mut impl IoOps, idx: u32) {
         let t = self.tasks[idx as usize].as_mut().unwrap();
         t.finished = true;
         let itt = t.itt;
@@ -1805,7 +1744,7 @@ impl Conn {
     }
 
     /// Give a finished task's buffers back once nothing refers to them.
-    fn maybe_free(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn maybe_free(&mut self, io: &mut impl IoOps, idx: u32) {
         let Some(t) = self.tasks[idx as usize].as_ref() else {
             return;
         };
@@ -1819,7 +1758,7 @@ impl Conn {
 
     /// Start reads that were waiting for a pool buffer, while there are
     /// buffers.
-    fn run_buffer_waiters(&mut self, io: &mut Io<'_>) {
+    fn run_buffer_waiters(&mut self, io: &mut impl IoOps) {
         // Each waiter is tried once: one that still cannot get a buffer
         // goes back to the end of the queue.
         for _ in 0..self.buf_waiters.len() {
@@ -1841,7 +1780,7 @@ impl Conn {
 
     fn respond_status(
         &mut self,
-        io: &mut Io<'_>,
+        io: &mut impl IoOps,
         itt: u32,
         status: Status,
         residual: Residual,
@@ -1852,7 +1791,7 @@ impl Conn {
         });
     }
 
-    fn respond_check(&mut self, io: &mut Io<'_>, itt: u32, sense: Sense, residual: Residual) {
+    fn respond_check(&mut self, io: &mut impl IoOps, itt: u32, sense: Sense, residual: Residual) {
         let fixed = sense.fixed();
         let mut data = Vec::with_capacity(2 + fixed.len());
         data.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
@@ -1864,7 +1803,7 @@ impl Conn {
     }
 
     /// GOOD status with Data-In from the emulation (INQUIRY and friends).
-    fn respond_data(&mut self, io: &mut Io<'_>, bhs: Bhs<'_>, data: &[u8]) {
+    fn respond_data(&mut self, io: &mut impl IoOps, bhs: Bhs<'_>, data: &[u8]) {
         let cmd = ScsiCommand(bhs);
         let edtl = cmd.expected_len();
         let itt = bhs.itt();
@@ -1930,6 +1869,8 @@ impl Conn {
         let payload: &[u8] = match &data {
             TxData::None => &[],
             TxData::Owned(v) => v,
+            // SAFETY: `ptr..ptr+len` lies in a pool buffer of the task
+            // this PDU belongs to, held until the PDU is sent.
             TxData::Buf { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len as usize) },
         };
         let pad = pad_len(payload.len());
@@ -1952,7 +1893,7 @@ impl Conn {
         });
     }
 
-    fn flush_tx(&mut self, io: &mut Io<'_>) {
+    fn flush_tx(&mut self, io: &mut impl IoOps) {
         if self.tx_busy || self.txq.is_empty() || self.closing {
             return;
         }
@@ -1997,18 +1938,15 @@ impl Conn {
         self.submit_send(io);
     }
 
-    fn submit_send(&mut self, io: &mut Io<'_>) {
-        self.msg = unsafe { std::mem::zeroed() };
-        self.msg.msg_iov = unsafe { self.iov.as_mut_ptr().add(self.iov_pos) };
-        self.msg.msg_iovlen = self.iov.len() - self.iov_pos;
-        let e = opcode::SendMsg::new(types::Fd(self.fd), &self.msg as *const _)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build();
-        unsafe { io.push(e, TAG_SEND) };
+    fn submit_send(&mut self, io: &mut impl IoOps) {
+        // SAFETY: the iovecs point into `tx_fly` (headers, trailers and
+        // owned data, which stay put until `send_done` drains it) and into
+        // pool buffers of tasks whose `sends` count keeps them alive.
+        unsafe { io.send(self.fd, &self.iov[self.iov_pos..], TAG_SEND) };
         self.tx_busy = true;
     }
 
-    fn send_done(&mut self, io: &mut Io<'_>, res: i32) {
+    fn send_done(&mut self, io: &mut impl IoOps, res: i32) {
         self.tx_busy = false;
         if res < 0 {
             self.close(&format!(
@@ -2024,7 +1962,7 @@ impl Conn {
                     n -= v.iov_len;
                     self.iov_pos += 1;
                 } else {
-                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut _;
+                    v.iov_base = (v.iov_base as *mut u8).wrapping_add(n) as *mut _;
                     v.iov_len -= n;
                     n = 0;
                 }
@@ -2062,14 +2000,13 @@ impl Conn {
     }
 
     /// Release everything once closed and idle.
-    fn reap(&mut self, io: &mut Io<'_>) {
+    fn reap(&mut self, io: &mut impl IoOps) {
         if !self.closing {
             return;
         }
         if self.timer_armed && !self.timer_cancelled {
             self.timer_cancelled = true;
-            let target = io.user_data(TAG_LOGIN_TIMER);
-            unsafe { io.push(opcode::AsyncCancel::new(target).build(), TAG_CANCEL) };
+            io.cancel_timeout(TAG_LOGIN_TIMER, TAG_CANCEL);
         }
         if self.tx_busy {
             return;
@@ -2087,10 +2024,10 @@ impl Conn {
     }
 
     /// Drop task `idx` and give its buffers back to the pool.
-    fn release_task(&mut self, io: &mut Io<'_>, idx: u32) {
+    fn release_task(&mut self, io: &mut impl IoOps, idx: u32) {
         if let Some(t) = self.tasks[idx as usize].take() {
             for b in [t.buf, t.cmp_buf].into_iter().flatten() {
-                io.pool.release(b);
+                io.pool_mut().release(b);
                 self.bufs_held -= 1;
             }
             self.free_tasks.push(idx);
@@ -2098,17 +2035,20 @@ impl Conn {
     }
 }
 
-impl Connection for Conn {
-    fn start(&mut self, io: &mut Io<'_>) {
-        self.buf_ptrs_ensure(io);
+/// The engine's entry points, generic over [`IoOps`] so tests can drive a
+/// connection without a reactor.
+impl Conn {
+    pub fn on_start(&mut self, io: &mut impl IoOps) {
         // A peer that connects and never logs in is dropped.
-        let ts: *const types::Timespec = &*self.login_deadline;
-        unsafe { io.push(opcode::Timeout::new(ts).build(), TAG_LOGIN_TIMER) };
+        io.timeout(
+            Duration::from_secs(self.sh.login_timeout_secs),
+            TAG_LOGIN_TIMER,
+        );
         self.timer_armed = true;
         self.post_recv(io);
     }
 
-    fn complete(&mut self, io: &mut Io<'_>, tag: u32, res: i32) {
+    pub fn on_complete(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
         match tag & TAG_KIND {
             TAG_RECV => {
                 self.rx_busy = false;
@@ -2135,13 +2075,18 @@ impl Connection for Conn {
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
                 } else if let Rx::Data { got, .. } = self.rx_state {
+                    let (off, n) = (self.direct_off as usize, res as usize);
                     if self.dd {
-                        // SAFETY: the kernel just wrote `res` bytes there.
-                        let b =
-                            unsafe { std::slice::from_raw_parts(self.direct_ptr, res as usize) };
-                        self.data_crc = crc32c::crc32c_append(self.data_crc, b);
+                        let buf = target_task
+                            .and_then(|t| self.tasks.get(t as usize))
+                            .and_then(|t| t.as_ref())
+                            .and_then(|t| t.buf.as_ref());
+                        if let Some(buf) = buf {
+                            let b = &io.pool().slice(buf, off + n)[off..];
+                            self.data_crc = crc32c::crc32c_append(self.data_crc, b);
+                        }
                     }
-                    self.direct_ptr = unsafe { self.direct_ptr.add(res as usize) };
+                    self.direct_off += res as u32;
                     if self.data_progress(io, got + res as usize) {
                         return;
                     }
@@ -2189,7 +2134,7 @@ impl Connection for Conn {
         self.reap(io);
     }
 
-    fn finished(&self) -> bool {
+    pub fn is_finished(&self) -> bool {
         self.closing
             && !self.tx_busy
             && !self.rx_busy
@@ -2198,15 +2143,33 @@ impl Connection for Conn {
             && self.tasks.iter().all(|t| t.is_none())
     }
 
-    fn buffers_available(&mut self, io: &mut Io<'_>) {
+    pub fn on_buffers_available(&mut self, io: &mut impl IoOps) {
         if !self.closing {
             self.run_buffer_waiters(io);
         }
     }
 
-    fn shutdown(&mut self, io: &mut Io<'_>) {
+    pub fn on_shutdown(&mut self, io: &mut impl IoOps) {
         self.close("target shutting down");
         self.reap(io);
+    }
+}
+
+impl Connection for Conn {
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.on_start(io);
+    }
+    fn complete(&mut self, io: &mut Io<'_>, tag: u32, res: i32) {
+        self.on_complete(io, tag, res);
+    }
+    fn finished(&self) -> bool {
+        self.is_finished()
+    }
+    fn buffers_available(&mut self, io: &mut Io<'_>) {
+        self.on_buffers_available(io);
+    }
+    fn shutdown(&mut self, io: &mut Io<'_>) {
+        self.on_shutdown(io);
     }
 }
 
@@ -2223,14 +2186,38 @@ impl Drop for Conn {
     }
 }
 
-// Buffer base pointers, cached from the pool so the hot path needs no
-// access to the pool for address arithmetic.
-impl Conn {
-    fn buf_ptrs_ensure(&mut self, io: &mut Io<'_>) {
-        if self.buf_ptrs.len() != io.pool.count() {
-            self.buf_ptrs = (0..io.pool.count())
-                .map(|i| io.pool.ptr(i as BufId))
-                .collect();
+/// Store received data bytes `[at, at+len)` of the current PDU where `sink`
+/// says. A free function so the bytes can be borrowed from the
+/// connection's staging buffer while the task table is read.
+fn deliver(
+    tasks: &[Option<Task>],
+    pdu_data: &mut Vec<u8>,
+    pool: &mut BufPool,
+    sink: Sink,
+    at: usize,
+    bytes: &[u8],
+) {
+    match sink {
+        Sink::Discard => {}
+        Sink::Vec => pdu_data.extend_from_slice(bytes),
+        Sink::Task { idx, off } => {
+            let Some(Some(t)) = tasks.get(idx as usize) else {
+                return;
+            };
+            let Some(buf) = t.buf.as_ref() else { return };
+            // Clip to the current chunk window.
+            let start = off as u64 + at as u64;
+            let end = start + bytes.len() as u64;
+            let ws = t.chunk_start as u64;
+            let we = ws + t.chunk_len as u64;
+            let s = start.max(ws);
+            let e = end.min(we);
+            if s >= e {
+                return;
+            }
+            let dst = pool.slice_mut(buf, t.chunk_len as usize);
+            dst[(s - ws) as usize..(e - ws) as usize]
+                .copy_from_slice(&bytes[(s - start) as usize..(e - start) as usize]);
         }
     }
 }
