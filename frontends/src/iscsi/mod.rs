@@ -12,7 +12,9 @@
 pub mod conn;
 pub mod discovery;
 pub mod negotiate;
+pub mod session;
 pub mod target;
+pub mod task;
 pub mod wire;
 
 pub use target::{IscsiService, Lun, TargetShared};

@@ -38,6 +38,7 @@ pub mod text;
 
 pub use text::{format_key, parse_text, TextError};
 
+use super::wire::{login_stage, login_status};
 use chap::ChapAlgorithm;
 use std::collections::HashSet;
 use text::{bool_text, decode_binary, encode_hex, parse_bool, parse_list, parse_number_in};
@@ -101,9 +102,21 @@ pub enum SessionType {
 /// Login stages (CSG / NSG field values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    Security = 0,
-    Operational = 1,
-    FullFeature = 3,
+    Security = login_stage::SECURITY as isize,
+    Operational = login_stage::OPERATIONAL as isize,
+    FullFeature = login_stage::FULL_FEATURE as isize,
+}
+
+impl Stage {
+    /// A CSG or NSG field; `None` for the reserved value 2.
+    pub fn from_wire(v: u8) -> Option<Stage> {
+        match v {
+            login_stage::SECURITY => Some(Stage::Security),
+            login_stage::OPERATIONAL => Some(Stage::Operational),
+            login_stage::FULL_FEATURE => Some(Stage::FullFeature),
+            _ => None,
+        }
+    }
 }
 
 /// Operational parameters in force after login. Starts at RFC 7143 defaults.
@@ -180,12 +193,12 @@ impl LoginFailure {
     /// (status class, status detail) for the Login Response.
     pub fn status(self) -> (u8, u8) {
         match self {
-            LoginFailure::InitiatorError => (2, 0x00),
-            LoginFailure::AuthFailed => (2, 0x01),
-            LoginFailure::TargetNotFound => (2, 0x03),
-            LoginFailure::MissingParameter => (2, 0x07),
-            LoginFailure::SessionTypeUnsupported => (2, 0x09),
-            LoginFailure::TargetError => (3, 0x00),
+            LoginFailure::InitiatorError => login_status::INITIATOR_ERROR,
+            LoginFailure::AuthFailed => login_status::AUTH_FAILED,
+            LoginFailure::TargetNotFound => login_status::TARGET_NOT_FOUND,
+            LoginFailure::MissingParameter => login_status::MISSING_PARAMETER,
+            LoginFailure::SessionTypeUnsupported => login_status::SESSION_TYPE_UNSUPPORTED,
+            LoginFailure::TargetError => login_status::TARGET_ERROR,
         }
     }
 }
