@@ -441,3 +441,6 @@ mod cmd;
 mod login;
 mod rx;
 mod tx;
+
+#[cfg(test)]
+mod tests;
