@@ -31,12 +31,44 @@ pub enum Prep {
 }
 
 /// A buffer handed to a backend: `len` bytes at `ptr`, registered with the
-/// ring at `index` when `Some`.
-#[derive(Clone, Copy, Debug)]
+/// ring at `index` when `Some`. Only the engine makes these, from a
+/// [`PoolBuf`](crate::PoolBuf) it checked (see [`crate::IoOps`]), so safe
+/// code cannot point a backend at arbitrary memory.
+#[derive(Debug)]
 pub struct IoBuf {
-    pub ptr: *mut u8,
-    pub len: u32,
-    pub index: Option<u16>,
+    ptr: *mut u8,
+    len: u32,
+    index: Option<u16>,
+}
+
+impl IoBuf {
+    /// `len` bytes of a pool buffer at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` lies inside one buffer of a live pool and nothing
+    /// else reads or writes it until the operation built from it ends.
+    pub(crate) unsafe fn new(ptr: *mut u8, len: u32, index: Option<u16>) -> IoBuf {
+        IoBuf { ptr, len, index }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fill the buffer with zeros (backends that complete on the spot).
+    fn zero(&self) {
+        // SAFETY: `new`'s contract: the range is one pool buffer that only
+        // this operation uses.
+        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len as usize) };
+    }
 }
 
 /// What every backend reports about itself.
@@ -158,6 +190,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
         })),
         LunKind::Ram(size) => {
             let name = CString::new("bootlun-ram").unwrap();
+            // SAFETY: a valid C string; the result is checked below.
             let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
             if fd < 0 {
                 return Err(format!(
@@ -166,6 +199,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
                     io::Error::last_os_error()
                 ));
             }
+            // SAFETY: `fd` is a fresh descriptor nothing else owns.
             let file = unsafe { File::from_raw_fd(fd) };
             file.set_len(*size)
                 .map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
@@ -217,6 +251,8 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
         let mut size: u64 = 0;
         let mut bs: libc::c_int = 512;
         // BLKGETSIZE64 and BLKSSZGET
+        // SAFETY: both ioctls write one value of the type passed (u64 and
+        // int) on an open block device.
         unsafe {
             libc::ioctl(file.as_raw_fd(), 0x80081272, &mut size);
             libc::ioctl(file.as_raw_fd(), 0x1268, &mut bs);
@@ -258,6 +294,8 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
 /// (or the opposite): try one aligned read.
 fn probe_direct(f: &File) -> bool {
     let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: a 4 KiB aligned allocation, checked for null, read into by
+    // at most 4096 bytes and freed with the same layout.
     unsafe {
         let p = std::alloc::alloc(layout);
         if p.is_null() {
@@ -382,7 +420,7 @@ impl BlockBackend for NullBackend {
         &self.info
     }
     fn prep_read(&self, buf: IoBuf, _offset: u64) -> Prep {
-        unsafe { std::ptr::write_bytes(buf.ptr, 0, buf.len as usize) };
+        buf.zero();
         Prep::Done(buf.len as i32)
     }
     fn prep_write(&self, buf: IoBuf, _offset: u64, _fua: bool) -> Prep {

@@ -4,11 +4,27 @@
 //! equal buffers and registered with the reactor's io_uring, so disk I/O
 //! can use the fixed-buffer opcodes and nothing is allocated per I/O.
 //! Buffers are page aligned, which also satisfies O_DIRECT.
+//!
+//! A buffer is handed out as a [`PoolBuf`]: a handle that is neither
+//! `Copy` nor `Clone`, so exactly one owner holds it and gives it back with
+//! [`BufPool::release`]. Disk and network operations take the handle, never
+//! a raw pointer (see [`crate::IoOps`]).
 
 use std::ptr::NonNull;
 
 /// Index of a buffer in its pool (also its io_uring registered-buffer index).
 pub type BufId = u16;
+
+/// One buffer taken from a [`BufPool`]. Only the pool makes these.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PoolBuf(BufId);
+
+impl PoolBuf {
+    /// The buffer's index in its pool (its registered-buffer index).
+    pub fn id(&self) -> BufId {
+        self.0
+    }
+}
 
 pub struct BufPool {
     base: NonNull<u8>,
@@ -18,7 +34,8 @@ pub struct BufPool {
     registered: bool,
 }
 
-// The pool is owned by one reactor thread; it is only moved into it.
+// SAFETY: the mapping is owned by the pool and not shared; the pool is
+// built on one thread and moved into the reactor thread that uses it.
 unsafe impl Send for BufPool {}
 
 impl BufPool {
@@ -51,16 +68,16 @@ impl BufPool {
     }
 
     /// iovecs describing every buffer, for `register_buffers`.
-    pub fn iovecs(&self) -> Vec<libc::iovec> {
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
         (0..self.count)
             .map(|i| libc::iovec {
-                iov_base: unsafe { self.base.as_ptr().add(i * self.buf_size) } as *mut _,
+                iov_base: self.base_of(i as BufId) as *mut _,
                 iov_len: self.buf_size,
             })
             .collect()
     }
 
-    pub fn set_registered(&mut self, r: bool) {
+    pub(crate) fn set_registered(&mut self, r: bool) {
         self.registered = r;
     }
 
@@ -81,37 +98,63 @@ impl BufPool {
         self.free.len()
     }
 
-    pub fn alloc(&mut self) -> Option<BufId> {
-        self.free.pop()
+    pub fn alloc(&mut self) -> Option<PoolBuf> {
+        self.free.pop().map(PoolBuf)
     }
 
-    pub fn release(&mut self, id: BufId) {
-        debug_assert!(!self.free.contains(&id), "double release of buffer {id}");
-        self.free.push(id);
+    pub fn release(&mut self, buf: PoolBuf) {
+        debug_assert!(
+            (buf.0 as usize) < self.count,
+            "buffer {} not of this pool",
+            buf.0
+        );
+        debug_assert!(
+            !self.free.contains(&buf.0),
+            "double release of buffer {}",
+            buf.0
+        );
+        self.free.push(buf.0);
     }
 
-    /// Start of buffer `id`. Valid for `buf_size()` bytes for the life of
-    /// the pool.
-    pub fn ptr(&self, id: BufId) -> *mut u8 {
+    fn base_of(&self, id: BufId) -> *mut u8 {
         assert!((id as usize) < self.count);
+        // SAFETY: `id < count`, so the offset stays inside the mapping.
         unsafe { self.base.as_ptr().add(id as usize * self.buf_size) }
     }
 
-    /// Buffer `id` as a slice (the caller must not hold it across an I/O
-    /// that writes into the buffer).
-    pub fn slice(&self, id: BufId, len: usize) -> &[u8] {
-        let len = len.min(self.buf_size);
-        unsafe { std::slice::from_raw_parts(self.ptr(id), len) }
+    /// Start of `buf`: valid for `buf_size()` bytes for the life of the
+    /// pool. For building iovecs; reading and writing go through
+    /// [`slice`](Self::slice) and [`slice_mut`](Self::slice_mut).
+    pub fn ptr(&self, buf: &PoolBuf) -> *mut u8 {
+        self.base_of(buf.0)
     }
 
-    pub fn slice_mut(&mut self, id: BufId, len: usize) -> &mut [u8] {
+    /// The first `len` bytes of `buf` (the caller must not hold the slice
+    /// across an I/O that writes into the buffer).
+    pub fn slice(&self, buf: &PoolBuf, len: usize) -> &[u8] {
         let len = len.min(self.buf_size);
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(id), len) }
+        // SAFETY: inside the mapping (see `base_of`), which lives as long
+        // as `self`; `PoolBuf` has one owner, who passed it here.
+        unsafe { std::slice::from_raw_parts(self.ptr(buf), len) }
+    }
+
+    pub fn slice_mut(&mut self, buf: &PoolBuf, len: usize) -> &mut [u8] {
+        let len = len.min(self.buf_size);
+        // SAFETY: as for `slice`; `&mut self` keeps other slices of the
+        // pool from being alive at the same time.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(buf), len) }
+    }
+
+    /// Two buffers at once (a compare of both).
+    pub fn pair(&self, a: &PoolBuf, b: &PoolBuf, len: usize) -> (&[u8], &[u8]) {
+        (self.slice(a, len), self.slice(b, len))
     }
 }
 
 impl Drop for BufPool {
     fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, with its length; nothing uses
+        // it after the pool is dropped (the reactor drops its ring first).
         unsafe {
             libc::munmap(self.base.as_ptr() as *mut _, self.buf_size * self.count);
         }
@@ -129,13 +172,17 @@ mod tests {
         let a = p.alloc().unwrap();
         let b = p.alloc().unwrap();
         assert_ne!(a, b);
-        assert_eq!(p.ptr(a) as usize % 4096, 0);
-        p.slice_mut(a, 8192).fill(7);
-        assert!(p.slice(a, 8192).iter().all(|&x| x == 7));
-        p.alloc().unwrap();
-        p.alloc().unwrap();
+        assert_eq!(p.ptr(&a) as usize % 4096, 0);
+        p.slice_mut(&a, 8192).fill(7);
+        assert!(p.slice(&a, 8192).iter().all(|&x| x == 7));
+        let c = p.alloc().unwrap();
+        let d = p.alloc().unwrap();
         assert!(p.alloc().is_none());
+        let bid = b.id();
         p.release(b);
-        assert_eq!(p.alloc(), Some(b));
+        assert_eq!(p.alloc().map(|x| x.id()), Some(bid));
+        for x in [a, c, d] {
+            p.release(x);
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! * [`bufpool`]: fixed-size I/O buffers allocated once at start-up and
 //!   registered with the ring, so disk I/O uses `READ_FIXED`/`WRITE_FIXED`
 //!   and no I/O allocates.
+//! * [`ops`]: the typed operations a connection asks its reactor for
+//!   ([`IoOps`]); the engine is the only place that builds SQEs.
 //! * [`backend`]: block backends (file or block device, `ram:`, `null:`)
 //!   behind one trait that turns a request into an SQE.
 //! * [`config`]: CLI-facing value parsing (core lists, sizes, poll modes).
@@ -19,11 +21,13 @@ pub mod backend;
 pub mod blkid;
 pub mod bufpool;
 pub mod config;
+pub mod ops;
 pub mod reactor;
 pub mod stats;
 
 pub use backend::{open_backend, BackendInfo, BlockBackend, LunSpec, Prep};
-pub use bufpool::{BufId, BufPool};
+pub use bufpool::{BufId, BufPool, PoolBuf};
 pub use config::{parse_core_list, parse_size, PollMode};
+pub use ops::{IoOps, Issued};
 pub use reactor::{Connection, Engine, EngineConfig, Io, Service};
 pub use stats::{ReactorStats, Stats};

@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::bufpool::BufPool;
+use crate::backend::{BlockBackend, IoBuf, Prep};
+use crate::bufpool::{BufPool, PoolBuf};
 use crate::config::PollMode;
+use crate::ops::{IoOps, Issued};
 use crate::stats::{ReactorStats, Stats};
 
 /// Engine sizing and behaviour.
@@ -79,16 +81,51 @@ pub trait Service: Send + Sync + 'static {
     fn connect(&self, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Self::Conn;
 }
 
-/// What a connection may use while handling a completion: the reactor's
-/// ring (to push SQEs), its buffer pool and its counters.
+/// What a connection may use while handling a completion: typed
+/// operations on the reactor's ring (see [`IoOps`]), its buffer pool and
+/// its counters.
 pub struct Io<'a> {
     ring: &'a mut IoUring,
-    pub pool: &'a mut BufPool,
+    pool: &'a mut BufPool,
     buf_waiters: &'a mut VecDeque<u32>,
-    pub stats: &'a ReactorStats,
-    pub reactor: usize,
+    stats: &'a ReactorStats,
+    reactor: usize,
     slot: u32,
     inflight: &'a mut u32,
+    own: &'a mut SlotOwned,
+}
+
+/// Operation kinds the engine itself must know about at completion time,
+/// kept in the top byte of the user data (`kind << 56 | slot << 32 | tag`).
+const KIND_PLAIN: u64 = 0;
+const KIND_SEND: u64 = 1;
+const KIND_TIMEOUT: u64 = 2;
+/// Connection slots are 24 bits of the user data.
+const MAX_SLOTS: usize = 1 << 24;
+
+fn user_data(kind: u64, slot: u32, tag: u32) -> u64 {
+    (kind << 56) | ((slot as u64) << 32) | tag as u64
+}
+
+/// Memory the kernel reads after submission that belongs to one
+/// connection slot. Boxed, so it never moves while an SQE points at it.
+struct SlotOwned {
+    msg: libc::msghdr,
+    iov: Vec<libc::iovec>,
+    send_busy: bool,
+    timers: Vec<(u32, Box<types::Timespec>)>,
+}
+
+impl SlotOwned {
+    fn new() -> Box<SlotOwned> {
+        Box::new(SlotOwned {
+            // SAFETY: msghdr is plain data; all zeros is a valid empty one.
+            msg: unsafe { std::mem::zeroed() },
+            iov: Vec::new(),
+            send_busy: false,
+            timers: Vec::new(),
+        })
+    }
 }
 
 impl Io<'_> {
@@ -96,12 +133,12 @@ impl Io<'_> {
     ///
     /// # Safety
     /// Every buffer the entry points to must stay valid until the
-    /// completion arrives. Connections are boxed and never move, and pool
-    /// buffers live as long as the reactor.
-    pub unsafe fn push(&mut self, entry: squeue::Entry, tag: u32) {
-        let e = entry.user_data(((self.slot as u64) << 32) | tag as u64);
+    /// completion arrives.
+    unsafe fn push(&mut self, entry: squeue::Entry, kind: u64, tag: u32) {
+        let e = entry.user_data(user_data(kind, self.slot, tag));
         loop {
-            if self.ring.submission().push(&e).is_ok() {
+            // SAFETY: the caller's contract.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 break;
             }
             // Queue full: hand what we have to the kernel and retry.
@@ -112,19 +149,139 @@ impl Io<'_> {
         *self.inflight += 1;
     }
 
-    /// The user data an SQE pushed with `tag` carries, for cancelling it
-    /// with `AsyncCancel`.
-    pub fn user_data(&self, tag: u32) -> u64 {
-        ((self.slot as u64) << 32) | tag as u64
+    /// The reactor this connection lives on.
+    pub fn reactor(&self) -> usize {
+        self.reactor
     }
 
-    /// Ask for [`Connection::buffers_available`] once pool buffers are free
-    /// again. Buffers are shared by every connection of the reactor, so a
+    /// An `IoBuf` for `len` bytes of pool buffer `buf` from byte `off`.
+    fn io_buf(&self, buf: &PoolBuf, off: u32, len: u32) -> IoBuf {
+        assert!(
+            off as usize + len as usize <= self.pool.buf_size(),
+            "I/O of {len} bytes at {off} does not fit a {} byte buffer",
+            self.pool.buf_size()
+        );
+        let index = self.pool.registered().then_some(buf.id());
+        // SAFETY: in range of one buffer of this reactor's pool, which
+        // outlives the ring; the caller holds the `PoolBuf` for the op.
+        unsafe { IoBuf::new(self.pool.ptr(buf).add(off as usize), len, index) }
+    }
+
+    fn disk(&mut self, prep: Prep, tag: u32) -> Issued {
+        match prep {
+            Prep::Submit(e) => {
+                // SAFETY: the entry was built from an `IoBuf` of the pool
+                // (valid as long as the reactor) and a backend file the
+                // LUN table keeps open for the engine's life.
+                unsafe { self.push(e, KIND_PLAIN, tag) };
+                Issued::Pending
+            }
+            Prep::Done(res) => Issued::Done(res),
+        }
+    }
+}
+
+impl IoOps for Io<'_> {
+    fn pool(&self) -> &BufPool {
+        self.pool
+    }
+
+    fn pool_mut(&mut self) -> &mut BufPool {
+        self.pool
+    }
+
+    fn stats(&self) -> &ReactorStats {
+        self.stats
+    }
+
+    /// Buffers are shared by every connection of the reactor, so a
     /// connection waiting for one must hear when another gives one back.
-    pub fn wait_for_buffers(&mut self) {
+    fn wait_for_buffers(&mut self) {
         if !self.buf_waiters.contains(&self.slot) {
             self.buf_waiters.push_back(self.slot);
         }
+    }
+
+    unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, tag: u32) {
+        let e = opcode::Recv::new(types::Fd(fd), buf, len).build();
+        // SAFETY: the caller keeps the memory valid until the completion.
+        unsafe { self.push(e, KIND_PLAIN, tag) };
+    }
+
+    fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
+        let b = self.io_buf(buf, off, len);
+        let e = opcode::Recv::new(types::Fd(fd), b.ptr(), len)
+            .flags(libc::MSG_WAITALL)
+            .build();
+        // SAFETY: pool memory lives as long as the reactor's ring.
+        unsafe { self.push(e, KIND_PLAIN, tag) };
+    }
+
+    unsafe fn send(&mut self, fd: RawFd, iov: &[libc::iovec], tag: u32) {
+        debug_assert!(!self.own.send_busy, "a second send while one is in flight");
+        let own = &mut *self.own;
+        own.iov.clear();
+        own.iov.extend_from_slice(iov);
+        // SAFETY: plain data, all zeros is an empty msghdr.
+        own.msg = unsafe { std::mem::zeroed() };
+        own.msg.msg_iov = own.iov.as_mut_ptr();
+        own.msg.msg_iovlen = own.iov.len();
+        own.send_busy = true;
+        let e = opcode::SendMsg::new(types::Fd(fd), &own.msg as *const _)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        // SAFETY: the msghdr and iovec array live in the slot's boxed
+        // state, untouched until the completion clears `send_busy`; the
+        // bytes they point at are the caller's contract.
+        unsafe { self.push(e, KIND_SEND, tag) };
+    }
+
+    fn disk_read(
+        &mut self,
+        backend: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        tag: u32,
+    ) -> Issued {
+        let b = self.io_buf(buf, 0, len);
+        self.disk(backend.prep_read(b, offset), tag)
+    }
+
+    fn disk_write(
+        &mut self,
+        backend: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        fua: bool,
+        tag: u32,
+    ) -> Issued {
+        let b = self.io_buf(buf, 0, len);
+        self.disk(backend.prep_write(b, offset, fua), tag)
+    }
+
+    fn disk_flush(&mut self, backend: &dyn BlockBackend, tag: u32) -> Issued {
+        self.disk(backend.prep_flush(), tag)
+    }
+
+    fn timeout(&mut self, after: Duration, tag: u32) {
+        let ts = Box::new(
+            types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos()),
+        );
+        let e = opcode::Timeout::new(&*ts as *const _).build();
+        self.own.timers.push((tag, ts));
+        // SAFETY: the timespec is boxed in the slot until the timeout's
+        // completion removes it.
+        unsafe { self.push(e, KIND_TIMEOUT, tag) };
+    }
+
+    fn cancel_timeout(&mut self, timer_tag: u32, tag: u32) {
+        let target = user_data(KIND_TIMEOUT, self.slot, timer_tag);
+        // SAFETY: a cancel points at no memory.
+        unsafe { self.push(opcode::AsyncCancel::new(target).build(), KIND_PLAIN, tag) };
     }
 }
 
@@ -134,6 +291,7 @@ fn io<'a>(
     reactor: usize,
     slot: u32,
     inflight: &'a mut u32,
+    own: &'a mut SlotOwned,
 ) -> Io<'a> {
     Io {
         ring: &mut p.ring,
@@ -143,6 +301,7 @@ fn io<'a>(
         reactor,
         slot,
         inflight,
+        own,
     }
 }
 
@@ -180,6 +339,7 @@ impl Engine {
         let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
         for (id, &core) in cfg.cores.iter().enumerate() {
             let (tx, rx) = unbounded();
+            // SAFETY: plain syscall; the result is checked.
             let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
             if efd < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -247,6 +407,7 @@ impl Engine {
 
 fn wake(efd: RawFd) {
     let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
     unsafe {
         libc::write(efd, &one as *const u64 as *const _, 8);
     }
@@ -301,6 +462,8 @@ fn set_keepalive(s: &TcpStream) {
     let idle: libc::c_int = 30;
     let intvl: libc::c_int = 10;
     let cnt: libc::c_int = 6;
+    // SAFETY: each option value is a live c_int of the size passed, on
+    // the socket `s` owns.
     unsafe {
         let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         libc::setsockopt(
@@ -337,6 +500,7 @@ fn set_keepalive(s: &TcpStream) {
 struct Slot<C> {
     conn: Option<Box<C>>,
     inflight: u32,
+    own: Box<SlotOwned>,
 }
 
 struct Reactor {
@@ -418,6 +582,8 @@ impl Reactor {
         )
         .build()
         .user_data(WAKE);
+        // SAFETY: `wake_buf` is boxed and owned by the reactor, which
+        // outlives its ring's use of it.
         unsafe {
             while self.parts.ring.submission().push(&e).is_err() {
                 let _ = self.parts.ring.submit();
@@ -439,8 +605,14 @@ impl Reactor {
                 stopping = true;
                 for (i, s) in slots.iter_mut().enumerate() {
                     if let Some(c) = s.conn.as_mut() {
-                        let mut io =
-                            io(&mut self.parts, rstats, self.id, i as u32, &mut s.inflight);
+                        let mut io = io(
+                            &mut self.parts,
+                            rstats,
+                            self.id,
+                            i as u32,
+                            &mut s.inflight,
+                            &mut s.own,
+                        );
                         c.shutdown(&mut io);
                     }
                 }
@@ -456,17 +628,32 @@ impl Reactor {
                         slots[i as usize].conn = Some(conn);
                         i
                     }
-                    None => {
+                    None if slots.len() < MAX_SLOTS => {
                         slots.push(Slot {
                             conn: Some(conn),
                             inflight: 0,
+                            own: SlotOwned::new(),
                         });
                         (slots.len() - 1) as u32
                     }
+                    None => {
+                        // 16M connections on one reactor: refuse this one
+                        // (dropping it closes the socket).
+                        tracing::warn!("reactor {}: too many connections", self.id);
+                        rstats.connections_open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                 };
                 let s = &mut slots[idx as usize];
-                let mut io = io(&mut self.parts, rstats, self.id, idx, &mut s.inflight);
-                let c = s.conn.as_mut().unwrap();
+                let mut io = io(
+                    &mut self.parts,
+                    rstats,
+                    self.id,
+                    idx,
+                    &mut s.inflight,
+                    &mut s.own,
+                );
+                let Some(c) = s.conn.as_mut() else { continue };
                 c.start(&mut io);
                 if stopping {
                     c.shutdown(&mut io);
@@ -502,12 +689,27 @@ impl Reactor {
                     self.arm_wake();
                     continue;
                 }
-                let idx = (ud >> 32) as usize;
+                let kind = ud >> 56;
+                let idx = ((ud >> 32) as usize) & (MAX_SLOTS - 1);
                 let tag = ud as u32;
                 let Some(s) = slots.get_mut(idx) else {
+                    debug_assert!(false, "completion for slot {idx} that never existed");
                     continue;
                 };
-                s.inflight = s.inflight.saturating_sub(1);
+                debug_assert!(
+                    s.inflight > 0,
+                    "completion for slot {idx} with nothing in flight"
+                );
+                s.inflight -= 1;
+                match kind {
+                    KIND_SEND => s.own.send_busy = false,
+                    KIND_TIMEOUT => {
+                        if let Some(p) = s.own.timers.iter().position(|(t, _)| *t == tag) {
+                            s.own.timers.swap_remove(p);
+                        }
+                    }
+                    _ => {}
+                }
                 if let Some(c) = s.conn.as_mut() {
                     let mut io = io(
                         &mut self.parts,
@@ -515,6 +717,7 @@ impl Reactor {
                         self.id,
                         idx as u32,
                         &mut s.inflight,
+                        &mut s.own,
                     );
                     c.complete(&mut io, tag, res);
                 }
@@ -534,7 +737,14 @@ impl Reactor {
                     continue;
                 };
                 if let Some(c) = s.conn.as_mut() {
-                    let mut io = io(&mut self.parts, rstats, self.id, w, &mut s.inflight);
+                    let mut io = io(
+                        &mut self.parts,
+                        rstats,
+                        self.id,
+                        w,
+                        &mut s.inflight,
+                        &mut s.own,
+                    );
                     c.buffers_available(&mut io);
                 }
             }
@@ -555,6 +765,7 @@ impl Reactor {
 
 impl Drop for Reactor {
     fn drop(&mut self) {
+        // SAFETY: the eventfd this reactor owns, closed once.
         unsafe {
             libc::close(self.wake_fd);
         }

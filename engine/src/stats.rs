@@ -1,6 +1,7 @@
 //! Counters kept by each reactor, readable from any thread without locks
 //! (relaxed atomics: they are statistics, not synchronisation).
 
+use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -26,16 +27,22 @@ impl ReactorStats {
     }
 }
 
-/// Counters of every reactor, indexed by reactor number.
+/// Counters of every reactor, indexed by reactor number. Each reactor's
+/// counters sit on their own cache lines: a reactor bumps its own on every
+/// poll, and must not bounce a line its neighbour writes too.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
-    pub reactors: Arc<Vec<ReactorStats>>,
+    pub reactors: Arc<Vec<CachePadded<ReactorStats>>>,
 }
 
 impl Stats {
     pub fn new(n: usize) -> Self {
         Stats {
-            reactors: Arc::new((0..n).map(|_| ReactorStats::default()).collect()),
+            reactors: Arc::new(
+                (0..n)
+                    .map(|_| CachePadded::new(ReactorStats::default()))
+                    .collect(),
+            ),
         }
     }
 

@@ -71,9 +71,33 @@ pub fn answer_text(
     }
 }
 
+/// The portals SendTargets advertises: the configured ones, or else the
+/// address the initiator reached us on (`local`), as `ADDR:PORT,TPGT`.
+pub fn portal_list(configured: &[String], local: Option<std::net::SocketAddr>) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    match local {
+        Some(std::net::SocketAddr::V6(a)) => vec![format!("[{}]:{},1", a.ip(), a.port())],
+        Some(a) => vec![format!("{a},1")],
+        None => vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn portals_default_to_the_address_used() {
+        let v4 = "10.0.0.1:3260".parse().ok();
+        assert_eq!(portal_list(&[], v4), vec!["10.0.0.1:3260,1"]);
+        let v6 = "[fe80::1]:3260".parse().ok();
+        assert_eq!(portal_list(&[], v6), vec!["[fe80::1]:3260,1"]);
+        let cfg = vec!["192.168.1.5:3260,1".to_string()];
+        assert_eq!(portal_list(&cfg, v4), cfg);
+        assert!(portal_list(&[], None).is_empty());
+    }
 
     fn fixture() -> (Vec<String>, Vec<String>) {
         (

@@ -5,14 +5,22 @@
 //! * [`negotiate`]: login-phase key negotiation (security and operational
 //!   stages), pure: text in, text out.
 //! * [`discovery`]: SendTargets answers for Text requests.
-//! * [`conn`]: the per-connection state machine (login, full feature
-//!   phase, command table, R2T, Data-In, task management) running on an
-//!   engine reactor.
+//! * [`session`] and [`task`]: the session core without I/O (sequence
+//!   numbers, login checks, reinstatement; chunks, R2Ts, Data-Out
+//!   acceptance, Data-In segmentation).
+//! * [`conn`]: the per-connection driver running on an engine reactor,
+//!   moving bytes between socket, pool and the core.
+//! * [`target`]: state shared by all connections; [`service`]: the engine
+//!   service that makes connections.
 
 pub mod conn;
 pub mod discovery;
 pub mod negotiate;
+pub mod service;
+pub mod session;
 pub mod target;
+pub mod task;
 pub mod wire;
 
-pub use target::{IscsiService, Lun, TargetShared};
+pub use service::IscsiService;
+pub use target::{Lun, TargetShared};

@@ -1,16 +1,14 @@
-//! The iSCSI target as an engine service: what every connection shares
-//! (target name, LUNs, negotiation limits) and how a connection is made.
+//! What every connection of the target shares: target name, LUNs,
+//! negotiation limits and the table of live sessions.
 
-use bootlun_engine::{BlockBackend, Service};
+use bootlun_engine::BlockBackend;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use super::conn::Conn;
 use super::negotiate::Limits;
 use crate::scsi::LuInfo;
 
@@ -153,17 +151,5 @@ impl TargetShared {
                 return t;
             }
         }
-    }
-}
-
-/// The engine service that turns accepted sockets into iSCSI connections.
-pub struct IscsiService {
-    pub shared: Arc<TargetShared>,
-}
-
-impl Service for IscsiService {
-    type Conn = Conn;
-    fn connect(&self, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
-        Conn::new(self.shared.clone(), stream, peer, reactor)
     }
 }

@@ -76,3 +76,24 @@ pub fn build_login_response(out: &mut [u8; BHS_LEN], r: &LoginResponse, data_len
         .u16_at(14, r.tsih);
     b.0[8..14].copy_from_slice(&r.isid);
 }
+
+/// Login stages: the CSG and NSG fields (RFC 7143 11.12.3).
+pub mod login_stage {
+    pub const SECURITY: u8 = 0;
+    pub const OPERATIONAL: u8 = 1;
+    pub const FULL_FEATURE: u8 = 3;
+}
+
+/// Login Response status class and detail (RFC 7143 11.13.5).
+pub mod login_status {
+    pub type Status = (u8, u8);
+    pub const SUCCESS: Status = (0, 0x00);
+    pub const INITIATOR_ERROR: Status = (2, 0x00);
+    pub const AUTH_FAILED: Status = (2, 0x01);
+    pub const TARGET_NOT_FOUND: Status = (2, 0x03);
+    pub const UNSUPPORTED_VERSION: Status = (2, 0x05);
+    pub const MISSING_PARAMETER: Status = (2, 0x07);
+    pub const SESSION_TYPE_UNSUPPORTED: Status = (2, 0x09);
+    pub const SESSION_DOES_NOT_EXIST: Status = (2, 0x0a);
+    pub const TARGET_ERROR: Status = (3, 0x00);
+}

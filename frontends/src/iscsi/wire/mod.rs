@@ -5,7 +5,7 @@
 //! instead of panicking, and the typed views ([`ScsiCommand`],
 //! [`DataOut`], [`LoginRequest`], ...) only add named accessors. Target
 //! PDUs are emitted by the `build_*` functions straight into a caller-owned
-//! 48-byte array. Nothing here keeps state; sequencing lives in `conn`.
+//! 48-byte array. Nothing here keeps state; sequencing lives in `session`.
 //!
 //! Why not nom: every iSCSI header is a fixed 48-byte layout whose fields
 //! sit at fixed offsets, so a bounds-checked array view reads a field with

@@ -1,0 +1,96 @@
+//! Typed I/O operations: the only way a connection reaches the ring.
+//!
+//! The engine is the only place that builds io_uring SQEs. A connection
+//! asks for an operation by kind (receive into its own buffer, receive
+//! straight into a pool buffer, send a batch of iovecs, a disk read or
+//! write on a pool buffer, a flush, a timer, a cancel) and hears back with
+//! its `tag` through [`Connection::complete`](crate::Connection::complete).
+//!
+//! [`IoOps`] is a trait so a connection's logic can run against a recording
+//! stand-in in unit tests (no ring, no socket, no thread); the reactor's
+//! [`Io`](crate::Io) is the real one.
+
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+use crate::backend::BlockBackend;
+use crate::bufpool::{BufPool, PoolBuf};
+use crate::stats::ReactorStats;
+
+/// How an operation that may finish without the kernel went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    /// Submitted: the result comes back as a completion with the tag.
+    Pending,
+    /// Finished on the spot with this result (bytes, or a negative errno);
+    /// no completion follows.
+    Done(i32),
+}
+
+/// What a connection may do on its reactor.
+pub trait IoOps {
+    /// The reactor's buffer pool (shared by all its connections).
+    fn pool(&self) -> &BufPool;
+    fn pool_mut(&mut self) -> &mut BufPool;
+    /// The reactor's counters.
+    fn stats(&self) -> &ReactorStats;
+    /// Ask for [`Connection::buffers_available`](crate::Connection::buffers_available)
+    /// once pool buffers are free again.
+    fn wait_for_buffers(&mut self);
+
+    /// Receive up to `len` bytes from socket `fd` into memory the
+    /// connection owns.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid, and must not be read or written by
+    /// anyone else, until the completion for `tag` arrives.
+    unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, tag: u32);
+
+    /// Receive exactly `len` bytes (`MSG_WAITALL`; fewer only on error or
+    /// end of stream) from `fd` into pool buffer `buf` at byte `off`.
+    /// Panics if the range does not fit the buffer. The caller keeps `buf`
+    /// (and does not look at that range) until the completion arrives.
+    fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32);
+
+    /// Send the bytes the iovecs describe on `fd`, with one `sendmsg`. At
+    /// most one send per connection is in flight. The iovec array itself is
+    /// copied; a short send is the caller's to resubmit.
+    ///
+    /// # Safety
+    /// Every byte the iovecs point at must stay valid and unchanged until
+    /// the completion for `tag` arrives.
+    unsafe fn send(&mut self, fd: RawFd, iov: &[libc::iovec], tag: u32);
+
+    /// Read `len` bytes at byte `offset` of `backend` into pool buffer `buf`.
+    fn disk_read(
+        &mut self,
+        backend: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        tag: u32,
+    ) -> Issued;
+
+    /// Write the first `len` bytes of pool buffer `buf` to byte `offset` of
+    /// `backend`; with `fua`, durably.
+    fn disk_write(
+        &mut self,
+        backend: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        fua: bool,
+        tag: u32,
+    ) -> Issued;
+
+    /// Make earlier writes to `backend` durable.
+    fn disk_flush(&mut self, backend: &dyn BlockBackend, tag: u32) -> Issued;
+
+    /// Complete with `-ETIME` after `after` (or `-ECANCELED`, see
+    /// [`cancel_timeout`](Self::cancel_timeout)).
+    fn timeout(&mut self, after: Duration, tag: u32);
+
+    /// Cancel the timer armed with `timer_tag`; the cancel itself completes
+    /// with `tag`.
+    fn cancel_timeout(&mut self, timer_tag: u32, tag: u32);
+}

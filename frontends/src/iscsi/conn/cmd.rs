@@ -1,0 +1,624 @@
+use super::*;
+
+impl Conn {
+    // ------------------------------------------------------------------
+    // SCSI commands
+
+    pub(super) fn on_scsi_command(
+        &mut self,
+        io: &mut impl IoOps,
+        bhs: Bhs<'_>,
+        dsl: usize,
+    ) -> Sink {
+        let Some(cmd) = ScsiCommand::new(bhs) else {
+            return Sink::Discard;
+        };
+        if !self.accept_cmd_sn(cmd.cmd_sn(), bhs.immediate()) {
+            return Sink::Discard;
+        }
+        let itt = bhs.itt();
+        if self.params.session_type == SessionType::Discovery {
+            self.reject(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "SCSI command in a discovery session",
+            );
+            return Sink::Discard;
+        }
+        if self.tasks.active() >= 2 * self.sh.queue_depth as usize {
+            // Only immediate commands can get here (the CmdSN window holds
+            // the rest back): refuse instead of growing without bound.
+            self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
+            return Sink::Discard;
+        }
+        if self.tasks.find(itt).is_some() {
+            self.reject(
+                io,
+                reject_reason::TASK_IN_PROGRESS,
+                "ITT of a command still in progress",
+            );
+            return Sink::Discard;
+        }
+        if dsl > 0
+            && (!cmd.write()
+                || !self.params.immediate_data
+                || dsl as u32 > self.params.first_burst_length)
+        {
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "unexpected immediate data",
+            );
+            return Sink::Discard;
+        }
+        let edtl = cmd.expected_len();
+        if bhs.ahs_len() > 0 {
+            // Extended CDBs and bidirectional commands are not supported.
+            self.respond_check(io, itt, Sense::invalid_opcode(), Residual::None);
+            return Sink::Discard;
+        }
+        let lun = bhs.lun();
+        let lu = self.sh.luns.get(lun as usize).map(|l| &l.info);
+        let ctx = CommandCtx {
+            lun,
+            lu,
+            luns: &self.sh.lun_numbers,
+            expected_len: edtl,
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
+        let bs = lu.map(|l| l.block_size).unwrap_or(512);
+        let sink = match outcome {
+            Outcome::Good => {
+                self.respond_data(io, bhs, &scratch);
+                Sink::Discard
+            }
+            Outcome::Check(sense) => {
+                self.respond_check(io, itt, sense, Residual::None);
+                Sink::Discard
+            }
+            Outcome::Read { lba, blocks, fua } => {
+                let wanted = blocks as u64 * bs as u64;
+                if !cmd.read() {
+                    // No Data-In was asked for (some initiators flag odd
+                    // commands as writes): nothing moves, report it all
+                    // as overflow. Any unsolicited data is dropped.
+                    self.respond_status(io, itt, Status::Good, Residual::of(0, wanted), 0);
+                    self.scratch = scratch;
+                    return Sink::Discard;
+                }
+                let t = Task::new(
+                    itt,
+                    lun as usize,
+                    bhs.lun_raw(),
+                    Kind::Read,
+                    lba,
+                    fua,
+                    bs,
+                    wanted,
+                    edtl,
+                );
+                let empty = t.xfer == 0;
+                let id = self.tasks.insert(t);
+                if empty {
+                    self.finish_good(io, id);
+                } else {
+                    self.run_task(io, id);
+                }
+                Sink::Discard
+            }
+            Outcome::Write { lba, blocks, fua } => {
+                let wanted = blocks as u64 * bs as u64;
+                self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
+            }
+            Outcome::Verify {
+                lba,
+                blocks,
+                bytchk: true,
+            } => {
+                let wanted = blocks as u64 * bs as u64;
+                self.start_data_out_task(
+                    io,
+                    bhs,
+                    Kind::VerifyCompare,
+                    lba,
+                    false,
+                    bs,
+                    wanted,
+                    edtl,
+                    dsl,
+                )
+            }
+            Outcome::Verify { bytchk: false, .. } => {
+                self.respond_status(io, itt, Status::Good, Residual::of(edtl, 0), 0);
+                Sink::Discard
+            }
+            Outcome::Flush => {
+                let t = Task::new(
+                    itt,
+                    lun as usize,
+                    bhs.lun_raw(),
+                    Kind::Flush,
+                    0,
+                    false,
+                    bs,
+                    0,
+                    edtl,
+                );
+                let id = self.tasks.insert(t);
+                self.run_task(io, id);
+                Sink::Discard
+            }
+        };
+        self.scratch = scratch;
+        sink
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_data_out_task(
+        &mut self,
+        io: &mut impl IoOps,
+        bhs: Bhs<'_>,
+        kind: Kind,
+        lba: u64,
+        fua: bool,
+        bs: u32,
+        wanted: u64,
+        edtl: u32,
+        dsl: usize,
+    ) -> Sink {
+        let itt = bhs.itt();
+        // With EDTL below what the CDB describes (overflow) only the whole
+        // blocks the initiator sends are written; with EDTL above it
+        // (underflow) the extra data is dropped. Both report a residual.
+        let lun = bhs.lun() as usize;
+        let mut t = Task::new(itt, lun, bhs.lun_raw(), kind, lba, fua, bs, wanted, edtl);
+        let too_short = t.xfer < bs;
+        t.begin_unsolicited(
+            self.params.initial_r2t,
+            self.params.first_burst_length,
+            dsl as u32,
+        );
+        let unsol_limit = t.unsol_limit;
+        let id = self.tasks.insert(t);
+        if too_short {
+            self.finish_good(io, id);
+            return Sink::Discard;
+        }
+        if !self.can_take(io, kind.buffers()) {
+            if unsol_limit > 0 {
+                // Data is on its way and there is nowhere to put it.
+                io.stats().buffer_waits.fetch_add(1, Relaxed);
+                self.drop_task(io, id);
+                self.respond_status(io, itt, Status::TaskSetFull, Residual::None, 0);
+                return Sink::Discard;
+            }
+            // Nothing comes before our R2T: wait for a buffer.
+            self.park_for_buffer(io, id);
+            return Sink::Discard;
+        }
+        self.start_data_out(io, id);
+        if dsl > 0 {
+            Sink::Task { id, off: 0 }
+        } else {
+            Sink::Discard
+        }
+    }
+
+    /// A write or verify task got its buffers: ask for the data.
+    pub(super) fn start_data_out(&mut self, io: &mut impl IoOps, id: TaskId) {
+        self.take_buffers(io, id);
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.open_data_window();
+        }
+        self.send_r2t(id);
+        self.flush_tx(io);
+    }
+
+    /// Most buffers one connection may hold: a quarter of the reactor's
+    /// pool, and at least four.
+    pub(super) fn buf_limit(io: &impl IoOps) -> usize {
+        (io.pool().count() / 4).max(4)
+    }
+
+    pub(super) fn can_take(&self, io: &impl IoOps, n: usize) -> bool {
+        io.pool().available() >= n && self.bufs_held + n <= Self::buf_limit(io)
+    }
+
+    /// Queue task `id` until a buffer can be had.
+    pub(super) fn park_for_buffer(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if !t.waiting_buf {
+            t.waiting_buf = true;
+            io.stats().buffer_waits.fetch_add(1, Relaxed);
+            self.buf_waiters.push_back(id);
+        }
+        // Buffers held by other connections: hear when they come back.
+        // (Our own come back through `maybe_free`.)
+        if io.pool().available() < 2 {
+            io.wait_for_buffers();
+        }
+    }
+
+    /// Give task `id` its pool buffers and make its first chunk current.
+    pub(super) fn take_buffers(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let buf_size = io.pool().buf_size() as u32;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        debug_assert!(t.buf.is_none(), "task given buffers twice");
+        t.waiting_buf = false;
+        t.buf = io.pool_mut().alloc();
+        if t.kind == Kind::VerifyCompare {
+            t.cmp_buf = io.pool_mut().alloc();
+        }
+        self.bufs_held += t.buf.is_some() as usize + t.cmp_buf.is_some() as usize;
+        t.set_chunk(0, buf_size);
+    }
+
+    /// Move a task forward: get its buffers, start the next medium
+    /// operation of a read or flush, or ask for a write's data.
+    pub(super) fn run_task(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        if t.finished || t.io_busy {
+            return;
+        }
+        let (kind, has_buf) = (t.kind, t.buf.is_some());
+        match kind {
+            Kind::Flush => {}
+            Kind::Read if !has_buf => {
+                if !self.can_take(io, 1) {
+                    return self.park_for_buffer(io, id);
+                }
+                self.take_buffers(io, id);
+            }
+            Kind::Read => {}
+            Kind::Write | Kind::VerifyCompare => {
+                if !has_buf {
+                    if !self.can_take(io, kind.buffers()) {
+                        return self.park_for_buffer(io, id);
+                    }
+                    self.start_data_out(io, id);
+                }
+                return;
+            }
+        }
+        let buf_size = io.pool().buf_size() as u32;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        // The backend is borrowed, not cloned: an Arc clone per I/O would
+        // bounce one refcount cache line between every reactor.
+        let backend = &*self.sh.luns[t.lun].backend;
+        t.io_busy = true;
+        let tag = TAG_DISK | id.index();
+        let issued = if kind == Kind::Flush {
+            io.disk_flush(backend, tag)
+        } else {
+            t.set_chunk(t.done, buf_size);
+            let Some(b) = t.buf.as_ref() else { return };
+            io.disk_read(backend, b, t.read_len(), t.disk_offset(), tag)
+        };
+        self.disk_issued(io, id, issued);
+    }
+
+    pub(super) fn disk_issued(&mut self, io: &mut impl IoOps, id: TaskId, issued: Issued) {
+        if let Issued::Done(res) = issued {
+            self.disk_done(io, id, res);
+        }
+    }
+
+    /// Data bytes `[off, off+n)` of task `id` have been stored; `ttt` is
+    /// the Data-Out's tag (`None` for immediate data).
+    pub(super) fn data_arrived(
+        &mut self,
+        io: &mut impl IoOps,
+        id: TaskId,
+        off: u32,
+        n: u32,
+        ttt: Option<u32>,
+    ) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if t.finished {
+            return;
+        }
+        if t.data_arrived(off, n, ttt) {
+            self.chunk_received(io, id);
+        } else {
+            self.send_r2t(id);
+            self.flush_tx(io);
+        }
+    }
+
+    /// The current chunk of a write or verify has all its data.
+    pub(super) fn chunk_received(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let len = t.write_len();
+        if len == 0 {
+            return self.next_chunk(io, id);
+        }
+        let (off, fua) = (t.disk_offset(), t.fua);
+        let backend = &*self.sh.luns[t.lun].backend;
+        let tag = TAG_DISK | id.index();
+        t.io_busy = true;
+        let issued = if t.kind == Kind::Write {
+            let Some(b) = t.buf.as_ref() else { return };
+            io.stats().write_ops.fetch_add(1, Relaxed);
+            io.disk_write(backend, b, len, off, fua, tag)
+        } else {
+            // Verify: read the medium into the second buffer to compare.
+            let Some(b) = t.cmp_buf.as_ref() else { return };
+            io.disk_read(backend, b, len, off, tag)
+        };
+        self.disk_issued(io, id, issued);
+    }
+
+    /// Send the next R2T of a write if none is outstanding
+    /// (MaxOutstandingR2T is 1) and the chunk still lacks data.
+    pub(super) fn send_r2t(&mut self, id: TaskId) {
+        let max_burst = self.params.max_burst_length.max(512);
+        let sn = self.sn();
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(r) = t.next_r2t(max_burst, self.next_ttt) else {
+            return;
+        };
+        let (itt, lun_raw) = (t.itt, t.lun_raw);
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        let mut hdr = [0u8; BHS_LEN];
+        build_r2t(&mut hdr, itt, lun_raw, r.ttt, r.r2t_sn, r.offset, r.len, sn);
+        self.queue(hdr, TxData::None, None, false, false);
+    }
+
+    pub(super) fn on_data_out_header(
+        &mut self,
+        io: &mut impl IoOps,
+        bhs: Bhs<'_>,
+        dsl: usize,
+    ) -> Sink {
+        let Some(d) = DataOut::new(bhs) else {
+            return Sink::Discard;
+        };
+        let Some(id) = self.tasks.find(bhs.itt()) else {
+            // Data for a task that was aborted or already answered.
+            tracing::debug!(
+                "connection {}: Data-Out for unknown ITT {:#x} dropped",
+                self.peer,
+                bhs.itt()
+            );
+            return Sink::Discard;
+        };
+        let initial_r2t = self.params.initial_r2t;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return Sink::Discard;
+        };
+        let off = d.buffer_offset();
+        match t.accept_data_out(
+            d.ttt(),
+            off,
+            dsl as u32,
+            bhs.final_bit(),
+            d.data_sn(),
+            initial_r2t,
+        ) {
+            Ok(()) => Sink::Task { id, off },
+            Err(e) => {
+                let why = match e {
+                    DataOutError::NoData => "Data-Out for a command without data".to_string(),
+                    DataOutError::OutOfOrder => {
+                        "Data-Out out of order or outside the solicited range".to_string()
+                    }
+                    DataOutError::DataSn { got, want } => {
+                        format!("Data-Out DataSN {got} where {want} was due")
+                    }
+                };
+                self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, &why);
+                Sink::Discard
+            }
+        }
+    }
+
+    /// A medium operation of task `id` finished with `res`.
+    pub(super) fn disk_done(&mut self, io: &mut impl IoOps, id: TaskId, res: i32) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        debug_assert!(t.io_busy, "disk completion for a task without disk I/O");
+        t.io_busy = false;
+        if t.finished {
+            self.maybe_free(io, id);
+            return;
+        }
+        match t.kind {
+            Kind::Flush => {
+                if res < 0 {
+                    tracing::warn!("flush failed: {}", std::io::Error::from_raw_os_error(-res));
+                    self.finish_check(io, id, Sense::write_error());
+                } else {
+                    self.finish_good(io, id);
+                }
+            }
+            Kind::Read => {
+                if res < 0 {
+                    tracing::warn!("read failed: {}", std::io::Error::from_raw_os_error(-res));
+                    return self.finish_check(io, id, Sense::read_error());
+                }
+                if (res as u32) < t.chunk_len {
+                    // Short read past the end of a shrinking file: zeros.
+                    if let Some(b) = t.buf.as_ref() {
+                        io.pool_mut().slice_mut(b, t.chunk_len as usize)[res as usize..].fill(0);
+                    }
+                }
+                io.stats().read_ops.fetch_add(1, Relaxed);
+                self.queue_data_in(io, id);
+            }
+            Kind::Write => {
+                if res < 0 || (res as u32) < t.write_len() {
+                    tracing::warn!("write failed: {res}");
+                    return self.finish_check(io, id, Sense::write_error());
+                }
+                io.stats()
+                    .write_bytes
+                    .fetch_add(t.chunk_len as u64, Relaxed);
+                self.next_chunk(io, id);
+            }
+            Kind::VerifyCompare => {
+                if res < 0 {
+                    return self.finish_check(io, id, Sense::read_error());
+                }
+                let len = t.write_len() as usize;
+                let (Some(a), Some(b)) = (t.buf.as_ref(), t.cmp_buf.as_ref()) else {
+                    return self.finish_check(io, id, Sense::read_error());
+                };
+                let (sa, sb) = io.pool().pair(a, b, len);
+                if let Some(pos) = sa.iter().zip(sb).position(|(x, y)| x != y) {
+                    let at = t.chunk_start as u64 + pos as u64;
+                    return self.finish_check(io, id, Sense::miscompare(at));
+                }
+                self.next_chunk(io, id);
+            }
+        }
+    }
+
+    /// After a write or verify chunk: the next chunk, or the status.
+    pub(super) fn next_chunk(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let buf_size = io.pool().buf_size() as u32;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if !t.advance_chunk(buf_size) {
+            return self.finish_good(io, id);
+        }
+        self.send_r2t(id);
+        self.flush_tx(io);
+    }
+
+    /// Queue the Data-In PDUs of the chunk just read.
+    pub(super) fn queue_data_in(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let mrdsl = self.params.initiator_max_recv_dsl.max(512);
+        let max_burst = self.params.max_burst_length.max(512);
+        let mut segs = std::mem::take(&mut self.data_in);
+        segs.clear();
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(buf) = t.buf.as_ref() else { return };
+        let base = io.pool().ptr(buf);
+        io.stats().read_bytes.fetch_add(t.chunk_len as u64, Relaxed);
+        let last_chunk = t.data_in(mrdsl, max_burst, &mut segs);
+        let (itt, lun_raw, residual) = (t.itt, t.lun_raw, Residual::of(t.edtl, t.wanted));
+        let n = segs.len();
+        for (i, s) in segs.iter().enumerate() {
+            let sn = if s.status {
+                self.sn_status()
+            } else {
+                self.sn()
+            };
+            let mut hdr = [0u8; BHS_LEN];
+            build_data_in(
+                &mut hdr,
+                itt,
+                lun_raw,
+                s.data_sn,
+                s.offset,
+                s.len as usize,
+                s.fin,
+                s.status.then_some((Status::Good as u8, residual)),
+                sn,
+            );
+            let data = TxData::Buf {
+                ptr: base.wrapping_add(s.pos as usize),
+                len: s.len,
+            };
+            // The chunk's last PDU tells the task its buffer is free again.
+            self.queue(hdr, data, Some(id), i + 1 == n, false);
+        }
+        self.data_in = segs;
+        if last_chunk {
+            self.tasks.retire(id);
+        }
+        self.flush_tx(io);
+    }
+
+    /// A send of task `id`'s data finished: read the next chunk.
+    pub(super) fn chunk_sent(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        if t.finished {
+            self.maybe_free(io, id);
+        } else if t.kind == Kind::Read {
+            self.run_task(io, id);
+        }
+    }
+
+    pub(super) fn finish_good(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let (itt, residual, exp_data_sn) = (t.itt, Residual::of(t.edtl, t.wanted), t.data_sn);
+        self.tasks.retire(id);
+        self.respond_status(io, itt, Status::Good, residual, exp_data_sn);
+        self.maybe_free(io, id);
+    }
+
+    pub(super) fn finish_check(&mut self, io: &mut impl IoOps, id: TaskId, sense: Sense) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let itt = t.itt;
+        self.tasks.retire(id);
+        self.respond_check(io, itt, sense, Residual::None);
+        self.maybe_free(io, id);
+    }
+
+    /// Remove a task that never started.
+    pub(super) fn drop_task(&mut self, io: &mut impl IoOps, id: TaskId) {
+        self.tasks.retire(id);
+        self.maybe_free(io, id);
+    }
+
+    /// Give a finished task's buffers back once nothing refers to them.
+    pub(super) fn maybe_free(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        if !t.finished || t.io_busy || t.sends > 0 || self.direct_task == Some(id) {
+            return;
+        }
+        self.release_task(io, id);
+        // A buffer came back: wake a waiting read.
+        self.run_buffer_waiters(io);
+    }
+
+    /// Start reads that were waiting for a pool buffer, while there are
+    /// buffers.
+    pub(super) fn run_buffer_waiters(&mut self, io: &mut impl IoOps) {
+        // Each waiter is tried once: one that still cannot get a buffer
+        // goes back to the end of the queue.
+        for _ in 0..self.buf_waiters.len() {
+            if !self.can_take(io, 1) {
+                break;
+            }
+            let Some(w) = self.buf_waiters.pop_front() else {
+                break;
+            };
+            if let Some(wt) = self.tasks.get_mut(w) {
+                wt.waiting_buf = false;
+            }
+            self.run_task(io, w);
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! One iSCSI connection (and its single-connection session) on a reactor.
+//!
+//! Receive: PDUs are read into a per-connection staging buffer. A header is
+//! parsed there; a large data segment for a WRITE goes straight into the
+//! task's registered pool buffer with a second recv (zero copy); the
+//! bytes that were already in staging are copied. Small data segments
+//! (login text, NOP data, small writes) are copied.
+//!
+//! Send: responses are queued as [`Tx`] items (inline header, data that
+//! points into a pool buffer or a small owned vector) and written with one
+//! `sendmsg` per batch. A READ's Data-In payload is never copied: the disk
+//! read lands in a pool buffer, which the Data-In iovecs point at.
+//!
+//! Commands: each SCSI command that touches the medium becomes a
+//! [`Task`] owning one pool buffer for its lifetime, processed in chunks of
+//! one buffer (reads: disk read, then Data-In; writes: unsolicited data and
+//! R2T-driven Data-Out, then disk write). The session has one connection
+//! (MaxConnections=1) and ErrorRecoveryLevel 0: any protocol violation
+//! gets a Reject and the connection is closed.
+//!
+//! This is the driver: it moves bytes between the socket, the pool and the
+//! session core. What is not I/O lives in [`super::session`] (sequence
+//! numbers, login checks, reinstatement) and [`super::task`] (chunks,
+//! R2Ts, Data-Out acceptance, Data-In segmentation). The pieces:
+//! `rx` (framing and dispatch), `login` (login, text, NOP, logout, task
+//! management), `cmd` (SCSI commands and their disk I/O), `tx` (the send
+//! queue and responses). Every I/O goes through [`IoOps`], so `tests`
+//! drives whole connections in process with byte PDUs.
+
+use bootlun_engine::{BufPool, Connection, Io, IoOps, Issued};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::discovery::{answer_text, portal_list, TargetRecord};
+use super::negotiate::{Negotiator, SessionParams, SessionType};
+use super::session::{reinstate, LoginCheck, LoginSeq, Reinstate, SeqNums, REINSTATE_POLL_MS};
+use super::target::TargetShared;
+use super::task::{DataInSeg, DataOutError, Kind, Task, TaskId, TaskTable};
+use super::wire::*;
+use crate::scsi::{self, CommandCtx, Outcome, Sense, Status};
+
+const RX_CAP: usize = 64 * 1024;
+/// Data still to come beyond this size is received straight into the
+/// task's buffer instead of through the staging buffer.
+const DIRECT_MIN: usize = 8 * 1024;
+/// Stop reading new PDUs while this many responses wait to be sent.
+const TXQ_MAX: usize = 4096;
+const SEND_BATCH: usize = 64;
+
+const TAG_RECV: u32 = 1 << 28;
+const TAG_RECV_DIRECT: u32 = 2 << 28;
+const TAG_SEND: u32 = 3 << 28;
+const TAG_DISK: u32 = 4 << 28;
+const TAG_LOGIN_TIMER: u32 = 5 << 28;
+const TAG_CANCEL: u32 = 6 << 28;
+const TAG_REINSTATE_TIMER: u32 = 7 << 28;
+
+const TAG_KIND: u32 = 0xf << 28;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Login,
+    FullFeature,
+}
+
+/// Where the data segment of the PDU being received goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Thrown away (data for an aborted or finished task).
+    Discard,
+    /// `pdu_data`, for text, NOP and other small payloads.
+    Vec,
+    /// Task `id`'s data space at byte offset `off`.
+    Task { id: TaskId, off: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    /// Waiting for a complete header.
+    Header,
+    /// Receiving a data segment of `total` bytes, `got` so far, then
+    /// `trailer` bytes of padding and digest.
+    Data {
+        sink: Sink,
+        total: usize,
+        got: usize,
+        trailer: usize,
+    },
+}
+
+enum TxData {
+    None,
+    Owned(Vec<u8>),
+    Buf { ptr: *const u8, len: u32 },
+}
+
+/// One PDU waiting to be sent.
+struct Tx {
+    hdr: [u8; BHS_LEN + DIGEST_LEN],
+    hlen: u8,
+    data: TxData,
+    trailer: [u8; 8],
+    tlen: u8,
+    /// Task whose buffer `data` points into (its `sends` count is dropped
+    /// when this PDU has gone out), and whether the task wants to hear.
+    task: Option<TaskId>,
+    notify: bool,
+    close_after: bool,
+}
+
+pub struct Conn {
+    sh: Arc<TargetShared>,
+    /// Unique among all connections of the target.
+    id: u64,
+    /// Registered as the holder of a normal session (see
+    /// `TargetShared::register_session`).
+    session_registered: bool,
+    /// Owns the socket; closed when the connection is dropped. Any
+    /// connected stream socket works (tests hand in one end of a Unix
+    /// socket pair): only `shutdown` is called on it here.
+    sock: TcpStream,
+    fd: RawFd,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    reactor: usize,
+    phase: Phase,
+    closing: bool,
+    neg: Negotiator,
+    login: LoginSeq,
+    params: SessionParams,
+    hd: bool,
+    dd: bool,
+    seq: SeqNums,
+    // receive
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    rx_busy: bool,
+    rx_state: Rx,
+    cur: [u8; BHS_LEN],
+    pdu_data: Vec<u8>,
+    data_crc: u32,
+    /// Where in its task's buffer the direct recv in flight writes (for the
+    /// data digest), and the task whose buffer that is: it is not freed
+    /// until the recv ends.
+    direct_off: u32,
+    direct_task: Option<TaskId>,
+    /// Pool buffers this connection's tasks hold (bounded by `buf_limit`,
+    /// so one connection cannot starve the reactor's others).
+    bufs_held: usize,
+    // send
+    txq: VecDeque<Tx>,
+    tx_fly: Vec<Tx>,
+    iov: Vec<libc::iovec>,
+    iov_pos: usize,
+    tx_busy: bool,
+    close_after_send: bool,
+    // tasks
+    tasks: TaskTable,
+    buf_waiters: VecDeque<TaskId>,
+    next_ttt: u32,
+    scratch: Vec<u8>,
+    notify: Vec<TaskId>,
+    data_in: Vec<DataInSeg>,
+    /// Whether the login timer is in flight, and whether it was cancelled.
+    timer_armed: bool,
+    timer_cancelled: bool,
+    /// The final Login Response, held while an old session is reinstated.
+    pending_login: Option<(LoginResponse, Vec<u8>)>,
+    reinstate_timer_armed: bool,
+    reinstate_polls: u32,
+}
+
+impl Conn {
+    pub fn new(sh: Arc<TargetShared>, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
+        let local = stream.local_addr().ok();
+        Conn::with_socket(sh, stream.into(), peer, local, reactor)
+    }
+
+    /// A connection over any connected stream socket (tests use a Unix
+    /// socket pair).
+    pub fn with_socket(
+        sh: Arc<TargetShared>,
+        sock: OwnedFd,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        reactor: usize,
+    ) -> Conn {
+        let sock = TcpStream::from(sock);
+        let fd = sock.as_raw_fd();
+        let neg = Negotiator::new(sh.limits.clone());
+        let id = sh.conn_id();
+        let seq = SeqNums::new(sh.queue_depth);
+        Conn {
+            id,
+            session_registered: false,
+            sh,
+            sock,
+            fd,
+            peer,
+            local,
+            reactor,
+            phase: Phase::Login,
+            closing: false,
+            neg,
+            login: LoginSeq::default(),
+            params: SessionParams::default(),
+            hd: false,
+            dd: false,
+            seq,
+            rx: vec![0u8; RX_CAP].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            rx_busy: false,
+            rx_state: Rx::Header,
+            cur: [0; BHS_LEN],
+            pdu_data: Vec::new(),
+            data_crc: 0,
+            direct_off: 0,
+            direct_task: None,
+            bufs_held: 0,
+            txq: VecDeque::with_capacity(256),
+            tx_fly: Vec::with_capacity(SEND_BATCH),
+            iov: Vec::with_capacity(SEND_BATCH * 3),
+            iov_pos: 0,
+            tx_busy: false,
+            close_after_send: false,
+            tasks: TaskTable::default(),
+            buf_waiters: VecDeque::new(),
+            next_ttt: 1,
+            scratch: Vec::with_capacity(4096),
+            notify: Vec::with_capacity(SEND_BATCH),
+            data_in: Vec::with_capacity(64),
+            timer_armed: false,
+            timer_cancelled: false,
+            pending_login: None,
+            reinstate_timer_armed: false,
+            reinstate_polls: 0,
+        }
+    }
+}
+
+impl Conn {
+    /// Release everything once closed and idle.
+    fn reap(&mut self, io: &mut impl IoOps) {
+        if !self.closing {
+            return;
+        }
+        if self.timer_armed && !self.timer_cancelled {
+            self.timer_cancelled = true;
+            io.cancel_timeout(TAG_LOGIN_TIMER, TAG_CANCEL);
+        }
+        if self.tx_busy {
+            return;
+        }
+        for id in self.tasks.ids() {
+            let direct = self.rx_busy && self.direct_task == Some(id);
+            if let Some(t) = self.tasks.get_mut(id) {
+                // Never while the kernel may still write into its buffer.
+                // Its queued sends are dropped with the send queue.
+                if !t.io_busy && !direct {
+                    t.finished = true;
+                    t.sends = 0;
+                    self.release_task(io, id);
+                }
+            }
+        }
+    }
+
+    /// Drop task `id` and give its buffers back to the pool.
+    fn release_task(&mut self, io: &mut impl IoOps, id: TaskId) {
+        if let Some(t) = self.tasks.remove(id) {
+            debug_assert!(
+                !t.io_busy && t.sends == 0,
+                "task released with I/O in flight"
+            );
+            for b in [t.buf, t.cmp_buf].into_iter().flatten() {
+                io.pool_mut().release(b);
+                debug_assert!(self.bufs_held > 0, "more buffers released than held");
+                self.bufs_held -= 1;
+            }
+        }
+    }
+}
+
+/// The engine's entry points, generic over [`IoOps`] so tests can drive a
+/// connection without a reactor.
+impl Conn {
+    pub fn on_start(&mut self, io: &mut impl IoOps) {
+        // A peer that connects and never logs in is dropped.
+        io.timeout(
+            Duration::from_secs(self.sh.login_timeout_secs),
+            TAG_LOGIN_TIMER,
+        );
+        self.timer_armed = true;
+        self.post_recv(io);
+    }
+
+    pub fn on_complete(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
+        match tag & TAG_KIND {
+            TAG_RECV => {
+                self.rx_busy = false;
+                if self.closing {
+                } else if res <= 0 {
+                    let why = if res == 0 {
+                        "peer closed the connection".to_string()
+                    } else {
+                        format!(
+                            "receive failed: {}",
+                            std::io::Error::from_raw_os_error(-res)
+                        )
+                    };
+                    self.close(&why);
+                } else {
+                    self.rx_end += res as usize;
+                    self.process_rx(io);
+                }
+            }
+            TAG_RECV_DIRECT => {
+                self.rx_busy = false;
+                let target_task = self.direct_task.take();
+                if self.closing {
+                } else if res <= 0 {
+                    self.close("peer closed the connection during data");
+                } else if let Rx::Data { got, .. } = self.rx_state {
+                    let (off, n) = (self.direct_off as usize, res as usize);
+                    if self.dd {
+                        let buf = target_task
+                            .and_then(|t| self.tasks.get(t))
+                            .and_then(|t| t.buf.as_ref());
+                        if let Some(buf) = buf {
+                            let b = &io.pool().slice(buf, off + n)[off..];
+                            self.data_crc = crc32c::crc32c_append(self.data_crc, b);
+                        }
+                    }
+                    self.direct_off += res as u32;
+                    if self.data_progress(io, got + res as usize) {
+                        return;
+                    }
+                    self.process_rx(io);
+                }
+                // The buffer it wrote into may belong to a task that ended
+                // meanwhile; it can go back now.
+                if let Some(t) = target_task {
+                    if self.direct_task != Some(t) {
+                        self.maybe_free(io, t);
+                    }
+                }
+            }
+            TAG_SEND => self.send_done(io, res),
+            TAG_LOGIN_TIMER => {
+                self.timer_armed = false;
+                if res == -libc::ETIME && self.phase == Phase::Login && !self.closing {
+                    tracing::warn!(
+                        "connection {}: no login within {} s",
+                        self.peer,
+                        self.sh.login_timeout_secs
+                    );
+                    self.close("login timeout");
+                }
+            }
+            TAG_CANCEL => {}
+            TAG_REINSTATE_TIMER => {
+                self.reinstate_timer_armed = false;
+                if !self.closing {
+                    self.finish_login(io);
+                }
+            }
+            TAG_DISK => {
+                let id = TaskId::from_index(tag & !TAG_KIND);
+                if self.closing {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        t.io_busy = false;
+                    }
+                } else {
+                    self.disk_done(io, id, res);
+                }
+            }
+            _ => {}
+        }
+        self.reap(io);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.closing
+            && !self.tx_busy
+            && !self.rx_busy
+            && !self.timer_armed
+            && !self.reinstate_timer_armed
+            && self.tasks.is_empty()
+    }
+
+    pub fn on_buffers_available(&mut self, io: &mut impl IoOps) {
+        if !self.closing {
+            self.run_buffer_waiters(io);
+        }
+    }
+
+    pub fn on_shutdown(&mut self, io: &mut impl IoOps) {
+        self.close("target shutting down");
+        self.reap(io);
+    }
+}
+
+impl Connection for Conn {
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.on_start(io);
+    }
+    fn complete(&mut self, io: &mut Io<'_>, tag: u32, res: i32) {
+        self.on_complete(io, tag, res);
+    }
+    fn finished(&self) -> bool {
+        self.is_finished()
+    }
+    fn buffers_available(&mut self, io: &mut Io<'_>) {
+        self.on_buffers_available(io);
+    }
+    fn shutdown(&mut self, io: &mut Io<'_>) {
+        self.on_shutdown(io);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // All I/O of this connection has drained (the reactor drops it only
+        // then): a reinstating login may now proceed. `stream` closes the
+        // socket after this.
+        if self.session_registered {
+            self.sh
+                .unregister_session(&self.params.initiator_name, self.login.isid, self.id);
+        }
+        tracing::debug!("connection {} released", self.peer);
+    }
+}
+
+mod cmd;
+mod login;
+mod rx;
+mod tx;
+
+#[cfg(test)]
+mod tests;

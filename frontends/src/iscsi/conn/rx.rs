@@ -1,0 +1,335 @@
+use super::*;
+
+impl Conn {
+    // ------------------------------------------------------------------
+    // Receive path
+
+    pub(super) fn post_recv(&mut self, io: &mut impl IoOps) {
+        if self.rx_busy || self.closing || self.close_after_send || self.txq.len() > TXQ_MAX {
+            return;
+        }
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if RX_CAP - self.rx_end < 4096 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        let room = RX_CAP - self.rx_end;
+        let ptr = self.rx[self.rx_end..].as_mut_ptr();
+        // SAFETY: `rx` is a boxed slice owned by the connection and never
+        // reallocated; the reactor drops a connection only once nothing is
+        // in flight, and `rx_busy` keeps the rest of the code from
+        // touching `rx[rx_end..]` until the receive completes.
+        unsafe { io.recv(self.fd, ptr, room as u32, TAG_RECV) };
+        self.rx_busy = true;
+    }
+
+    pub(super) fn header_len(&self, bhs: &Bhs<'_>) -> usize {
+        BHS_LEN + bhs.ahs_len() + if self.hd { DIGEST_LEN } else { 0 }
+    }
+
+    /// Largest data segment we accept now.
+    pub(super) fn max_dsl(&self) -> usize {
+        if self.phase == Phase::Login {
+            // Login text is bounded by our declaration too.
+            self.sh.limits.max_recv_data_segment_length.max(8192) as usize
+        } else {
+            self.params.target_max_recv_dsl.max(512) as usize
+        }
+    }
+
+    /// Consume whatever complete pieces sit in the staging buffer.
+    pub(super) fn process_rx(&mut self, io: &mut impl IoOps) {
+        while !self.closing && !self.close_after_send {
+            match self.rx_state {
+                Rx::Header => {
+                    let avail = &self.rx[self.rx_start..self.rx_end];
+                    let Ok(bhs) = Bhs::parse(avail) else { break };
+                    let hlen = self.header_len(&bhs);
+                    if avail.len() < hlen {
+                        break;
+                    }
+                    self.cur.copy_from_slice(bhs.bytes());
+                    if self.hd {
+                        let got = u32::from_le_bytes(avail[hlen - 4..hlen].try_into().unwrap());
+                        let want = digest(&[&avail[..hlen - 4]]);
+                        if got != want {
+                            // RFC 7143 7.8: a header digest error at ERL 0
+                            // means the connection cannot be trusted.
+                            self.close("header digest error");
+                            break;
+                        }
+                    }
+                    self.rx_start += hlen;
+                    let dsl = bhs.data_segment_len();
+                    if dsl > self.max_dsl() {
+                        self.reject_and_close(
+                            io,
+                            reject_reason::PROTOCOL_ERROR,
+                            "data segment longer than negotiated",
+                        );
+                        break;
+                    }
+                    let sink = self.on_header(io, dsl);
+                    if self.closing || self.close_after_send {
+                        break;
+                    }
+                    if dsl == 0 {
+                        self.on_pdu(io, Sink::Discard);
+                        continue;
+                    }
+                    self.pdu_data.clear();
+                    self.data_crc = 0;
+                    let trailer = pad_len(dsl) + if self.dd { DIGEST_LEN } else { 0 };
+                    self.rx_state = Rx::Data {
+                        sink,
+                        total: dsl,
+                        got: 0,
+                        trailer,
+                    };
+                }
+                Rx::Data {
+                    sink,
+                    total,
+                    got,
+                    trailer,
+                } => {
+                    if got < total {
+                        let avail = self.rx_end - self.rx_start;
+                        let n = avail.min(total - got);
+                        if n > 0 {
+                            let (s, e) = (self.rx_start, self.rx_start + n);
+                            let bytes: &[u8] = &self.rx[s..e];
+                            if self.dd {
+                                self.data_crc = crc32c::crc32c_append(self.data_crc, bytes);
+                            }
+                            deliver(
+                                &self.tasks,
+                                &mut self.pdu_data,
+                                io.pool_mut(),
+                                sink,
+                                got,
+                                bytes,
+                            );
+                            self.rx_start += n;
+                        }
+                        let got = got + n;
+                        if self.data_progress(io, got) {
+                            return;
+                        }
+                        if got < total {
+                            break;
+                        }
+                    }
+                    let avail = self.rx_end - self.rx_start;
+                    if avail < trailer {
+                        break;
+                    }
+                    let t = &self.rx[self.rx_start..self.rx_start + trailer];
+                    if self.dd {
+                        let pad = trailer - DIGEST_LEN;
+                        let crc = crc32c::crc32c_append(self.data_crc, &t[..pad]);
+                        let got = u32::from_le_bytes(t[pad..].try_into().unwrap());
+                        if crc != got {
+                            self.rx_start += trailer;
+                            self.rx_state = Rx::Header;
+                            self.reject_and_close(
+                                io,
+                                reject_reason::DATA_DIGEST_ERROR,
+                                "data digest error",
+                            );
+                            break;
+                        }
+                    }
+                    self.rx_start += trailer;
+                    self.rx_state = Rx::Header;
+                    self.on_pdu(io, sink);
+                }
+            }
+        }
+        self.post_recv(io);
+    }
+
+    /// `got` bytes of the current data segment are in. If the rest can go
+    /// straight into a task buffer, start that receive and return true.
+    pub(super) fn data_progress(&mut self, io: &mut impl IoOps, got: usize) -> bool {
+        let Rx::Data {
+            sink,
+            total,
+            trailer,
+            ..
+        } = self.rx_state
+        else {
+            return false;
+        };
+        self.rx_state = Rx::Data {
+            sink,
+            total,
+            got,
+            trailer,
+        };
+        if got < total {
+            if let Some((id, off)) = self.direct_target(sink, got, total) {
+                self.recv_direct(io, id, off, total - got);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Receive the next `len` bytes of the data segment straight into task
+    /// `task`'s pool buffer at byte `off`.
+    pub(super) fn recv_direct(&mut self, io: &mut impl IoOps, task: TaskId, off: u32, len: usize) {
+        let Some(buf) = self.tasks.get(task).and_then(|t| t.buf.as_ref()) else {
+            return;
+        };
+        io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
+        self.direct_task = Some(task);
+        self.direct_off = off;
+        self.rx_busy = true;
+    }
+
+    /// Where a direct recv of the rest of a data segment may land (task and
+    /// offset in its buffer), if the sink is a task buffer that covers all
+    /// of it.
+    pub(super) fn direct_target(
+        &mut self,
+        sink: Sink,
+        got: usize,
+        total: usize,
+    ) -> Option<(TaskId, u32)> {
+        if total - got < DIRECT_MIN {
+            return None;
+        }
+        let Sink::Task { id, off } = sink else {
+            return None;
+        };
+        let t = self.tasks.get(id)?;
+        let start = off as u64 + got as u64;
+        let end = off as u64 + total as u64;
+        if start < t.chunk_start as u64 || end > (t.chunk_start + t.chunk_len) as u64 {
+            return None;
+        }
+        t.buf.as_ref()?;
+        Some((id, start as u32 - t.chunk_start))
+    }
+
+    // ------------------------------------------------------------------
+    // PDU dispatch
+
+    /// A header has been received: decide where its data goes. SCSI
+    /// Command and Data-Out are acted on here so their data can land in
+    /// the task's buffer.
+    pub(super) fn on_header(&mut self, io: &mut impl IoOps, dsl: usize) -> Sink {
+        let cur = self.cur;
+        let Ok(bhs) = Bhs::parse(&cur) else {
+            return Sink::Discard;
+        };
+        let op = bhs.opcode();
+        if self.phase == Phase::Login && op != Opcode::LoginRequest {
+            self.reject_and_close(
+                io,
+                reject_reason::PROTOCOL_ERROR,
+                "PDU other than Login before login completed",
+            );
+            return Sink::Discard;
+        }
+        match op {
+            Opcode::ScsiCommand => self.on_scsi_command(io, bhs, dsl),
+            Opcode::DataOut => self.on_data_out_header(io, bhs, dsl),
+            _ => Sink::Vec,
+        }
+    }
+
+    /// A whole PDU (header and data) has been received.
+    pub(super) fn on_pdu(&mut self, io: &mut impl IoOps, sink: Sink) {
+        let cur = self.cur;
+        let Ok(bhs) = Bhs::parse(&cur) else { return };
+        match bhs.opcode() {
+            Opcode::ScsiCommand => {
+                if let Sink::Task { id, .. } = sink {
+                    let n = bhs.data_segment_len() as u32;
+                    self.data_arrived(io, id, 0, n, None);
+                }
+            }
+            Opcode::DataOut => {
+                if let Sink::Task { id, off } = sink {
+                    let n = bhs.data_segment_len() as u32;
+                    let ttt = DataOut(bhs).ttt();
+                    self.data_arrived(io, id, off, n, Some(ttt));
+                }
+            }
+            Opcode::LoginRequest => self.on_login(io, bhs),
+            Opcode::TextRequest => self.on_text(io, bhs),
+            Opcode::NopOut => self.on_nop_out(io, bhs),
+            Opcode::LogoutRequest => self.on_logout(io, bhs),
+            Opcode::TaskMgmtRequest => self.on_tmf(io, bhs),
+            Opcode::SnackRequest => {
+                self.reject(
+                    io,
+                    reject_reason::PROTOCOL_ERROR,
+                    "SNACK at ErrorRecoveryLevel 0",
+                );
+            }
+            op => {
+                let why = format!("unsupported opcode {:#04x}", op.as_u8());
+                self.reject_and_close(io, reject_reason::COMMAND_NOT_SUPPORTED, &why);
+            }
+        }
+    }
+
+    /// CmdSN bookkeeping for a non-immediate command. False when the
+    /// command lies outside the window and must be ignored (RFC 7143 4.2.2.1).
+    pub(super) fn accept_cmd_sn(&mut self, cmd_sn: u32, immediate: bool) -> bool {
+        match self.seq.accept(cmd_sn, immediate, self.tasks.active()) {
+            Ok(()) => true,
+            Err(w) => {
+                tracing::warn!(
+                    "connection {}: CmdSN {cmd_sn} outside window {}..{}; ignored",
+                    self.peer,
+                    w.exp_cmd_sn,
+                    w.max_cmd_sn
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Store received data bytes `[at, at+len)` of the current PDU where `sink`
+/// says. A free function so the bytes can be borrowed from the
+/// connection's staging buffer while the task table is read.
+fn deliver(
+    tasks: &TaskTable,
+    pdu_data: &mut Vec<u8>,
+    pool: &mut BufPool,
+    sink: Sink,
+    at: usize,
+    bytes: &[u8],
+) {
+    match sink {
+        Sink::Discard => {}
+        Sink::Vec => pdu_data.extend_from_slice(bytes),
+        Sink::Task { id, off } => {
+            let Some(t) = tasks.get(id) else {
+                return;
+            };
+            let Some(buf) = t.buf.as_ref() else { return };
+            // Clip to the current chunk window.
+            let start = off as u64 + at as u64;
+            let end = start + bytes.len() as u64;
+            let ws = t.chunk_start as u64;
+            let we = ws + t.chunk_len as u64;
+            let s = start.max(ws);
+            let e = end.min(we);
+            if s >= e {
+                return;
+            }
+            let dst = pool.slice_mut(buf, t.chunk_len as usize);
+            dst[(s - ws) as usize..(e - ws) as usize]
+                .copy_from_slice(&bytes[(s - start) as usize..(e - start) as usize]);
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! Whole connections driven in process: byte PDUs in, byte PDUs and disk
+//! operations out, through a recording [`IoOps`] instead of a reactor. No
+//! ring, no subprocess, no timing: every completion is delivered by the
+//! test. Socket-free cases of `tests/hostile_writes.rs`,
+//! `tests/pdu_sequences.rs` and `tests/session_reinstatement.rs` live here.
+
+use super::*;
+use crate::iscsi::negotiate::Limits;
+use crate::iscsi::target::Lun;
+use bootlun_engine::{open_backend, BlockBackend, LunSpec, PoolBuf, ReactorStats};
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+
+const IQN: &str = "iqn.2026-11.org.bootlun:target";
+const DISK: usize = 1 << 20;
+
+enum Op {
+    Recv {
+        ptr: *mut u8,
+        len: usize,
+        tag: u32,
+    },
+    RecvPool {
+        ptr: *mut u8,
+        len: usize,
+        tag: u32,
+    },
+    Disk {
+        tag: u32,
+        write: bool,
+        ptr: *mut u8,
+        len: usize,
+        offset: u64,
+    },
+    Timeout {
+        tag: u32,
+    },
+    Done {
+        tag: u32,
+        res: i32,
+    },
+}
+
+/// Stands in for a reactor: records operations, keeps a RAM disk.
+struct MockIo {
+    pool: BufPool,
+    stats: ReactorStats,
+    ops: Vec<Op>,
+    sent: Vec<u8>,
+    disk: Vec<u8>,
+    waits_for_buffers: bool,
+}
+
+impl IoOps for MockIo {
+    fn pool(&self) -> &BufPool {
+        &self.pool
+    }
+    fn pool_mut(&mut self) -> &mut BufPool {
+        &mut self.pool
+    }
+    fn stats(&self) -> &ReactorStats {
+        &self.stats
+    }
+    fn wait_for_buffers(&mut self) {
+        self.waits_for_buffers = true;
+    }
+    unsafe fn recv(&mut self, _fd: RawFd, buf: *mut u8, len: u32, tag: u32) {
+        self.ops.push(Op::Recv {
+            ptr: buf,
+            len: len as usize,
+            tag,
+        });
+    }
+    fn recv_pool(&mut self, _fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
+        let ptr = self.pool.ptr(buf).wrapping_add(off as usize);
+        self.ops.push(Op::RecvPool {
+            ptr,
+            len: len as usize,
+            tag,
+        });
+    }
+    unsafe fn send(&mut self, _fd: RawFd, iov: &[libc::iovec], tag: u32) {
+        let mut n = 0;
+        for v in iov {
+            // SAFETY: the connection keeps what the iovecs point at alive
+            // until the completion, which comes after this copy.
+            let b = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+            self.sent.extend_from_slice(b);
+            n += v.iov_len;
+        }
+        self.ops.push(Op::Done { tag, res: n as i32 });
+    }
+    fn disk_read(
+        &mut self,
+        _b: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        tag: u32,
+    ) -> Issued {
+        let ptr = self.pool.ptr(buf);
+        self.ops.push(Op::Disk {
+            tag,
+            write: false,
+            ptr,
+            len: len as usize,
+            offset,
+        });
+        Issued::Pending
+    }
+    fn disk_write(
+        &mut self,
+        _b: &dyn BlockBackend,
+        buf: &PoolBuf,
+        len: u32,
+        offset: u64,
+        _fua: bool,
+        tag: u32,
+    ) -> Issued {
+        let ptr = self.pool.ptr(buf);
+        self.ops.push(Op::Disk {
+            tag,
+            write: true,
+            ptr,
+            len: len as usize,
+            offset,
+        });
+        Issued::Pending
+    }
+    fn disk_flush(&mut self, _b: &dyn BlockBackend, _tag: u32) -> Issued {
+        Issued::Done(0)
+    }
+    fn timeout(&mut self, _after: Duration, tag: u32) {
+        self.ops.push(Op::Timeout { tag });
+    }
+    fn cancel_timeout(&mut self, timer_tag: u32, tag: u32) {
+        if let Some(p) = self
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::Timeout { tag } if *tag == timer_tag))
+        {
+            self.ops.remove(p);
+            self.ops.push(Op::Done {
+                tag: timer_tag,
+                res: -libc::ECANCELED,
+            });
+        }
+        self.ops.push(Op::Done { tag, res: 0 });
+    }
+}
+
+fn shared(buffers_luns: usize) -> Arc<TargetShared> {
+    let luns = (0..buffers_luns)
+        .map(|i| {
+            let b = open_backend(&LunSpec::parse("null:1M").unwrap(), i).unwrap();
+            Lun::new(b, IQN, 1 << 20)
+        })
+        .collect();
+    Arc::new(TargetShared::new(IQN.into(), luns, Limits::default(), 16))
+}
+
+/// One connection and the initiator's side of it.
+struct H {
+    conn: Conn,
+    io: MockIo,
+    inbox: VecDeque<u8>,
+    _peer: UnixStream,
+    /// Leave disk operations in flight.
+    hold_disk: bool,
+    itt: u32,
+    cmd_sn: u32,
+}
+
+impl H {
+    fn new(sh: Arc<TargetShared>, buffers: usize, buf_size: usize) -> H {
+        let (a, b) = UnixStream::pair().unwrap();
+        let conn = Conn::with_socket(sh, a.into(), "127.0.0.1:1".parse().unwrap(), None, 0);
+        let io = MockIo {
+            pool: BufPool::new(buffers, buf_size).unwrap(),
+            stats: ReactorStats::default(),
+            ops: Vec::new(),
+            sent: Vec::new(),
+            disk: vec![0; DISK],
+            waits_for_buffers: false,
+        };
+        let mut h = H {
+            conn,
+            io,
+            inbox: VecDeque::new(),
+            _peer: b,
+            hold_disk: false,
+            itt: 1,
+            cmd_sn: 0,
+        };
+        h.conn.on_start(&mut h.io);
+        h.pump();
+        h
+    }
+
+    /// Deliver every completion that can happen now (receives only while
+    /// there are bytes to give).
+    fn pump(&mut self) {
+        loop {
+            let ops = std::mem::take(&mut self.io.ops);
+            let mut progress = false;
+            for op in ops {
+                match op {
+                    Op::Recv { ptr, len, tag } if !self.inbox.is_empty() => {
+                        let n = len.min(self.inbox.len());
+                        for i in 0..n {
+                            // SAFETY: the connection gave `len` bytes at `ptr`.
+                            unsafe { *ptr.add(i) = self.inbox.pop_front().unwrap() };
+                        }
+                        self.conn.on_complete(&mut self.io, tag, n as i32);
+                        progress = true;
+                    }
+                    Op::RecvPool { ptr, len, tag } if self.inbox.len() >= len => {
+                        for i in 0..len {
+                            // SAFETY: inside the task's pool buffer.
+                            unsafe { *ptr.add(i) = self.inbox.pop_front().unwrap() };
+                        }
+                        self.conn.on_complete(&mut self.io, tag, len as i32);
+                        progress = true;
+                    }
+                    Op::Disk {
+                        tag,
+                        write,
+                        ptr,
+                        len,
+                        offset,
+                    } if !self.hold_disk => {
+                        let o = offset as usize;
+                        let d = &mut self.io.disk[o..o + len];
+                        // SAFETY: `len` bytes of a pool buffer the task holds.
+                        let b = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                        if write {
+                            d.copy_from_slice(b);
+                        } else {
+                            b.copy_from_slice(d);
+                        }
+                        self.conn.on_complete(&mut self.io, tag, len as i32);
+                        progress = true;
+                    }
+                    Op::Done { tag, res } => {
+                        self.conn.on_complete(&mut self.io, tag, res);
+                        progress = true;
+                    }
+                    other => self.io.ops.push(other),
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let mut b = *bhs;
+        b[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+        self.inbox.extend(b);
+        self.inbox.extend(data);
+        self.inbox
+            .extend(std::iter::repeat_n(0, pad_len(data.len())));
+        self.pump();
+    }
+
+    /// The target's PDUs sent so far: (header, data).
+    fn take_pdus(&mut self) -> Vec<([u8; BHS_LEN], Vec<u8>)> {
+        let mut out = Vec::new();
+        let s = std::mem::take(&mut self.io.sent);
+        let mut p = 0;
+        while p + BHS_LEN <= s.len() {
+            let h: [u8; BHS_LEN] = s[p..p + BHS_LEN].try_into().unwrap();
+            let dsl = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
+            let d = s[p + BHS_LEN..p + BHS_LEN + dsl].to_vec();
+            p += BHS_LEN + dsl + pad_len(dsl);
+            out.push((h, d));
+        }
+        out
+    }
+
+    fn login(
+        &mut self,
+        initiator: &str,
+        isid_last: u8,
+        extra: &[(&str, &str)],
+    ) -> Vec<([u8; BHS_LEN], Vec<u8>)> {
+        let mut text = String::new();
+        let keys = [
+            ("InitiatorName", initiator),
+            ("SessionType", "Normal"),
+            ("TargetName", IQN),
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", "262144"),
+        ];
+        for (k, v) in keys.iter().chain(extra) {
+            text.push_str(&format!("{k}={v}\0"));
+        }
+        let mut b = [0u8; BHS_LEN];
+        b[0] = 0x43;
+        b[1] = 0x80 | (1 << 2) | 3; // Operational -> full feature
+        b[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, isid_last]);
+        b[16..20].copy_from_slice(&0u32.to_be_bytes());
+        self.send(&b, text.as_bytes());
+        self.take_pdus()
+    }
+
+    fn logged_in(&mut self, extra: &[(&str, &str)]) {
+        let r = self.login("iqn.2026-11.org.test:i", 1, extra);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0[0] & 0x3f, 0x23);
+        assert_eq!((r[0].0[36], r[0].0[37]), (0, 0), "login failed");
+        assert_eq!(r[0].0[1] & 0x83, 0x83, "not in full feature phase");
+    }
+
+    fn cmd(&mut self, cdb: &[u8], read: u32, write: u32, imm: &[u8]) -> u32 {
+        let mut b = [0u8; BHS_LEN];
+        b[0] = 0x01;
+        b[1] = 0x80 | if read > 0 { 0x40 } else { 0 } | if write > 0 { 0x20 } else { 0 };
+        let itt = self.itt;
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b[20..24].copy_from_slice(&read.max(write).to_be_bytes());
+        b[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        b[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.itt += 1;
+        self.cmd_sn += 1;
+        self.send(&b, imm);
+        itt
+    }
+
+    fn data_out(&mut self, itt: u32, ttt: u32, data_sn: u32, off: u32, fin: bool, data: &[u8]) {
+        let mut b = [0u8; BHS_LEN];
+        b[0] = 0x05;
+        b[1] = if fin { 0x80 } else { 0 };
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b[20..24].copy_from_slice(&ttt.to_be_bytes());
+        b[36..40].copy_from_slice(&data_sn.to_be_bytes());
+        b[40..44].copy_from_slice(&off.to_be_bytes());
+        self.send(&b, data);
+    }
+}
+
+fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x2a;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = write10(lba, blocks);
+    c[0] = 0x28;
+    c
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().unwrap())
+}
+
+/// (opcode, SCSI status or reject reason, TTT/offset/len of an R2T).
+fn summary(p: &[([u8; BHS_LEN], Vec<u8>)]) -> Vec<(u8, u8)> {
+    p.iter().map(|(h, _)| (h[0] & 0x3f, h[3])).collect()
+}
+
+const R2T: u8 = 0x31;
+const RSP: u8 = 0x21;
+const REJECT: u8 = 0x3f;
+
+#[test]
+fn login_write_read_round_trip() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[]);
+    // 16 blocks: 4 KiB immediate, the rest by R2T (InitialR2T=Yes).
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+    let itt = h.cmd(&write10(4, 16), 0, 8192, &data[..4096]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(R2T, 0)]);
+    let (ttt, off, len) = (
+        be32(&p[0].0[20..]),
+        be32(&p[0].0[40..]),
+        be32(&p[0].0[44..]),
+    );
+    assert_eq!((off, len), (4096, 4096));
+    h.data_out(itt, ttt, 0, off, true, &data[4096..]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(RSP, 0)]);
+    assert_eq!(&h.io.disk[4 * 512..4 * 512 + 8192], &data[..]);
+    // Read it back: Data-In with the status in the last PDU.
+    h.cmd(&read10(4, 16), 8192, 0, &[]);
+    let p = h.take_pdus();
+    let got: Vec<u8> = p.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(got, data);
+    let last = &p.last().unwrap().0;
+    assert_eq!((last[0] & 0x3f, last[1] & 0x81), (0x25, 0x81));
+    assert!(h.conn.tasks.is_empty());
+    assert_eq!(h.io.pool.available(), 8);
+}
+
+#[test]
+fn large_writes_span_several_chunks_and_bursts() {
+    // 8 KiB buffers: a 40 KiB write goes in five chunks.
+    let mut h = H::new(shared(1), 8, 8192);
+    h.logged_in(&[("MaxBurstLength", "16384")]);
+    let data: Vec<u8> = (0..40960u32).map(|i| (i / 3) as u8).collect();
+    let itt = h.cmd(&write10(0, 80), 0, 40960, &[]);
+    let mut sent = 0;
+    for _ in 0..20 {
+        let p = h.take_pdus();
+        if p.iter().any(|(b, _)| b[0] & 0x3f == RSP) {
+            assert_eq!(summary(&p).last(), Some(&(RSP, 0)));
+            break;
+        }
+        assert_eq!(summary(&p), vec![(R2T, 0)]);
+        let (ttt, off, len) = (
+            be32(&p[0].0[20..]),
+            be32(&p[0].0[40..]),
+            be32(&p[0].0[44..]),
+        );
+        assert_eq!(off, sent);
+        h.data_out(
+            itt,
+            ttt,
+            0,
+            off,
+            true,
+            &data[off as usize..(off + len) as usize],
+        );
+        sent += len;
+    }
+    assert_eq!(sent, 40960);
+    assert_eq!(&h.io.disk[..40960], &data[..]);
+}
+
+#[test]
+fn unsolicited_data_over_immediate_data_is_not_acknowledged() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[("InitialR2T", "No")]);
+    let itt = h.cmd(&write10(0, 8), 0, 4096, &[0xAA; 2048]);
+    // The same first 2 KiB again as unsolicited Data-Out.
+    h.data_out(itt, RESERVED_TAG, 0, 0, false, &[0xBB; 2048]);
+    let p = h.take_pdus();
+    assert_eq!(
+        summary(&p),
+        vec![(REJECT, 0)],
+        "no GOOD for data counted twice"
+    );
+    assert!(h.conn.closing || h.conn.close_after_send);
+    assert!(h.io.disk[..4096].iter().all(|&b| b == 0), "nothing written");
+}
+
+#[test]
+fn a_repeated_part_of_an_r2t_burst_is_not_counted_twice() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[]);
+    let itt = h.cmd(&write10(0, 8), 0, 4096, &[]);
+    let p = h.take_pdus();
+    let ttt = be32(&p[0].0[20..]);
+    h.data_out(itt, ttt, 0, 0, false, &[1; 2048]);
+    h.data_out(itt, ttt, 1, 0, true, &[2; 2048]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(REJECT, 0)]);
+    assert!(h.io.disk[..4096].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_data_sn_gap_closes_the_connection() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[]);
+    let itt = h.cmd(&write10(0, 8), 0, 4096, &[]);
+    let ttt = be32(&h.take_pdus()[0].0[20..]);
+    h.data_out(itt, ttt, 0, 0, false, &[1; 1024]);
+    h.data_out(itt, ttt, 2, 1024, true, &[1; 3072]);
+    assert_eq!(summary(&h.take_pdus()), vec![(REJECT, 0)]);
+    assert!(h.conn.close_after_send || h.conn.closing);
+}
+
+#[test]
+fn writes_that_never_send_data_do_not_take_every_buffer() {
+    // 16 buffers: one connection may hold 4.
+    let mut h = H::new(shared(1), 16, 64 * 1024);
+    h.logged_in(&[]);
+    for i in 0..10 {
+        h.cmd(&write10(i * 8, 8), 0, 4096, &[]);
+    }
+    let r2ts = summary(&h.take_pdus())
+        .iter()
+        .filter(|p| p.0 == R2T)
+        .count();
+    assert_eq!(r2ts, 4, "only as many writes as the buffer limit start");
+    assert_eq!(h.io.pool.available(), 12);
+}
+
+fn abort(h: &mut H, itt: u32) -> Option<u8> {
+    let mut t = [0u8; BHS_LEN];
+    t[0] = 0x42; // immediate Task Management
+    t[1] = 0x81; // ABORT TASK
+    t[16..20].copy_from_slice(&0x1000u32.to_be_bytes());
+    t[20..24].copy_from_slice(&itt.to_be_bytes());
+    t[24..28].copy_from_slice(&h.cmd_sn.to_be_bytes());
+    h.send(&t, &[]);
+    let p = h.take_pdus();
+    assert!(
+        p.iter().all(|(b, _)| b[0] & 0x3f != RSP),
+        "status for an aborted task"
+    );
+    p.iter()
+        .find(|(b, _)| b[0] & 0x3f == 0x22)
+        .map(|(b, _)| b[2])
+}
+
+#[test]
+fn abort_in_every_state_returns_the_buffers() {
+    // 16 buffers: this connection may hold 4.
+    let mut h = H::new(shared(1), 16, 64 * 1024);
+    h.logged_in(&[]);
+    // Waiting for its Data-Out (buffer held, R2T out).
+    let waiting_data = h.cmd(&write10(0, 8), 0, 4096, &[]);
+    // Its disk read in flight.
+    h.hold_disk = true;
+    let reading = h.cmd(&read10(0, 8), 4096, 0, &[]);
+    // Half its data in, then parked writes for lack of buffers.
+    let half = h.cmd(&write10(8, 8), 0, 4096, &[]);
+    let p = h.take_pdus();
+    let ttt = be32(&p.last().unwrap().0[20..]);
+    h.data_out(half, ttt, 0, 0, false, &[5; 2048]);
+    h.cmd(&write10(16, 8), 0, 4096, &[]);
+    let parked = h.cmd(&write10(24, 8), 0, 4096, &[]);
+    h.take_pdus();
+    assert_eq!(h.io.pool.available(), 12);
+    for itt in [waiting_data, reading, half, parked] {
+        assert_eq!(abort(&mut h, itt), Some(0), "ABORT TASK {itt}");
+    }
+    // Unknown now: already gone.
+    assert_eq!(abort(&mut h, parked), Some(1));
+    // The read's buffer is held until its disk I/O ends.
+    assert!(h.io.pool.available() < 16);
+    h.hold_disk = false;
+    h.pump();
+    // The remaining write got a buffer and its R2T; abort it too.
+    let left = h.conn.tasks.active_where(|_| true);
+    assert_eq!(left.len(), 1);
+    let itt = h.conn.tasks.get(left[0]).unwrap().itt;
+    assert_eq!(abort(&mut h, itt), Some(0));
+    h.pump();
+    assert!(h.conn.tasks.is_empty());
+    assert_eq!(h.io.pool.available(), 16);
+    // Late Data-Out for an aborted task is dropped quietly.
+    h.data_out(half, ttt, 1, 2048, true, &[5; 2048]);
+    assert!(h.take_pdus().is_empty());
+    assert!(h.io.disk[8 * 512..16 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn commands_outside_the_cmd_sn_window_are_ignored() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[]);
+    h.cmd_sn = 1000;
+    h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]); // TEST UNIT READY
+    assert!(h.take_pdus().is_empty());
+    h.cmd_sn = 0;
+    h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    // A small deterministic generator: random PDUs after a good login.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..200 {
+        let mut h = H::new(shared(2), 8, 16 * 1024);
+        if round % 4 != 0 {
+            h.logged_in(&[("InitialR2T", if round % 2 == 0 { "Yes" } else { "No" })]);
+        }
+        for _ in 0..30 {
+            let mut b = [0u8; BHS_LEN];
+            for v in b.iter_mut() {
+                *v = rnd() as u8;
+            }
+            b[0] = [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x1c][rnd() as usize % 9];
+            b[4] = 0; // no AHS
+            let dsl = (rnd() % 9000) as usize;
+            let data = vec![rnd() as u8; dsl];
+            h.send(&b, &data);
+            h.take_pdus();
+            if h.conn.closing {
+                break;
+            }
+        }
+        h.conn.on_shutdown(&mut h.io);
+        h.pump();
+        assert!(h.conn.is_finished() || !h.io.ops.is_empty());
+    }
+}
+
+#[test]
+fn reinstatement_closes_the_old_connection_first() {
+    let sh = shared(1);
+    let mut old = H::new(sh.clone(), 8, 64 * 1024);
+    old.logged_in(&[]);
+    let mut new = H::new(sh.clone(), 8, 64 * 1024);
+    let r = new.login("iqn.2026-11.org.test:i", 1, &[]);
+    // The final response waits for the old session to end.
+    assert!(r.is_empty());
+    assert!(new
+        .io
+        .ops
+        .iter()
+        .any(|o| matches!(o, Op::Timeout { tag } if *tag == TAG_REINSTATE_TIMER)));
+    // The old connection sees its socket shut down and goes away.
+    old.conn.on_shutdown(&mut old.io);
+    old.pump();
+    drop(old);
+    // The poll timer fires: now the login completes.
+    new.io
+        .ops
+        .retain(|o| !matches!(o, Op::Timeout { tag } if *tag == TAG_REINSTATE_TIMER));
+    new.conn
+        .on_complete(&mut new.io, TAG_REINSTATE_TIMER, -libc::ETIME);
+    new.pump();
+    let r = new.take_pdus();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].0[36], r[0].0[37]), (0, 0));
+    // Another ISID is a separate session: no waiting.
+    let mut other = H::new(sh, 8, 64 * 1024);
+    assert_eq!(other.login("iqn.2026-11.org.test:i", 2, &[]).len(), 1);
+}

@@ -1,0 +1,380 @@
+//! Session state that is not I/O: sequence numbers, login sequencing and
+//! the session reinstatement decision.
+//!
+//! * [`SeqNums`]: StatSN, ExpCmdSN and the MaxCmdSN window (RFC 7143
+//!   4.2.2): a non-immediate command outside the window is ignored, and
+//!   the window shrinks while commands are outstanding.
+//! * [`LoginSeq`]: the checks every Login Request goes through before its
+//!   text reaches negotiation (version, TSIH, stages and transitions,
+//!   continued text).
+//! * [`reinstate`]: what a new login does when its InitiatorName + ISID
+//!   belong to a live session (RFC 7143 6.3.5).
+//!
+//! The connection driver (`conn`) feeds these from PDUs and acts on what
+//! they return; the tests below drive them directly.
+
+use super::negotiate::Stage;
+use super::target::SessionClaim;
+use super::wire::{login_status, sn_in_window, sn_lt, LoginRequest, LoginResponse, Sn};
+
+/// StatSN and the command window of a session (one connection).
+#[derive(Debug, Clone)]
+pub struct SeqNums {
+    pub stat_sn: u32,
+    pub exp_cmd_sn: u32,
+    /// Commands the session may have outstanding.
+    queue_depth: u32,
+}
+
+/// A command's CmdSN was outside the window: it is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfWindow {
+    pub cmd_sn: u32,
+    pub exp_cmd_sn: u32,
+    pub max_cmd_sn: u32,
+}
+
+impl SeqNums {
+    pub fn new(queue_depth: u32) -> SeqNums {
+        SeqNums {
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            queue_depth: queue_depth.max(1),
+        }
+    }
+
+    /// The first Login Request sets both counters.
+    pub fn start(&mut self, exp_stat_sn: u32, cmd_sn: u32) {
+        self.stat_sn = exp_stat_sn;
+        self.exp_cmd_sn = cmd_sn;
+    }
+
+    /// Sequence numbers for a PDU that does not carry status, with
+    /// `active` commands outstanding (they narrow the window; it never
+    /// closes entirely).
+    pub fn sn(&self, active: usize) -> Sn {
+        let active = u32::try_from(active).unwrap_or(u32::MAX);
+        let window = self.queue_depth.saturating_sub(active).max(1);
+        Sn {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.exp_cmd_sn.wrapping_add(window - 1),
+        }
+    }
+
+    /// Sequence numbers for a PDU that carries status: StatSN advances.
+    pub fn status(&mut self, active: usize) -> Sn {
+        let s = self.sn(active);
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        s
+    }
+
+    /// CmdSN bookkeeping for a command (RFC 7143 4.2.2.1). Immediate
+    /// commands are always taken and do not advance ExpCmdSN.
+    pub fn accept(
+        &mut self,
+        cmd_sn: u32,
+        immediate: bool,
+        active: usize,
+    ) -> Result<(), OutOfWindow> {
+        if immediate {
+            return Ok(());
+        }
+        let sn = self.sn(active);
+        // One past the advertised MaxCmdSN is tolerated: the initiator may
+        // have seen a wider window before the last command narrowed it.
+        if !sn_in_window(cmd_sn, sn.exp_cmd_sn, sn.max_cmd_sn.wrapping_add(1)) {
+            return Err(OutOfWindow {
+                cmd_sn,
+                exp_cmd_sn: sn.exp_cmd_sn,
+                max_cmd_sn: sn.max_cmd_sn,
+            });
+        }
+        if !sn_lt(cmd_sn, self.exp_cmd_sn) {
+            self.exp_cmd_sn = cmd_sn.wrapping_add(1);
+        }
+        Ok(())
+    }
+}
+
+/// Longest login text (all PDUs of one request) accepted.
+pub const LOGIN_TEXT_MAX: usize = 64 * 1024;
+
+/// Login sequencing of one connection.
+#[derive(Debug, Default)]
+pub struct LoginSeq {
+    started: bool,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// Text of a request continued over several PDUs (C bit).
+    text: Vec<u8>,
+}
+
+/// What to do with a Login Request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginCheck {
+    /// More text follows (C bit): answer with an empty response.
+    Continue,
+    /// Refuse the login with this status and close.
+    Fail(login_status::Status, &'static str),
+    /// Negotiate `text` in stage `csg`, possibly moving to `nsg`.
+    Negotiate {
+        csg: Stage,
+        nsg: Stage,
+        transit: bool,
+        text: Vec<u8>,
+    },
+}
+
+impl LoginSeq {
+    /// Check a Login Request with data segment `data`. The first request
+    /// of the connection starts `seq`.
+    pub fn check(&mut self, req: &LoginRequest<'_>, data: &[u8], seq: &mut SeqNums) -> LoginCheck {
+        if !self.started {
+            self.started = true;
+            self.isid = req.isid();
+            self.tsih = req.tsih();
+            seq.start(req.exp_stat_sn(), req.cmd_sn());
+        }
+        if req.version_min() > 0 {
+            return LoginCheck::Fail(
+                login_status::UNSUPPORTED_VERSION,
+                "unsupported iSCSI version",
+            );
+        }
+        if self.tsih != 0 {
+            // Adding a connection to (or reinstating) a session by TSIH:
+            // bootlun sessions have exactly one connection.
+            return LoginCheck::Fail(
+                login_status::SESSION_DOES_NOT_EXIST,
+                "session does not exist",
+            );
+        }
+        if self.text.len() + data.len() > LOGIN_TEXT_MAX {
+            return LoginCheck::Fail(login_status::INITIATOR_ERROR, "login text too long");
+        }
+        self.text.extend_from_slice(data);
+        if req.cont() {
+            return LoginCheck::Continue;
+        }
+        let (Some(csg), Some(nsg)) = (Stage::from_wire(req.csg()), Stage::from_wire(req.nsg()))
+        else {
+            return LoginCheck::Fail(login_status::INITIATOR_ERROR, "invalid login stage");
+        };
+        if csg == Stage::FullFeature || (req.transit() && (nsg as u8) <= (csg as u8)) {
+            return LoginCheck::Fail(
+                login_status::INITIATOR_ERROR,
+                "invalid login stage transition",
+            );
+        }
+        LoginCheck::Negotiate {
+            csg,
+            nsg,
+            transit: req.transit(),
+            text: std::mem::take(&mut self.text),
+        }
+    }
+
+    /// The response header fields for `req` before negotiation decides.
+    pub fn response(&self, req: &LoginRequest<'_>) -> LoginResponse {
+        LoginResponse {
+            transit: false,
+            cont: false,
+            csg: req.csg(),
+            nsg: req.csg(),
+            isid: self.isid,
+            tsih: 0,
+            itt: req.0.itt(),
+            status_class: 0,
+            status_detail: 0,
+        }
+    }
+}
+
+/// Session reinstatement waits for the old connection in steps of
+/// `REINSTATE_POLL_MS`, at most this many.
+pub const REINSTATE_MAX_POLLS: u32 = 3000;
+pub const REINSTATE_POLL_MS: u64 = 10;
+
+/// What a login that completed negotiation does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reinstate {
+    /// The session is ours: send the final Login Response.
+    Proceed,
+    /// An older connection holds the session and is closing: poll again
+    /// after `REINSTATE_POLL_MS`. `first` on the first wait.
+    Wait { first: bool },
+    /// The older connection did not go away in time: fail the login.
+    GiveUp,
+}
+
+/// Decide on reinstatement after a claim answered `claim`; `polls` counts
+/// the waits so far.
+pub fn reinstate(claim: SessionClaim, polls: &mut u32) -> Reinstate {
+    match claim {
+        SessionClaim::Claimed => Reinstate::Proceed,
+        SessionClaim::Reinstating => {
+            *polls += 1;
+            if *polls > REINSTATE_MAX_POLLS {
+                Reinstate::GiveUp
+            } else {
+                Reinstate::Wait { first: *polls == 1 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::wire::{Bhs, BHS_LEN};
+
+    #[test]
+    fn window_edges() {
+        let mut s = SeqNums::new(4);
+        s.start(0, 10);
+        // MaxCmdSN 13 with nothing outstanding; one past it is tolerated.
+        assert_eq!(s.sn(0).max_cmd_sn, 13);
+        assert!(s.accept(15, false, 0).is_err());
+        assert!(s.accept(9, false, 0).is_err());
+        assert_eq!(s.accept(14, false, 0), Ok(()));
+        assert_eq!(s.exp_cmd_sn, 15);
+        // Outstanding commands narrow the window, never below one.
+        assert_eq!(s.sn(3).max_cmd_sn, 15);
+        assert_eq!(s.sn(100).max_cmd_sn, 15);
+        assert_eq!(
+            s.accept(17, false, 3),
+            Err(OutOfWindow {
+                cmd_sn: 17,
+                exp_cmd_sn: 15,
+                max_cmd_sn: 15
+            })
+        );
+        // Immediate commands are outside the window's rules.
+        assert_eq!(s.accept(999, true, 100), Ok(()));
+        assert_eq!(s.exp_cmd_sn, 15);
+    }
+
+    #[test]
+    fn window_wraps_and_late_commands_do_not_move_it_back() {
+        let mut s = SeqNums::new(8);
+        s.start(0, u32::MAX - 1);
+        assert_eq!(s.accept(u32::MAX, false, 0), Ok(()));
+        assert_eq!(s.exp_cmd_sn, 0);
+        assert_eq!(s.accept(2, false, 0), Ok(()));
+        assert_eq!(s.exp_cmd_sn, 3);
+        // Within the window but already passed (the gap's 0 and 1).
+        assert!(s.accept(1, false, 0).is_err());
+    }
+
+    #[test]
+    fn status_advances_stat_sn() {
+        let mut s = SeqNums::new(4);
+        s.start(100, 1);
+        assert_eq!(s.sn(0).stat_sn, 100);
+        assert_eq!(s.status(0).stat_sn, 100);
+        assert_eq!(s.status(0).stat_sn, 101);
+        assert_eq!(s.stat_sn, 102);
+    }
+
+    fn login_pdu(flags: u8, version_min: u8, tsih: u16) -> [u8; BHS_LEN] {
+        let mut b = [0u8; BHS_LEN];
+        b[0] = 0x43;
+        b[1] = flags;
+        b[3] = version_min;
+        b[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
+        b[14..16].copy_from_slice(&tsih.to_be_bytes());
+        b[24..28].copy_from_slice(&5u32.to_be_bytes());
+        b[28..32].copy_from_slice(&77u32.to_be_bytes());
+        b
+    }
+
+    fn check(l: &mut LoginSeq, s: &mut SeqNums, pdu: &[u8; BHS_LEN], data: &[u8]) -> LoginCheck {
+        let req = LoginRequest::new(Bhs::parse(pdu).unwrap()).unwrap();
+        l.check(&req, data, s)
+    }
+
+    #[test]
+    fn login_sequencing() {
+        let (mut l, mut s) = (LoginSeq::default(), SeqNums::new(4));
+        // Security -> Operational, continued text joined.
+        let cont = login_pdu(0x40 | 0x80 | 0x01, 0, 0);
+        assert_eq!(check(&mut l, &mut s, &cont, b"A=1\0"), LoginCheck::Continue);
+        assert_eq!((s.stat_sn, s.exp_cmd_sn), (77, 5));
+        assert_eq!(l.isid, [0x80, 0, 0, 0, 0, 1]);
+        let last = login_pdu(0x80 | 0x01, 0, 0);
+        match check(&mut l, &mut s, &last, b"B=2\0") {
+            LoginCheck::Negotiate {
+                csg,
+                nsg,
+                transit,
+                text,
+            } => {
+                assert_eq!(
+                    (csg, nsg, transit),
+                    (Stage::Security, Stage::Operational, true)
+                );
+                assert_eq!(text, b"A=1\0B=2\0");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_refusals() {
+        let fail = |pdu: [u8; BHS_LEN], data: &[u8]| {
+            let (mut l, mut s) = (LoginSeq::default(), SeqNums::new(4));
+            match check(&mut l, &mut s, &pdu, data) {
+                LoginCheck::Fail(st, _) => st,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            fail(login_pdu(0x81, 1, 0), b""),
+            login_status::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            fail(login_pdu(0x81, 0, 7), b""),
+            login_status::SESSION_DOES_NOT_EXIST
+        );
+        // Reserved stage 2, going backwards, and "from" full feature.
+        assert_eq!(
+            fail(login_pdu(0x82, 0, 0), b""),
+            login_status::INITIATOR_ERROR
+        );
+        assert_eq!(
+            fail(login_pdu(0x80 | (1 << 2), 0, 0), b""),
+            login_status::INITIATOR_ERROR
+        );
+        assert_eq!(
+            fail(login_pdu(0x80 | (3 << 2) | 3, 0, 0), b""),
+            login_status::INITIATOR_ERROR
+        );
+        assert_eq!(
+            fail(login_pdu(0x81, 0, 0), &vec![b'a'; LOGIN_TEXT_MAX + 1]),
+            login_status::INITIATOR_ERROR
+        );
+    }
+
+    #[test]
+    fn reinstatement_waits_then_gives_up() {
+        let mut polls = 0;
+        assert_eq!(
+            reinstate(SessionClaim::Claimed, &mut polls),
+            Reinstate::Proceed
+        );
+        assert_eq!(
+            reinstate(SessionClaim::Reinstating, &mut polls),
+            Reinstate::Wait { first: true }
+        );
+        assert_eq!(
+            reinstate(SessionClaim::Reinstating, &mut polls),
+            Reinstate::Wait { first: false }
+        );
+        polls = REINSTATE_MAX_POLLS;
+        assert_eq!(
+            reinstate(SessionClaim::Reinstating, &mut polls),
+            Reinstate::GiveUp
+        );
+    }
+}
