@@ -535,3 +535,208 @@ fn clap_flags() {
     assert_eq!(d.build.compress, Compress::Zstd);
     assert!(Cli::try_parse_from(["x", "--compress", "lz4"]).is_err());
 }
+
+#[test]
+fn same_inputs_same_bytes() {
+    let t = tree("fixture-reproducible");
+    let a = args(&t);
+    build::run(&a, &check).unwrap();
+    let first = std::fs::read(t.root.join("out/bootlun-initrd.img")).unwrap();
+    build::run(&a, &check).unwrap();
+    let second = std::fs::read(t.root.join("out/bootlun-initrd.img")).unwrap();
+    assert!(first == second, "two builds of the same inputs differ");
+}
+
+// --- Synthetic Debian packages: layouts, compressions, hostile members. ---
+
+fn tar_of(
+    files: &[(&str, &[u8])],
+    links: &[(&str, &str)],
+    raw_names: &[(&[u8], &[u8])],
+) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Symlink);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    // Names the tar crate's builder would refuse (`..`, absolute): written raw.
+    for (name, data) in raw_names {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gz(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn deb(path: &Path, control: &str, data_name: &str, data: Vec<u8>) {
+    let control_tar = gz(&tar_of(&[("./control", control.as_bytes())], &[], &[]));
+    let mut a = ar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, body) in [
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar.gz", control_tar),
+        (data_name, data),
+    ] {
+        a.append(
+            &ar::Header::new(name.as_bytes().to_vec(), body.len() as u64),
+            &body[..],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn synthetic_packages() {
+    let root = scratch("fixture-debs");
+    let v = "7.7.7-x";
+    let kernel = fake_bzimage(v);
+    let vnet = make_ko(&["alias=virtio:d00000001v*", "name=virtio_net"]);
+    let vnet_xz = xz(&vnet);
+    let data = tar_of(
+        &[
+            (&format!("./boot/vmlinuz-{v}"), &kernel[..]),
+            (&format!("./boot/config-{v}"), b"CONFIG_X=y"),
+            (
+                &format!("./usr/lib/modules/{v}/kernel/drivers/net/virtio_net.ko.xz"),
+                &vnet_xz[..],
+            ),
+            (
+                &format!("./usr/lib/modules/{v}/modules.builtin"),
+                b"kernel/lib/crc16.ko\n",
+            ),
+            ("./usr/share/doc/x/changelog", b"x"),
+        ],
+        &[
+            (
+                &format!("./usr/lib/modules/{v}/kernel/evil.ko"),
+                "/etc/passwd",
+            ),
+            (&format!("./usr/lib/modules/{v}/build"), "/usr/src/x"),
+        ],
+        &[
+            (b"../../escaped", b"EVIL"),
+            (b"/tmp/absolute-escape-bootlun-test", b"EVIL"),
+        ],
+    );
+    let pkgs = root.join("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    let real = pkgs.join(format!("linux-image-{v}_1_amd64.deb"));
+    deb(
+        &real,
+        &format!("Package: linux-image-{v}\nDepends: kmod\n"),
+        "data.tar.zst",
+        zstd::encode_all(&data[..], 3).unwrap(),
+    );
+
+    let mut a = BuildArgs::new(root.join("out"));
+    a.kernel_deb = Some(real.clone());
+    a.bootlun_bin = Some(root.join("bin"));
+    put(&root.join("bin"), &static_elf());
+    a.busybox = Some("none".into());
+    a.firmware_dir = None;
+    let s = build::run(&a, &|_| Ok(())).unwrap();
+    assert_eq!(s.kernel_version, v);
+    assert_eq!(s.modules, ["virtio_net"]);
+    assert_eq!(
+        std::fs::read(root.join("out/bootlun-kernel.bin")).unwrap(),
+        kernel
+    );
+    let e = entries(&root.join("out/bootlun-initrd.img"));
+    assert_eq!(
+        find(
+            &e,
+            &format!("lib/modules/{v}/kernel/drivers/net/virtio_net.ko")
+        )
+        .data,
+        vnet
+    );
+    assert!(!e
+        .iter()
+        .any(|x| x.name.contains("evil") || x.data == b"EVIL"));
+    assert!(!root.join("out/escaped").exists() && !root.join("escaped").exists());
+    assert!(!Path::new("/tmp/absolute-escape-bootlun-test").exists());
+    let cache = root.join(format!("out/.cache/linux-image-{v}_1_amd64"));
+    assert!(cache.join(".complete").is_file());
+    assert!(
+        !cache.join(format!("modules/{v}/kernel/evil.ko")).exists(),
+        "symlink member written"
+    );
+    assert!(!cache.join(format!("modules/{v}/build")).exists());
+
+    // A meta package alone: the error names the package to fetch.
+    let lone = root.join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    let meta_data = liblzma::encode_all(
+        &tar_of(
+            &[("./usr/share/doc/linux-image-amd64/copyright", b"c")],
+            &[],
+            &[],
+        )[..],
+        6,
+    )
+    .unwrap();
+    let control = format!("Package: linux-image-amd64\nDepends: linux-image-{v} (= 1)\n");
+    deb(
+        &lone.join("linux-image-amd64_1_amd64.deb"),
+        &control,
+        "data.tar.xz",
+        meta_data.clone(),
+    );
+    a.kernel_deb = Some(lone.join("linux-image-amd64_1_amd64.deb"));
+    let m = usage_of(build::run(&a, &|_| Ok(())));
+    assert!(
+        m.contains(&format!("depends on linux-image-{v}"))
+            && m.contains(&format!("apt-get download linux-image-{v}")),
+        "{m}"
+    );
+
+    // Next to the package it names, the meta package is followed.
+    deb(
+        &pkgs.join("linux-image-amd64_1_amd64.deb"),
+        &control,
+        "data.tar.xz",
+        meta_data,
+    );
+    a.kernel_deb = Some(pkgs.join("linux-image-amd64_1_amd64.deb"));
+    assert_eq!(build::run(&a, &|_| Ok(())).unwrap().kernel_version, v);
+
+    // A package without a kernel, and one that is not an ar archive.
+    let none = root.join("nokernel.deb");
+    deb(
+        &none,
+        "Package: x\n",
+        "data.tar.gz",
+        gz(&tar_of(&[("./etc/x", b"x")], &[], &[])),
+    );
+    a.kernel_deb = Some(none.clone());
+    assert_eq!(
+        usage_of(build::run(&a, &|_| Ok(()))),
+        format!(
+            "--kernel-deb {}: no boot/vmlinuz-* in this package",
+            none.display()
+        )
+    );
+    let trunc = root.join("trunc.deb");
+    std::fs::write(&trunc, &std::fs::read(&real).unwrap()[..300]).unwrap();
+    a.kernel_deb = Some(trunc.clone());
+    assert!(usage_of(build::run(&a, &|_| Ok(())))
+        .starts_with(&format!("--kernel-deb {}:", trunc.display())));
+}
