@@ -252,4 +252,6 @@ fn debian_kernel_package_to_image() {
         before,
         "cache was extracted again"
     );
+    // The extracted package takes about 400 MB: not kept per run.
+    std::fs::remove_dir_all(&dir).unwrap();
 }
