@@ -17,9 +17,24 @@ pub fn skip_external() -> bool {
 
 /// A fresh scratch directory under the target's tmp dir.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("build-tests")
-        .join(format!("{name}-{}", std::process::id()));
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("build-tests");
+    // Directories of earlier runs whose process is gone are removed, so
+    // reruns do not pile up.
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid = n
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let d = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
