@@ -196,6 +196,8 @@ pub(crate) fn init_logging(filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // SAFETY: isatty only inspects the descriptor number; an fd 2 that is
+    // closed or not a terminal yields 0, never undefined behaviour.
     let ansi = unsafe { libc::isatty(2) } == 1;
     tracing_subscriber::fmt()
         .with_env_filter(f)
@@ -568,6 +570,11 @@ fn keep_sidecars_off(reactor_cores: &[usize], available: usize) {
         tracing::info!("PXE sidecars share the reactors' cores (no other core is free)");
         return;
     }
+    // SAFETY: cpu_set_t is a plain bit array for which all zeros is the
+    // empty set; CPU_SET indexes it with a bounds check (a core past
+    // CPU_SETSIZE panics, it does not write out of bounds); and
+    // sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes from a
+    // set that lives across the call.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in &others {
@@ -590,6 +597,9 @@ fn raise_memlock() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
+    // SAFETY: setrlimit reads one rlimit struct through a reference that is
+    // live for the call; a refusal (no CAP_SYS_RESOURCE) is only an error
+    // return, and the reactors report the pinning failure themselves.
     unsafe {
         libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
     }

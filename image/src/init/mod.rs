@@ -101,8 +101,11 @@ pub fn mounted_by_init() -> Vec<PathBuf> {
 
 /// An open fd that is not /dev/null (char device 1:3).
 fn fd_is_usable(fd: i32) -> bool {
-    // SAFETY: fstat into a zeroed stat buffer.
+    // SAFETY: libc::stat is plain integers, for which all zeros is a valid
+    // value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat struct into `st`, which is live and
+    // exclusively borrowed for the call; a bad fd is an error return.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
     }

@@ -69,8 +69,11 @@ fn console_tty() -> Option<PathBuf> {
 
 /// The device number of an fd, if it is a character device.
 fn chr_rdev(fd: i32) -> Option<libc::dev_t> {
-    // SAFETY: fstat into a zeroed buffer.
+    // SAFETY: libc::stat is plain integers, for which all zeros is a valid
+    // value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat struct into `st`, which is live and
+    // exclusively borrowed for the call; a bad fd is an error return.
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFCHR {
         return None;
     }
