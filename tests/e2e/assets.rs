@@ -47,6 +47,8 @@ exit 0\n";
 const BOOT_PART_BYTES: u64 = 112 << 20;
 const ROOT_PART_BYTES: u64 = 32 << 20;
 const FIRST_PART_OFFSET: u64 = 1 << 20;
+/// GPT partition name of the boot partition.
+pub const BOOT_PARTLABEL: &str = "e2e-boot";
 
 /// Downloaded and unpacked packages.
 pub struct Packages {
@@ -257,7 +259,7 @@ pub fn build_os_disk(work: &Path, p: &Packages) -> OsDisk {
     File::create(&path).unwrap().set_len(disk_bytes).unwrap();
     let script = format!(
         "label: gpt\n\
-         start={}, size={}, type=BC13C2FF-59E6-4262-A352-B275FD6F7172, name=\"e2e-boot\"\n\
+         start={}, size={}, type=BC13C2FF-59E6-4262-A352-B275FD6F7172, name=\"{BOOT_PARTLABEL}\"\n\
          start={}, size={}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"e2e-root\"\n",
         boot_offset / 512,
         BOOT_PART_BYTES / 512,

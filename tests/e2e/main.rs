@@ -66,6 +66,8 @@ const SERVER_CIDR: &str = "192.168.200.1/24";
 const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/pxe-virtio.rom";
 const TAP_INITIATOR: &str = "tapi";
 const TAP_TARGET: &str = "tapt";
+/// Serial number of the OS disk in the target VM (virtio-blk `serial=`).
+const TARGET_DISK_SERIAL: &str = "e2e-osdisk";
 /// One initiator boot, firmware to power-off, under TCG.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 /// The target VM's boot until bootlun listens.
@@ -285,9 +287,16 @@ impl Journey {
     }
 
     fn target_config(&self, method: Method) -> String {
-        let lun = std::env::var("BOOTLUN_E2E_LUN").unwrap_or_else(|_| "/dev/vda".into());
-        let boot = std::env::var("BOOTLUN_E2E_BOOT_DEVICE")
-            .unwrap_or_else(|_| format!("UUID={}", self.disk.boot_uuid));
+        // Devices by identity, as on a real machine whose disk names move:
+        // the LUN by the virtio serial number QEMU gives it, the boot
+        // partition by its GPT name in one run and its file-system UUID in
+        // the other (the ramdisk has no udev; bootlun resolves them).
+        let lun = std::env::var("BOOTLUN_E2E_LUN")
+            .unwrap_or_else(|_| format!("serial={TARGET_DISK_SERIAL}"));
+        let boot = std::env::var("BOOTLUN_E2E_BOOT_DEVICE").unwrap_or_else(|_| match method {
+            Method::Netroot => format!("PARTLABEL={}", assets::BOOT_PARTLABEL),
+            Method::Ibft => format!("UUID={}", self.disk.boot_uuid),
+        });
         format!(
             "# bootlun e2e target ({})\n\
              target-name = \"{IQN}\"\n\
@@ -368,7 +377,10 @@ impl Journey {
             "file={},format=raw,if=none,id=os,cache=writeback",
             self.disk.path.display()
         ))
-        .args(["-device", "virtio-blk-pci,drive=os,serial=e2e-osdisk"])
+        .arg("-device")
+        .arg(format!(
+            "virtio-blk-pci,drive=os,serial={TARGET_DISK_SERIAL}"
+        ))
         .args([
             "-netdev",
             &format!("tap,id=n0,ifname={TAP_TARGET},script=no,downscript=no"),
