@@ -8,6 +8,11 @@
 //!    (Fedora, Arch: `vmlinuz-linux` + `initramfs-linux.img`) or
 //!    `initrd.img-VER` (Debian, Ubuntu), newest first.
 
+use nom::bytes::complete::{take_till, take_till1};
+use nom::character::complete::{char, multispace0};
+use nom::combinator::rest;
+use nom::sequence::{preceded, separated_pair};
+use nom::{IResult, Parser};
 use std::cmp::Ordering;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -84,11 +89,18 @@ pub fn grubenv(dir: &Path) -> Vec<(String, String)> {
         .map(|t| {
             t.lines()
                 .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter_map(|l| grubenv_line(l).ok())
+                .map(|(_, (k, v))| (k.trim().to_string(), v.trim().to_string()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `NAME=VALUE`: the name runs to the first `=`, the value is the rest of
+/// the line (it may contain `=`: `kernelopts=root=UUID=…`). The block's `#`
+/// padding lines are filtered out before.
+fn grubenv_line(line: &str) -> IResult<&str, (&str, &str)> {
+    separated_pair(take_till(|c| c == '='), char('='), rest).parse(line)
 }
 
 /// Replace `$name`/`${name}` words with their grubenv values; words naming
@@ -231,10 +243,10 @@ pub fn parse_bls(stem: &str, text: &str) -> Option<(Option<String>, BootEntry)> 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (key, val) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
-            Some((k, v)) => (k, v.trim()),
-            None => (line, ""),
+        let Ok((_, (key, val))) = bls_line(line) else {
+            continue;
         };
+        let val = val.trim();
         match key {
             "title" => e.title = val.to_string(),
             "version" => e.version = Some(val.to_string()),
@@ -257,6 +269,17 @@ pub fn parse_bls(stem: &str, text: &str) -> Option<(Option<String>, BootEntry)> 
         };
     }
     Some((sort_key, e))
+}
+
+/// `KEY VALUE`: the key is the first word, the value the rest of the line
+/// after the blanks that follow it (empty for a bare key). Comments and
+/// blank lines are skipped before.
+fn bls_line(line: &str) -> IResult<&str, (&str, &str)> {
+    (
+        take_till1(|c: char| c.is_ascii_whitespace()),
+        preceded(multispace0, rest),
+    )
+        .parse(line)
 }
 
 /// BLS paths are absolute from the boot partition root; keep them relative.
@@ -468,31 +491,24 @@ impl BootMount {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect();
-        let cdev = cstr(dev.as_os_str())?;
-        let cdir = cstr(dir.as_os_str())?;
         let mut last = String::from("no filesystem types available");
         for t in &fstypes {
-            let Ok(ct) = std::ffi::CString::new(t.as_str()) else {
-                continue;
-            };
             // The initiator owns this filesystem and may have it mounted
             // with a live journal: never replay it from here.
-            let data: &[u8] = if t == "ext3" || t == "ext4" {
-                b"noload\0"
+            let data = if t == "ext3" || t == "ext4" {
+                "noload"
             } else {
-                b"\0"
+                ""
             };
-            // SAFETY: all pointers are valid NUL-terminated strings.
-            let r = unsafe {
-                libc::mount(
-                    cdev.as_ptr(),
-                    cdir.as_ptr(),
-                    ct.as_ptr(),
-                    libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC,
-                    data.as_ptr().cast(),
-                )
-            };
-            if r == 0 {
+            use rustix::mount::MountFlags;
+            let r = rustix::mount::mount(
+                &dev,
+                &dir,
+                t.as_str(),
+                MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+                data,
+            );
+            if r.is_ok() {
                 tracing::info!(
                     "boot device {} ({t}) mounted read-only at {}",
                     dev.display(),
@@ -500,7 +516,9 @@ impl BootMount {
                 );
                 return Ok(BootMount { dir });
             }
-            last = std::io::Error::last_os_error().to_string();
+            if let Err(e) = r {
+                last = std::io::Error::from(e).to_string();
+            }
         }
         let _ = fs::remove_dir(&dir);
         Err(format!(
@@ -512,18 +530,9 @@ impl BootMount {
 
 impl Drop for BootMount {
     fn drop(&mut self) {
-        if let Ok(c) = cstr(self.dir.as_os_str()) {
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
         let _ = fs::remove_dir(&self.dir);
     }
-}
-
-fn cstr(s: &std::ffi::OsStr) -> Result<std::ffi::CString, String> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(s.as_bytes())
-        .map_err(|_| format!("{}: path contains NUL", s.to_string_lossy()))
 }
 
 #[cfg(test)]
@@ -564,5 +573,23 @@ mod tests {
         assert_eq!(e.initrd, ["a.img", "b.img", "c.img"]);
         assert_eq!(e.options, "root=UUID=1 ro quiet");
         assert!(parse_bls("x", "title t\n").is_none());
+    }
+
+    #[test]
+    fn line_grammars() {
+        let bls = |l| bls_line(l).map(|(_, kv)| kv).ok();
+        assert_eq!(
+            bls("options\troot=/dev/x  ro"),
+            Some(("options", "root=/dev/x  ro"))
+        );
+        assert_eq!(bls("linux"), Some(("linux", "")));
+        assert_eq!(bls(""), None);
+        let env = |l| grubenv_line(l).map(|(_, kv)| kv).ok();
+        assert_eq!(
+            env("kernelopts=root=UUID=1 ro"),
+            Some(("kernelopts", "root=UUID=1 ro"))
+        );
+        assert_eq!(env("saved_entry="), Some(("saved_entry", "")));
+        assert_eq!(env("no equals sign"), None);
     }
 }

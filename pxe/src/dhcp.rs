@@ -136,24 +136,26 @@ impl DhcpConfig {
         }
     }
 
+    fn net(&self) -> ipnet::Ipv4Net {
+        crate::iface::subnet(self.server_ip, self.netmask)
+    }
+
     fn on_subnet(&self, addr: Ipv4Addr) -> bool {
-        let m = u32::from(self.netmask);
-        u32::from(addr) & m == u32::from(self.server_ip) & m
+        self.net().contains(&addr)
     }
 
     fn broadcast_addr(&self) -> Ipv4Addr {
-        let m = u32::from(self.netmask);
-        Ipv4Addr::from((u32::from(self.server_ip) & m) | !m)
+        self.net().broadcast()
     }
 
     /// True for addresses that may never be handed out: ours, the
     /// network and broadcast addresses, and anything off the subnet.
+    /// (/31 and /32 have no network or broadcast address, RFC 3021.)
     fn unusable(&self, addr: Ipv4Addr) -> bool {
-        let m = u32::from(self.netmask);
-        let a = u32::from(addr);
+        let net = self.net();
         addr == self.server_ip
-            || !self.on_subnet(addr)
-            || (m != u32::MAX && m != u32::MAX - 1 && (a & !m == 0 || a & !m == !m))
+            || !net.contains(&addr)
+            || (net.prefix_len() < 31 && (addr == net.network() || addr == net.broadcast()))
     }
 
     fn in_pool(&self, addr: Ipv4Addr) -> bool {

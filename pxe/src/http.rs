@@ -9,10 +9,14 @@
 use hashbrown::HashMap;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use nom::bytes::complete::tag_no_case;
+use nom::character::complete::{char, digit1, space0};
+use nom::combinator::{eof, map_res, opt};
+use nom::sequence::{delimited, separated_pair};
+use nom::{IResult, Parser};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -222,31 +226,20 @@ pub fn error_response(code: u16, head_only: bool, close: bool, extra: &str) -> R
     }
 }
 
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decode a request path; `None` on bad escapes, NUL or non-UTF-8.
 pub fn percent_decode(p: &str) -> Option<String> {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = hex(*b.get(i + 1)?)?;
-            let l = hex(*b.get(i + 2)?)?;
-            out.push(h << 4 | l);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    // The decoder passes a malformed escape (`%zz`, a `%` at the end)
+    // through as text; a path that carries one is refused instead, so
+    // that no two spellings reach the same file by different rules.
+    let escapes_ok = p.split('%').skip(1).all(|s| {
+        s.as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return None;
     }
+    let out: Vec<u8> = percent_encoding::percent_decode_str(p).collect();
     if out.contains(&0) {
         return None;
     }
@@ -293,37 +286,6 @@ pub fn normalize_target(target: &str) -> Result<String, PathError> {
     Ok(format!("/{}", segs.join("/")))
 }
 
-fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = acc << 6 | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 fn authorized(auth: &(String, String), header: Option<&[u8]>) -> bool {
     let Some(h) = header.and_then(|h| std::str::from_utf8(h).ok()) else {
         return false;
@@ -336,11 +298,15 @@ fn authorized(auth: &(String, String), header: Option<&[u8]>) -> bool {
     else {
         return false;
     };
-    let Some(dec) = b64_decode(cred) else {
+    // Padding is optional in practice (some clients leave it off), so
+    // decode without it; a credential that is not base64 is no match.
+    let Ok(dec) = data_encoding::BASE64_NOPAD.decode(cred.trim_end_matches('=').as_bytes()) else {
         return false;
     };
     let want = format!("{}:{}", auth.0, auth.1);
-    ct_eq(&dec, want.as_bytes())
+    // Constant time, so a client cannot find the password byte by byte
+    // from how long a refusal takes.
+    subtle::ConstantTimeEq::ct_eq(dec.as_slice(), want.as_bytes()).into()
 }
 
 /// Parsed `Range` header against a body of `len` bytes.
@@ -357,52 +323,42 @@ pub enum RangeSpec {
 /// Parse a `Range` value. Syntax errors and multiple ranges mean the whole
 /// body (both allowed by RFC 9110).
 pub fn parse_range(v: &str, len: u64) -> RangeSpec {
-    let v = v.trim();
-    let Some(spec) = v
-        .get(..6)
-        .filter(|p| p.eq_ignore_ascii_case("bytes="))
-        .map(|_| v[6..].trim())
-    else {
+    let Ok((_, (first, last))) = range_grammar(v) else {
         return RangeSpec::Full;
     };
-    if spec.contains(',') {
-        return RangeSpec::Full;
-    }
-    let Some((a, b)) = spec.split_once('-') else {
-        return RangeSpec::Full;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            None
-        } else {
-            s.parse().ok()
+    let start = match (first, last) {
+        (None, None) => return RangeSpec::Full,
+        // `-N`: the last N bytes.
+        (None, Some(n)) => {
+            if n == 0 || len == 0 {
+                return RangeSpec::Unsatisfiable;
+            }
+            return RangeSpec::Part(len.saturating_sub(n), len - 1);
         }
+        (Some(start), _) => start,
     };
-    if a.is_empty() {
-        let Some(n) = num(b) else {
-            return RangeSpec::Full;
-        };
-        if n == 0 || len == 0 {
-            return RangeSpec::Unsatisfiable;
-        }
-        return RangeSpec::Part(len.saturating_sub(n), len - 1);
-    }
-    let Some(start) = num(a) else {
-        return RangeSpec::Full;
-    };
-    let end = if b.is_empty() {
-        u64::MAX
-    } else {
-        match num(b) {
-            Some(e) if e >= start => e,
-            _ => return RangeSpec::Full,
-        }
+    let end = match last {
+        None => u64::MAX,
+        Some(e) if e >= start => e,
+        Some(_) => return RangeSpec::Full,
     };
     if start >= len {
         return RangeSpec::Unsatisfiable;
     }
     RangeSpec::Part(start, end.min(len - 1))
+}
+
+/// `bytes=FIRST-LAST` with either number optional, one range only (a list
+/// fails at the comma), optional whitespace around the parts. Numbers too
+/// large for u64 fail too.
+fn range_grammar(v: &str) -> IResult<&str, (Option<u64>, Option<u64>)> {
+    let num = || map_res(digit1, str::parse::<u64>);
+    delimited(
+        (space0, tag_no_case("bytes="), space0),
+        separated_pair(opt(num()), (space0, char('-'), space0), opt(num())),
+        (space0, eof),
+    )
+    .parse(v)
 }
 
 fn header<'a>(req: &'a httparse::Request, name: &str) -> Option<&'a [u8]> {
@@ -901,13 +857,8 @@ fn write_some(sock: &mut TcpStream, resp: &mut Response, head_off: &mut usize) -
         }
         OutBody::File(f, pos, end) => {
             let want = ((*end - *pos) as usize).min(SENDFILE_CHUNK);
-            let mut off = *pos as libc::off_t;
-            // SAFETY: both fds are open for the duration of the call; `off`
-            // is a valid pointer.
-            let n = unsafe { libc::sendfile(sock.as_raw_fd(), f.as_raw_fd(), &mut off, want) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let mut off = *pos;
+            let n = rustix::fs::sendfile(&*sock, &*f, Some(&mut off), want)?;
             if n == 0 {
                 // File shrank under us: the promised length cannot be met.
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -935,6 +886,14 @@ mod tests {
         assert_eq!(parse_range("bytes=9-1", 100), RangeSpec::Full);
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Full);
         assert_eq!(parse_range("bytes=0-0", 0), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(" Bytes= 1 - 2 ", 100), RangeSpec::Part(1, 2));
+        assert_eq!(parse_range("bytes=-", 100), RangeSpec::Full);
+        assert_eq!(parse_range("bytes=1-2x", 100), RangeSpec::Full);
+        assert_eq!(parse_range("bytes=+1-2", 100), RangeSpec::Full);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999-", 100),
+            RangeSpec::Full
+        );
     }
 
     #[test]
@@ -958,6 +917,9 @@ mod tests {
         );
         assert_eq!(normalize_target("/a%00b"), Err(PathError::Bad));
         assert_eq!(normalize_target("/a%zz"), Err(PathError::Bad));
+        assert_eq!(normalize_target("/a%2"), Err(PathError::Bad));
+        assert_eq!(normalize_target("/a%"), Err(PathError::Bad));
+        assert_eq!(normalize_target("/a%ff"), Err(PathError::Bad));
         assert_eq!(normalize_target("*"), Err(PathError::Bad));
     }
 
@@ -969,5 +931,11 @@ mod tests {
         assert!(!authorized(&a, Some(b"Basic YWRtaW46d3Jvbmc=")));
         assert!(!authorized(&a, None));
         assert!(!authorized(&a, Some(b"Bearer x")));
+        assert!(!authorized(&a, Some(b"Basic !!!!")));
+        // "admin:pw", with and without its padding.
+        let b = ("admin".to_string(), "pw".to_string());
+        assert!(authorized(&b, Some(b"Basic YWRtaW46cHc=")));
+        assert!(authorized(&b, Some(b"basic  YWRtaW46cHc")));
+        assert!(!authorized(&b, Some(b"Basic YWRtaW46cHd=")));
     }
 }

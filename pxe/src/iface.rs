@@ -18,6 +18,19 @@ impl IfaceAddr {
     pub fn prefix_len(&self) -> u32 {
         u32::from(self.netmask).count_ones()
     }
+
+    /// The subnet this address is on.
+    pub fn net(&self) -> ipnet::Ipv4Net {
+        subnet(self.addr, self.netmask)
+    }
+}
+
+/// `addr` with `netmask` as a subnet. The kernel's masks are contiguous; a
+/// mask with holes counts only its leading ones.
+pub fn subnet(addr: Ipv4Addr, netmask: Ipv4Addr) -> ipnet::Ipv4Net {
+    let prefix = u32::from(netmask).leading_ones() as u8;
+    // A prefix of at most 32 is always accepted.
+    ipnet::Ipv4Net::new(addr, prefix).unwrap_or_default()
 }
 
 /// Look up `name`. Errors are one line for the operator:

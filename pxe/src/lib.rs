@@ -502,14 +502,9 @@ mod sidecars {
         if u32::from(a) > u32::from(b) {
             return Err(format!("--dhcp-pool {s}: start is after end"));
         }
-        let m = u32::from(ifa.netmask);
-        let net = u32::from(ifa.addr) & m;
-        if u32::from(a) & m != net || u32::from(b) & m != net {
-            return Err(format!(
-                "--dhcp-pool {s}: not inside {}/{}",
-                Ipv4Addr::from(net),
-                ifa.prefix_len()
-            ));
+        let net = ifa.net();
+        if !net.contains(&a) || !net.contains(&b) {
+            return Err(format!("--dhcp-pool {s}: not inside {}", net.trunc()));
         }
         Ok((a, b))
     }
@@ -518,12 +513,13 @@ mod sidecars {
     /// one before when ours is the last host of the subnet), so only one
     /// machine can boot this disk at a time.
     pub(super) fn default_pool(ifa: &iface::IfaceAddr) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        let m = u32::from(ifa.netmask);
-        if ifa.prefix_len() > 30 {
+        let net = ifa.net();
+        if net.prefix_len() > 30 {
             return None;
         }
         let me = u32::from(ifa.addr);
-        let (first, last) = ((me & m) + 1, (me | !m) - 1);
+        // Hosts lie strictly between the network and broadcast addresses.
+        let (first, last) = (u32::from(net.network()) + 1, u32::from(net.broadcast()) - 1);
         let a = if me < last {
             me + 1
         } else if me > first {
@@ -780,9 +776,9 @@ mod tests {
 
     #[test]
     fn default_pool_next_to_us() {
-        let ifa = |a: [u8; 4], p: u32| iface::IfaceAddr {
+        let ifa = |a: [u8; 4], p: u8| iface::IfaceAddr {
             addr: a.into(),
-            netmask: std::net::Ipv4Addr::from(if p == 0 { 0 } else { u32::MAX << (32 - p) }),
+            netmask: ipnet::Ipv4Net::new(a.into(), p).unwrap().netmask(),
             index: 1,
         };
         let p = sidecars::default_pool(&ifa([10, 77, 0, 1], 24)).unwrap();

@@ -53,37 +53,16 @@ impl ChapAlgorithm {
     }
 }
 
-/// Comparison whose time does not depend on where the inputs differ.
+/// Comparison whose time does not depend on where the inputs differ, so a
+/// peer timing its failed logins learns nothing about the expected
+/// response. (The length is not secret: it follows from the algorithm.)
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Fill `buf` from the kernel's random source. False if none is usable.
 pub fn random_bytes(buf: &mut [u8]) -> bool {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe a live, writable slice.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n > 0 {
-            filled += n as usize;
-            continue;
-        }
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        break;
-    }
-    if filled == buf.len() {
-        return true;
-    }
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf[filled..]))
-        .is_ok()
+    getrandom::fill(buf).is_ok()
 }
 
 #[cfg(test)]

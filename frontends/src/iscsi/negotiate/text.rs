@@ -2,6 +2,10 @@
 //! and the value encodings of section 5.1: numbers, booleans, lists and
 //! binary strings.
 
+use nom::bytes::complete::{tag, take_till};
+use nom::sequence::{separated_pair, terminated};
+use nom::{IResult, Parser};
+
 /// Longest key name allowed (RFC 7143 section 6.1).
 pub const MAX_KEY_LEN: usize = 63;
 /// Longest ordinary value in bytes, without its NUL.
@@ -56,15 +60,16 @@ pub fn parse_text(text: &[u8]) -> Result<Vec<(&str, &str)>, TextError> {
     if end == 0 {
         return Ok(pairs);
     }
-    for item in text[..end].split(|&b| b == 0) {
-        if item.is_empty() {
-            return Err(TextError::EmptyItem);
-        }
-        let eq = item
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or(TextError::MissingEquals)?;
-        let (k, v) = (&item[..eq], &item[eq + 1..]);
+    // Keep the NUL that ends the last item, so every item has its own.
+    let mut rest = &text[..=end];
+    while !rest.is_empty() {
+        // Only the `=` can fail to match (the value always finds a NUL):
+        // an item that is a bare NUL is empty, anything else lacks `=`.
+        let (next, (k, v)) = item(rest).map_err(|_| match rest.first() {
+            Some(0) => TextError::EmptyItem,
+            _ => TextError::MissingEquals,
+        })?;
+        rest = next;
         if k.is_empty() {
             return Err(TextError::EmptyKey);
         }
@@ -87,6 +92,20 @@ pub fn parse_text(text: &[u8]) -> Result<Vec<(&str, &str)>, TextError> {
         pairs.push((key, value));
     }
     Ok(pairs)
+}
+
+/// One item: the key runs to the first `=`, the value from there to the
+/// NUL (values may contain `=`, keys may not).
+fn item(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
+    terminated(
+        separated_pair(
+            take_till(|b| b == b'=' || b == 0),
+            tag(&b"="[..]),
+            take_till(|b| b == 0),
+        ),
+        tag(&b"\0"[..]),
+    )
+    .parse(input)
 }
 
 /// Append `key=value` and its terminating NUL to `out`.
@@ -145,72 +164,24 @@ pub fn parse_list(value: &str) -> Option<Vec<&str>> {
     Some(items)
 }
 
-fn hex_nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn base64_sextet(b: u8) -> Option<u8> {
-    match b {
-        b'A'..=b'Z' => Some(b - b'A'),
-        b'a'..=b'z' => Some(b - b'a' + 26),
-        b'0'..=b'9' => Some(b - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
-
 fn decode_hex(digits: &[u8]) -> Option<Vec<u8>> {
     if digits.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(digits.len() / 2 + 1);
     // An odd number of digits means an implied leading zero.
-    let (head, rest) = if digits.len() % 2 == 1 {
-        (Some(digits[0]), &digits[1..])
-    } else {
-        (None, digits)
-    };
-    if let Some(h) = head {
-        out.push(hex_nibble(h)?);
+    if digits.len() % 2 == 1 {
+        let mut even = Vec::with_capacity(digits.len() + 1);
+        even.push(b'0');
+        even.extend_from_slice(digits);
+        return hex::decode(even).ok();
     }
-    for pair in rest.chunks_exact(2) {
-        out.push(hex_nibble(pair[0])? << 4 | hex_nibble(pair[1])?);
-    }
-    Some(out)
+    hex::decode(digits).ok()
 }
 
+/// Standard base64 with padding; the encoding refuses lengths that are not
+/// a multiple of four and non-zero bits left over after the last byte.
 fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
-    if text.is_empty() || !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let pad = text.iter().rev().take_while(|&&b| b == b'=').count();
-    if pad > 2 {
-        return None;
-    }
-    let body = &text[..text.len() - pad];
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    for &b in body {
-        acc = (acc << 6) | u32::from(base64_sextet(b)?);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero padding.
-    if acc != 0 {
-        return None;
-    }
-    Some(out)
+    data_encoding::BASE64.decode(text).ok()
 }
 
 /// A binary value: `0x` + hex digits or `0b` + base64.
@@ -228,14 +199,7 @@ pub fn decode_binary(value: &str) -> Option<Vec<u8>> {
 
 /// Hex encoding with the `0x` prefix.
 pub fn encode_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("0x");
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    format!("0x{}", hex::encode(bytes))
 }
 
 #[cfg(test)]
