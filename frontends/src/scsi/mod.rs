@@ -24,6 +24,10 @@
 //! * Sense data is fixed format ([`Sense::fixed`]): the Control mode page
 //!   reports D_SENSE 0.
 
+// CDB decoding and emulation is byte arithmetic on slices; the only
+// memory the layer touches is what the transport hands it safely.
+#![forbid(unsafe_code)]
+
 pub mod cdb;
 pub mod emulate;
 pub mod mode;

@@ -15,6 +15,10 @@
 //! One file per PDU family: `scsi` (SCSI Command/Response, Data-In,
 //! Data-Out, R2T), `login`, `text`, `nop`, `logout`, `task_mgmt`, `reject`.
 
+// Parsing and building PDUs is byte arithmetic on slices: nothing here
+// needs unsafe, and peer input must never meet any.
+#![forbid(unsafe_code)]
+
 mod login;
 mod logout;
 mod nop;
