@@ -52,7 +52,7 @@ impl Conn {
                 let done = r.transit && nsg == Stage::FullFeature;
                 if !done {
                     let len = out.len();
-                    self.send_status(io, TxData::Owned(out), false, |h, sn| {
+                    self.send_status(io, TxData::Owned(out.into()), false, |h, sn| {
                         build_login_response(h, &resp, len, sn)
                     });
                     return;
@@ -115,7 +115,7 @@ impl Conn {
         let len = out.len();
         // The last Login Response goes out without digests; everything
         // after it uses them.
-        self.send_status(io, TxData::Owned(out), false, |h, sn| {
+        self.send_status(io, TxData::Owned(out.into()), false, |h, sn| {
             build_login_response(h, &resp, len, sn)
         });
         tracing::info!(
@@ -201,7 +201,7 @@ impl Conn {
             out.truncate(cut);
         }
         let (itt, len) = (bhs.itt(), out.len());
-        self.send_status(io, TxData::Owned(out), false, |h, sn| {
+        self.send_status(io, TxData::Owned(out.into()), false, |h, sn| {
             build_text_response(h, itt, RESERVED_TAG, true, false, len, sn)
         });
     }
@@ -223,7 +223,7 @@ impl Conn {
             data
         };
         let (itt, lun, len) = (bhs.itt(), bhs.lun_raw(), data.len());
-        self.send_status(io, TxData::Owned(data), false, |h, sn| {
+        self.send_status(io, TxData::Owned(data.into()), false, |h, sn| {
             build_nop_in(h, itt, RESERVED_TAG, lun, len, sn)
         });
     }

@@ -28,6 +28,7 @@
 //! drives whole connections in process with byte PDUs.
 
 use bootlun_engine::{BufPool, Connection, Io, IoOps, Issued};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -94,7 +95,14 @@ enum Rx {
 
 enum TxData {
     None,
-    Owned(Vec<u8>),
+    /// Small payloads built here (login and text answers, sense data,
+    /// emulated Data-In, Rejects). `Bytes`, so that one emulation answer
+    /// split over several Data-In PDUs is sliced, not copied per PDU; its
+    /// storage does not move while the send is in flight.
+    Owned(Bytes),
+    /// A slice of a task's pool buffer (disk data): pool memory is
+    /// registered with the ring and handed back to the pool, not freed,
+    /// so it cannot be an owned `Bytes`.
     Buf { ptr: *const u8, len: u32 },
 }
 

@@ -56,7 +56,7 @@ impl Conn {
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
         );
-        let rejected = TxData::Owned(self.cur.to_vec());
+        let rejected = TxData::Owned(Bytes::copy_from_slice(&self.cur));
         self.send_status(io, rejected, true, |h, sn| build_reject(h, reason, sn));
     }
 
@@ -66,7 +66,7 @@ impl Conn {
             "connection {}: rejecting PDU ({why}), reason {reason:#x}",
             self.peer
         );
-        let rejected = TxData::Owned(self.cur.to_vec());
+        let rejected = TxData::Owned(Bytes::copy_from_slice(&self.cur));
         self.send_status(io, rejected, false, |h, sn| build_reject(h, reason, sn));
     }
 
@@ -98,7 +98,7 @@ impl Conn {
         data.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
         data.extend_from_slice(&fixed);
         let len = data.len();
-        self.send_status(io, TxData::Owned(data), false, |h, sn| {
+        self.send_status(io, TxData::Owned(data.into()), false, |h, sn| {
             build_scsi_response(h, itt, Status::CheckCondition as u8, residual, 0, len, sn)
         });
     }
@@ -118,6 +118,8 @@ impl Conn {
             return self.respond_status(io, itt, Status::Good, residual, 0);
         }
         let mrdsl = self.params.initiator_max_recv_dsl.max(512) as usize;
+        // One copy of the answer; each Data-In PDU holds a slice of it.
+        let all = Bytes::copy_from_slice(&data[..n]);
         let mut pos = 0;
         let mut data_sn = 0;
         while pos < n {
@@ -138,7 +140,7 @@ impl Conn {
             );
             self.queue(
                 hdr,
-                TxData::Owned(data[pos..pos + len].to_vec()),
+                TxData::Owned(all.slice(pos..pos + len)),
                 None,
                 false,
                 false,
