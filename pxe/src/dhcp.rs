@@ -1054,6 +1054,10 @@ pub fn spawn(cfg: DhcpConfig) -> io::Result<JoinHandle<()>> {
 fn serve(cfg: DhcpConfig, mut poll: mio::Poll, socks: Vec<(u16, mio::net::UdpSocket)>) {
     let mut events = mio::Events::with_capacity(16);
     let mut table = LeaseTable::new();
+    // One receive buffer for every datagram: a request is decoded and
+    // answered before the next is read, so nothing needs to own its bytes
+    // past that (no `Bytes` here; the encoded reply is a plain `Vec` that
+    // is sent once and dropped).
     let mut buf = vec![0u8; 4096];
     loop {
         if let Err(e) = poll.poll(&mut events, None) {

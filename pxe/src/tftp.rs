@@ -42,6 +42,7 @@
 //!   replaces the transfer. Packets already queued for the transfer (such
 //!   as that ERROR 8) are handled first.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -367,7 +368,7 @@ struct Transfer {
     sock: mio::net::UdpSocket,
     peer: SocketAddr,
     /// The request that started it, to recognise retransmissions.
-    request: Vec<u8>,
+    request: Bytes,
     name: String,
     file: File,
     size: u64,
@@ -376,8 +377,9 @@ struct Transfer {
     timeout: Duration,
     /// Blocks in the file, the last one short (possibly empty).
     total: u64,
-    /// OACK sent and not yet acknowledged with ACK 0.
-    oack: Option<Vec<u8>>,
+    /// OACK sent and not yet acknowledged with ACK 0, kept as sent for
+    /// retransmission.
+    oack: Option<Bytes>,
     /// First block not yet acknowledged.
     base: u64,
     /// Next block to send.
@@ -387,6 +389,9 @@ struct Transfer {
     stalled: bool,
     deadline: Instant,
     started: Instant,
+    /// Scratch for the DATA packet being built. Not `Bytes`: a block is
+    /// read from the file again when it must be resent, so no packet
+    /// outlives its send, and one reused allocation serves them all.
     buf: Vec<u8>,
 }
 
@@ -685,7 +690,7 @@ impl Server {
         let mut t = Transfer {
             sock,
             peer,
-            request: raw.to_vec(),
+            request: Bytes::copy_from_slice(raw),
             name: req.filename,
             file,
             size,
@@ -705,7 +710,7 @@ impl Server {
         if neg.oack.is_empty() {
             t.send_window(now)?;
         } else {
-            let o = encode_oack(&neg.oack);
+            let o = Bytes::from(encode_oack(&neg.oack));
             t.sock.send(&o)?;
             t.oack = Some(o);
             t.deadline = now + t.wait();
@@ -1276,7 +1281,7 @@ mod tests {
         let mut t = Transfer {
             sock: mio::net::UdpSocket::from_std(sock.into()),
             peer: client.local_addr().unwrap(),
-            request: Vec::new(),
+            request: Bytes::new(),
             name: "f".into(),
             file: File::open(d.0.join("f")).unwrap(),
             size: 2000,
