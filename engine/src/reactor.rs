@@ -137,7 +137,10 @@ impl Io<'_> {
     unsafe fn push(&mut self, entry: squeue::Entry, kind: u64, tag: u32) {
         let e = entry.user_data(user_data(kind, self.slot, tag));
         loop {
-            // SAFETY: the caller's contract.
+            // SAFETY: the ring copies the entry, so only the memory it
+            // points at must outlive this call; this fn's `# Safety`
+            // section makes each caller keep that valid until the
+            // completion, and each call site says why it does.
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 break;
             }
@@ -204,7 +207,9 @@ impl IoOps for Io<'_> {
 
     unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, tag: u32) {
         let e = opcode::Recv::new(types::Fd(fd), buf, len).build();
-        // SAFETY: the caller keeps the memory valid until the completion.
+        // SAFETY: `buf..buf+len` is the only memory the entry points at,
+        // and `IoOps::recv`'s contract makes our caller keep it valid and
+        // untouched until the completion, which is what `push` needs.
         unsafe { self.push(e, KIND_PLAIN, tag) };
     }
 
@@ -213,7 +218,11 @@ impl IoOps for Io<'_> {
         let e = opcode::Recv::new(types::Fd(fd), b.ptr(), len)
             .flags(libc::MSG_WAITALL)
             .build();
-        // SAFETY: pool memory lives as long as the reactor's ring.
+        // SAFETY: the entry points at `b`, which `io_buf` checked lies
+        // inside one buffer of this reactor's pool; the pool is dropped
+        // after the ring (field order of `Parts`), and the caller holds
+        // the `PoolBuf`, so the buffer is not handed out again before the
+        // completion.
         unsafe { self.push(e, KIND_PLAIN, tag) };
     }
 
@@ -280,7 +289,8 @@ impl IoOps for Io<'_> {
 
     fn cancel_timeout(&mut self, timer_tag: u32, tag: u32) {
         let target = user_data(KIND_TIMEOUT, self.slot, timer_tag);
-        // SAFETY: a cancel points at no memory.
+        // SAFETY: an AsyncCancel entry carries only the user_data of the
+        // request to cancel, no pointer, so there is no memory to keep.
         unsafe { self.push(opcode::AsyncCancel::new(target).build(), KIND_PLAIN, tag) };
     }
 }
@@ -339,7 +349,8 @@ impl Engine {
         let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
         for (id, &core) in cfg.cores.iter().enumerate() {
             let (tx, rx) = unbounded();
-            // SAFETY: plain syscall; the result is checked.
+            // SAFETY: eventfd(2) takes no pointers and touches no memory of
+            // ours; failure is the -1 checked below.
             let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
             if efd < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -407,7 +418,9 @@ impl Engine {
 
 fn wake(efd: RawFd) {
     let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
+    // SAFETY: write(2) reads exactly 8 bytes from `one`, a u64 that lives
+    // across the call (8 is the size an eventfd requires); the kernel only
+    // reads our memory, so even a stale descriptor cannot corrupt it.
     unsafe {
         libc::write(efd, &one as *const u64 as *const _, 8);
     }
