@@ -111,6 +111,56 @@ pub trait BlockBackend: Send + Sync {
     fn prep_flush(&self) -> Prep;
     /// Flush from a normal thread (shutdown).
     fn flush_blocking(&self) -> io::Result<()>;
+
+    // Blocking helpers for the SCSI commands that manage the medium rather
+    // than move data (UNMAP, WRITE SAME, COMPARE AND WRITE, GET LBA STATUS,
+    // EXTENDED COPY, SANITIZE). Callers on a reactor keep each call small:
+    // at most a pool buffer of data, or one deallocation request.
+
+    /// Read `buf.len()` bytes at `offset` (whole blocks). A read past the
+    /// end of a shrunk file returns zeros for the missing part.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write `buf` at `offset` (whole blocks); with `fua`, durably.
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
+    /// Whether [`discard`](Self::discard) frees space and later reads of the
+    /// range return zeros (thin provisioning with LBPRZ).
+    fn thin(&self) -> bool {
+        false
+    }
+    /// Whether a discarded range reads back as zeros (LBPRZ). A block
+    /// device's discard makes no such promise.
+    fn discard_zeroes(&self) -> bool {
+        self.thin()
+    }
+    /// Deallocate `len` bytes at `offset`: the space goes back to the file
+    /// system, device or memory (which then reads as zeros when
+    /// [`discard_zeroes`](Self::discard_zeroes)).
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Make `len` bytes at `offset` read as zeros, keeping them allocated
+    /// where the backend can (no data is transferred for files).
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        let chunk = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64);
+            self.write_at(&chunk[..n as usize], offset + done, false)?;
+            done += n;
+        }
+        Ok(())
+    }
+    /// Whether the byte at `offset` is allocated, and how many bytes from
+    /// `offset` (at most `max`) share that state.
+    fn allocation(&self, _offset: u64, max: u64) -> io::Result<(bool, u64)> {
+        Ok((true, max))
+    }
+    /// A small file next to the backing store where state that must
+    /// survive a restart may be kept (persistent reservations with APTPL);
+    /// `None` for memory and block devices.
+    fn state_file(&self, _suffix: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A parsed `--lun` value.
@@ -205,6 +255,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
                 .map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
             Ok(Arc::new(FileBackend {
                 file,
+                store: Store::Memory,
                 info: BackendInfo {
                     describe: spec.text.clone(),
                     identity: format!("{}ram:{index}", host_id()),
@@ -276,8 +327,16 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
         .then(|| sysfs_wwid(&meta))
         .flatten()
         .unwrap_or_else(|| format!("{}{}", host_id(), canon.display()));
+    let store = if is_block {
+        Store::Block {
+            discard: sysfs_discard(&meta).unwrap_or(false),
+        }
+    } else {
+        Store::File(canon)
+    };
     Ok(Arc::new(FileBackend {
         file,
+        store,
         info: BackendInfo {
             describe: spec.text.clone(),
             identity,
@@ -339,6 +398,18 @@ fn sysfs_wwid(meta: &std::fs::Metadata) -> Option<String> {
     })
 }
 
+/// The device (or, for a partition, its disk) takes discards.
+fn sysfs_discard(meta: &std::fs::Metadata) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let base = format!("/sys/dev/block/{maj}:{min}");
+    let read = |p: String| std::fs::read_to_string(p).ok();
+    let v = read(format!("{base}/queue/discard_max_bytes"))
+        .or_else(|| read(format!("{base}/../queue/discard_max_bytes")))?;
+    Some(v.trim().parse::<u64>().ok()? > 0)
+}
+
 fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
     let rdev = meta.rdev();
@@ -354,9 +425,111 @@ fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
     Some(std::fs::read_to_string(path).ok()?.trim() == "1")
 }
 
+/// What a [`FileBackend`] sits on: it decides how space is given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Store {
+    /// A regular file at this (canonical) path: punch holes.
+    File(PathBuf),
+    /// A block device: BLKDISCARD when the device advertises discard.
+    Block { discard: bool },
+    /// A memfd (`ram:`): punching holes frees its pages.
+    Memory,
+}
+
 struct FileBackend {
     file: File,
     info: BackendInfo,
+    store: Store,
+}
+
+/// A 4 KiB-aligned heap buffer: O_DIRECT descriptors refuse unaligned
+/// user memory.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> io::Result<Aligned> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a nonzero size; the result is checked.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        Ok(Aligned { ptr, layout })
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` owns `layout.size()` initialised (zeroed) bytes
+        // for as long as `self` lives, and `&mut self` makes this the only
+        // reference to them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+fn check_len(n: isize, want: usize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((n as usize).min(want))
+    }
+}
+
+/// BLKDISCARD and BLKZEROOUT take a (start, length) pair of u64.
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127F;
+
+impl FileBackend {
+    fn range_ioctl(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: both ioctls read exactly two u64 from the pointer, which
+        // points at a live array of two u64.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req, range.as_ptr()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: plain syscall on a descriptor we own; no memory passed.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        // SAFETY: plain syscall on a descriptor we own; pread/pwrite use
+        // explicit offsets, so moving the file position disturbs no one.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data (or hole) at or after `offset`.
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(r as u64))
+    }
 }
 
 impl BlockBackend for FileBackend {
@@ -409,6 +582,118 @@ impl BlockBackend for FileBackend {
         }
         self.file.sync_data()
     }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut a = Aligned::new(buf.len())?;
+        let b = a.as_mut();
+        // SAFETY: `b` is a live, writable buffer of `b.len()` bytes.
+        let n = unsafe {
+            libc::pread(
+                self.file.as_raw_fd(),
+                b.as_mut_ptr() as *mut libc::c_void,
+                b.len(),
+                offset as libc::off_t,
+            )
+        };
+        let n = check_len(n, buf.len())?;
+        buf[..n].copy_from_slice(&b[..n]);
+        buf[n..].fill(0);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        if self.info.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let mut a = Aligned::new(buf.len())?;
+        let b = a.as_mut();
+        b[..buf.len()].copy_from_slice(buf);
+        let iov = libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        // SAFETY: one iovec describing `buf.len()` readable bytes of `b`,
+        // which outlives the call.
+        let n = unsafe {
+            libc::pwritev2(
+                self.file.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                flags,
+            )
+        };
+        if check_len(n, buf.len())? < buf.len() {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        Ok(())
+    }
+    fn thin(&self) -> bool {
+        !self.info.read_only
+            && match self.store {
+                Store::File(_) | Store::Memory => true,
+                Store::Block { discard } => discard,
+            }
+    }
+    fn discard_zeroes(&self) -> bool {
+        self.thin() && !matches!(self.store, Store::Block { .. })
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.info.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        match self.store {
+            Store::File(_) | Store::Memory => self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ),
+            Store::Block { discard: true } => self.range_ioctl(BLKDISCARD, offset, len),
+            Store::Block { discard: false } => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.info.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        match self.store {
+            Store::File(_) | Store::Memory => self
+                .fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                .or_else(|_| {
+                    // File systems without ZERO_RANGE: punch, then allocate.
+                    self.fallocate(
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset,
+                        len,
+                    )?;
+                    self.fallocate(libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                        .or(Ok(()))
+                }),
+            Store::Block { .. } => self.range_ioctl(BLKZEROOUT, offset, len),
+        }
+    }
+    fn allocation(&self, offset: u64, max: u64) -> io::Result<(bool, u64)> {
+        if matches!(self.store, Store::Block { .. }) {
+            return Ok((true, max));
+        }
+        let end = offset.saturating_add(max);
+        // Beyond the end of a shrunk file everything is a hole.
+        let data = self.seek(offset, libc::SEEK_DATA)?;
+        match data {
+            Some(d) if d == offset => {
+                let hole = self.seek(offset, libc::SEEK_HOLE)?.unwrap_or(end);
+                Ok((true, hole.min(end) - offset))
+            }
+            Some(d) => Ok((false, d.min(end) - offset)),
+            None => Ok((false, max)),
+        }
+    }
+    fn state_file(&self, suffix: &str) -> Option<PathBuf> {
+        let Store::File(p) = &self.store else {
+            return None;
+        };
+        let name = p.file_name()?.to_string_lossy().to_string();
+        Some(p.with_file_name(format!(".{name}.{suffix}")))
+    }
 }
 
 struct NullBackend {
@@ -434,6 +719,29 @@ impl BlockBackend for NullBackend {
     }
     fn flush_blocking(&self) -> io::Result<()> {
         Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64, _fua: bool) -> io::Result<()> {
+        if self.info.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        Ok(())
+    }
+    fn thin(&self) -> bool {
+        !self.info.read_only
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.write_at(&[], 0, false)
+    }
+    fn write_zeroes(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.write_at(&[], 0, false)
+    }
+    fn allocation(&self, _offset: u64, max: u64) -> io::Result<(bool, u64)> {
+        // Nothing is ever stored: every block reads as a deallocated one.
+        Ok((false, max))
     }
 }
 

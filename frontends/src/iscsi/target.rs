@@ -43,6 +43,7 @@ impl Lun {
             max_transfer_blocks: max_transfer_bytes / bs,
             optimal_transfer_blocks: (128 * 1024) / bs,
             rotational: backend.rotational(),
+            state: crate::scsi::LuState::for_backend(&*backend),
         };
         Lun { backend, info }
     }

@@ -43,21 +43,26 @@ pub enum Kind {
     Write,
     VerifyCompare,
     Flush,
+    /// Data-Out for the SCSI layer itself (a parameter list, COMPARE AND
+    /// WRITE data): gathered in one buffer, then handed back with the CDB.
+    Param,
+    /// Medium work the SCSI layer does in steps (`scsi::Job`).
+    Job,
 }
 
 impl Kind {
     /// Pool buffers a task of this kind holds.
     pub fn buffers(self) -> usize {
-        if self == Kind::VerifyCompare {
-            2
-        } else {
-            1
+        match self {
+            Kind::VerifyCompare => 2,
+            Kind::Job => 0,
+            _ => 1,
         }
     }
 
     /// Whether the initiator sends data (Data-Out) for it.
     pub fn takes_data(self) -> bool {
-        matches!(self, Kind::Write | Kind::VerifyCompare)
+        matches!(self, Kind::Write | Kind::VerifyCompare | Kind::Param)
     }
 }
 
@@ -158,6 +163,10 @@ pub struct Task {
     /// for I/O and sends to drain before the buffers go back.
     pub finished: bool,
     pub aborted: bool,
+    /// The CDB of a `Param` task, for the SCSI layer's second call.
+    pub cdb: [u8; 16],
+    /// The steps left of a `Job` task.
+    pub job: Option<Box<crate::scsi::Job>>,
 }
 
 impl Task {
@@ -204,6 +213,8 @@ impl Task {
             waiting_buf: false,
             finished: false,
             aborted: false,
+            cdb: [0; 16],
+            job: None,
         }
     }
 

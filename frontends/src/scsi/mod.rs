@@ -30,13 +30,22 @@
 
 pub mod cdb;
 pub mod emulate;
+pub mod job;
+pub mod lbp;
 pub mod mode;
 pub mod opcode;
+pub mod pr;
 pub mod sense;
+pub mod state;
 pub mod vpd;
+pub mod xcopy;
 
-pub use emulate::execute;
+use bootlun_engine::BlockBackend;
+
+pub use emulate::{execute, execute_with_data};
+pub use job::Job;
 pub use sense::{FieldPointer, Sense, SenseKey};
+pub use state::{LuState, Nexus};
 
 /// SAM status codes returned in a SCSI Response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +91,21 @@ pub struct LuInfo {
     /// The device is rotational (VPD 0xB1 MEDIUM ROTATION RATE = 0 unknown,
     /// 1 = non rotating).
     pub rotational: bool,
+    /// What changes while the LU runs and is shared by every I_T nexus:
+    /// reservations, software write protect, provisioning, copy results.
+    pub state: std::sync::Arc<LuState>,
+}
+
+impl LuInfo {
+    /// Writes refused: the backend is read-only or an initiator set the
+    /// Control mode page's SWP bit.
+    pub fn write_protected(&self) -> bool {
+        self.read_only || self.state.swp()
+    }
 }
 
 /// Context of one command beside its CDB.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CommandCtx<'a> {
     /// The LUN addressed by the command (already decoded to a flat number).
     pub lun: u64,
@@ -99,10 +119,28 @@ pub struct CommandCtx<'a> {
     /// Expected data transfer length from the transport (bytes), for
     /// commands where it matters; the transport itself computes residuals.
     pub expected_len: u32,
+    /// The I_T nexus the command came through (reservations). `None` only
+    /// in tests: such commands act as one anonymous nexus.
+    pub nexus: Option<&'a Nexus>,
+    /// The logical unit's backend, for the commands that manage the medium
+    /// themselves (UNMAP, WRITE SAME, COMPARE AND WRITE, ...). Without it
+    /// they fail with ABORTED COMMAND.
+    pub backend: Option<&'a dyn BlockBackend>,
+}
+
+impl std::fmt::Debug for CommandCtx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandCtx")
+            .field("lun", &self.lun)
+            .field("luns", &self.luns)
+            .field("expected_len", &self.expected_len)
+            .field("nexus", &self.nexus)
+            .finish()
+    }
 }
 
 /// The result of emulating one CDB.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Done with GOOD status. The Data-In bytes (possibly none) are in the
     /// caller's buffer, already cut to the CDB's allocation length.
@@ -123,4 +161,14 @@ pub enum Outcome {
     Verify { lba: u64, blocks: u32, bytchk: bool },
     /// SYNCHRONIZE CACHE: flush the backend (range already checked).
     Flush,
+    /// Done with RESERVATION CONFLICT status; no Data-In, no sense.
+    Conflict,
+    /// The command needs its Data-Out first: receive `len` bytes (cut to
+    /// the transport's expected length) and hand them with the same CDB to
+    /// [`execute_with_data`]. `len` is never 0.
+    DataOut { len: u32 },
+    /// Long medium work (WRITE SAME over many blocks, SANITIZE, EXTENDED
+    /// COPY): call [`Job::step`] until it returns the final outcome,
+    /// letting other work run between steps. Each step is bounded.
+    Job(Box<Job>),
 }

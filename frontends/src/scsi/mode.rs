@@ -1,6 +1,8 @@
 //! MODE SENSE(6) / MODE SENSE(10) (SPC-4 6.11, 6.12): mode parameter
 //! header, block descriptor and the Caching, Control and Informational
-//! Exceptions Control mode pages. Nothing is changeable or savable.
+//! Exceptions Control mode pages; MODE SELECT(6/10). Only the Control
+//! page's SWP bit is changeable (software write protect); nothing is
+//! savable.
 
 use super::cdb::Cdb;
 use super::{LuInfo, Outcome, Sense};
@@ -119,7 +121,7 @@ pub fn mode_sense(
 
 /// Fill the header at the start of `out` (already holding everything).
 fn mode_parameter_header(ten: bool, lu: &LuInfo, bd_len: usize, out: &mut [u8]) {
-    let dsp = if lu.read_only {
+    let dsp = if lu.write_protected() {
         DSP_WP | DSP_DPOFUA
     } else {
         DSP_DPOFUA
@@ -154,18 +156,127 @@ fn block_descriptor(lu: &LuInfo, long: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// Append one mode page with the values `pc` asks for. Nothing is
-/// changeable, so the changeable values are all zero.
+/// Control mode page byte 4: SWP.
+const CONTROL_SWP: u8 = 0x08;
+
+/// Append one mode page with the values `pc` asks for. Only SWP is
+/// changeable.
 fn mode_page(page: u8, pc: PageControl, lu: &LuInfo, out: &mut Vec<u8>) {
     let start = out.len();
     match page {
         PAGE_CACHING => out.extend_from_slice(&caching_page(lu)),
-        PAGE_CONTROL => out.extend_from_slice(&control_page()),
+        PAGE_CONTROL => {
+            let mut p = control_page();
+            if pc == PageControl::Current && lu.state.swp() {
+                p[4] |= CONTROL_SWP;
+            }
+            out.extend_from_slice(&p)
+        }
         _ => out.extend_from_slice(&informational_exceptions_page()),
     }
     if pc == PageControl::Changeable {
         out[start + 2..].fill(0);
+        if page == PAGE_CONTROL {
+            out[start + 4] = CONTROL_SWP;
+        }
     }
+}
+
+/// MODE SELECT(6) / MODE SELECT(10): CDB checks. SP (save pages) is
+/// refused, PF must be set for a non-empty list; the list comes as
+/// Data-Out.
+pub fn mode_select(cdb: &Cdb, ten: bool) -> Result<Outcome, Sense> {
+    let len = if ten {
+        u32::from(cdb.be16(7))
+    } else {
+        u32::from(cdb.byte(4))
+    };
+    if cdb.byte(1) & 0x01 != 0 {
+        return Err(Sense::saving_parameters_not_supported().at_cdb(1, Some(0)));
+    }
+    if len == 0 {
+        return Ok(Outcome::Good);
+    }
+    if cdb.byte(1) & 0x10 == 0 {
+        return Err(Sense::invalid_field_in_cdb_at(1, 4));
+    }
+    Ok(Outcome::DataOut { len })
+}
+
+fn param_error(byte: usize) -> Sense {
+    Sense {
+        field: Some(super::FieldPointer {
+            in_cdb: false,
+            byte: byte as u16,
+            bit: None,
+        }),
+        ..Sense::invalid_field_in_parameter_list()
+    }
+}
+
+/// MODE SELECT with its parameter list: every page must be one MODE SENSE
+/// reports, with only changeable bits differing from the current values.
+/// A block descriptor must repeat the current capacity and block length.
+pub fn mode_select_data(ten: bool, lu: &LuInfo, data: &[u8]) -> Result<Outcome, Sense> {
+    let hlen = if ten { 8 } else { 4 };
+    if data.len() < hlen {
+        return Err(Sense::parameter_list_length_error());
+    }
+    let bd_len = if ten {
+        usize::from(u16::from_be_bytes([data[6], data[7]]))
+    } else {
+        usize::from(data[3])
+    };
+    let mut p = hlen + bd_len;
+    if p > data.len() {
+        return Err(Sense::parameter_list_length_error());
+    }
+    let bd_size = if bd_len == 16 { 16 } else { 8 };
+    if bd_len % bd_size != 0 {
+        return Err(param_error(if ten { 6 } else { 3 }));
+    }
+    for d in data[hlen..p].chunks_exact(bd_size) {
+        let bs = u32::from_be_bytes([0, d[d.len() - 3], d[d.len() - 2], d[d.len() - 1]]);
+        if bs != lu.block_size && bs != 0 {
+            return Err(param_error(hlen));
+        }
+    }
+    let mut swp = None;
+    while p < data.len() {
+        let page = data[p] & 0x3F;
+        if data[p] & 0x40 != 0 || p + 2 > data.len() {
+            // Subpage format: no subpages are supported.
+            return Err(param_error(p));
+        }
+        let plen = usize::from(data[p + 1]);
+        let Some(body) = data.get(p..p + 2 + plen) else {
+            return Err(Sense::parameter_list_length_error());
+        };
+        let mut current = Vec::new();
+        let mut changeable = Vec::new();
+        if !matches!(page, PAGE_CACHING | PAGE_CONTROL | PAGE_INFORMATIONAL_EXCEPTIONS) {
+            return Err(param_error(p));
+        }
+        mode_page(page, PageControl::Current, lu, &mut current);
+        mode_page(page, PageControl::Changeable, lu, &mut changeable);
+        if body.len() != current.len() {
+            return Err(param_error(p + 1));
+        }
+        // Byte 0's PS bit is reserved in MODE SELECT; compare the rest.
+        for i in 2..body.len() {
+            if (body[i] ^ current[i]) & !changeable[i] != 0 {
+                return Err(param_error(p + i));
+            }
+        }
+        if page == PAGE_CONTROL {
+            swp = Some(body[4] & CONTROL_SWP != 0);
+        }
+        p += 2 + plen;
+    }
+    if let Some(on) = swp {
+        lu.state.set_swp(on);
+    }
+    Ok(Outcome::Good)
 }
 
 /// Caching mode page (SBC-3 6.4.5), 20 bytes: WCE from the LU, read cache on.
@@ -218,6 +329,7 @@ mod tests {
             max_transfer_blocks: 0,
             optimal_transfer_blocks: 0,
             rotational: true,
+            state: Default::default(),
         }
     }
 

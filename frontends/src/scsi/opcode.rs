@@ -21,6 +21,7 @@ pub const START_STOP_UNIT: u8 = 0x1B;
 pub const RECEIVE_DIAGNOSTIC_RESULTS: u8 = 0x1C;
 pub const SEND_DIAGNOSTIC: u8 = 0x1D;
 pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
+pub const SANITIZE: u8 = 0x48;
 pub const READ_CAPACITY_10: u8 = 0x25;
 pub const READ_10: u8 = 0x28;
 pub const WRITE_10: u8 = 0x2A;
@@ -53,6 +54,7 @@ pub const VERIFY_16: u8 = 0x8F;
 pub const PRE_FETCH_16: u8 = 0x90;
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 pub const WRITE_SAME_16: u8 = 0x93;
+pub const WRITE_ATOMIC_16: u8 = 0x9C;
 pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
 pub const SERVICE_ACTION_OUT_16: u8 = 0x9F;
 pub const REPORT_LUNS: u8 = 0xA0;
@@ -62,6 +64,7 @@ pub const READ_12: u8 = 0xA8;
 pub const WRITE_12: u8 = 0xAA;
 pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
 pub const VERIFY_12: u8 = 0xAF;
+pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
 // Service actions.
 /// SERVICE ACTION IN(16) / READ CAPACITY(16).
@@ -77,7 +80,8 @@ pub const SA_REPORT_SUPPORTED_TMFS: u16 = 0x0D;
 
 /// Operation codes whose commands are told apart by a SERVICE ACTION field
 /// (byte 1 bits 4..0 for the ones in this list that this layer decodes).
-const SERVICE_ACTION_OPCODES: [u8; 9] = [
+const SERVICE_ACTION_OPCODES: [u8; 10] = [
+    SANITIZE,
     PERSISTENT_RESERVE_IN,
     PERSISTENT_RESERVE_OUT,
     VARIABLE_LENGTH,
@@ -129,6 +133,8 @@ const fn cmd(
 const MEDIUM_TIMEOUT: u32 = 30;
 /// Timeout we recommend for commands answered from memory.
 const QUICK_TIMEOUT: u32 = 5;
+/// Timeout we recommend for commands that may cover the whole medium.
+const SANITIZE_TIMEOUT: u32 = 3600;
 
 // CONTROL byte usage: NACA is evaluated (and rejected when set).
 const C: u8 = 0x04;
@@ -174,6 +180,27 @@ pub static SUPPORTED: &[CommandInfo] = &[
         QUICK_TIMEOUT,
     ),
     cmd(
+        MODE_SELECT_6,
+        None,
+        "MODE SELECT(6)",
+        &[0x15, 0x11, 0x00, 0x00, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        RESERVE_6,
+        None,
+        "RESERVE(6)",
+        &[0x16, 0x00, 0x00, 0x00, 0x00, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        RELEASE_6,
+        None,
+        "RELEASE(6)",
+        &[0x17, 0x00, 0x00, 0x00, 0x00, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
         MODE_SENSE_6,
         None,
         "MODE SENSE(6)",
@@ -186,6 +213,13 @@ pub static SUPPORTED: &[CommandInfo] = &[
         "START STOP UNIT",
         &[0x1B, 0x01, 0x00, 0x0F, 0xF7, C],
         MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        PREVENT_ALLOW_MEDIUM_REMOVAL,
+        None,
+        "PREVENT ALLOW MEDIUM REMOVAL",
+        &[0x1E, 0x00, 0x00, 0x00, 0x03, C],
+        QUICK_TIMEOUT,
     ),
     cmd(
         READ_CAPACITY_10,
@@ -237,10 +271,187 @@ pub static SUPPORTED: &[CommandInfo] = &[
         MEDIUM_TIMEOUT,
     ),
     cmd(
+        READ_DEFECT_DATA_10,
+        None,
+        "READ DEFECT DATA(10)",
+        &[0x37, 0x00, 0x1F, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        WRITE_SAME_10,
+        None,
+        "WRITE SAME(10)",
+        &[0x41, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        UNMAP,
+        None,
+        "UNMAP",
+        &[0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x1F, 0xFF, 0xFF, C],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        SANITIZE,
+        Some(0x01),
+        "SANITIZE OVERWRITE",
+        &[0x48, 0xA1, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        SANITIZE,
+        Some(0x02),
+        "SANITIZE BLOCK ERASE",
+        &[0x48, 0xA2, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        SANITIZE,
+        Some(0x1f),
+        "SANITIZE EXIT FAILURE MODE",
+        &[0x48, 0xBF, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        MODE_SELECT_10,
+        None,
+        "MODE SELECT(10)",
+        &[0x55, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        RESERVE_10,
+        None,
+        "RESERVE(10)",
+        &[0x56, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        RELEASE_10,
+        None,
+        "RELEASE(10)",
+        &[0x57, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
         MODE_SENSE_10,
         None,
         "MODE SENSE(10)",
         &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_IN,
+        Some(0x00),
+        "PERSISTENT RESERVE IN / READ KEYS",
+        &[0x5E, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_IN,
+        Some(0x01),
+        "PERSISTENT RESERVE IN / READ RESERVATION",
+        &[0x5E, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_IN,
+        Some(0x02),
+        "PERSISTENT RESERVE IN / REPORT CAPABILITIES",
+        &[0x5E, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_IN,
+        Some(0x03),
+        "PERSISTENT RESERVE IN / READ FULL STATUS",
+        &[0x5E, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x00),
+        "PERSISTENT RESERVE OUT / REGISTER",
+        &[0x5F, 0x00, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x01),
+        "PERSISTENT RESERVE OUT / RESERVE",
+        &[0x5F, 0x01, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x02),
+        "PERSISTENT RESERVE OUT / RELEASE",
+        &[0x5F, 0x02, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x03),
+        "PERSISTENT RESERVE OUT / CLEAR",
+        &[0x5F, 0x03, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x04),
+        "PERSISTENT RESERVE OUT / PREEMPT",
+        &[0x5F, 0x04, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x05),
+        "PERSISTENT RESERVE OUT / PREEMPT AND ABORT",
+        &[0x5F, 0x05, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x06),
+        "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY",
+        &[0x5F, 0x06, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        PERSISTENT_RESERVE_OUT,
+        Some(0x07),
+        "PERSISTENT RESERVE OUT / REGISTER AND MOVE",
+        &[0x5F, 0x07, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, C],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        EXTENDED_COPY,
+        Some(0x00),
+        "EXTENDED COPY(LID1)",
+        &[
+            0x83, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, C,
+        ],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        RECEIVE_COPY_RESULTS,
+        Some(0x00),
+        "RECEIVE COPY RESULTS / COPY STATUS(LID1)",
+        &[
+            0x84, 0x00, 0xFF, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, C,
+        ],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        RECEIVE_COPY_RESULTS,
+        Some(0x03),
+        "RECEIVE COPY RESULTS / OPERATING PARAMETERS",
+        &[
+            0x84, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, C,
+        ],
         QUICK_TIMEOUT,
     ),
     cmd(
@@ -254,11 +465,31 @@ pub static SUPPORTED: &[CommandInfo] = &[
         MEDIUM_TIMEOUT,
     ),
     cmd(
+        COMPARE_AND_WRITE,
+        None,
+        "COMPARE AND WRITE",
+        &[
+            0x89, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF,
+            0x1F, C,
+        ],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
         WRITE_16,
         None,
         "WRITE(16)",
         &[
             0x8A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, C,
+        ],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        ORWRITE_16,
+        None,
+        "ORWRITE(16)",
+        &[
+            0x8B, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x1F, C,
         ],
         MEDIUM_TIMEOUT,
@@ -304,12 +535,42 @@ pub static SUPPORTED: &[CommandInfo] = &[
         MEDIUM_TIMEOUT,
     ),
     cmd(
+        WRITE_SAME_16,
+        None,
+        "WRITE SAME(16)",
+        &[
+            0x93, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, C,
+        ],
+        SANITIZE_TIMEOUT,
+    ),
+    cmd(
+        WRITE_ATOMIC_16,
+        None,
+        "WRITE ATOMIC(16)",
+        &[
+            0x9C, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0xFF, 0xFF,
+            0x1F, C,
+        ],
+        MEDIUM_TIMEOUT,
+    ),
+    cmd(
         SERVICE_ACTION_IN_16,
         Some(SA_READ_CAPACITY_16),
         "READ CAPACITY(16)",
         &[
             0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x01, C,
+        ],
+        QUICK_TIMEOUT,
+    ),
+    cmd(
+        SERVICE_ACTION_IN_16,
+        Some(SA_GET_LBA_STATUS),
+        "GET LBA STATUS",
+        &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, C,
         ],
         QUICK_TIMEOUT,
     ),
@@ -366,6 +627,15 @@ pub static SUPPORTED: &[CommandInfo] = &[
             0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C,
         ],
         MEDIUM_TIMEOUT,
+    ),
+    cmd(
+        READ_DEFECT_DATA_12,
+        None,
+        "READ DEFECT DATA(12)",
+        &[
+            0xB7, 0x1F, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, C,
+        ],
+        QUICK_TIMEOUT,
     ),
 ];
 
@@ -448,7 +718,7 @@ mod tests {
             Sense::invalid_opcode()
         );
         assert_eq!(
-            command_for_cdb(&[WRITE_SAME_16]).unwrap_err(),
+            command_for_cdb(&[WRITE_BUFFER]).unwrap_err(),
             Sense::invalid_opcode()
         );
         assert_eq!(
@@ -456,7 +726,7 @@ mod tests {
             Sense::invalid_field_in_cdb()
         );
         assert_eq!(
-            command_for_cdb(&[0x9E, 0x12]).unwrap_err(),
+            command_for_cdb(&[0x9E, 0x13]).unwrap_err(),
             Sense::invalid_field_in_cdb_at(1, 4)
         );
         assert_eq!(

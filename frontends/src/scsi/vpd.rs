@@ -110,7 +110,7 @@ pub fn vpd_page(page: u8, lu: &LuInfo, out: &mut Vec<u8>) -> Result<(), Sense> {
         PAGE_DEVICE_IDENTIFICATION => device_identification(lu, out),
         PAGE_BLOCK_LIMITS => block_limits(lu, out),
         PAGE_BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lu, out),
-        PAGE_LOGICAL_BLOCK_PROVISIONING => logical_block_provisioning(out),
+        PAGE_LOGICAL_BLOCK_PROVISIONING => logical_block_provisioning(lu, out),
         _ => return Err(Sense::invalid_field_in_cdb_at(2, 7)),
     }
     let len = (out.len() - 4) as u16;
@@ -148,15 +148,27 @@ fn device_identification(lu: &LuInfo, out: &mut Vec<u8>) {
     out.extend_from_slice(serial.as_bytes());
 }
 
-/// Block Limits page (SBC-3 6.5.3), page length 3Ch. No COMPARE AND WRITE,
-/// no UNMAP, no WRITE SAME limits.
+/// Block Limits page (SBC-3 6.5.3), page length 3Ch: transfer lengths,
+/// COMPARE AND WRITE, UNMAP (on thin LUs), WRITE SAME and WRITE ATOMIC
+/// limits. WSNZ 0: WRITE SAME with 0 blocks covers the rest of the LU.
 fn block_limits(lu: &LuInfo, out: &mut Vec<u8>) {
+    use super::lbp;
     let mut p = [0u8; 0x3C];
-    // p[0]: WSNZ 0; p[1]: MAXIMUM COMPARE AND WRITE LENGTH 0;
-    // p[2..4]: OPTIMAL TRANSFER LENGTH GRANULARITY 0 (not reported).
+    // Offsets below are page byte numbers minus the 4-byte header.
+    p[1] = lbp::max_caw_blocks(lu) as u8;
     p[4..8].copy_from_slice(&lu.max_transfer_blocks.to_be_bytes());
     p[8..12].copy_from_slice(&lu.optimal_transfer_blocks.to_be_bytes());
-    // MAXIMUM PREFETCH, UNMAP and WRITE SAME fields stay 0.
+    if lu.state.thin() {
+        p[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
+        p[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        // OPTIMAL UNMAP GRANULARITY: a page or file system block.
+        let gran = (4096 / lu.block_size.max(1)).max(1);
+        p[24..28].copy_from_slice(&gran.to_be_bytes());
+    }
+    p[32..40].copy_from_slice(&lu.num_blocks.to_be_bytes());
+    p[40..44].copy_from_slice(&lbp::max_atomic_blocks(lu).to_be_bytes());
+    // ATOMIC ALIGNMENT 0 (any), ATOMIC TRANSFER LENGTH GRANULARITY 0 (any);
+    // no atomic boundaries.
     out.extend_from_slice(&p);
 }
 
@@ -168,10 +180,17 @@ fn block_device_characteristics(lu: &LuInfo, out: &mut Vec<u8>) {
     out.extend_from_slice(&p);
 }
 
-/// Logical Block Provisioning page (SBC-3 6.5.4): fully provisioned, no
-/// UNMAP or WRITE SAME unmapping, no provisioning group descriptor.
-fn logical_block_provisioning(out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0, 0, 0, 0]);
+/// Logical Block Provisioning page (SBC-3 6.5.4). A thin LU (the backend
+/// can give space back) reports LBPU, LBPWS and LBPWS10 (UNMAP and WRITE
+/// SAME with UNMAP), LBPRZ when deallocated blocks read as zeros, and
+/// PROVISIONING TYPE thin; otherwise the LU is fully provisioned.
+fn logical_block_provisioning(lu: &LuInfo, out: &mut Vec<u8>) {
+    if lu.state.thin() {
+        let lbprz = if lu.state.lbprz() { 0x04 } else { 0 };
+        out.extend_from_slice(&[0, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0]);
+    } else {
+        out.extend_from_slice(&[0, 0, 0, 0]);
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +213,7 @@ mod tests {
             max_transfer_blocks: 2048,
             optimal_transfer_blocks: 256,
             rotational: false,
+            state: Default::default(),
         }
     }
 
@@ -334,10 +354,22 @@ mod tests {
         let (_, d) = run([0x12, 1, 0xB0, 0, 64, 0], Some(&l));
         assert_eq!(d.len(), 64);
         assert_eq!(&d[..4], &[0, 0xB0, 0, 0x3C]);
-        assert_eq!(d[5], 0); // MAXIMUM COMPARE AND WRITE LENGTH
+        assert_eq!(d[4], 0); // WSNZ 0
+        assert_eq!(d[5], 255); // MAXIMUM COMPARE AND WRITE LENGTH
         assert_eq!(&d[8..12], &2048u32.to_be_bytes());
         assert_eq!(&d[12..16], &256u32.to_be_bytes());
-        assert!(d[16..].iter().all(|&b| b == 0)); // no prefetch, UNMAP, WRITE SAME
+        // Fully provisioned: no UNMAP limits.
+        assert!(d[16..36].iter().all(|&b| b == 0));
+        assert_eq!(&d[36..44], &(1u64 << 20).to_be_bytes()); // WRITE SAME
+        assert_eq!(&d[44..48], &128u32.to_be_bytes()); // WRITE ATOMIC
+        let mut thin = lu();
+        thin.state = std::sync::Arc::new(crate::scsi::LuState::with_provisioning(true, true));
+        let (_, d) = run([0x12, 1, 0xB0, 0, 64, 0], Some(&thin));
+        assert_eq!(&d[20..24], &(1u32 << 20).to_be_bytes()); // MAXIMUM UNMAP LBA COUNT
+        assert_eq!(&d[24..28], &256u32.to_be_bytes());
+        assert_eq!(&d[28..32], &8u32.to_be_bytes());
+        let (_, d) = run([0x12, 1, 0xB2, 0, 64, 0], Some(&thin));
+        assert_eq!(d, [0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
     }
 
     #[test]

@@ -58,13 +58,19 @@ impl Conn {
             return Sink::Discard;
         }
         let lun = bhs.lun();
-        let lu = self.sh.luns.get(lun as usize).map(|l| &l.info);
+        if self.nexus.is_none() {
+            self.nexus = Some(self.make_nexus());
+        }
+        let lu = self.sh.luns.get(lun as usize);
         let ctx = CommandCtx {
             lun,
-            lu,
+            lu: lu.map(|l| &l.info),
             luns: &self.sh.lun_numbers,
             expected_len: edtl,
+            nexus: self.nexus.as_ref(),
+            backend: lu.map(|l| &*l.backend),
         };
+        let lu = ctx.lu;
         let mut scratch = std::mem::take(&mut self.scratch);
         let outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
         let bs = lu.map(|l| l.block_size).unwrap_or(512);
@@ -131,6 +137,39 @@ impl Conn {
             }
             Outcome::Verify { bytchk: false, .. } => {
                 self.respond_status(io, itt, Status::Good, Residual::of(edtl, 0), 0);
+                Sink::Discard
+            }
+            Outcome::Conflict => {
+                self.respond_status(io, itt, Status::ReservationConflict, Residual::None, 0);
+                Sink::Discard
+            }
+            Outcome::DataOut { len } => {
+                if len > io.pool().buf_size() as u32 {
+                    self.respond_check(io, itt, Sense::invalid_field_in_cdb(), Residual::None);
+                    self.scratch = scratch;
+                    return Sink::Discard;
+                }
+                if edtl == 0 || !cmd.write() {
+                    // No Data-Out will come: the command gets an empty list.
+                    let mut t = Task::new(itt, lun as usize, bhs.lun_raw(), Kind::Param, 0, false, 1, len as u64, edtl);
+                    copy_cdb(&mut t.cdb, cmd.cdb());
+                    let id = self.tasks.insert(t);
+                    self.scratch = scratch;
+                    self.run_param(io, id, &[]);
+                    return Sink::Discard;
+                }
+                let sink =
+                    self.start_data_out_task(io, bhs, Kind::Param, 0, false, 1, len as u64, edtl, dsl);
+                if let Some(t) = self.tasks.find(itt).and_then(|id| self.tasks.get_mut(id)) {
+                    copy_cdb(&mut t.cdb, cmd.cdb());
+                }
+                sink
+            }
+            Outcome::Job(job) => {
+                let mut t = Task::new(itt, lun as usize, bhs.lun_raw(), Kind::Job, 0, false, bs, 0, edtl);
+                t.job = Some(job);
+                let id = self.tasks.insert(t);
+                self.schedule_job(io, id);
                 Sink::Discard
             }
             Outcome::Flush => {
@@ -269,6 +308,7 @@ impl Conn {
         }
         let (kind, has_buf) = (t.kind, t.buf.is_some());
         match kind {
+            Kind::Job => return,
             Kind::Flush => {}
             Kind::Read if !has_buf => {
                 if !self.can_take(io, 1) {
@@ -277,7 +317,7 @@ impl Conn {
                 self.take_buffers(io, id);
             }
             Kind::Read => {}
-            Kind::Write | Kind::VerifyCompare => {
+            Kind::Write | Kind::VerifyCompare | Kind::Param => {
                 if !has_buf {
                     if !self.can_take(io, kind.buffers()) {
                         return self.park_for_buffer(io, id);
@@ -341,6 +381,14 @@ impl Conn {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
+        if t.kind == Kind::Param {
+            // Parameter data fits one buffer: all of it is here.
+            let data = match t.buf.as_ref() {
+                Some(b) => io.pool().slice(b, t.chunk_len as usize).to_vec(),
+                None => Vec::new(),
+            };
+            return self.run_param(io, id, &data);
+        }
         let len = t.write_len();
         if len == 0 {
             return self.next_chunk(io, id);
@@ -442,6 +490,9 @@ impl Conn {
             return;
         }
         match t.kind {
+            Kind::Job => self.step_job(io, id),
+            // Parameter data never goes to the disk.
+            Kind::Param => {}
             Kind::Flush => {
                 if res < 0 {
                     tracing::warn!("flush failed: {}", std::io::Error::from_raw_os_error(-res));
@@ -619,6 +670,138 @@ impl Conn {
                 wt.waiting_buf = false;
             }
             self.run_task(io, w);
+        }
+    }
+}
+
+
+/// The CDB bytes a `Param` task keeps for the SCSI layer's second call.
+fn copy_cdb(dst: &mut [u8; 16], cdb: &[u8]) {
+    let n = cdb.len().min(16);
+    dst[..n].copy_from_slice(&cdb[..n]);
+}
+
+impl Conn {
+    // ------------------------------------------------------------------
+    // SCSI layer plumbing: the I_T nexus, parameter data, stepped jobs.
+
+    /// This session's I_T nexus: the initiator port is the initiator name
+    /// with the ISID (RFC 7143 names iSCSI initiator ports that way), the
+    /// target port is the single portal group.
+    fn make_nexus(&self) -> scsi::Nexus {
+        let isid: String = self.login.isid.iter().map(|b| format!("{b:02x}")).collect();
+        let port = format!("{},i,0x{isid}", self.params.initiator_name.to_ascii_lowercase());
+        // TransportID, iSCSI, FORMAT CODE 01b (SPC-4 7.6.4.6): the port
+        // name, NUL terminated, padded to a multiple of four.
+        let mut tid = vec![0x45, 0, 0, 0];
+        tid.extend_from_slice(port.as_bytes());
+        tid.push(0);
+        while tid.len() % 4 != 0 || tid.len() < 24 {
+            tid.push(0);
+        }
+        let add = (tid.len() - 4) as u16;
+        tid[2..4].copy_from_slice(&add.to_be_bytes());
+        scsi::Nexus {
+            initiator_port: port,
+            transport_id: tid,
+            target_port: 1,
+        }
+    }
+
+    /// The connection (and with it the I_T nexus) is gone: its SPC-2
+    /// reservations go too.
+    pub(super) fn scsi_nexus_lost(&mut self) {
+        if let Some(n) = self.nexus.take() {
+            for l in &self.sh.luns {
+                l.info.state.nexus_lost(&n);
+            }
+        }
+    }
+
+    /// LOGICAL UNIT RESET (`Some(lun)`) or a target reset (`None`).
+    pub(super) fn scsi_lu_reset(&mut self, lun: Option<usize>) {
+        for (i, l) in self.sh.luns.iter().enumerate() {
+            if lun.is_none_or(|n| n == i) {
+                l.info.state.reset();
+            }
+        }
+    }
+
+    /// Hand a `Param` task's Data-Out to the SCSI layer and act on its
+    /// answer.
+    fn run_param(&mut self, io: &mut impl IoOps, id: TaskId, data: &[u8]) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let (cdb, lun, edtl) = (t.cdb, t.lun, t.edtl);
+        let lu = self.sh.luns.get(lun);
+        let ctx = CommandCtx {
+            lun: lun as u64,
+            lu: lu.map(|l| &l.info),
+            luns: &self.sh.lun_numbers,
+            expected_len: edtl,
+            nexus: self.nexus.as_ref(),
+            backend: lu.map(|l| &*l.backend),
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let outcome = scsi::execute_with_data(&cdb, &ctx, data, &mut scratch);
+        self.scratch = scratch;
+        self.task_outcome(io, id, outcome);
+    }
+
+    /// Finish task `id` with an outcome of the SCSI layer's second call or
+    /// of a job's last step.
+    fn task_outcome(&mut self, io: &mut impl IoOps, id: TaskId, outcome: Outcome) {
+        match outcome {
+            Outcome::Good => self.finish_good(io, id),
+            Outcome::Check(sense) => self.finish_check(io, id, sense),
+            Outcome::Conflict => {
+                let Some(t) = self.tasks.get(id) else {
+                    return;
+                };
+                let itt = t.itt;
+                self.tasks.retire(id);
+                self.respond_status(io, itt, Status::ReservationConflict, Residual::None, 0);
+                self.maybe_free(io, id);
+            }
+            Outcome::Job(job) => {
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.kind = Kind::Job;
+                    t.job = Some(job);
+                }
+                self.schedule_job(io, id);
+            }
+            // Nothing else comes after Data-Out.
+            _ => self.finish_check(io, id, Sense::invalid_field_in_cdb()),
+        }
+    }
+
+    /// Run the next step of a job once the reactor has had a turn: a zero
+    /// timeout completes after everything already queued.
+    fn schedule_job(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.io_busy = true;
+        io.timeout(Duration::ZERO, TAG_DISK | id.index());
+    }
+
+    fn step_job(&mut self, io: &mut impl IoOps, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(mut job) = t.job.take() else {
+            return self.finish_check(io, id, Sense::aborted());
+        };
+        let Some(l) = self.sh.luns.get(t.lun) else {
+            return self.finish_check(io, id, Sense::lun_not_supported());
+        };
+        match job.step(&*l.backend) {
+            None => {
+                t.job = Some(job);
+                self.schedule_job(io, id);
+            }
+            Some(outcome) => self.task_outcome(io, id, outcome),
         }
     }
 }

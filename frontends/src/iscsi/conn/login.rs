@@ -273,11 +273,15 @@ impl Conn {
                     LUN_DOES_NOT_EXIST
                 } else {
                     self.abort_where(io, |t| t.lun == lun);
+                    if req.function() == TmfFunction::LogicalUnitReset {
+                        self.scsi_lu_reset(Some(lun));
+                    }
                     FUNCTION_COMPLETE
                 }
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 self.abort_where(io, |_| true);
+                self.scsi_lu_reset(None);
                 FUNCTION_COMPLETE
             }
             TmfFunction::TaskReassign => REASSIGNMENT_NOT_SUPPORTED,

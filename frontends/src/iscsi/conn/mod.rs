@@ -181,6 +181,8 @@ pub struct Conn {
     pending_login: Option<(LoginResponse, Vec<u8>)>,
     reinstate_timer_armed: bool,
     reinstate_polls: u32,
+    /// The I_T nexus SCSI reservations see (built at the first command).
+    nexus: Option<scsi::Nexus>,
 }
 
 impl Conn {
@@ -248,6 +250,7 @@ impl Conn {
             pending_login: None,
             reinstate_timer_armed: false,
             reinstate_polls: 0,
+            nexus: None,
         }
     }
 }
@@ -441,6 +444,7 @@ impl Drop for Conn {
             self.sh
                 .unregister_session(&self.params.initiator_name, self.login.isid, self.id);
         }
+        self.scsi_nexus_lost();
         tracing::debug!("connection {} released", self.peer);
     }
 }

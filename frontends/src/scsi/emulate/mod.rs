@@ -18,15 +18,33 @@
 
 use super::cdb::{self, Cdb, RwFields, VerifyFields};
 use super::opcode::{self as op, CommandInfo};
-use super::{mode, vpd, CommandCtx, LuInfo, Outcome, Sense};
+use super::{lbp, mode, pr, vpd, xcopy, CommandCtx, LuInfo, Nexus, Outcome, Sense};
 
 type CmdResult = Result<Outcome, Sense>;
 
 /// Emulate one CDB. Data-In bytes go to `data_in` (cleared first), already
 /// cut to the CDB's allocation length; after a CHECK CONDITION it is empty.
+/// A command that needs Data-Out answers [`Outcome::DataOut`]: call
+/// [`execute_with_data`] with the data.
 pub fn execute(cdb: &[u8], ctx: &CommandCtx<'_>, data_in: &mut Vec<u8>) -> Outcome {
+    run(cdb, ctx, None, data_in)
+}
+
+/// The second half of a command that answered [`Outcome::DataOut`]: the
+/// same CDB and context with the Data-Out bytes (possibly fewer than asked
+/// for, when the initiator's expected length was shorter).
+pub fn execute_with_data(
+    cdb: &[u8],
+    ctx: &CommandCtx<'_>,
+    data_out: &[u8],
+    data_in: &mut Vec<u8>,
+) -> Outcome {
+    run(cdb, ctx, Some(data_out), data_in)
+}
+
+fn run(cdb: &[u8], ctx: &CommandCtx<'_>, data: Option<&[u8]>, data_in: &mut Vec<u8>) -> Outcome {
     data_in.clear();
-    match dispatch(cdb, ctx, data_in) {
+    match dispatch(cdb, ctx, data, data_in) {
         Ok(outcome) => outcome,
         Err(sense) => {
             data_in.clear();
@@ -35,7 +53,18 @@ pub fn execute(cdb: &[u8], ctx: &CommandCtx<'_>, data_in: &mut Vec<u8>) -> Outco
     }
 }
 
-fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult {
+/// The nexus of commands issued without one (unit tests).
+fn anonymous() -> &'static Nexus {
+    static ANON: std::sync::OnceLock<Nexus> = std::sync::OnceLock::new();
+    ANON.get_or_init(Nexus::default)
+}
+
+fn dispatch(
+    bytes: &[u8],
+    ctx: &CommandCtx<'_>,
+    data: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> CmdResult {
     let info = op::command_for_cdb(bytes)?;
     let cdb = Cdb::parse(bytes)?;
     cdb.check_reserved(info.usage)?;
@@ -46,6 +75,17 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         _ => {}
     }
     let lu = ctx.lu.ok_or(Sense::lun_not_supported())?;
+    let nexus: &Nexus = match ctx.nexus {
+        Some(n) => n,
+        None => anonymous(),
+    };
+    if pr::conflicts(&lu.state, nexus, &cdb) {
+        // RELEASE from a non-holder is answered GOOD in `pr::release`.
+        return Ok(Outcome::Conflict);
+    }
+    if let Some(data) = data {
+        return with_data(&cdb, lu, ctx, nexus, data);
+    }
     let sa = info.service_action;
     match cdb.opcode() {
         op::TEST_UNIT_READY => Ok(Outcome::Good),
@@ -54,8 +94,13 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::SERVICE_ACTION_IN_16 if sa == Some(op::SA_READ_CAPACITY_16) => {
             read_capacity_16(&cdb, lu, out)
         }
+        op::SERVICE_ACTION_IN_16 if sa == Some(op::SA_GET_LBA_STATUS) => {
+            lbp::get_lba_status(&cdb, lu, ctx, out)
+        }
         op::MODE_SENSE_6 => mode::mode_sense_6(&cdb, lu, out),
         op::MODE_SENSE_10 => mode::mode_sense_10(&cdb, lu, out),
+        op::MODE_SELECT_6 => mode::mode_select(&cdb, false),
+        op::MODE_SELECT_10 => mode::mode_select(&cdb, true),
         op::READ_6 => read(lu, cdb::rw6(&cdb)),
         op::READ_10 => read(lu, cdb::rw10(&cdb)),
         op::READ_12 => read(lu, cdb::rw12(&cdb)),
@@ -64,6 +109,7 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::WRITE_10 => write(lu, cdb::rw10(&cdb)),
         op::WRITE_12 => write(lu, cdb::rw12(&cdb)),
         op::WRITE_16 => write(lu, cdb::rw16(&cdb)),
+        op::WRITE_ATOMIC_16 => lbp::write_atomic(&cdb, lu),
         op::WRITE_AND_VERIFY_10 => write_and_verify(lu, cdb::rw10(&cdb)),
         op::WRITE_AND_VERIFY_12 => write_and_verify(lu, cdb::rw12(&cdb)),
         op::WRITE_AND_VERIFY_16 => write_and_verify(lu, cdb::rw16(&cdb)),
@@ -74,11 +120,74 @@ fn dispatch(bytes: &[u8], ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult 
         op::PRE_FETCH_16 => pre_fetch(lu, cdb::sync16(&cdb)),
         op::SYNCHRONIZE_CACHE_10 => synchronize_cache(lu, cdb::sync10(&cdb)),
         op::SYNCHRONIZE_CACHE_16 => synchronize_cache(lu, cdb::sync16(&cdb)),
+        op::WRITE_SAME_10 => lbp::write_same(&cdb, lu, ctx, false),
+        op::WRITE_SAME_16 => lbp::write_same(&cdb, lu, ctx, true),
+        op::UNMAP => lbp::unmap(&cdb, lu),
+        op::COMPARE_AND_WRITE => lbp::compare_and_write(&cdb, lu, ctx),
+        op::ORWRITE_16 => lbp::orwrite(&cdb, lu),
+        op::SANITIZE => lbp::sanitize(&cdb, lu),
+        op::RESERVE_6 | op::RESERVE_10 => pr::reserve(&lu.state, nexus),
+        op::RELEASE_6 | op::RELEASE_10 => pr::release(&lu.state, nexus),
+        op::PERSISTENT_RESERVE_IN => pr::persistent_reserve_in(&cdb, &lu.state, out),
+        op::PERSISTENT_RESERVE_OUT => match pr::prout_param_len(&cdb) {
+            // Every service action needs at least the 24-byte list.
+            n if n < 24 => Err(Sense::parameter_list_length_error()),
+            n => Ok(Outcome::DataOut {
+                len: n.min(lbp::MAX_DATA_OUT),
+            }),
+        },
+        op::EXTENDED_COPY => xcopy::extended_copy(&cdb, lu),
+        op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(&cdb, &lu.state, out),
+        op::READ_DEFECT_DATA_10 => read_defect_data(&cdb, false, out),
+        op::READ_DEFECT_DATA_12 => read_defect_data(&cdb, true, out),
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => Ok(Outcome::Good),
         op::MAINTENANCE_IN if sa == Some(op::SA_REPORT_SUPPORTED_OPERATION_CODES) => {
             report_supported_operation_codes(&cdb, out)
         }
         _ => Err(Sense::invalid_opcode()),
     }
+}
+
+/// The Data-Out half of the commands that take a parameter list or data
+/// they process themselves.
+fn with_data(
+    cdb: &Cdb,
+    lu: &LuInfo,
+    ctx: &CommandCtx<'_>,
+    nexus: &Nexus,
+    data: &[u8],
+) -> CmdResult {
+    match cdb.opcode() {
+        op::MODE_SELECT_6 => mode::mode_select_data(false, lu, data),
+        op::MODE_SELECT_10 => mode::mode_select_data(true, lu, data),
+        op::WRITE_SAME_10 => lbp::write_same_data(cdb, lu, false, data),
+        op::WRITE_SAME_16 => lbp::write_same_data(cdb, lu, true, data),
+        op::UNMAP => lbp::unmap_data(cdb, lu, data),
+        op::COMPARE_AND_WRITE => lbp::compare_and_write_data(cdb, lu, ctx, data),
+        op::ORWRITE_16 => lbp::orwrite_data(cdb, lu, ctx, data),
+        op::SANITIZE => lbp::sanitize_data(lu, data),
+        op::PERSISTENT_RESERVE_OUT => pr::persistent_reserve_out(cdb, &lu.state, nexus, data),
+        op::EXTENDED_COPY => xcopy::extended_copy_data(cdb, lu, &lu.state, data),
+        // No other command asked for Data-Out.
+        _ => Err(Sense::invalid_field_in_cdb()),
+    }
+}
+
+/// READ DEFECT DATA(10/12) (SBC-3 5.12, 5.13): no defects are known, so
+/// the header with the requested list flags and format and an empty list.
+fn read_defect_data(cdb: &Cdb, twelve: bool, out: &mut Vec<u8>) -> CmdResult {
+    if twelve {
+        let flags = cdb.byte(1) & 0x1F;
+        let alloc = cdb.be32(6) as usize;
+        out.extend_from_slice(&[0, flags, 0, 0, 0, 0, 0, 0]);
+        out.truncate(alloc);
+    } else {
+        let flags = cdb.byte(2) & 0x1F;
+        let alloc = usize::from(cdb.be16(7));
+        out.extend_from_slice(&[0, flags, 0, 0]);
+        out.truncate(alloc);
+    }
+    Ok(Outcome::Good)
 }
 
 /// LOGICAL BLOCK ADDRESS OUT OF RANGE unless `lba` is a valid LBA and the
@@ -123,7 +232,7 @@ fn write(lu: &LuInfo, f: RwFields) -> CmdResult {
     if f.protect != 0 {
         return Err(Sense::invalid_field_in_cdb_at(1, 7));
     }
-    if lu.read_only {
+    if lu.write_protected() {
         return Err(Sense::write_protected());
     }
     check_range(lu, f.lba, f.blocks)?;
@@ -220,8 +329,10 @@ fn read_capacity_10(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
 }
 
 /// READ CAPACITY(16) (SBC-3 5.16), 32 bytes cut to ALLOCATION LENGTH: no
-/// protection, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0, LBPME 0,
-/// LOWEST ALIGNED LBA 0.
+/// protection; LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT so that a
+/// physical block is 4 KiB (a page, the usual file system block) when
+/// logical blocks are smaller; LBPME and LBPRZ on thin LUs; LOWEST ALIGNED
+/// LBA 0.
 fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     let pmi = cdb.byte(14) & 0x01 != 0;
     if !pmi && cdb.be64(2) != 0 {
@@ -231,8 +342,21 @@ fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     out.extend_from_slice(&last_lba(lu).to_be_bytes());
     out.extend_from_slice(&lu.block_size.to_be_bytes());
     out.resize(32, 0);
+    out[13] = physical_exponent(lu.block_size);
+    if lu.state.thin() {
+        out[14] = 0x80 | if lu.state.lbprz() { 0x40 } else { 0 };
+    }
     out.truncate(alloc);
     Ok(Outcome::Good)
+}
+
+/// log2(4096 / block size) for blocks below 4 KiB, else 0.
+pub fn physical_exponent(block_size: u32) -> u8 {
+    let mut e = 0;
+    while e < 3 && (block_size << (e + 1)) <= 4096 {
+        e += 1;
+    }
+    e
 }
 
 /// REQUEST SENSE (SPC-4 6.29): nothing is ever pending, so NO SENSE, in
