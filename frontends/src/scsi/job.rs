@@ -58,6 +58,7 @@ enum Work {
         bytes_done: u64,
         block_size: u32,
         list_id: Option<u8>,
+        initiator_port: String,
         state: Arc<LuState>,
         buf: Vec<u8>,
     },
@@ -94,10 +95,12 @@ impl Job {
         segs: Vec<CopySeg>,
         block_size: u32,
         list_id: Option<u8>,
+        initiator_port: String,
         state: Arc<LuState>,
     ) -> Job {
         if let Some(id) = list_id {
             state.record_copy(CopyResult {
+                initiator_port: initiator_port.clone(),
                 list_id: id,
                 status: 0,
                 segments_processed: 0,
@@ -111,6 +114,7 @@ impl Job {
                 bytes_done: 0,
                 block_size,
                 list_id,
+                initiator_port,
                 state,
                 buf: Vec::new(),
             },
@@ -179,6 +183,7 @@ impl Job {
                 bytes_done,
                 block_size,
                 list_id,
+                initiator_port,
                 state,
                 buf,
             } => {
@@ -186,6 +191,7 @@ impl Job {
                 let finish = |status: u8, segs: u16, bytes: u64| {
                     if let Some(id) = *list_id {
                         state.record_copy(CopyResult {
+                            initiator_port: initiator_port.clone(),
                             list_id: id,
                             status,
                             segments_processed: segs,

@@ -25,9 +25,10 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest data-out buffer this layer asks for (parameter lists, COMPARE
 /// AND WRITE and ORWRITE data).
 pub const MAX_DATA_OUT: u32 = 1 << 20;
-/// Largest WRITE ATOMIC in bytes: the transport writes up to a pool buffer
-/// (at least this much) with one system call, which readers see whole.
-pub const MAX_ATOMIC_BYTES: u32 = 64 * 1024;
+/// Largest WRITE ATOMIC in bytes. The transport writes an atomic write
+/// with one system call from one pool buffer, and refuses one larger than
+/// its buffers (only with a `--buffer-size` below this).
+pub const MAX_ATOMIC_BYTES: u32 = 1 << 20;
 
 /// MAXIMUM COMPARE AND WRITE LENGTH (Block Limits VPD), in blocks.
 pub fn max_caw_blocks(lu: &LuInfo) -> u32 {
@@ -181,6 +182,15 @@ pub fn write_same(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, sixteen: bool) -
     if f.lba >= lu.num_blocks || lu.num_blocks - f.lba < f.blocks {
         return Err(Sense::lba_out_of_range());
     }
+    // NDOB (WRITE SAME(16) only): no Data-Out, the block is all zeros.
+    let ndob = sixteen && b1 & 0x01 != 0;
+    if ndob {
+        if ctx.expected_len != 0 {
+            return Err(Sense::invalid_field_in_cdb_at(1, 0));
+        }
+        let zeros = vec![0u8; lu.block_size as usize];
+        return write_same_data(cdb, lu, sixteen, &zeros);
+    }
     // Exactly one block of Data-Out: anything else is a malformed command.
     if ctx.expected_len != lu.block_size {
         return Err(Sense::invalid_field_in_cdb());
@@ -190,8 +200,9 @@ pub fn write_same(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, sixteen: bool) -
     })
 }
 
-/// WRITE SAME with its block: deallocate (UNMAP set, zeros, and the LU
-/// reads deallocated blocks as zeros), zero, or replicate the block.
+/// WRITE SAME with its block: deallocate (UNMAP set on a thin LU: the
+/// blocks then read as LBPRZ says, whatever the block held), zero, or
+/// replicate the block.
 pub fn write_same_data(cdb: &Cdb, lu: &LuInfo, sixteen: bool, data: &[u8]) -> CmdResult {
     let bs = lu.block_size as usize;
     if data.len() < bs {
@@ -206,7 +217,7 @@ pub fn write_same_data(cdb: &Cdb, lu: &LuInfo, sixteen: bool, data: &[u8]) -> Cm
     };
     let range = bytes(lu, f.lba, blocks);
     let zeros = block.iter().all(|&b| b == 0);
-    let op = if zeros && f.unmap && lu.state.lbprz() {
+    let op = if f.unmap && lu.state.thin() {
         RangeOp::Discard
     } else if zeros {
         RangeOp::Zero
@@ -284,12 +295,15 @@ pub fn compare_and_write(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>) -> CmdRes
     }
     check_writable(lu)?;
     check_range(lu, lba, n)?;
-    if n == 0 {
-        return Ok(Outcome::Good);
-    }
+    // The Data-Out must be exactly both halves; a mismatch (including data
+    // sent with NUMBER OF LOGICAL BLOCKS 0, e.g. a count that wrapped the
+    // one-byte field) is a malformed command.
     let len = 2 * n * lu.block_size;
     if ctx.expected_len != len {
-        return Err(Sense::invalid_field_in_cdb());
+        return Err(Sense::invalid_field_in_cdb_at(13, 7));
+    }
+    if n == 0 {
+        return Ok(Outcome::Good);
     }
     Ok(Outcome::DataOut { len })
 }
@@ -390,7 +404,7 @@ pub fn write_atomic(cdb: &Cdb, lu: &LuInfo) -> CmdResult {
     if n == 0 {
         return Ok(Outcome::Good);
     }
-    Ok(Outcome::Write {
+    Ok(Outcome::WriteAtomic {
         lba,
         blocks: n,
         fua: cdb.byte(1) & 0x08 != 0,

@@ -154,6 +154,10 @@ pub enum Outcome {
     /// Write `blocks` blocks at `lba` from Data-Out. Range and write
     /// protection already checked; `blocks` is never 0.
     Write { lba: u64, blocks: u32, fua: bool },
+    /// WRITE ATOMIC: as `Write`, but the data must reach the medium with
+    /// one write from one buffer; a transport whose buffers are smaller
+    /// than the data answers INVALID FIELD IN CDB.
+    WriteAtomic { lba: u64, blocks: u32, fua: bool },
     /// VERIFY: with `bytchk` the Data-Out (`blocks` blocks) must be compared
     /// with the medium, and a mismatch answered with MISCOMPARE /
     /// MISCOMPARE DURING VERIFY OPERATION ([`Sense::miscompare`]). Without it

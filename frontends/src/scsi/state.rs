@@ -30,9 +30,12 @@ pub struct Nexus {
     pub target_port: u16,
 }
 
-/// The result of one EXTENDED COPY, kept for RECEIVE COPY RESULTS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The result of one EXTENDED COPY, kept for RECEIVE COPY RESULTS from
+/// the same I_T nexus (list identifiers are per nexus) while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyResult {
+    /// Initiator port of the nexus that issued the copy.
+    pub initiator_port: String,
     pub list_id: u8,
     /// COPY MANAGER STATUS: 0 in progress, 1 done, 2 failed.
     pub status: u8,
@@ -162,6 +165,7 @@ impl LuState {
     /// reservation is released. Persistent reservations survive, as SPC-4
     /// requires.
     pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.drop_copies(nexus);
         if !self.any_reservation() {
             return;
         }
@@ -170,6 +174,13 @@ impl LuState {
             g.spc2 = None;
         }
         self.update_reserved(&g);
+    }
+
+    /// Forget the copy results of a nexus that is gone.
+    fn drop_copies(&self, nexus: &Nexus) {
+        self.lock()
+            .copies
+            .retain(|c| c.initiator_port != nexus.initiator_port);
     }
 
     /// LOGICAL UNIT RESET or a target reset: SPC-2 reservations are
@@ -187,19 +198,20 @@ impl LuState {
     /// [`COPY_RESULTS_KEPT`] and any older result with the same list id.
     pub fn record_copy(&self, r: CopyResult) {
         let mut g = self.lock();
-        g.copies.retain(|c| c.list_id != r.list_id);
+        g.copies
+            .retain(|c| c.list_id != r.list_id || c.initiator_port != r.initiator_port);
         g.copies.push_back(r);
         while g.copies.len() > COPY_RESULTS_KEPT {
             g.copies.pop_front();
         }
     }
 
-    pub fn copy_result(&self, list_id: u8) -> Option<CopyResult> {
+    pub fn copy_result(&self, nexus: &Nexus, list_id: u8) -> Option<CopyResult> {
         self.lock()
             .copies
             .iter()
             .rev()
-            .find(|c| c.list_id == list_id)
-            .copied()
+            .find(|c| c.list_id == list_id && c.initiator_port == nexus.initiator_port)
+            .cloned()
     }
 }

@@ -177,6 +177,9 @@ fn block_device_characteristics(lu: &LuInfo, out: &mut Vec<u8>) {
     let mut p = [0u8; 0x3C];
     let rate: u16 = if lu.rotational { 0 } else { 1 }; // 1: non-rotating
     p[0..2].copy_from_slice(&rate.to_be_bytes());
+    // WABEREQ 01b: after a SANITIZE BLOCK ERASE, reads of blocks not
+    // written since succeed (they return zeros).
+    p[3] = 0x40;
     out.extend_from_slice(&p);
 }
 
@@ -361,7 +364,7 @@ mod tests {
         // Fully provisioned: no UNMAP limits.
         assert!(d[16..36].iter().all(|&b| b == 0));
         assert_eq!(&d[36..44], &(1u64 << 20).to_be_bytes()); // WRITE SAME
-        assert_eq!(&d[44..48], &128u32.to_be_bytes()); // WRITE ATOMIC
+        assert_eq!(&d[44..48], &2048u32.to_be_bytes()); // WRITE ATOMIC
         let mut thin = lu();
         thin.state = std::sync::Arc::new(crate::scsi::LuState::with_provisioning(true, true));
         let (_, d) = run([0x12, 1, 0xB0, 0, 64, 0], Some(&thin));

@@ -61,6 +61,7 @@ pub fn extended_copy_data(
     cdb: &Cdb,
     lu: &LuInfo,
     state: &Arc<super::LuState>,
+    nexus: &super::Nexus,
     data: &[u8],
 ) -> Result<Outcome, Sense> {
     let plen = (cdb.be32(10) as usize).min(data.len());
@@ -98,7 +99,7 @@ pub fn extended_copy_data(
     }
     let in_use = usage != 0x03
         && state
-            .copy_result(list_id)
+            .copy_result(nexus, list_id)
             .is_some_and(|r| r.status == 0);
     if in_use {
         // OPERATION IN PROGRESS (00h/16h)
@@ -163,7 +164,9 @@ pub fn extended_copy_data(
         }
         for lba in [src_lba, dst_lba] {
             if lba >= lu.num_blocks || lu.num_blocks - lba < n {
-                return Err(Sense::lba_out_of_range());
+                // COPY ABORTED, no additional sense: the segment does not
+                // fit the device (what copy managers report for it).
+                return Err(Sense::new(SenseKey::CopyAborted, 0x00, 0x00));
             }
         }
         if n > 0 {
@@ -180,6 +183,7 @@ pub fn extended_copy_data(
         segs,
         lu.block_size,
         id,
+        nexus.initiator_port.clone(),
         Arc::clone(state),
     ))))
 }
@@ -215,13 +219,14 @@ fn names_this_lu(desc: &[u8], lu: &LuInfo) -> bool {
 pub fn receive_copy_results(
     cdb: &Cdb,
     state: &super::LuState,
+    nexus: &super::Nexus,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, Sense> {
     let alloc = cdb.be32(10) as usize;
     match cdb.service_action() {
         SA_COPY_STATUS => {
             let r = state
-                .copy_result(cdb.byte(2))
+                .copy_result(nexus, cdb.byte(2))
                 .ok_or(Sense::invalid_field_in_cdb_at(2, 7))?;
             out.extend_from_slice(&8u32.to_be_bytes());
             out.push(r.status);

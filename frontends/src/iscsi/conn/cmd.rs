@@ -117,6 +117,16 @@ impl Conn {
                 let wanted = blocks as u64 * bs as u64;
                 self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
             }
+            Outcome::WriteAtomic { lba, blocks, fua } => {
+                // One buffer, one disk write: larger cannot be atomic here.
+                let wanted = blocks as u64 * bs as u64;
+                if wanted > io.pool().buf_size() as u64 {
+                    self.respond_check(io, itt, Sense::invalid_field_in_cdb(), Residual::None);
+                    self.scratch = scratch;
+                    return Sink::Discard;
+                }
+                self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
+            }
             Outcome::Verify {
                 lba,
                 blocks,

@@ -137,7 +137,7 @@ fn dispatch(
             }),
         },
         op::EXTENDED_COPY => xcopy::extended_copy(&cdb, lu),
-        op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(&cdb, &lu.state, out),
+        op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(&cdb, &lu.state, nexus, out),
         op::READ_DEFECT_DATA_10 => read_defect_data(&cdb, false, out),
         op::READ_DEFECT_DATA_12 => read_defect_data(&cdb, true, out),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Ok(Outcome::Good),
@@ -167,7 +167,7 @@ fn with_data(
         op::ORWRITE_16 => lbp::orwrite_data(cdb, lu, ctx, data),
         op::SANITIZE => lbp::sanitize_data(lu, data),
         op::PERSISTENT_RESERVE_OUT => pr::persistent_reserve_out(cdb, &lu.state, nexus, data),
-        op::EXTENDED_COPY => xcopy::extended_copy_data(cdb, lu, &lu.state, data),
+        op::EXTENDED_COPY => xcopy::extended_copy_data(cdb, lu, &lu.state, nexus, data),
         // No other command asked for Data-Out.
         _ => Err(Sense::invalid_field_in_cdb()),
     }
@@ -329,10 +329,9 @@ fn read_capacity_10(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
 }
 
 /// READ CAPACITY(16) (SBC-3 5.16), 32 bytes cut to ALLOCATION LENGTH: no
-/// protection; LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT so that a
-/// physical block is 4 KiB (a page, the usual file system block) when
-/// logical blocks are smaller; LBPME and LBPRZ on thin LUs; LOWEST ALIGNED
-/// LBA 0.
+/// protection; LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0 (deallocation
+/// and GET LBA STATUS work per logical block); LBPME and LBPRZ on thin
+/// LUs; LOWEST ALIGNED LBA 0.
 fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     let pmi = cdb.byte(14) & 0x01 != 0;
     if !pmi && cdb.be64(2) != 0 {
@@ -342,21 +341,11 @@ fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
     out.extend_from_slice(&last_lba(lu).to_be_bytes());
     out.extend_from_slice(&lu.block_size.to_be_bytes());
     out.resize(32, 0);
-    out[13] = physical_exponent(lu.block_size);
     if lu.state.thin() {
         out[14] = 0x80 | if lu.state.lbprz() { 0x40 } else { 0 };
     }
     out.truncate(alloc);
     Ok(Outcome::Good)
-}
-
-/// log2(4096 / block size) for blocks below 4 KiB, else 0.
-pub fn physical_exponent(block_size: u32) -> u8 {
-    let mut e = 0;
-    while e < 3 && (block_size << (e + 1)) <= 4096 {
-        e += 1;
-    }
-    e
 }
 
 /// REQUEST SENSE (SPC-4 6.29): nothing is ever pending, so NO SENSE, in

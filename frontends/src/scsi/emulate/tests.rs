@@ -302,7 +302,6 @@ fn read_capacity_16() {
     let mut want = vec![0u8; 32];
     want[6..8].copy_from_slice(&[0x03, 0xE7]);
     want[10] = 0x02;
-    want[13] = 3; // eight 512-byte blocks per 4 KiB physical block
     assert_eq!(d, want);
 }
 
@@ -325,7 +324,7 @@ fn read_capacity_16_large() {
     c[1] = 0x10;
     let (_, d) = exec_on(&c, Some(&l));
     assert_eq!(&d[..8], &((1u64 << 40) - 1).to_be_bytes());
-    assert_eq!(&d[12..16], &[0, 3, 0, 0]); // no PI, LBPPBE 3, LBPME 0
+    assert_eq!(&d[12..16], &[0, 0, 0, 0]); // no PI, LBPPBE 0, LBPME 0
     l.state = std::sync::Arc::new(crate::scsi::LuState::with_provisioning(true, true));
     let (_, d) = exec_on(&c, Some(&l));
     assert_eq!(d[14], 0xC0); // LBPME, LBPRZ
@@ -875,6 +874,7 @@ proptest! {
         match o {
             Outcome::Read { lba, blocks, .. }
             | Outcome::Write { lba, blocks, .. }
+            | Outcome::WriteAtomic { lba, blocks, .. }
             | Outcome::Verify { lba, blocks, .. } => {
                 prop_assert!(present);
                 prop_assert!(blocks > 0);
