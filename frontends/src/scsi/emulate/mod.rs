@@ -480,3 +480,6 @@ fn report_one_command(info: Option<&CommandInfo>, rctd: bool, out: &mut Vec<u8>)
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_medium;
