@@ -613,15 +613,8 @@ impl BlockBackend for FileBackend {
         let flags = if fua { libc::RWF_DSYNC } else { 0 };
         // SAFETY: one iovec describing `buf.len()` readable bytes of `b`,
         // which outlives the call.
-        let n = unsafe {
-            libc::pwritev2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                offset as libc::off_t,
-                flags,
-            )
-        };
+        let n =
+            unsafe { libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, flags) };
         if check_len(n, buf.len())? < buf.len() {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }
@@ -657,7 +650,11 @@ impl BlockBackend for FileBackend {
         }
         match self.store {
             Store::File(_) | Store::Memory => self
-                .fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                .fallocate(
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    len,
+                )
                 .or_else(|_| {
                     // File systems without ZERO_RANGE: punch, then allocate.
                     self.fallocate(

@@ -195,9 +195,7 @@ pub fn write_same(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, sixteen: bool) -
     if ctx.expected_len != lu.block_size {
         return Err(Sense::invalid_field_in_cdb());
     }
-    Ok(Outcome::DataOut {
-        len: lu.block_size,
-    })
+    Ok(Outcome::DataOut { len: lu.block_size })
 }
 
 /// WRITE SAME with its block: deallocate (UNMAP set on a thin LU: the
@@ -238,7 +236,12 @@ const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 /// GET LBA STATUS (SBC-3 5.4): the provisioning status of the blocks from
 /// STARTING LOGICAL BLOCK ADDRESS on, one descriptor per run of blocks
 /// that are all mapped or all deallocated.
-pub fn get_lba_status(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, out: &mut Vec<u8>) -> CmdResult {
+pub fn get_lba_status(
+    cdb: &Cdb,
+    lu: &LuInfo,
+    ctx: &CommandCtx<'_>,
+    out: &mut Vec<u8>,
+) -> CmdResult {
     let lba = cdb.be64(2);
     let alloc = cdb.be32(10) as usize;
     if lba >= lu.num_blocks {
@@ -247,7 +250,10 @@ pub fn get_lba_status(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, out: &mut Ve
     let be = backend(ctx)?;
     let bs = u64::from(lu.block_size);
     out.extend_from_slice(&[0; 8]);
-    let wanted = alloc.saturating_sub(8).div_ceil(16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
+    let wanted = alloc
+        .saturating_sub(8)
+        .div_ceil(16)
+        .clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
     let mut at = lba;
     for _ in 0..wanted {
         if at >= lu.num_blocks {
@@ -260,11 +266,7 @@ pub fn get_lba_status(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, out: &mut Ve
         })?;
         // Runs are reported in whole blocks; a block partly allocated
         // counts as mapped.
-        let n = if mapped {
-            run.div_ceil(bs)
-        } else {
-            run / bs
-        };
+        let n = if mapped { run.div_ceil(bs) } else { run / bs };
         let (mapped, n) = if n == 0 { (true, 1) } else { (mapped, n) };
         let n = n.min(left);
         out.extend_from_slice(&at.to_be_bytes());
@@ -383,7 +385,8 @@ pub fn orwrite_data(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, data: &[u8]) -
     for (c, d) in cur.iter_mut().zip(&data[..n]) {
         *c |= d;
     }
-    be.write_at(&cur, off, fua).map_err(|_| Sense::write_error())?;
+    be.write_at(&cur, off, fua)
+        .map_err(|_| Sense::write_error())?;
     Ok(Outcome::Good)
 }
 

@@ -254,7 +254,10 @@ pub fn mode_select_data(ten: bool, lu: &LuInfo, data: &[u8]) -> Result<Outcome, 
         };
         let mut current = Vec::new();
         let mut changeable = Vec::new();
-        if !matches!(page, PAGE_CACHING | PAGE_CONTROL | PAGE_INFORMATIONAL_EXCEPTIONS) {
+        if !matches!(
+            page,
+            PAGE_CACHING | PAGE_CONTROL | PAGE_INFORMATIONAL_EXCEPTIONS
+        ) {
             return Err(param_error(p));
         }
         mode_page(page, PageControl::Current, lu, &mut current);

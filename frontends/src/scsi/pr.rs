@@ -189,7 +189,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, String> {
     if s == "-" {
         return Ok(Vec::new());
     }
-    if s.len() % 2 != 0 || s.len() > 1024 {
+    if !s.len().is_multiple_of(2) || s.len() > 1024 {
         return Err(format!("bad hex field of {} characters", s.len()));
     }
     (0..s.len())
@@ -331,7 +331,11 @@ pub fn release(state: &LuState, nexus: &Nexus) -> Result<Outcome, Sense> {
 
 /// PERSISTENT RESERVE IN (SPC-4 6.15): READ KEYS, READ RESERVATION, REPORT
 /// CAPABILITIES, READ FULL STATUS; cut to ALLOCATION LENGTH.
-pub fn persistent_reserve_in(cdb: &Cdb, state: &LuState, out: &mut Vec<u8>) -> Result<Outcome, Sense> {
+pub fn persistent_reserve_in(
+    cdb: &Cdb,
+    state: &LuState,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, Sense> {
     let alloc = usize::from(cdb.be16(7));
     let g = state.lock();
     let pr = &g.pr;
@@ -588,7 +592,9 @@ fn prout_locked(
             }
             pr.generation = pr.generation.wrapping_add(1);
         }
-        SA_REGISTER_AND_MOVE => return register_and_move(pr, nexus, key, sa_key, rtype, scope, data),
+        SA_REGISTER_AND_MOVE => {
+            return register_and_move(pr, nexus, key, sa_key, rtype, scope, data)
+        }
         _ => return Err(Sense::invalid_field_in_cdb_at(1, 4)),
     }
     Ok(Outcome::Good)
@@ -715,7 +721,10 @@ fn register_and_move(
             })
         }
     }
-    pr.reservation = Some(Reservation { holder: dest, rtype });
+    pr.reservation = Some(Reservation {
+        holder: dest,
+        rtype,
+    });
     // UNREG 0 keeps the mover registered; UNREG 1 (byte 17 bit 1) drops it.
     if data[17] & 0x02 != 0 {
         pr.regs.retain(|r| &r.nexus != nexus);
@@ -736,8 +745,14 @@ pub fn initiator_port_of(tid: &[u8]) -> Option<String> {
     let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
     let s = std::str::from_utf8(&body[..end]).ok()?;
     let (name, isid) = s.split_once(",i,")?;
-    let isid = isid.strip_prefix("0x").or_else(|| isid.strip_prefix("0X"))?;
-    Some(format!("{},i,0x{}", name.to_ascii_lowercase(), isid.to_ascii_lowercase()))
+    let isid = isid
+        .strip_prefix("0x")
+        .or_else(|| isid.strip_prefix("0X"))?;
+    Some(format!(
+        "{},i,0x{}",
+        name.to_ascii_lowercase(),
+        isid.to_ascii_lowercase()
+    ))
 }
 
 /// Write (or remove) the APTPL file after a change.
@@ -786,8 +801,14 @@ mod tests {
         let pr = Pr {
             generation: 7,
             regs: vec![
-                Registration { nexus: nx(1), key: 0xAB },
-                Registration { nexus: nx(2), key: 0xCD },
+                Registration {
+                    nexus: nx(1),
+                    key: 0xAB,
+                },
+                Registration {
+                    nexus: nx(2),
+                    key: 0xCD,
+                },
             ],
             reservation: Some(Reservation {
                 holder: nx(2),

@@ -85,10 +85,9 @@ impl LuState {
             match std::fs::read_to_string(p) {
                 Ok(text) => match Pr::load(&text) {
                     Ok(pr) => inner.pr = pr,
-                    Err(e) => tracing::warn!(
-                        "{}: ignoring persistent reservations: {e}",
-                        p.display()
-                    ),
+                    Err(e) => {
+                        tracing::warn!("{}: ignoring persistent reservations: {e}", p.display())
+                    }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!("{}: {e}", p.display()),

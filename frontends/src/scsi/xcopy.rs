@@ -107,7 +107,10 @@ pub fn extended_copy_data(
     }
     // Target descriptors: each must name this LU.
     let mut targets = Vec::new();
-    for (i, d) in data[16..16 + tlen].chunks_exact(TARGET_DESC_LEN).enumerate() {
+    for (i, d) in data[16..16 + tlen]
+        .chunks_exact(TARGET_DESC_LEN)
+        .enumerate()
+    {
         let at = (16 + i * TARGET_DESC_LEN) as u16;
         if d[0] != 0xE4 {
             // UNSUPPORTED TARGET DESCRIPTOR TYPE CODE

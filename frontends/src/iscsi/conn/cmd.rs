@@ -161,22 +161,51 @@ impl Conn {
                 }
                 if edtl == 0 || !cmd.write() {
                     // No Data-Out will come: the command gets an empty list.
-                    let mut t = Task::new(itt, lun as usize, bhs.lun_raw(), Kind::Param, 0, false, 1, len as u64, edtl);
+                    let mut t = Task::new(
+                        itt,
+                        lun as usize,
+                        bhs.lun_raw(),
+                        Kind::Param,
+                        0,
+                        false,
+                        1,
+                        len as u64,
+                        edtl,
+                    );
                     copy_cdb(&mut t.cdb, cmd.cdb());
                     let id = self.tasks.insert(t);
                     self.scratch = scratch;
                     self.run_param(io, id, &[]);
                     return Sink::Discard;
                 }
-                let sink =
-                    self.start_data_out_task(io, bhs, Kind::Param, 0, false, 1, len as u64, edtl, dsl);
+                let sink = self.start_data_out_task(
+                    io,
+                    bhs,
+                    Kind::Param,
+                    0,
+                    false,
+                    1,
+                    len as u64,
+                    edtl,
+                    dsl,
+                );
                 if let Some(t) = self.tasks.find(itt).and_then(|id| self.tasks.get_mut(id)) {
                     copy_cdb(&mut t.cdb, cmd.cdb());
                 }
                 sink
             }
             Outcome::Job(job) => {
-                let mut t = Task::new(itt, lun as usize, bhs.lun_raw(), Kind::Job, 0, false, bs, 0, edtl);
+                let mut t = Task::new(
+                    itt,
+                    lun as usize,
+                    bhs.lun_raw(),
+                    Kind::Job,
+                    0,
+                    false,
+                    bs,
+                    0,
+                    edtl,
+                );
                 t.job = Some(job);
                 let id = self.tasks.insert(t);
                 self.schedule_job(io, id);
@@ -684,7 +713,6 @@ impl Conn {
     }
 }
 
-
 /// The CDB bytes a `Param` task keeps for the SCSI layer's second call.
 fn copy_cdb(dst: &mut [u8; 16], cdb: &[u8]) {
     let n = cdb.len().min(16);
@@ -700,7 +728,10 @@ impl Conn {
     /// target port is the single portal group.
     fn make_nexus(&self) -> scsi::Nexus {
         let isid: String = self.login.isid.iter().map(|b| format!("{b:02x}")).collect();
-        let port = format!("{},i,0x{isid}", self.params.initiator_name.to_ascii_lowercase());
+        let port = format!(
+            "{},i,0x{isid}",
+            self.params.initiator_name.to_ascii_lowercase()
+        );
         // TransportID, iSCSI, FORMAT CODE 01b (SPC-4 7.6.4.6): the port
         // name, NUL terminated, padded to a multiple of four.
         let mut tid = vec![0x45, 0, 0, 0];

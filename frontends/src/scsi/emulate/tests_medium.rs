@@ -83,10 +83,7 @@ fn prout(sa: u8, rtype: u8, key: u64, sa_key: u64, aptpl: bool) -> ([u8; 10], Ve
     p[0..8].copy_from_slice(&key.to_be_bytes());
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
     p[20] = u8::from(aptpl);
-    (
-        [0x5F, sa, rtype, 0, 0, 0, 0, 0, 24, 0],
-        p,
-    )
+    ([0x5F, sa, rtype, 0, 0, 0, 0, 0, 24, 0], p)
 }
 
 fn read10(lba: u32) -> [u8; 10] {
@@ -112,9 +109,15 @@ fn persistent_reservation_write_exclusive() {
     let (c, p) = prout(0x01, 0x01, 0xAA, 0, false);
     assert_eq!(r.run(&r.a, &c, &p).0, Outcome::Good);
     // Write Exclusive: B reads but may not write; A does both.
-    assert!(matches!(r.run(&r.b, &read10(0), &[]).0, Outcome::Read { .. }));
+    assert!(matches!(
+        r.run(&r.b, &read10(0), &[]).0,
+        Outcome::Read { .. }
+    ));
     assert_eq!(r.run(&r.b, &write10(0), &[]).0, Outcome::Conflict);
-    assert!(matches!(r.run(&r.a, &write10(0), &[]).0, Outcome::Write { .. }));
+    assert!(matches!(
+        r.run(&r.a, &write10(0), &[]).0,
+        Outcome::Write { .. }
+    ));
     // READ KEYS: generation 2, both keys.
     let (o, d) = r.run(&r.b, &[0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[]);
     assert_eq!(o, Outcome::Good);
@@ -132,10 +135,15 @@ fn persistent_reservation_write_exclusive() {
     // CLEAR drops everything.
     let (c, p) = prout(0x03, 0, 0xBB, 0, false);
     assert_eq!(r.run(&r.b, &c, &p).0, Outcome::Good);
-    assert!(matches!(r.run(&r.a, &read10(0), &[]).0, Outcome::Read { .. }));
+    assert!(matches!(
+        r.run(&r.a, &read10(0), &[]).0,
+        Outcome::Read { .. }
+    ));
     // APTPL on memory is refused.
     let (c, p) = prout(0x06, 0, 0, 0xCC, true);
-    assert!(matches!(r.run(&r.a, &c, &p).0, Outcome::Check(s) if s.key == SenseKey::IllegalRequest));
+    assert!(
+        matches!(r.run(&r.a, &c, &p).0, Outcome::Check(s) if s.key == SenseKey::IllegalRequest)
+    );
 }
 
 #[test]
@@ -143,7 +151,10 @@ fn aptpl_survives_a_restart_beside_a_file() {
     let dir = std::env::temp_dir().join(format!("bootlun-pr-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let spec = img.to_str().unwrap().to_string();
     {
         let r = rig_on(&spec);
@@ -170,22 +181,33 @@ fn aptpl_survives_a_restart_beside_a_file() {
 fn spc2_reserve_and_nexus_loss() {
     let r = rig_on("ram:1M");
     assert_eq!(r.run(&r.a, &[0x16, 0, 0, 0, 0, 0], &[]).0, Outcome::Good);
-    assert_eq!(r.run(&r.b, &[0x16, 0, 0, 0, 0, 0], &[]).0, Outcome::Conflict);
-    assert_eq!(r.run(&r.b, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).0, Outcome::Conflict);
+    assert_eq!(
+        r.run(&r.b, &[0x16, 0, 0, 0, 0, 0], &[]).0,
+        Outcome::Conflict
+    );
+    assert_eq!(
+        r.run(&r.b, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).0,
+        Outcome::Conflict
+    );
     // RELEASE from the other nexus is a no-op.
     assert_eq!(r.run(&r.b, &[0x17, 0, 0, 0, 0, 0], &[]).0, Outcome::Good);
     assert_eq!(r.run(&r.b, &read10(0), &[]).0, Outcome::Conflict);
     r.lu.state.nexus_lost(&r.a);
     assert_eq!(r.run(&r.b, &[0x16, 0, 0, 0, 0, 0], &[]).0, Outcome::Good);
     r.lu.state.reset();
-    assert!(matches!(r.run(&r.a, &read10(0), &[]).0, Outcome::Read { .. }));
+    assert!(matches!(
+        r.run(&r.a, &read10(0), &[]).0,
+        Outcome::Read { .. }
+    ));
     let _ = Status::ReservationConflict;
 }
 
 #[test]
 fn unmap_deallocates_and_get_lba_status_reports_it() {
     let r = rig_on("ram:1M");
-    r.backend.write_at(&vec![0xA5; 64 * 1024], 0, false).unwrap();
+    r.backend
+        .write_at(&vec![0xA5; 64 * 1024], 0, false)
+        .unwrap();
     // GET LBA STATUS at 0: mapped.
     let gls = |lba: u64| {
         let mut c = [0u8; 16];
@@ -307,7 +329,10 @@ fn mode_select_swp_write_protects() {
     list[2] = 0;
     list[4 + 4] |= 0x08;
     let len = list.len() as u8;
-    assert_eq!(r.run(&r.a, &[0x15, 0x10, 0, 0, len, 0], &list).0, Outcome::Good);
+    assert_eq!(
+        r.run(&r.a, &[0x15, 0x10, 0, 0, len, 0], &list).0,
+        Outcome::Good
+    );
     assert_eq!(
         r.run(&r.b, &write10(0), &[]).0,
         Outcome::Check(Sense::write_protected())
@@ -321,7 +346,10 @@ fn mode_select_swp_write_protects() {
         Outcome::Check(s) if s.asc == 0x26
     ));
     r.lu.state.reset();
-    assert!(matches!(r.run(&r.b, &write10(0), &[]).0, Outcome::Write { .. }));
+    assert!(matches!(
+        r.run(&r.b, &write10(0), &[]).0,
+        Outcome::Write { .. }
+    ));
 }
 
 #[test]
@@ -334,6 +362,9 @@ fn sanitize_overwrite_writes_the_pattern_everywhere() {
     let all = r.read(0, 2048);
     assert!(all.chunks(2).all(|w| w == [0xDE, 0xAD]));
     // BLOCK ERASE: zeros again.
-    assert_eq!(r.run(&r.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0], &[]).0, Outcome::Good);
+    assert_eq!(
+        r.run(&r.a, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0], &[]).0,
+        Outcome::Good
+    );
     assert!(r.read(0, 2048).iter().all(|&b| b == 0));
 }
