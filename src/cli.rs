@@ -45,6 +45,20 @@ enum Cmd {
     Init,
     /// Ask the ramdisk's init to flush every LUN and power off.
     Shutdown,
+    /// Check a config file, or print one with every key.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check FILE as `serve --config FILE` would; errors as FILE:LINE:COLUMN.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print a commented config with every key.
+    Example,
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,14 +76,16 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
-    /// Address and port of the iSCSI portal [default: 0.0.0.0:3260].
+    /// Address and port of the iSCSI portal [default: the --pxe-interface
+    /// address, port 3260; else 0.0.0.0:3260].
     #[arg(long)]
     pub(crate) listen: Option<String>,
     /// Target IQN [default: iqn.2026-11.org.bootlun:target].
     #[arg(long)]
     pub(crate) target_name: Option<String>,
-    /// A LUN: a path (file or block device), ram:SIZE or null:SIZE, with an
-    /// optional ,ro suffix. Repeat for LUN 1, 2, ...
+    /// A LUN: a path (file or block device), a block device by UUID=,
+    /// LABEL=, PARTUUID=, PARTLABEL= or serial=, ram:SIZE or null:SIZE,
+    /// with an optional ,ro suffix. Repeat for LUN 1, 2, ...
     #[arg(long = "lun")]
     #[serde(default)]
     pub(crate) lun: Vec<String>,
@@ -167,6 +183,11 @@ pub fn main() -> ExitCode {
         Cmd::Host(args) => bootlun_image::host::main(&args),
         Cmd::Init => crate::init::main(),
         Cmd::Shutdown => bootlun_image::init::request_shutdown(),
+        Cmd::Config(ConfigCmd::Check { file }) => crate::config::check_file(&file),
+        Cmd::Config(ConfigCmd::Example) => {
+            print!("{}", crate::config::example());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -190,10 +211,32 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<ServeArgs, String> {
     parse_config_text(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// `--log`: level names, or `target=level` directives. A bare word that is
+/// not a level would parse as a target name and silence everything else,
+/// so it is refused.
+pub(crate) fn log_filter(s: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bad = || {
+        format!("--log {s}: not a log filter (use error, warn, info, debug or trace, or TARGET=LEVEL, comma-separated)")
+    };
+    for d in s.split(',').map(str::trim) {
+        let ok = match d.split_once('=') {
+            Some((t, l)) => !t.is_empty() && LEVELS.contains(&l.to_ascii_lowercase().as_str()),
+            None => LEVELS.contains(&d.to_ascii_lowercase().as_str()),
+        };
+        if !ok {
+            return Err(bad());
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|_| bad())
+}
+
 pub(crate) fn init_logging(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let f = match filter {
-        Some(f) => EnvFilter::new(f),
+    let f = match filter.map(log_filter) {
+        Some(Ok(f)) => f,
+        // Already refused by check(); a ramdisk keeps logging.
+        Some(Err(_)) => EnvFilter::new("info"),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     // SAFETY: isatty only inspects the descriptor number; an fd 2 that is
@@ -212,6 +255,9 @@ fn serve(mut args: ServeArgs) -> ExitCode {
             Ok(file) => args.merge_from(file),
             Err(e) => return usage_error(&format!("--config {e}")),
         }
+    }
+    if let Some(Err(e)) = args.log.as_deref().map(log_filter) {
+        return usage_error(&e);
     }
     init_logging(args.log.as_deref());
     // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
@@ -382,22 +428,43 @@ pub(crate) fn lun_device(spec: &str) -> &str {
     spec.strip_suffix(",ro").unwrap_or(spec)
 }
 
-pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
+/// Every value of `args` parsed and range-checked, before anything is
+/// opened, bound or pinned (also what `config check` runs).
+pub(crate) struct Checked {
+    /// `None`: on the `--pxe-interface` address, else [`DEFAULT_LISTEN`].
+    listen: Option<SocketAddr>,
+    target_name: String,
+    cores: Vec<usize>,
+    available: usize,
+    poll: PollMode,
+    buffer_size: usize,
+    buffers: usize,
+    queue_depth: u32,
+    login_timeout: u64,
+    luns: Vec<LunSpec>,
+}
+
+pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
     use Failure::*;
-    let net = configure_net(&args)?;
-    let listen: SocketAddr = match (&args.listen, &args.pxe.pxe_interface) {
-        (Some(l), _) => l.parse().map_err(|_| {
+    let listen = match &args.listen {
+        Some(l) => Some(l.parse().map_err(|_| {
             Usage(format!(
                 "--listen {l}: expected ADDR:PORT, for example 0.0.0.0:3260"
             ))
-        })?,
-        // A boot network gets the portal on its own address only.
-        (None, Some(i)) => {
-            let ifa = bootlun_pxe::iface::ipv4_of(i).map_err(Usage)?;
-            SocketAddr::from((ifa.addr, 3260))
-        }
-        (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+        })?),
+        None => None,
     };
+    if let Some(c) = &args.net_address {
+        parse_cidr(c).map_err(Usage)?;
+    }
+    if let Some(l) = &args.log {
+        log_filter(l).map_err(Usage)?;
+    }
+    if args.pxe.menu_user.is_some() != args.pxe.menu_password.is_some() {
+        return Err(Usage(
+            "--menu-user and --menu-password must be given together".into(),
+        ));
+    }
     let target_name = args
         .target_name
         .clone()
@@ -417,6 +484,11 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
             "--lun: at least one LUN is needed, for example --lun ram:1G or --lun /dev/sda".into(),
         ));
     }
+    let luns = args
+        .lun
+        .iter()
+        .map(|t| LunSpec::parse(t).map_err(Usage))
+        .collect::<Result<Vec<_>, _>>()?;
     let available = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -449,10 +521,52 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
             "--queue-depth {queue_depth}: must be between 1 and 4096"
         )));
     }
+    let login_timeout = args.login_timeout.unwrap_or(30);
+    if !(1..=3600).contains(&login_timeout) {
+        return Err(Usage(format!(
+            "--login-timeout {login_timeout}: must be between 1 and 3600 seconds"
+        )));
+    }
+    Ok(Checked {
+        listen,
+        target_name,
+        cores,
+        available,
+        poll,
+        buffer_size,
+        buffers,
+        queue_depth,
+        login_timeout,
+        luns,
+    })
+}
 
+pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
+    use Failure::*;
+    let Checked {
+        listen,
+        target_name,
+        cores,
+        available,
+        poll,
+        buffer_size,
+        buffers,
+        queue_depth,
+        login_timeout,
+        luns: specs,
+    } = check(&args)?;
+    let net = configure_net(&args)?;
+    let listen: SocketAddr = match (listen, &args.pxe.pxe_interface) {
+        (Some(l), _) => l,
+        // A boot network gets the portal on its own address only.
+        (None, Some(i)) => {
+            let ifa = bootlun_pxe::iface::ipv4_of(i).map_err(Usage)?;
+            SocketAddr::from((ifa.addr, 3260))
+        }
+        (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
     let mut luns = Vec::new();
-    for (i, text) in args.lun.iter().enumerate() {
-        let mut spec = LunSpec::parse(text).map_err(Usage)?;
+    for (i, (text, mut spec)) in args.lun.iter().zip(specs).enumerate() {
         let dev = lun_device(text);
         if is_device_id(dev) {
             match bootlun_engine::blkid::resolve(dev) {
@@ -495,12 +609,6 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         first_burst_length: (256 * 1024).min(buffer_size as u32),
         ..Limits::default()
     };
-    let login_timeout = args.login_timeout.unwrap_or(30);
-    if !(1..=3600).contains(&login_timeout) {
-        return Err(Usage(format!(
-            "--login-timeout {login_timeout}: must be between 1 and 3600 seconds"
-        )));
-    }
     let mut shared = TargetShared::new(target_name.clone(), luns, limits, queue_depth);
     shared.login_timeout_secs = login_timeout;
     let shared = Arc::new(shared);
@@ -511,6 +619,12 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         ))
     })?;
     raise_memlock();
+    tracing::info!(
+        "pinning {} MiB of I/O buffers: {} reactor(s) x {buffers} x {} KiB",
+        (cores.len() * buffers * buffer_size) >> 20,
+        cores.len(),
+        buffer_size >> 10
+    );
     let cfg = EngineConfig {
         cores: cores.clone(),
         poll,

@@ -3,6 +3,7 @@
 //! `bootlun-pxe`.
 
 mod cli;
+mod config;
 mod init;
 
 #[global_allocator]

@@ -252,3 +252,123 @@ fn sigint_exits_0() {
         server.output()
     );
 }
+
+#[test]
+fn bad_log_filter_is_refused() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    // A bare word that is not a level would silence every log line.
+    assert_rejected(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lun",
+            "ram:16M",
+            "--log",
+            "inf",
+        ],
+        "--log inf",
+    );
+    assert_rejected(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lun",
+            "ram:16M",
+            "--log",
+            "bootlun=loud",
+        ],
+        "--log",
+    );
+}
+
+#[test]
+fn config_check_points_at_the_line_and_suggests_keys() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    let dir = TempDir::new("cli-config-check");
+    let check = |text: &str| {
+        let cfg = write_config(&dir, text);
+        let out = run_tool(
+            Command::new(bootlun_bin()).args(["config", "check", &cfg]),
+            CLI_LIMIT,
+        );
+        (out.status.code(), out.stdout, out.stderr, cfg)
+    };
+    let (code, _, err, cfg) = check("lun = [\"ram:1G\"]\nlsten = \"1.2.3.4:3260\"\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("{cfg}:2:1: unknown key `lsten`; did you mean `listen`? (`bootlun config example` lists every key)")
+    );
+    let (code, _, err, cfg) = check("lun = [\"ram:1G\"]\n  queue-depth = 0\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("{cfg}:2:3: queue-depth 0: must be between 1 and 4096")
+    );
+    let (code, _, err, cfg) = check("lun = [\"ram:1G\"]\nbuffers = \"x\"\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("{cfg}:2:11: buffers: invalid type")),
+        "{err}"
+    );
+    let (code, _, err, _) = check("lun = [\"ram:1G\"]\nnet-address = \"10.1.2.3\"\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(":2:1: net-address 10.1.2.3: expected"),
+        "{err}"
+    );
+    let (code, out, err, cfg) = check("lun = [\"ram:1G\"]\nlisten = \"127.0.0.1:3260\"\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("{cfg}: ok"));
+}
+
+#[test]
+fn config_example_is_a_valid_config_naming_every_flag() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    let out = run_tool(
+        Command::new(bootlun_bin()).args(["config", "example"]),
+        CLI_LIMIT,
+    );
+    out.assert_success();
+    let help = run_tool(
+        Command::new(bootlun_bin()).args(["serve", "--help"]),
+        CLI_LIMIT,
+    );
+    for flag in help
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|w| !w.is_empty() && *w != "help" && *w != "config")
+    {
+        assert!(
+            out.stdout.contains(&format!("# {flag} = ")),
+            "`config example` lacks {flag}"
+        );
+    }
+    // Uncommented, the example is accepted by `config check`.
+    let dir = TempDir::new("cli-config-example");
+    let body: String = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.split(" = ").next().is_some_and(|k| !k.contains(' ')) && l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = write_config(&dir, &body);
+    let chk = run_tool(
+        Command::new(bootlun_bin()).args(["config", "check", &cfg]),
+        CLI_LIMIT,
+    );
+    // The sample menu user/password and pool are consistent; the sample
+    // LUN path need not exist, since check opens nothing.
+    assert_eq!(chk.status.code(), Some(0), "{}\n{body}", chk.stderr);
+}
