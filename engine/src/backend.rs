@@ -779,6 +779,46 @@ mod tests {
     }
 
     #[test]
+    fn ram_discard_frees_and_reads_zeros() {
+        let b = open_backend(&LunSpec::parse("ram:1M").unwrap(), 0).unwrap();
+        assert!(b.thin() && b.discard_zeroes());
+        b.write_at(&[7u8; 65536], 0, false).unwrap();
+        assert_eq!(b.allocation(0, 1 << 20).unwrap(), (true, 65536));
+        b.discard(4096, 8192).unwrap();
+        let mut r = vec![1u8; 16384];
+        b.read_at(&mut r, 0).unwrap();
+        assert!(r[..4096].iter().all(|&x| x == 7));
+        assert!(r[4096..12288].iter().all(|&x| x == 0));
+        assert!(r[12288..].iter().all(|&x| x == 7));
+        assert_eq!(b.allocation(4096, 1 << 20).unwrap(), (false, 8192));
+        b.write_zeroes(0, 4096).unwrap();
+        b.read_at(&mut r[..4096], 0).unwrap();
+        assert!(r[..4096].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn file_backend_keeps_state_beside_it() {
+        let dir = std::env::temp_dir().join(format!("bootlun-backend-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("d.img");
+        File::create(&img).unwrap().set_len(1 << 20).unwrap();
+        let b = open_backend(&LunSpec::parse(img.to_str().unwrap()).unwrap(), 0).unwrap();
+        assert_eq!(
+            b.state_file("x"),
+            Some(dir.canonicalize().unwrap().join(".d.img.x"))
+        );
+        // A fresh sparse file is all hole; written data is allocated.
+        assert!(!b.allocation(0, 1 << 20).unwrap().0);
+        b.write_at(&[3u8; 4096], 8192, true).unwrap();
+        assert!(b.allocation(8192, 1 << 20).unwrap().0);
+        b.discard(8192, 4096).unwrap();
+        let mut r = vec![9u8; 4096];
+        b.read_at(&mut r, 8192).unwrap();
+        assert!(r.iter().all(|&x| x == 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn ram_backend_has_its_size() {
         let b = open_backend(&LunSpec::parse("ram:1M").unwrap(), 0).unwrap();
         assert_eq!(b.size_bytes(), 1 << 20);
