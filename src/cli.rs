@@ -241,7 +241,9 @@ pub(crate) fn init_logging(filter: Option<&str>) {
     };
     // SAFETY: isatty only inspects the descriptor number; an fd 2 that is
     // closed or not a terminal yields 0, never undefined behaviour.
-    let ansi = unsafe { libc::isatty(2) } == 1;
+    // No colours from PID 1: its console is often a serial line whose
+    // other end is a log, not a terminal.
+    let ansi = unsafe { libc::isatty(2) } == 1 && !bootlun_image::running_as_init();
     tracing_subscriber::fmt()
         .with_env_filter(f)
         .with_ansi(ansi)

@@ -390,9 +390,9 @@ fn kill_everyone() {
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         reap();
-        // ESRCH: no process left to signal.
-        // SAFETY: signal 0 only checks.
-        if unsafe { libc::kill(-1, 0) } != 0 {
+        // kill(-1, 0) cannot tell: it also reaches kernel threads, and
+        // so never fails. Count the user processes instead.
+        if user_processes() == 0 {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -401,6 +401,35 @@ fn kill_everyone() {
     unsafe { libc::kill(-1, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(100));
     reap();
+}
+
+/// Processes other than this one and kernel threads (PF_KTHREAD in the
+/// flags field of /proc/PID/stat).
+fn user_processes() -> usize {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && pid != 1)
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The command name may hold blanks and parentheses: fields
+            // are counted from the last ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // f[0] is the state (field 3), f[6] the flags (field 9).
+            let zombie = f.first() == Some(&"Z");
+            let flags = f.get(6).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            !zombie && flags & PF_KTHREAD == 0
+        })
+        .count()
 }
 
 /// Mount points of this mount namespace, in mount order.
