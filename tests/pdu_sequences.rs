@@ -1166,7 +1166,8 @@ fn hostile_pdu_sequences() {
             closed_by_target += 1;
         }
         pdus_in += h.pdus_in;
-        for v in &h.violations {
+        // The first violation fails the run.
+        if let Some(v) = h.violations.first() {
             ctx.fail(&what(&format!(
                 "GOOD status for write ITT {:#x} with {} of its {} data bytes sent: acknowledged data never received",
                 v.itt, v.covered, v.need

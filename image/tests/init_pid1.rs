@@ -351,11 +351,9 @@ fn pid1_ctrl_alt_del_with_a_failing_flush_still_powers_off() {
     let mut p = spawn("cad", true, &[("BOOTLUN_TEST_FAIL_FLUSH", "1")]);
     p.expect("press Enter for a rescue shell");
     // What the kernel sends PID 1 on Ctrl-Alt-Del once CAD is disabled.
-    // SAFETY: a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(p.helper_pid.unwrap(), libc::SIGINT) },
-        0
-    );
+    // SAFETY: kill(2) on a process this test started.
+    let sent = unsafe { libc::kill(p.helper_pid.unwrap(), libc::SIGINT) };
+    assert_eq!(sent, 0);
     p.expect("shutting down: Ctrl-Alt-Del (SIGINT)");
     p.expect("the shutdown steps failed (flush failed on purpose); powering off anyway");
     p.expect("powering off");
@@ -378,11 +376,9 @@ fn not_pid1_exits_instead_of_powering_off() {
     p.expect("press Enter for a rescue shell");
     p.expect("STATUS-LINE 0");
     // busybox `reboot` sends SIGTERM.
-    // SAFETY: a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(p.helper_pid.unwrap(), libc::SIGTERM) },
-        0
-    );
+    // SAFETY: kill(2) on a process this test started.
+    let sent = unsafe { libc::kill(p.helper_pid.unwrap(), libc::SIGTERM) };
+    assert_eq!(sent, 0);
     p.expect("shutting down: reboot request (SIGTERM)");
     p.expect("target stopped, LUNs flushed");
     p.expect("not PID 1: exiting instead of rebooting");

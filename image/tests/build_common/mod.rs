@@ -68,6 +68,7 @@ pub fn run_bounded(cmd: &mut Command, input: &[u8], limit: Duration) -> std::pro
     let out = match rx.recv_timeout(limit) {
         Ok(r) => r.unwrap(),
         Err(_) => {
+            // SAFETY: kill(2) on the PID of the child this helper started.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             panic!("{cmd:?} did not finish within {limit:?}");
         }
