@@ -35,13 +35,18 @@ impl Conn {
         let mut out = Vec::new();
         let target = self.sh.target_name.clone();
         let exists = move |n: &str| n == target;
+        self.neg.set_peer(self.peer.ip());
         match self
             .neg
             .step(csg, req.transit(), nsg, &text, &exists, &mut out)
         {
             Err(f) => {
                 let st = f.status();
-                let why = format!("{f:?}");
+                // The reason names the key at fault and never a secret.
+                let why = match self.neg.failure_reason() {
+                    Some(r) => format!("{f:?}: {r}"),
+                    None => format!("{f:?}"),
+                };
                 self.login_fail(io, resp, st, &why)
             }
             Ok(r) => {

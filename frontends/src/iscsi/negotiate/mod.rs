@@ -16,10 +16,15 @@
 //! * the operational stage answers every key in the order received, then
 //!   declares the target's MaxRecvDataSegmentLength once.
 //!
-//! CHAP: algorithms 5 (MD5) and 7 (SHA-256), numbered as in the PPP
-//! authentication algorithm registry; the initiator's order of preference
-//! decides. Mutual CHAP is answered only after
-//! [`Negotiator::with_mutual_chap`].
+//! CHAP: algorithms 5 (MD5), 6 (SHA-1), 7 (SHA-256) and 8 (SHA3-256),
+//! numbered as in the PPP authentication algorithm registry; the
+//! initiator's order of preference decides. Mutual CHAP is answered only
+//! when [`Limits::mutual_chap`] (or [`Negotiator::with_mutual_chap`]) gives
+//! the target's own credentials. [`Limits::acl`] refuses initiators by
+//! name and address with "authorization failure" (0202).
+//!
+//! Every failure also leaves a one-line reason naming the key involved
+//! ([`Negotiator::failure_reason`]); reasons never contain a secret.
 //!
 //! For the transport: call [`Negotiator::step`] once per complete Login
 //! Request. `Ok` with `transit == false` means "stay in this stage" (for
@@ -39,6 +44,8 @@ pub use text::{format_key, parse_text, TextError};
 use super::wire::{login_stage, login_status};
 use chap::ChapAlgorithm;
 use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
 use text::{bool_text, decode_binary, encode_hex, parse_bool, parse_list, parse_number_in};
 
 /// What the target is able and willing to accept.
@@ -56,8 +63,40 @@ pub struct Limits {
     pub allow_digests: bool,
     /// Target portal group tag sent in the first Login Response.
     pub target_portal_group_tag: u16,
-    /// One-way CHAP credentials the initiator must present; `None` = no auth.
+    /// One-way CHAP credentials the initiator must present in normal
+    /// sessions; `None` = no auth.
     pub chap: Option<ChapSecret>,
+    /// The target's credentials for mutual CHAP (the initiator checks the
+    /// target); `None` = an initiator asking for mutual CHAP is refused.
+    pub mutual_chap: Option<ChapSecret>,
+    /// Credentials discovery sessions must present. `None`: the same as
+    /// normal sessions ([`Limits::chap`]).
+    pub discovery_chap: Option<ChapSecret>,
+    /// Which initiators may log in at all.
+    pub acl: Arc<Acl>,
+}
+
+/// Initiators allowed to log in, by name and by source address. An empty
+/// list allows everyone on that criterion.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    /// Initiator names (compared without regard to ASCII case, as iSCSI
+    /// names are normalised to lower case).
+    pub initiators: Vec<String>,
+    /// Source address prefixes.
+    pub addresses: Vec<ipnet::IpNet>,
+}
+
+impl Acl {
+    pub fn allows_initiator(&self, name: &str) -> bool {
+        self.initiators.is_empty() || self.initiators.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn allows_address(&self, addr: IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let addr = addr.to_canonical();
+        self.addresses.is_empty() || self.addresses.iter().any(|n| n.contains(&addr))
+    }
 }
 
 impl Default for Limits {
@@ -70,6 +109,9 @@ impl Default for Limits {
             allow_digests: true,
             target_portal_group_tag: 1,
             chap: None,
+            mutual_chap: None,
+            discovery_chap: None,
+            acl: Arc::new(Acl::default()),
         }
     }
 }
@@ -177,6 +219,8 @@ pub enum LoginFailure {
     InitiatorError,
     /// 02/01 authentication failure.
     AuthFailed,
+    /// 02/02 authorization failure: the initiator is not allowed (ACL).
+    NotAllowed,
     /// 02/03 target not found.
     TargetNotFound,
     /// 02/07 missing parameter (InitiatorName, TargetName).
@@ -193,6 +237,7 @@ impl LoginFailure {
         match self {
             LoginFailure::InitiatorError => login_status::INITIATOR_ERROR,
             LoginFailure::AuthFailed => login_status::AUTH_FAILED,
+            LoginFailure::NotAllowed => (2, 0x02),
             LoginFailure::TargetNotFound => login_status::TARGET_NOT_FOUND,
             LoginFailure::MissingParameter => login_status::MISSING_PARAMETER,
             LoginFailure::SessionTypeUnsupported => login_status::SESSION_TYPE_UNSUPPORTED,
@@ -330,6 +375,10 @@ pub struct Negotiator {
     complete: bool,
     /// A step failed; the login is over.
     failed: bool,
+    /// Why the login failed, naming the key (never a secret).
+    why: Option<String>,
+    /// The initiator's address, for the ACL; `None` = not checked.
+    peer: Option<IpAddr>,
     /// Test hook: identifier and challenge to use instead of random ones.
     #[cfg(test)]
     fixed_challenge: Option<(u8, Vec<u8>)>,
@@ -338,9 +387,9 @@ pub struct Negotiator {
 impl Negotiator {
     pub fn new(limits: Limits) -> Self {
         Negotiator {
+            mutual_chap: limits.mutual_chap.clone(),
             limits,
             params: SessionParams::default(),
-            mutual_chap: None,
             discovery_auth: true,
             stage: None,
             next_stage: None,
@@ -351,6 +400,8 @@ impl Negotiator {
             mrdsl_declared: false,
             complete: false,
             failed: false,
+            why: None,
+            peer: None,
             #[cfg(test)]
             fixed_challenge: None,
         }
@@ -370,6 +421,26 @@ impl Negotiator {
     pub fn with_discovery_auth(mut self, required: bool) -> Self {
         self.discovery_auth = required;
         self
+    }
+
+    /// The address the initiator connects from, checked against
+    /// [`Limits::acl`] with the first Login Request.
+    pub fn set_peer(&mut self, addr: IpAddr) {
+        self.peer = Some(addr);
+    }
+
+    /// Why the last step failed: one line naming the key that caused it.
+    /// Contains no secret.
+    pub fn failure_reason(&self) -> Option<&str> {
+        self.why.as_deref()
+    }
+
+    /// Record why the login fails (the first reason wins).
+    fn fail(&mut self, f: LoginFailure, why: impl Into<String>) -> LoginFailure {
+        if self.why.is_none() {
+            self.why = Some(why.into());
+        }
+        f
     }
 
     /// The parameters negotiated so far.
@@ -421,9 +492,12 @@ impl Negotiator {
         }
         let start = out.len();
         let result = self.step_inner(csg, transit, nsg, text, target_exists, out);
-        if result.is_err() {
+        if let Err(f) = result {
             self.failed = true;
             out.truncate(start);
+            if self.why.is_none() {
+                self.why = Some(format!("{f:?}"));
+            }
         }
         result
     }
@@ -441,16 +515,22 @@ impl Negotiator {
 
         // Stage sequencing.
         if self.complete || csg == Stage::FullFeature {
-            return Err(InitiatorError);
+            return Err(self.fail(InitiatorError, format!("Login Request with CSG {csg:?}")));
         }
         let first = self.stage.is_none();
         if let Some(current) = self.stage {
             if csg != self.next_stage.unwrap_or(current) {
-                return Err(InitiatorError);
+                return Err(self.fail(
+                    InitiatorError,
+                    format!("Login Request for stage {csg:?} while in {current:?} (CSG)"),
+                ));
             }
         }
         if transit && (nsg as u8) <= (csg as u8) {
-            return Err(InitiatorError);
+            return Err(self.fail(
+                InitiatorError,
+                format!("transit from {csg:?} back to {nsg:?} (NSG)"),
+            ));
         }
         self.stage = Some(csg);
         self.next_stage = None;
@@ -459,10 +539,16 @@ impl Negotiator {
         self.steps += 1;
         self.text_bytes = self.text_bytes.saturating_add(text.len());
         if self.steps > MAX_LOGIN_STEPS || self.text_bytes > MAX_LOGIN_TEXT {
-            return Err(InitiatorError);
+            return Err(self.fail(
+                InitiatorError,
+                format!("login longer than {MAX_LOGIN_STEPS} requests or {MAX_LOGIN_TEXT} bytes of text"),
+            ));
         }
 
-        let pairs = parse_text(text).map_err(|_| InitiatorError)?;
+        let pairs = match parse_text(text) {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(InitiatorError, format!("malformed login text: {e:?}"))),
+        };
 
         // No key may be sent twice during the login, except for
         // declarations repeated without change of meaning.
@@ -470,9 +556,14 @@ impl Negotiator {
             let earlier = self.seen.contains(*key);
             if pairs[..i].iter().any(|(k, _)| k == key)
                 || (earlier && !self.may_redeclare(key, value))
-                || (!first && !earlier && LEADING_KEYS.contains(key))
             {
-                return Err(InitiatorError);
+                return Err(self.fail(InitiatorError, format!("key {} sent twice", shown(key))));
+            }
+            if !first && !earlier && LEADING_KEYS.contains(key) {
+                return Err(self.fail(
+                    InitiatorError,
+                    format!("key {key} only allowed in the first Login Request"),
+                ));
             }
         }
         for (key, _) in &pairs {
@@ -481,29 +572,68 @@ impl Negotiator {
 
         if first {
             let find = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-            let initiator = find("InitiatorName")
-                .filter(|v| !v.is_empty())
-                .ok_or(MissingParameter)?;
+            let Some(initiator) = find("InitiatorName").filter(|v| !v.is_empty()) else {
+                return Err(self.fail(
+                    MissingParameter,
+                    "no InitiatorName in the first Login Request",
+                ));
+            };
+            self.params.initiator_name = initiator.to_owned();
             let session_type = match find("SessionType") {
                 None | Some("Normal") => SessionType::Normal,
                 Some("Discovery") => SessionType::Discovery,
-                Some(_) => return Err(SessionTypeUnsupported),
+                Some(v) => {
+                    return Err(self.fail(
+                        SessionTypeUnsupported,
+                        format!("SessionType={} not supported", shown(v)),
+                    ))
+                }
             };
+            self.params.session_type = session_type;
+            // The ACL before the target name: a refused initiator learns
+            // nothing about which targets exist.
+            if let Some(peer) = self.peer {
+                if !self.limits.acl.allows_address(peer) {
+                    return Err(self.fail(
+                        NotAllowed,
+                        format!(
+                            "initiator {} from {peer}: address not allowed (allow-address)",
+                            shown(initiator)
+                        ),
+                    ));
+                }
+            }
+            if !self.limits.acl.allows_initiator(initiator) {
+                let from = self.peer.map(|p| format!(" from {p}")).unwrap_or_default();
+                return Err(self.fail(
+                    NotAllowed,
+                    format!(
+                        "initiator {}{from}: InitiatorName not allowed (allow-initiator)",
+                        shown(initiator)
+                    ),
+                ));
+            }
             if session_type == SessionType::Normal {
-                let target = find("TargetName")
-                    .filter(|v| !v.is_empty())
-                    .ok_or(MissingParameter)?;
+                let Some(target) = find("TargetName").filter(|v| !v.is_empty()) else {
+                    return Err(
+                        self.fail(MissingParameter, "no TargetName in the first Login Request")
+                    );
+                };
                 if !target_exists(target) {
-                    return Err(TargetNotFound);
+                    return Err(self.fail(
+                        TargetNotFound,
+                        format!("TargetName={}: no such target", shown(target)),
+                    ));
                 }
                 self.params.target_name = target.to_owned();
             }
-            self.params.initiator_name = initiator.to_owned();
-            self.params.session_type = session_type;
             if csg == Stage::Operational {
                 // The initiator skipped the security stage.
                 if self.auth_required() {
-                    return Err(AuthFailed);
+                    return Err(self.fail(
+                        AuthFailed,
+                        "initiator skipped the security stage but CHAP is required (AuthMethod)",
+                    ));
                 }
                 self.auth = Auth::Done;
             }
@@ -522,9 +652,11 @@ impl Negotiator {
             self.answer(csg, key, value, burst_cap, &mut chap, out)?;
         }
         if csg == Stage::Security {
-            self.run_chap(&chap, out)?;
+            if let Err((f, why)) = self.run_chap(&chap, out) {
+                return Err(self.fail(f, why));
+            }
         } else if chap.any() {
-            return Err(InitiatorError);
+            return Err(self.fail(InitiatorError, "CHAP key outside the security stage"));
         }
 
         if first {
@@ -547,10 +679,18 @@ impl Negotiator {
                 Stage::Security => match self.auth {
                     Auth::Done => true,
                     Auth::ChapWaitAlgorithm | Auth::ChapWaitResponse { .. } => false,
-                    Auth::Rejected => return Err(AuthFailed),
+                    Auth::Rejected => {
+                        return Err(self.fail(
+                            AuthFailed,
+                            "AuthMethod: no method offered that the target accepts",
+                        ))
+                    }
                     Auth::Pending => {
                         if self.auth_required() {
-                            return Err(AuthFailed);
+                            return Err(self.fail(
+                                AuthFailed,
+                                "CHAP is required but no AuthMethod was negotiated",
+                            ));
                         }
                         self.auth = Auth::Done;
                         true
@@ -587,10 +727,22 @@ impl Negotiator {
         }
     }
 
+    /// The credentials the initiator must present in this session, if any.
+    fn required_chap(&self) -> Option<&ChapSecret> {
+        match self.params.session_type {
+            SessionType::Normal => self.limits.chap.as_ref(),
+            SessionType::Discovery if !self.discovery_auth => None,
+            SessionType::Discovery => self
+                .limits
+                .discovery_chap
+                .as_ref()
+                .or(self.limits.chap.as_ref()),
+        }
+    }
+
     /// CHAP must succeed before the login may leave the security stage.
     fn auth_required(&self) -> bool {
-        self.limits.chap.is_some()
-            && (self.discovery_auth || self.params.session_type == SessionType::Normal)
+        self.required_chap().is_some()
     }
 
     /// Final consistency once the full feature phase is agreed.
@@ -621,10 +773,18 @@ impl Negotiator {
             // Checked with the first request; declarative, no answer.
             "InitiatorName" | "TargetName" | "SessionType" => {}
             "InitiatorAlias" => self.params.initiator_alias = value.to_owned(),
-            k if TARGET_ONLY_KEYS.contains(&k) => return Err(LoginFailure::InitiatorError),
+            k if TARGET_ONLY_KEYS.contains(&k) => {
+                return Err(self.fail(
+                    LoginFailure::InitiatorError,
+                    format!("key {k} may only be sent by the target"),
+                ))
+            }
             "AuthMethod" => {
                 if csg != Stage::Security {
-                    return Err(LoginFailure::InitiatorError);
+                    return Err(self.fail(
+                        LoginFailure::InitiatorError,
+                        "key AuthMethod outside the security stage",
+                    ));
                 }
                 self.answer_auth_method(value, out)?;
             }
@@ -635,7 +795,10 @@ impl Negotiator {
             "CHAP_R" => chap.r = Some(value),
             k if OPERATIONAL_KEYS.contains(&k) => {
                 if csg != Stage::Operational {
-                    return Err(LoginFailure::InitiatorError);
+                    return Err(self.fail(
+                        LoginFailure::InitiatorError,
+                        format!("operational key {k} in the security stage"),
+                    ));
                 }
                 self.answer_operational(key, value, burst_cap, out);
             }
@@ -656,7 +819,10 @@ impl Negotiator {
         };
         if self.auth_required() {
             if !offered.contains(&"CHAP") {
-                return Err(LoginFailure::AuthFailed);
+                return Err(self.fail(
+                    LoginFailure::AuthFailed,
+                    format!("AuthMethod={}: CHAP is required", shown(value)),
+                ));
             }
             format_key(out, "AuthMethod", "CHAP");
             self.auth = Auth::ChapWaitAlgorithm;
@@ -683,27 +849,43 @@ impl Negotiator {
         Ok((id, buf))
     }
 
-    /// Advance the CHAP exchange with the CHAP keys of one request.
-    fn run_chap(&mut self, keys: &ChapKeys<'_>, out: &mut Vec<u8>) -> Result<(), LoginFailure> {
+    /// Advance the CHAP exchange with the CHAP keys of one request. The
+    /// error carries the reason, naming the CHAP key at fault.
+    fn run_chap(
+        &mut self,
+        keys: &ChapKeys<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), (LoginFailure, String)> {
         use LoginFailure::*;
+        let auth = |why: &str| (AuthFailed, why.to_owned());
         match std::mem::replace(&mut self.auth, Auth::Pending) {
             Auth::ChapWaitAlgorithm => {
                 let Some(a) = keys.a else {
                     if keys.any() {
-                        return Err(AuthFailed);
+                        return Err(auth("CHAP_N/CHAP_R before CHAP_A"));
                     }
                     self.auth = Auth::ChapWaitAlgorithm;
                     return Ok(());
                 };
                 if keys.i.is_some() || keys.c.is_some() || keys.n.is_some() || keys.r.is_some() {
-                    return Err(AuthFailed);
+                    return Err(auth("CHAP_A sent together with other CHAP keys"));
                 }
                 let alg = parse_list(a)
                     .unwrap_or_default()
                     .into_iter()
                     .find_map(|v| text::parse_number(v).and_then(ChapAlgorithm::from_code))
-                    .ok_or(AuthFailed)?;
-                let (id, challenge) = self.new_challenge(alg)?;
+                    .ok_or_else(|| {
+                        (
+                            AuthFailed,
+                            format!(
+                                "CHAP_A={}: none of 5 (MD5), 6 (SHA-1), 7 (SHA-256), 8 (SHA3-256)",
+                                shown(a)
+                            ),
+                        )
+                    })?;
+                let (id, challenge) = self
+                    .new_challenge(alg)
+                    .map_err(|f| (f, "no random source for the CHAP challenge".to_owned()))?;
                 format_key(out, "CHAP_A", &alg.code().to_string());
                 format_key(out, "CHAP_I", &id.to_string());
                 format_key(out, "CHAP_C", &encode_hex(&challenge));
@@ -715,39 +897,61 @@ impl Negotiator {
                     self.auth = Auth::ChapWaitResponse { alg, id, challenge };
                     return Ok(());
                 }
-                let secret = self.limits.chap.as_ref().ok_or(TargetError)?;
+                let Some(secret) = self.required_chap() else {
+                    return Err((TargetError, "CHAP running without credentials".to_owned()));
+                };
                 let (Some(name), Some(response)) = (keys.n, keys.r) else {
-                    return Err(AuthFailed);
+                    return Err(auth("CHAP_N or CHAP_R missing"));
                 };
                 if keys.a.is_some() {
-                    return Err(AuthFailed);
+                    return Err(auth("CHAP_A sent twice"));
                 }
-                let response = decode_binary(response).ok_or(AuthFailed)?;
+                let response = decode_binary(response)
+                    .ok_or_else(|| auth("CHAP_R: not a hex or base64 value"))?;
                 let expected = alg.response(id, &secret.secret, &challenge);
                 // Evaluate both checks before deciding.
                 let name_ok = chap::constant_time_eq(name.as_bytes(), secret.user.as_bytes());
                 let response_ok = chap::constant_time_eq(&response, &expected);
-                if !(name_ok & response_ok) {
-                    return Err(AuthFailed);
+                if !name_ok {
+                    return Err((
+                        AuthFailed,
+                        format!("CHAP_N={}: not the configured CHAP user", shown(name)),
+                    ));
+                }
+                if !response_ok {
+                    return Err(auth(
+                        "CHAP_R: wrong response (the initiator's secret differs from ours)",
+                    ));
                 }
                 match (keys.i, keys.c) {
                     (None, None) => {}
                     (Some(i), Some(c)) => {
-                        let mutual = self.mutual_chap.as_ref().ok_or(AuthFailed)?;
-                        let their_id = parse_number_in(i, 0, 255).ok_or(AuthFailed)? as u8;
+                        let Some(mutual) = self.mutual_chap.as_ref() else {
+                            return Err(auth(
+                                "CHAP_I/CHAP_C: the initiator wants mutual CHAP but no mutual-chap is configured",
+                            ));
+                        };
+                        let their_id = parse_number_in(i, 0, 255)
+                            .ok_or_else(|| auth("CHAP_I: not a number from 0 to 255"))?
+                            as u8;
                         let their_challenge = decode_binary(c)
                             .filter(|c| !c.is_empty() && c.len() <= MAX_CHAP_CHALLENGE)
-                            .ok_or(AuthFailed)?;
+                            .ok_or_else(|| auth("CHAP_C: empty, too long or malformed"))?;
                         // A reflected challenge, or one secret used in both
                         // directions, would let one side answer for the other.
-                        if their_challenge == challenge || mutual.secret == secret.secret {
-                            return Err(AuthFailed);
+                        if their_challenge == challenge {
+                            return Err(auth("CHAP_C: the initiator reflected our own challenge"));
+                        }
+                        if mutual.secret == secret.secret {
+                            return Err(auth(
+                                "CHAP_C: mutual-chap secret equals the initiator's secret",
+                            ));
                         }
                         let answer = alg.response(their_id, &mutual.secret, &their_challenge);
                         format_key(out, "CHAP_N", &mutual.user);
                         format_key(out, "CHAP_R", &encode_hex(&answer));
                     }
-                    _ => return Err(AuthFailed),
+                    _ => return Err(auth("CHAP_I and CHAP_C must come together")),
                 }
                 self.auth = Auth::Done;
                 Ok(())
@@ -756,7 +960,10 @@ impl Negotiator {
                 let any = keys.any();
                 self.auth = other;
                 if any {
-                    Err(InitiatorError)
+                    Err((
+                        InitiatorError,
+                        "CHAP key without AuthMethod=CHAP".to_owned(),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -860,6 +1067,16 @@ impl Negotiator {
             None => format_key(out, key, "Reject"),
         }
     }
+}
+
+/// A value from the initiator, quoted and cut short for a log line.
+fn shown(v: &str) -> String {
+    let cut: String = v.chars().take(96).collect();
+    let mut q = format!("{cut:?}");
+    if cut.len() < v.len() {
+        q.push_str("...");
+    }
+    q
 }
 
 #[cfg(test)]

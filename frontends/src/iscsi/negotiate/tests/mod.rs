@@ -318,13 +318,14 @@ fn chap_negotiation_failures() {
     // Skipping the security stage.
     let mut n = chap_negotiator();
     assert_eq!(step(&mut n, Op, true, FF, &leading(&[])), Err(AuthFailed));
-    // Only unsupported algorithms (SHA-1).
+    // Only unsupported algorithms (4 and 9 are not CHAP digests we know).
     let mut n = chap_negotiator();
     step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
     assert_eq!(
-        step(&mut n, Sec, false, Op, &[("CHAP_A", "6")]),
+        step(&mut n, Sec, false, Op, &[("CHAP_A", "4,9")]),
         Err(AuthFailed)
     );
+    assert!(n.failure_reason().unwrap_or("").contains("CHAP_A"));
     // Response before the challenge.
     let mut n = chap_negotiator();
     step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
@@ -388,7 +389,7 @@ fn chap_algorithm_in_first_request_and_sha256() {
         Sec,
         true,
         Op,
-        &leading(&[("AuthMethod", "CHAP"), ("CHAP_A", "8,7,5")]),
+        &leading(&[("AuthMethod", "CHAP"), ("CHAP_A", "9,7,5")]),
     );
     let challenge: Vec<u8> = (1..=32).collect();
     assert_eq!(

@@ -576,3 +576,245 @@ mod fuzz {
         }
     }
 }
+
+mod security {
+    use super::*;
+    use std::sync::Arc;
+
+    fn creds(user: &str, secret: &[u8]) -> ChapSecret {
+        ChapSecret {
+            user: user.to_owned(),
+            secret: secret.to_vec(),
+        }
+    }
+
+    /// Run a one-way CHAP login with algorithm `code` against `limits`,
+    /// answering with `user`/`secret`. Returns the final step.
+    fn chap_login(
+        limits: Limits,
+        session: &str,
+        code: u64,
+        user: &str,
+        secret: &[u8],
+    ) -> (
+        Negotiator,
+        Result<(bool, Vec<(String, String)>), LoginFailure>,
+    ) {
+        let mut n = Negotiator::new(limits);
+        let alg = chap::ChapAlgorithm::from_code(code).expect("known");
+        let challenge: Vec<u8> = (1..=alg.digest_len() as u8).collect();
+        n.fixed_challenge = Some((9, challenge.clone()));
+        let mut first = vec![("InitiatorName", INI), ("SessionType", session)];
+        if session == "Normal" {
+            first.push(("TargetName", TGT));
+        }
+        first.push(("AuthMethod", "CHAP"));
+        let r = step(&mut n, Sec, false, Op, &first);
+        assert!(r.is_ok(), "{r:?}");
+        let code_s = code.to_string();
+        let r = step(&mut n, Sec, false, Op, &[("CHAP_A", code_s.as_str())]);
+        let Ok((_, answer)) = r else {
+            return (n, r);
+        };
+        assert!(answer.contains(&("CHAP_A".to_owned(), code_s.clone())));
+        let resp = text::encode_hex(&alg.response(9, secret, &challenge));
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[("CHAP_N", user), ("CHAP_R", resp.as_str())],
+        );
+        (n, r)
+    }
+
+    #[test]
+    fn every_algorithm_logs_in_and_wrong_secrets_fail_naming_the_key() {
+        let limits = Limits {
+            chap: Some(creds("alice", b"twelve-bytes")),
+            ..Limits::default()
+        };
+        for code in [5, 6, 7, 8] {
+            let (n, r) = chap_login(limits.clone(), "Normal", code, "alice", b"twelve-bytes");
+            assert_eq!(r, Ok((true, vec![])), "CHAP_A={code}");
+            assert!(n.authenticated());
+            let (n, r) = chap_login(limits.clone(), "Normal", code, "alice", b"twelve-bytez");
+            assert_eq!(r, Err(AuthFailed), "CHAP_A={code}");
+            let why = n.failure_reason().unwrap_or_default();
+            assert!(why.contains("CHAP_R"), "{why}");
+            assert!(!why.contains("twelve"), "secret in {why}");
+            let (n, r) = chap_login(limits.clone(), "Normal", code, "mallory", b"twelve-bytes");
+            assert_eq!(r, Err(AuthFailed));
+            assert!(n.failure_reason().unwrap_or_default().contains("CHAP_N"));
+        }
+    }
+
+    #[test]
+    fn discovery_sessions_use_the_discovery_credentials() {
+        let limits = Limits {
+            chap: Some(creds("alice", b"twelve-bytes")),
+            discovery_chap: Some(creds("disco", b"discovery-secret")),
+            ..Limits::default()
+        };
+        let (_, r) = chap_login(limits.clone(), "Discovery", 7, "disco", b"discovery-secret");
+        assert_eq!(r, Ok((true, vec![])));
+        // The normal session's credentials do not open discovery, and
+        // the discovery credentials do not open the disk.
+        let (_, r) = chap_login(limits.clone(), "Discovery", 7, "alice", b"twelve-bytes");
+        assert_eq!(r, Err(AuthFailed));
+        let (_, r) = chap_login(limits.clone(), "Normal", 7, "disco", b"discovery-secret");
+        assert_eq!(r, Err(AuthFailed));
+        // Discovery credentials alone protect discovery only.
+        let only_disco = Limits {
+            discovery_chap: Some(creds("disco", b"discovery-secret")),
+            ..Limits::default()
+        };
+        let mut n = Negotiator::new(only_disco);
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("InitiatorName", INI),
+                ("SessionType", "Discovery"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(r, Err(AuthFailed));
+    }
+
+    #[test]
+    fn mutual_credentials_come_from_the_limits() {
+        let limits = Limits {
+            chap: Some(creds("alice", b"twelve-bytes")),
+            mutual_chap: Some(creds("target", b"target-secret")),
+            ..Limits::default()
+        };
+        let mut n = Negotiator::new(limits);
+        n.fixed_challenge = Some((9, (1..=20).collect()));
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
+        step(&mut n, Sec, false, Op, &[("CHAP_A", "6")]).unwrap();
+        let challenge: Vec<u8> = (1..=20).collect();
+        let alg = chap::ChapAlgorithm::Sha1;
+        let resp = text::encode_hex(&alg.response(9, b"twelve-bytes", &challenge));
+        let theirs = [0xa5u8; 20];
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", resp.as_str()),
+                ("CHAP_I", "200"),
+                ("CHAP_C", text::encode_hex(&theirs).as_str()),
+            ],
+        );
+        let want = text::encode_hex(&alg.response(200, b"target-secret", &theirs));
+        assert_eq!(
+            r,
+            Ok((
+                true,
+                owned(&[("CHAP_N", "target"), ("CHAP_R", want.as_str())])
+            ))
+        );
+        // Reflection: the initiator sends back our challenge.
+        let limits = Limits {
+            chap: Some(creds("alice", b"twelve-bytes")),
+            mutual_chap: Some(creds("target", b"target-secret")),
+            ..Limits::default()
+        };
+        let mut n = Negotiator::new(limits);
+        n.fixed_challenge = Some((9, challenge.clone()));
+        step(&mut n, Sec, false, Op, &leading(&[("AuthMethod", "CHAP")])).unwrap();
+        step(&mut n, Sec, false, Op, &[("CHAP_A", "6")]).unwrap();
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", resp.as_str()),
+                ("CHAP_I", "9"),
+                ("CHAP_C", text::encode_hex(&challenge).as_str()),
+            ],
+        );
+        assert_eq!(r, Err(AuthFailed));
+        assert!(n.failure_reason().unwrap_or_default().contains("reflected"));
+    }
+
+    fn acl_step(acl: Acl, peer: &str, name: &str) -> (Negotiator, Result<bool, LoginFailure>) {
+        let mut n = Negotiator::new(Limits {
+            acl: Arc::new(acl),
+            ..Limits::default()
+        });
+        n.set_peer(peer.parse().expect("address"));
+        let r = step(
+            &mut n,
+            Sec,
+            true,
+            Op,
+            &[
+                ("InitiatorName", name),
+                ("TargetName", "iqn.2026-01.org.example:nope"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        (n, r.map(|(t, _)| t))
+    }
+
+    #[test]
+    fn acl_refuses_with_authorization_failure_naming_initiator_and_address() {
+        let acl = Acl {
+            initiators: vec!["iqn.2026-01.org.example:good".to_owned()],
+            addresses: vec!["10.1.0.0/16".parse().expect("cidr")],
+        };
+        let (n, r) = acl_step(acl.clone(), "10.2.0.1", "iqn.2026-01.org.example:good");
+        assert_eq!(r, Err(NotAllowed));
+        assert_eq!(NotAllowed.status(), (2, 2));
+        let why = n.failure_reason().unwrap_or_default();
+        assert!(
+            why.contains("10.2.0.1") && why.contains("allow-address"),
+            "{why}"
+        );
+        assert!(why.contains("iqn.2026-01.org.example:good"), "{why}");
+        let (n, r) = acl_step(acl.clone(), "10.1.2.3", "iqn.2026-01.org.example:bad");
+        assert_eq!(r, Err(NotAllowed));
+        let why = n.failure_reason().unwrap_or_default();
+        assert!(
+            why.contains("allow-initiator") && why.contains("10.1.2.3"),
+            "{why}"
+        );
+        // Allowed (an IPv4-mapped peer, a name in another case): the login
+        // goes on to the target name, which does not exist here.
+        let (n, r) = acl_step(acl, "::ffff:10.1.2.3", "IQN.2026-01.org.example:GOOD");
+        assert_eq!(r, Err(TargetNotFound));
+        assert!(n
+            .failure_reason()
+            .unwrap_or_default()
+            .contains("TargetName"));
+        // Empty lists allow everyone.
+        let (_, r) = acl_step(Acl::default(), "192.0.2.1", "iqn.x");
+        assert_eq!(r, Err(TargetNotFound));
+    }
+
+    #[test]
+    fn failures_name_the_key() {
+        let mut n = Negotiator::new(Limits::default());
+        let r = step(&mut n, Sec, true, Op, &leading(&[("HeaderDigest", "None")]));
+        assert_eq!(r, Err(InitiatorError));
+        assert!(n
+            .failure_reason()
+            .unwrap_or_default()
+            .contains("HeaderDigest"));
+        let mut n = Negotiator::new(Limits::default());
+        let r = step(&mut n, Sec, true, Op, &[("TargetName", TGT)]);
+        assert_eq!(r, Err(MissingParameter));
+        assert!(n
+            .failure_reason()
+            .unwrap_or_default()
+            .contains("InitiatorName"));
+    }
+}
