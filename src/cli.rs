@@ -48,6 +48,13 @@ enum Cmd {
     /// Check a config file, or print one with every key.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `bootlun man > /usr/share/man/man1/bootlun.1`.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,7 +76,7 @@ enum ImageCmd {
 
 /// `serve` flags. Every field is also a key of the TOML config file
 /// (kebab-case, as the flag); flags override the file.
-#[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+#[derive(clap::Args, Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct ServeArgs {
     /// TOML file with the same keys as these flags.
@@ -184,6 +191,23 @@ pub fn main() -> ExitCode {
         Cmd::Init => crate::init::main(),
         Cmd::Shutdown => bootlun_image::init::request_shutdown(),
         Cmd::Config(ConfigCmd::Check { file }) => crate::config::check_file(&file),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "bootlun", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let man = clap_mangen::Man::new(Cli::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bootlun man: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Config(ConfigCmd::Example) => {
             print!("{}", crate::config::example());
             ExitCode::SUCCESS
@@ -231,7 +255,12 @@ pub(crate) fn log_filter(s: &str) -> Result<tracing_subscriber::EnvFilter, Strin
     tracing_subscriber::EnvFilter::try_new(s).map_err(|_| bad())
 }
 
-pub(crate) fn init_logging(filter: Option<&str>) {
+/// Swaps the log filter of the running process (SIGHUP).
+type LogReload =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+pub(crate) fn init_logging(filter: Option<&str>) -> Option<LogReload> {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let f = match filter.map(log_filter) {
         Some(Ok(f)) => f,
@@ -241,17 +270,24 @@ pub(crate) fn init_logging(filter: Option<&str>) {
     };
     // SAFETY: isatty only inspects the descriptor number; an fd 2 that is
     // closed or not a terminal yields 0, never undefined behaviour.
+    let tty = unsafe { libc::isatty(2) } == 1;
     // No colours from PID 1: its console is often a serial line whose
     // other end is a log, not a terminal.
-    let ansi = unsafe { libc::isatty(2) } == 1 && !bootlun_image::running_as_init();
-    tracing_subscriber::fmt()
-        .with_env_filter(f)
+    let ansi = tty && !bootlun_image::running_as_init();
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(f);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .ok()
+        .map(|()| handle)
 }
 
 fn serve(mut args: ServeArgs) -> ExitCode {
+    let cli_only = args.clone();
     if let Some(path) = args.config.clone() {
         match load_config(&path) {
             Ok(file) => args.merge_from(file),
@@ -261,12 +297,14 @@ fn serve(mut args: ServeArgs) -> ExitCode {
     if let Some(Err(e)) = args.log.as_deref().map(log_filter) {
         return usage_error(&e);
     }
-    init_logging(args.log.as_deref());
+    let reload = init_logging(args.log.as_deref());
     // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
     // right after the "listening on" line still flushes and exits 0.
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -274,8 +312,12 @@ fn serve(mut args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let started = args.clone();
     let result = start(args).and_then(|running| {
-        wait_for_signal(signals);
+        // Readiness for systemd (Type=notify); a no-op elsewhere.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        run_until_stopped(signals, &running, &cli_only, &started, reload.as_ref());
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         running.stop()
     });
     match result {
@@ -721,9 +763,91 @@ fn raise_memlock() {
     }
 }
 
-/// Block until SIGINT or SIGTERM.
-fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!("signal {sig} received");
+/// Serve until SIGINT or SIGTERM. SIGUSR1 writes the counters to the log;
+/// SIGHUP re-reads the config file: the log filter changes at once, the
+/// boot entries are re-read on every menu request anyway, and every other
+/// changed key is named as needing a restart (sessions are never dropped).
+fn run_until_stopped(
+    mut signals: signal_hook::iterator::Signals,
+    running: &Running,
+    cli_only: &ServeArgs,
+    started: &ServeArgs,
+    reload: Option<&LogReload>,
+) {
+    use signal_hook::consts::{SIGHUP, SIGUSR1};
+    for sig in signals.forever() {
+        match sig {
+            SIGUSR1 => {
+                for line in running.stats().summary().lines() {
+                    tracing::info!("{line}");
+                }
+            }
+            SIGHUP => reload_config(cli_only, started, reload),
+            _ => {
+                tracing::info!("signal {sig} received");
+                return;
+            }
+        }
+    }
+}
+
+fn reload_config(cli_only: &ServeArgs, started: &ServeArgs, reload: Option<&LogReload>) {
+    let Some(path) = &started.config else {
+        tracing::info!(
+            "SIGHUP: no --config file to re-read; boot entries are re-read on every menu request"
+        );
+        return;
+    };
+    let file = match load_config(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("SIGHUP: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    // Flags given on the command line still win over the file.
+    let mut now = cli_only.clone();
+    now.merge_from(file);
+    if let Err(e) = check(&now) {
+        tracing::warn!(
+            "SIGHUP: {}: {e}; keeping the running configuration",
+            path.display()
+        );
+        return;
+    }
+    if now.log != started.log {
+        if let (Some(h), Some(Ok(f))) = (reload, now.log.as_deref().map(log_filter)) {
+            if h.reload(f).is_ok() {
+                tracing::info!(
+                    "SIGHUP: log filter is now {:?}",
+                    now.log.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    let before = toml::Value::try_from(started).ok();
+    let after = toml::Value::try_from(&now).ok();
+    let changed: Vec<String> = match (before, after) {
+        (Some(toml::Value::Table(b)), Some(toml::Value::Table(a))) => a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| *k != "log" && a.get(*k) != b.get(*k))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    };
+    if changed.is_empty() {
+        tracing::info!(
+            "SIGHUP: {} re-read; boot entries are re-read on every menu request",
+            path.display()
+        );
+    } else {
+        tracing::warn!(
+            "SIGHUP: {} changed {}; these take effect only after a restart (sessions were kept)",
+            path.display(),
+            changed.join(", ")
+        );
     }
 }

@@ -372,3 +372,90 @@ fn config_example_is_a_valid_config_naming_every_flag() {
     // LUN path need not exist, since check opens nothing.
     assert_eq!(chk.status.code(), Some(0), "{}\n{body}", chk.stderr);
 }
+
+#[test]
+fn sighup_rereads_config_and_sigusr1_logs_counters() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    let dir = TempDir::new("cli-sighup");
+    let cfg = write_config(
+        &dir,
+        "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\nqueue-depth = 64\nlog = \"info\"\n",
+    );
+    let notify = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut srv = Server::bootlun_env(
+        &["serve", "--config", &cfg],
+        |a| a.ip().is_loopback(),
+        &[("NOTIFY_SOCKET", notify.as_os_str())],
+    );
+    // systemd readiness (Type=notify) once the portal listens.
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+
+    srv.signal(libc::SIGUSR1);
+    assert!(
+        srv.log
+            .wait_for(CLI_LIMIT, |l| l.contains("reactor 0 (core"))
+            .is_some(),
+        "{}",
+        srv.output()
+    );
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\nlun = [\"ram:16M\"]\nqueue-depth = 32\nlog = \"debug\"\n",
+    )
+    .unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(
+        srv.log
+            .wait_for(CLI_LIMIT, |l| l
+                .contains("SIGHUP: log filter is now \"debug\""))
+            .is_some(),
+        "{}",
+        srv.output()
+    );
+    let changed = srv
+        .log
+        .wait_for(CLI_LIMIT, |l| {
+            l.contains("take effect only after a restart")
+        })
+        .unwrap_or_else(|| panic!("{}", srv.output()));
+    assert!(changed.contains("changed queue-depth;"), "{changed}");
+    // A broken file is refused and the target keeps serving.
+    std::fs::write(&cfg, "lun = [\"ram:16M\"]\nqueue-depth = 0\n").unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(
+        srv.log
+            .wait_for(CLI_LIMIT, |l| l
+                .contains("keeping the running configuration"))
+            .is_some(),
+        "{}",
+        srv.output()
+    );
+    assert!(srv.is_running());
+    assert!(srv.stop().success(), "{}", srv.output());
+}
+
+#[test]
+fn completions_and_man_page() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    let bash = run_tool(
+        Command::new(bootlun_bin()).args(["completions", "bash"]),
+        CLI_LIMIT,
+    );
+    bash.assert_success();
+    assert!(
+        bash.stdout.contains("--net-address"),
+        "bash completion lacks serve flags"
+    );
+    let man = run_tool(Command::new(bootlun_bin()).arg("man"), CLI_LIMIT);
+    man.assert_success();
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH bootlun 1"));
+}

@@ -58,7 +58,9 @@ pub enum BootMethod {
 }
 
 /// DHCP sidecar mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DhcpModeArg {
     /// Hand out addresses and boot information.
@@ -72,7 +74,7 @@ pub enum DhcpModeArg {
 
 /// `serve` flags that turn on and tune the PXE sidecars. Every field is
 /// also a key of the TOML config file (kebab-case, same as the flag).
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PxeArgs {
     /// Network interface whose IPv4 address the PXE services use; turns them on.
@@ -108,7 +110,7 @@ pub struct PxeArgs {
     /// DHCP sidecar: full server, ProxyDHCP next to another server, or off [default: server].
     #[arg(long, value_enum)]
     pub dhcp_mode: Option<DhcpModeArg>,
-    /// Addresses handed out in server mode, START-END [default: up to 8 addresses after ours].
+    /// Addresses handed out in server mode, START-END [default: the one address after ours, so one machine boots at a time].
     #[arg(long, value_name = "START-END")]
     pub dhcp_pool: Option<String>,
     /// TCP port of the HTTP server [default: 80].

@@ -463,8 +463,18 @@ impl Server {
     /// [`Server::bootlun`] for a portal whose address satisfies `portal`
     /// (tests inside their own network namespace).
     pub fn bootlun_on<S: AsRef<str>>(args: &[S], portal: impl Fn(&SocketAddr) -> bool) -> Server {
+        Server::bootlun_env(args, portal, &[])
+    }
+
+    /// [`Server::bootlun_on`] with extra environment variables.
+    pub fn bootlun_env<S: AsRef<str>>(
+        args: &[S],
+        portal: impl Fn(&SocketAddr) -> bool,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
         let bin = bootlun_bin();
         let mut cmd = Command::new(&bin);
+        cmd.envs(env.iter().copied());
         cmd.args(args.iter().map(|a| a.as_ref()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
