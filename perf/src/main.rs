@@ -1,0 +1,1277 @@
+//! `bootlun-perf compare [--quick]`: bootlun against tgt and istgt on this
+//! machine, over loopback, on identical 1 GiB /dev/shm file LUNs.
+//!
+//! The peers are tuned the way their users would tune them (see
+//! /work/shared/FIELD-NOTES.md, "Peers tuned fairly"), every workload runs
+//! against every target in alternating rounds (the order rotates, so no
+//! target always runs first on a cold cache or last on a hot box), and the
+//! median of the rounds is reported. Results go to `perf/RESULTS.md` and
+//! `perf/results.svg`. A benchmark is not a test: whatever the ratios, the
+//! harness exits 0; it exits non-zero only when it could not measure at all.
+//!
+//! It installs nothing: a missing tool is named with its Debian package.
+//! It talks only to 127.0.0.1 and stops only the processes it started, by
+//! PID.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LUN_BYTES: u64 = 1 << 30;
+const GLIBC_TUNING: &str =
+    "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864";
+const BOOTLUN_IQN: &str = "iqn.2026-11.org.bootlun:target";
+const TGT_IQN: &str = "iqn.2026-11.org.bootlun:perf-tgt";
+const ISTGT_BASE: &str = "iqn.2026-11.org.bootlun.perf";
+
+// Loopback ports of this harness; each is checked free before use.
+const PORT_BOOTLUN: u16 = 13260;
+const PORT_TGT: u16 = 13261;
+const PORT_TGT_CONTROL: u16 = 23261;
+const PORT_ISTGT: u16 = 13262;
+const PORT_ISTGT_UC: u16 = 13263;
+const PORT_NULL: u16 = 13264;
+const PORT_SWEEP: u16 = 13265;
+const PORT_IPERF: u16 = 13266;
+
+fn log(msg: impl AsRef<str>) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 86400)
+        .unwrap_or(0);
+    eprintln!(
+        "[{:02}:{:02}:{:02}] {}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        msg.as_ref()
+    );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// User + system CPU seconds of a whole process (all threads) so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start
+    // after the last ')'. utime and stime are fields 14 and 15 of the line,
+    // i.e. 12 and 13 after the state field.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf takes no pointers.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = if tck > 0 { tck as f64 } else { 100.0 };
+    Some((ut + st) / tck)
+}
+
+fn port_busy(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// Run a client to completion within `limit`, output (stdout + stderr) to
+/// `out`; killed (by its PID) if it overruns.
+fn run_bounded(cmd: &mut Command, out: &Path, limit: Duration) -> Result<String, String> {
+    let f = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let f2 = f.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(f2)
+        .spawn()
+        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mut text = String::new();
+    let _ = File::open(out).and_then(|mut f| f.read_to_string(&mut text));
+    let text = text.replace('\r', "\n");
+    match status {
+        Some(s) if s.success() => Ok(text),
+        Some(s) => Err(format!("{:?} {s}: {}", cmd.get_program(), tail(&text, 8))),
+        None => Err(format!(
+            "{:?} still running after {} s; killed",
+            cmd.get_program(),
+            limit.as_secs()
+        )),
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// A target daemon this harness started.
+struct Target {
+    name: String,
+    child: Child,
+    port: u16,
+    iqn: String,
+    lun: u32,
+    shm: Option<PathBuf>,
+    /// tgtd ignores SIGTERM; nothing of ours needs flushing on tmpfs.
+    kill_signal: i32,
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    fn stop(&mut self) {
+        if self.alive() {
+            let pid = self.pid() as libc::pid_t;
+            // SAFETY: kill(2) takes no pointers; the PID is our own child,
+            // not yet reaped, so it cannot have been reused.
+            unsafe { libc::kill(pid, self.kill_signal) };
+            let start = Instant::now();
+            while self.alive() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.alive() {
+                log(format!("{} (pid {pid}) did not exit; SIGKILL", self.name));
+                let _ = self.child.kill();
+            }
+            let _ = self.child.wait();
+        }
+        if let Some(p) = self.shm.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn make_lun(path: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(LUN_BYTES)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Populate it, so no target pays tmpfs page allocation on first write.
+    let st = Command::new("fallocate")
+        .arg("-l")
+        .arg(LUN_BYTES.to_string())
+        .arg(path)
+        .status();
+    if !matches!(st, Ok(s) if s.success()) {
+        log(format!(
+            "fallocate {} failed; the LUN stays sparse",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn wait_until(
+    what: &str,
+    child: &mut Child,
+    log_path: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if ready() {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut t = String::new();
+            let _ = File::open(log_path).and_then(|mut f| f.read_to_string(&mut t));
+            return Err(format!(
+                "{what} exited ({st}) before it was ready: {}",
+                tail(&t, 10)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what} not ready within 30 s"))
+}
+
+struct Ctx {
+    root: PathBuf,
+    work: PathBuf,
+    bootlun: PathBuf,
+    tag: String,
+}
+
+fn start_bootlun(
+    ctx: &Ctx,
+    name: &str,
+    port: u16,
+    lun: &str,
+    extra: &[&str],
+) -> Result<Target, String> {
+    if port_busy(port) {
+        return Err(format!("port {port} is in use; stop what listens there"));
+    }
+    let shm = if lun.starts_with('/') {
+        make_lun(Path::new(lun))?;
+        Some(PathBuf::from(lun))
+    } else {
+        None
+    };
+    let logp = ctx.work.join(format!("{name}.log"));
+    let f = File::create(&logp).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&ctx.bootlun)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--lun",
+            lun,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(|e| e.to_string())?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", ctx.bootlun.display()))?;
+    let needle = format!("listening on 127.0.0.1:{port}");
+    let lp = logp.clone();
+    let r = wait_until(name, &mut child, &logp, || {
+        std::fs::read_to_string(&lp).is_ok_and(|t| t.contains(&needle))
+    });
+    let mut t = Target {
+        name: name.into(),
+        child,
+        port,
+        iqn: BOOTLUN_IQN.into(),
+        lun: 0,
+        shm,
+        kill_signal: libc::SIGTERM,
+    };
+    if let Err(e) = r {
+        t.stop();
+        return Err(e);
+    }
+    if let Ok(text) = std::fs::read_to_string(&logp) {
+        if let Some(l) = text.lines().find(|l| l.contains("pinning")) {
+            log(format!("{name}: {}", l.split("cli: ").last().unwrap_or(l)));
+        }
+    }
+    Ok(t)
+}
+
+fn start_tgt(ctx: &Ctx) -> Result<Target, String> {
+    for p in [PORT_TGT, PORT_TGT_CONTROL] {
+        if port_busy(p) {
+            return Err(format!("port {p} is in use; stop what listens there"));
+        }
+    }
+    let shm = PathBuf::from(format!("/dev/shm/{}-tgt.img", ctx.tag));
+    make_lun(&shm)?;
+    let logp = ctx.work.join("tgtd.log");
+    let f = File::create(&logp).map_err(|e| e.to_string())?;
+    let child = Command::new("tgtd")
+        .args([
+            "-f",
+            "-C",
+            &PORT_TGT_CONTROL.to_string(),
+            "--iscsi",
+            &format!("portal=127.0.0.1:{PORT_TGT}"),
+        ])
+        .env("GLIBC_TUNABLES", GLIBC_TUNING)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(|e| e.to_string())?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| format!("tgtd: {e}"))?;
+    let ctl = PORT_TGT_CONTROL.to_string();
+    let tgtadm = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("tgtadm")
+            .args(["-C", &ctl, "--lld", "iscsi"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("tgtadm: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tgtadm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    let mut t = Target {
+        name: "tgt".into(),
+        child,
+        port: PORT_TGT,
+        iqn: TGT_IQN.into(),
+        lun: 1,
+        shm: Some(shm.clone()),
+        kill_signal: libc::SIGKILL,
+    };
+    let r = wait_until("tgtd", &mut t.child, &logp, || {
+        tgtadm(&["--mode", "sys", "--op", "show"]).is_ok()
+    })
+    .and_then(|()| {
+        tgtadm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--targetname",
+            TGT_IQN,
+        ])
+    })
+    .and_then(|()| {
+        // Session limits before any login: tgt's defaults (8 KiB
+        // segments, 64 KiB first burst) cost it about half.
+        for (k, v) in [
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("MaxXmitDataSegmentLength", "262144"),
+            ("FirstBurstLength", "262144"),
+            ("MaxBurstLength", "1048576"),
+            ("MaxOutstandingR2T", "16"),
+        ] {
+            tgtadm(&[
+                "--mode", "target", "--op", "update", "--tid", "1", "--name", k, "--value", v,
+            ])?;
+        }
+        Ok(())
+    })
+    .and_then(|()| {
+        tgtadm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--bstype",
+            "aio",
+            "--backing-store",
+            &shm.to_string_lossy(),
+        ])
+    })
+    .and_then(|()| {
+        tgtadm(&[
+            "--mode",
+            "target",
+            "--op",
+            "bind",
+            "--tid",
+            "1",
+            "--initiator-address",
+            "ALL",
+        ])
+    });
+    if let Err(e) = r {
+        t.stop();
+        return Err(e);
+    }
+    Ok(t)
+}
+
+/// istgt's sample configuration (doc/istgt.conf) with our portal, no
+/// authentication and one 1 GiB file LUN.
+fn istgt_config(ctx: &Ctx, shm: &Path) -> String {
+    let w = ctx.work.display();
+    format!(
+        r#"[Global]
+  NodeBase "{ISTGT_BASE}"
+  PidFile {w}/istgt.pid
+  AuthFile {w}/istgt-auth.conf
+  MediaDirectory {w}
+  LogFacility "local7"
+  Timeout 30
+  NopInInterval 20
+  DiscoveryAuthMethod None
+  MaxSessions 16
+  MaxConnections 4
+  MaxR2T 32
+  MaxOutstandingR2T 16
+  DefaultTime2Wait 2
+  DefaultTime2Retain 60
+  FirstBurstLength 262144
+  MaxBurstLength 1048576
+  MaxRecvDataSegmentLength 262144
+  InitialR2T Yes
+  ImmediateData Yes
+  DataPDUInOrder Yes
+  DataSequenceInOrder Yes
+  ErrorRecoveryLevel 0
+[UnitControl]
+  AuthMethod None
+  Portal UC1 127.0.0.1:{PORT_ISTGT_UC}
+  Netmask 127.0.0.1
+[PortalGroup1]
+  Portal DA1 127.0.0.1:{PORT_ISTGT}
+[InitiatorGroup1]
+  InitiatorName "ALL"
+  Netmask 127.0.0.0/8
+[LogicalUnit1]
+  TargetName disk1
+  Mapping PortalGroup1 InitiatorGroup1
+  AuthMethod None
+  UseDigest Auto
+  UnitType Disk
+  QueueDepth 32
+  LUN0 Storage {} 1GB
+"#,
+        shm.display()
+    )
+}
+
+fn start_istgt(ctx: &Ctx) -> Result<Target, String> {
+    for p in [PORT_ISTGT, PORT_ISTGT_UC] {
+        if port_busy(p) {
+            return Err(format!("port {p} is in use; stop what listens there"));
+        }
+    }
+    let shm = PathBuf::from(format!("/dev/shm/{}-istgt.img", ctx.tag));
+    make_lun(&shm)?;
+    let conf = ctx.work.join("istgt.conf");
+    std::fs::write(&conf, istgt_config(ctx, &shm)).map_err(|e| e.to_string())?;
+    std::fs::write(ctx.work.join("istgt-auth.conf"), "").map_err(|e| e.to_string())?;
+    let logp = ctx.work.join("istgt.log");
+    let f = File::create(&logp).map_err(|e| e.to_string())?;
+    // -D: stay in the foreground, so the PID we hold is the daemon's.
+    let child = Command::new("istgt")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(ctx.work.join("istgt.pid"))
+        .arg("-D")
+        .env("GLIBC_TUNABLES", GLIBC_TUNING)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(|e| e.to_string())?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| format!("istgt: {e}"))?;
+    let mut t = Target {
+        name: "istgt".into(),
+        child,
+        port: PORT_ISTGT,
+        iqn: format!("{ISTGT_BASE}:disk1"),
+        lun: 0,
+        shm: Some(shm),
+        kill_signal: libc::SIGTERM,
+    };
+    if let Err(e) = wait_until("istgt", &mut t.child, &logp, || port_busy(PORT_ISTGT)) {
+        t.stop();
+        return Err(e);
+    }
+    Ok(t)
+}
+
+#[derive(Clone, Copy)]
+enum Tool {
+    /// iscsi-perf: reads only; random or sequential.
+    Perf { random: bool },
+    /// qemu-img bench: sequential only.
+    BenchWrite,
+}
+
+#[derive(Clone, Copy)]
+struct Workload {
+    key: &'static str,
+    label: &'static str,
+    tool: Tool,
+    bs: u32,
+    depth: u32,
+    /// Headline metric: IOPS (small blocks) or MB/s.
+    iops_metric: bool,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        key: "rr4k-d1",
+        label: "4 KiB random read, depth 1 (iscsi-perf)",
+        tool: Tool::Perf { random: true },
+        bs: 4096,
+        depth: 1,
+        iops_metric: true,
+    },
+    Workload {
+        key: "rr4k-d32",
+        label: "4 KiB random read, depth 32 (iscsi-perf)",
+        tool: Tool::Perf { random: true },
+        bs: 4096,
+        depth: 32,
+        iops_metric: true,
+    },
+    Workload {
+        key: "sw4k-d32",
+        label: "4 KiB seq write, depth 32 (qemu-img bench)",
+        tool: Tool::BenchWrite,
+        bs: 4096,
+        depth: 32,
+        iops_metric: true,
+    },
+    Workload {
+        key: "sw128k-d32",
+        label: "128 KiB seq write, depth 32 (qemu-img bench)",
+        tool: Tool::BenchWrite,
+        bs: 131072,
+        depth: 32,
+        iops_metric: false,
+    },
+    Workload {
+        key: "sr128k-d32",
+        label: "128 KiB seq read, depth 32 (iscsi-perf)",
+        tool: Tool::Perf { random: false },
+        bs: 131072,
+        depth: 32,
+        iops_metric: false,
+    },
+    Workload {
+        key: "sr1m-d8",
+        label: "1 MiB seq read, depth 8 (iscsi-perf)",
+        tool: Tool::Perf { random: false },
+        bs: 1 << 20,
+        depth: 8,
+        iops_metric: false,
+    },
+];
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    iops: f64,
+    mbs: f64,
+    /// Target CPU seconds per GB moved (10^9 bytes).
+    cpu_per_gb: f64,
+    /// Target CPU use during the run, in cores.
+    cpu_cores: f64,
+    /// Mean latency by Little's law (depth / IOPS), microseconds: neither
+    /// client reports percentiles.
+    lat_us: f64,
+}
+
+struct Opts {
+    seconds: u64,
+    bench_bytes_4k: u64,
+    bench_bytes_128k: u64,
+}
+
+fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample, String> {
+    let out = ctx.work.join(format!("{}-{}.out", t.name, w.key));
+    let cpu0 = cpu_seconds(t.pid()).ok_or("target process is gone")?;
+    let start = Instant::now();
+    let (ops, secs) = match w.tool {
+        Tool::Perf { random } => {
+            // -b counts logical blocks; every target here uses 512-byte
+            // blocks for a file LUN, which the readcapacity check confirms.
+            let blocks = w.bs / 512;
+            let url = format!("iscsi://127.0.0.1:{}/{}/{}", t.port, t.iqn, t.lun);
+            let mut c = Command::new("iscsi-perf");
+            if random {
+                c.arg("-r");
+            }
+            c.args([
+                "-m",
+                &w.depth.to_string(),
+                "-b",
+                &blocks.to_string(),
+                "-t",
+                &o.seconds.to_string(),
+                &url,
+            ]);
+            let text = run_bounded(&mut c, &out, Duration::from_secs(o.seconds + 60))?;
+            let iops: f64 = text
+                .rsplit("iops average ")
+                .next()
+                .filter(|_| text.contains("iops average "))
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    format!("iscsi-perf printed no 'iops average': {}", tail(&text, 5))
+                })?;
+            let secs = start
+                .elapsed()
+                .as_secs_f64()
+                .min(o.seconds as f64)
+                .max(0.001);
+            (iops * secs, secs)
+        }
+        Tool::BenchWrite => {
+            let bytes = if w.bs <= 4096 {
+                o.bench_bytes_4k
+            } else {
+                o.bench_bytes_128k
+            };
+            let count = (bytes / w.bs as u64).max(1);
+            let opts = format!(
+                "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={},lun={}",
+                t.port, t.iqn, t.lun
+            );
+            let mut c = Command::new("qemu-img");
+            c.args([
+                "bench",
+                "--image-opts",
+                "-w",
+                "-c",
+                &count.to_string(),
+                "-d",
+                &w.depth.to_string(),
+            ])
+            .args(["-s", &w.bs.to_string(), "-S", &w.bs.to_string(), &opts]);
+            let text = run_bounded(&mut c, &out, Duration::from_secs(300))?;
+            let secs: f64 = text
+                .split("Run completed in ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("qemu-img bench printed no run time: {}", tail(&text, 5)))?;
+            (count as f64, secs.max(0.001))
+        }
+    };
+    let cpu1 = cpu_seconds(t.pid()).ok_or("target process died during the run")?;
+    let bytes = ops * w.bs as f64;
+    let iops = ops / secs;
+    // CPU is counted over the client's whole run (login included): the
+    // target worked for all of it.
+    let wall = start.elapsed().as_secs_f64().max(0.001);
+    let cpu = cpu1 - cpu0;
+    Ok(Sample {
+        iops,
+        mbs: bytes / secs / 1e6,
+        cpu_per_gb: if bytes > 0.0 {
+            cpu / (bytes / 1e9)
+        } else {
+            f64::NAN
+        },
+        cpu_cores: cpu / wall,
+        lat_us: w.depth as f64 / iops * 1e6,
+    })
+}
+
+fn median(v: &mut [Sample]) -> Option<Sample> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    let m = v[v.len() / 2];
+    let mut cpus: Vec<f64> = v.iter().map(|s| s.cpu_per_gb).collect();
+    cpus.sort_by(f64::total_cmp);
+    Some(Sample {
+        cpu_per_gb: cpus[cpus.len() / 2],
+        ..m
+    })
+}
+
+fn iperf_ceiling(ctx: &Ctx, secs: u64) -> Result<f64, String> {
+    if !which("iperf3") {
+        return Err("iperf3 not installed (apt-get install iperf3)".into());
+    }
+    if port_busy(PORT_IPERF) {
+        return Err(format!("port {PORT_IPERF} is in use"));
+    }
+    let logp = ctx.work.join("iperf3-server.log");
+    let f = File::create(&logp).map_err(|e| e.to_string())?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-B", "127.0.0.1", "-p", &PORT_IPERF.to_string()])
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(|e| e.to_string())?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    let r = wait_until("iperf3 -s", &mut server, &logp, || port_busy(PORT_IPERF)).and_then(|()| {
+        let mut c = Command::new("iperf3");
+        c.args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &PORT_IPERF.to_string(),
+            "-f",
+            "m",
+            "-t",
+            &secs.to_string(),
+        ]);
+        // The readiness probe was a connection too; the server may still
+        // be closing it, and answers "busy" meanwhile: retry a little.
+        let out = ctx.work.join("iperf3.out");
+        let limit = Duration::from_secs(secs + 30);
+        let text = run_bounded(&mut c, &out, limit).or_else(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            run_bounded(&mut c, &out, limit)
+        })?;
+        text.lines()
+            .filter(|l| l.contains("receiver"))
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let i = f.iter().position(|x| *x == "Mbits/sec")?;
+                f.get(i.checked_sub(1)?)?.parse::<f64>().ok()
+            })
+            .map(|mbit| mbit / 8.0)
+            .ok_or_else(|| format!("no receiver line from iperf3: {}", tail(&text, 4)))
+    });
+    // Our own child, by PID.
+    let _ = server.kill();
+    let _ = server.wait();
+    r
+}
+
+fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn headline(w: &Workload, s: &Sample) -> f64 {
+    if w.iops_metric {
+        s.iops
+    } else {
+        s.mbs
+    }
+}
+
+type Table = BTreeMap<(String, &'static str), Sample>;
+
+fn report(
+    names: &[String],
+    table: &Table,
+    notes: &[String],
+    ceilings: &[String],
+    sweep: &[(String, Vec<Option<Sample>>)],
+    sweep_w: &[Workload],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# bootlun vs tuned peers\n");
+    for n in notes {
+        let _ = writeln!(s, "{n}  ");
+    }
+    let _ = writeln!(
+        s,
+        "\nHeadline per workload (median of the rounds); `ratio` is bootlun / best peer (higher is better; for CPU s/GB lower is better, so the ratio there is bootlun / lowest peer).\n"
+    );
+    let _ = write!(s, "| workload | unit |");
+    for n in names {
+        let _ = write!(s, " {n} |");
+    }
+    let _ = writeln!(s, " ratio | CPU s/GB ratio |");
+    let _ = write!(s, "|---|---|");
+    for _ in names {
+        let _ = write!(s, "---:|");
+    }
+    let _ = writeln!(s, "---:|---:|");
+    for w in WORKLOADS {
+        let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
+        let _ = write!(s, "| {} | {unit} |", w.label);
+        for n in names {
+            let v = table
+                .get(&(n.clone(), w.key))
+                .map(|x| fmt_num(headline(w, x)));
+            let _ = write!(s, " {} |", v.unwrap_or_else(|| "FAIL".into()));
+        }
+        let b = table.get(&("bootlun".to_string(), w.key));
+        let peers: Vec<&Sample> = names
+            .iter()
+            .filter(|n| *n != "bootlun")
+            .filter_map(|n| table.get(&(n.clone(), w.key)))
+            .collect();
+        let best = peers
+            .iter()
+            .map(|x| headline(w, x))
+            .fold(f64::NAN, f64::max);
+        let least_cpu = peers.iter().map(|x| x.cpu_per_gb).fold(f64::NAN, f64::min);
+        let r = b.map(|b| headline(w, b) / best).unwrap_or(f64::NAN);
+        let rc = b.map(|b| b.cpu_per_gb / least_cpu).unwrap_or(f64::NAN);
+        let _ = writeln!(s, " {} | {} |", fmt_num(r), fmt_num(rc));
+    }
+    let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran.\n");
+    let _ = writeln!(
+        s,
+        "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    for w in WORKLOADS {
+        for n in names {
+            if let Some(x) = table.get(&(n.clone(), w.key)) {
+                let _ = writeln!(
+                    s,
+                    "| {} | {n} | {} | {} | {} | {} | {} |",
+                    w.key,
+                    fmt_num(x.mbs),
+                    fmt_num(x.iops),
+                    fmt_num(x.lat_us),
+                    fmt_num(x.cpu_per_gb),
+                    fmt_num(x.cpu_cores)
+                );
+            } else {
+                let _ = writeln!(s, "| {} | {n} | FAIL | | | | |", w.key);
+            }
+        }
+    }
+    let _ = writeln!(s, "\n## Ceilings (same run)\n");
+    for c in ceilings {
+        let _ = writeln!(s, "- {c}");
+    }
+    if !sweep.is_empty() {
+        let _ = writeln!(s, "\n## Core sweep (bootlun, file LUN)\n");
+        let _ = write!(s, "| reactors × poll |");
+        for w in sweep_w {
+            let _ = write!(s, " {} | CPU cores |", w.key);
+        }
+        let _ = writeln!(s);
+        let _ = write!(s, "|---|");
+        for _ in sweep_w {
+            let _ = write!(s, "---:|---:|");
+        }
+        let _ = writeln!(s);
+        for (label, row) in sweep {
+            let _ = write!(s, "| {label} |");
+            for (w, x) in sweep_w.iter().zip(row) {
+                match x {
+                    Some(x) => {
+                        let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
+                        let _ = write!(
+                            s,
+                            " {} {unit} | {} |",
+                            fmt_num(headline(w, x)),
+                            fmt_num(x.cpu_cores)
+                        );
+                    }
+                    None => {
+                        let _ = write!(s, " FAIL | |");
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}
+
+/// Bars per workload, each target's headline relative to the best of the
+/// workload (units differ between workloads, ratios do not).
+fn svg(names: &[String], table: &Table) -> String {
+    const COLORS: [&str; 4] = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+    let groups = WORKLOADS.len();
+    let bar = 22.0;
+    let gap = 26.0;
+    let gw = bar * names.len() as f64 + gap;
+    let left = 60.0;
+    let top = 40.0;
+    let h = 240.0;
+    let width = left + gw * groups as f64 + 20.0;
+    let height = top + h + 90.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="18" font-size="14">Throughput relative to the best target per workload (1.0 = best)</text>"#
+    );
+    for i in 0..=4 {
+        let y = top + h - h * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            width - 10.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.0}" y="{:.1}" text-anchor="end">{:.2}</text>"#,
+            left - 6.0,
+            y + 4.0,
+            i as f64 / 4.0
+        );
+    }
+    for (g, w) in WORKLOADS.iter().enumerate() {
+        let best = names
+            .iter()
+            .filter_map(|n| table.get(&(n.clone(), w.key)))
+            .map(|x| headline(w, x))
+            .fold(0.0, f64::max);
+        let x0 = left + gap / 2.0 + g as f64 * gw;
+        for (i, n) in names.iter().enumerate() {
+            let v = table
+                .get(&(n.clone(), w.key))
+                .map(|x| headline(w, x))
+                .unwrap_or(0.0);
+            let frac = if best > 0.0 { v / best } else { 0.0 };
+            let bh = h * frac;
+            let x = x0 + i as f64 * bar;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{n} {}: {}</title></rect>"#,
+                top + h - bh,
+                bar - 3.0,
+                COLORS[i % COLORS.len()],
+                w.key,
+                fmt_num(v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x0 + bar * names.len() as f64 / 2.0,
+            top + h + 16.0,
+            w.key
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        let x = left + i as f64 * 110.0;
+        let y = top + h + 40.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x:.0}" y="{:.0}" width="12" height="12" fill="{}"/>"#,
+            y - 10.0,
+            COLORS[i % COLORS.len()]
+        );
+        let _ = writeln!(s, r#"<text x="{:.0}" y="{y:.0}">{n}</text>"#, x + 16.0);
+    }
+    let _ = writeln!(s, "</svg>");
+    s
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bootlun-perf compare [--quick] [--no-sweep] [--bootlun-args \"FLAGS\"]\n\
+         \n  --quick         1 round, short runs (under 3 minutes)\
+         \n  --no-sweep      skip the bootlun reactors x poll sweep\
+         \n  --bootlun-args  extra `bootlun serve` flags for the comparison\
+         \n\nenvironment: BOOTLUN_BIN (use this binary instead of building one), ROUNDS, SECONDS"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("compare") {
+        usage();
+    }
+    let mut quick = false;
+    let mut sweep_on = true;
+    let mut extra_args = String::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--no-sweep" => sweep_on = false,
+            "--bootlun-args" => extra_args = it.next().cloned().unwrap_or_else(|| usage()),
+            _ => usage(),
+        }
+    }
+    match compare(quick, sweep_on, &extra_args) {
+        Ok(()) => {}
+        Err(e) => {
+            log(format!("FAILED: {e}"));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn compare(quick: bool, sweep_on: bool, extra: &str) -> Result<(), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("no workspace root")?;
+    // Client tools are required; a missing peer only loses its column.
+    let mut missing = Vec::new();
+    for (bin, pkg) in [
+        ("qemu-img", "qemu-utils qemu-block-extra"),
+        ("iscsi-perf", "libiscsi-bin"),
+        ("fallocate", "util-linux"),
+    ] {
+        if !which(bin) {
+            missing.push(format!("{bin} (apt-get install {pkg})"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!("missing: {}", missing.join(", ")));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+
+    let bootlun = match std::env::var_os("BOOTLUN_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => {
+            log("building bootlun (cargo build --release --bin bootlun)");
+            let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["build", "--release", "--bin", "bootlun"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cargo: {e}"))?;
+            if !st.success() {
+                return Err("cargo build --release --bin bootlun failed".into());
+            }
+            let tdir = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|p| if p.is_absolute() { p } else { root.join(p) })
+                .unwrap_or_else(|| root.join("target"));
+            tdir.join("release/bootlun")
+        }
+    };
+    let tag = format!("bootlun-perf-{}", std::process::id());
+    let work = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let ctx = Ctx {
+        root: root.clone(),
+        work: work.clone(),
+        bootlun,
+        tag: tag.clone(),
+    };
+    let r = compare_in(&ctx, quick, sweep_on, extra, &stop);
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+fn compare_in(
+    ctx: &Ctx,
+    quick: bool,
+    sweep_on: bool,
+    extra: &str,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let rounds = env_num("ROUNDS", if quick { 1 } else { 3 }) as usize;
+    let o = Opts {
+        seconds: env_num("SECONDS", if quick { 2 } else { 8 }),
+        bench_bytes_4k: if quick { 256 << 20 } else { 2 << 30 },
+        bench_bytes_128k: if quick { 2 << 30 } else { 16 << 30 },
+    };
+    let load_start = loadavg();
+    let started = Instant::now();
+    log(format!(
+        "compare: {rounds} round(s), {} s per iscsi-perf run, load average {load_start}",
+        o.seconds
+    ));
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+
+    let mut targets: Vec<Target> = Vec::new();
+    let mut notes = Vec::new();
+    let bl_lun = format!("/dev/shm/{}-bootlun.img", ctx.tag);
+    match start_bootlun(ctx, "bootlun", PORT_BOOTLUN, &bl_lun, &extra) {
+        Ok(t) => targets.push(t),
+        Err(e) => return Err(format!("bootlun: {e}")),
+    }
+    if which("tgtd") && which("tgtadm") {
+        match start_tgt(ctx) {
+            Ok(t) => targets.push(t),
+            Err(e) => log(format!("tgt skipped: {e}")),
+        }
+    } else {
+        log("tgt skipped: tgtd not installed (apt-get install tgt)");
+        notes.push("tgt: not installed (apt-get install tgt)".to_string());
+    }
+    if which("istgt") {
+        match start_istgt(ctx) {
+            Ok(t) => targets.push(t),
+            Err(e) => log(format!("istgt skipped: {e}")),
+        }
+    } else {
+        log("istgt skipped: not installed (apt-get install istgt)");
+        notes.push("istgt: not installed (apt-get install istgt)".to_string());
+    }
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+
+    let mut samples: BTreeMap<(String, &'static str), Vec<Sample>> = BTreeMap::new();
+    'rounds: for round in 0..rounds {
+        let n = targets.len();
+        for k in 0..n {
+            // Rotate the order each round.
+            let t = &mut targets[(k + round) % n];
+            for w in WORKLOADS {
+                if stop.load(Ordering::Relaxed) {
+                    log("interrupted");
+                    break 'rounds;
+                }
+                if !t.alive() {
+                    log(format!("{} is gone; its remaining cells are FAIL", t.name));
+                    break;
+                }
+                let la = loadavg();
+                match run_workload(ctx, t, w, &o) {
+                    Ok(s) => {
+                        log(format!(
+                            "round {}/{rounds} {:<7} {:<11} {:>9} IOPS {:>8} MB/s {:>6} CPU s/GB  (load {la})",
+                            round + 1,
+                            t.name,
+                            w.key,
+                            fmt_num(s.iops),
+                            fmt_num(s.mbs),
+                            fmt_num(s.cpu_per_gb)
+                        ));
+                        samples.entry((t.name.clone(), w.key)).or_default().push(s);
+                    }
+                    Err(e) => log(format!(
+                        "round {} {} {}: FAILED: {e}",
+                        round + 1,
+                        t.name,
+                        w.key
+                    )),
+                }
+            }
+        }
+    }
+    for t in &mut targets {
+        t.stop();
+    }
+    drop(targets);
+    let mut table = Table::new();
+    for (k, mut v) in samples {
+        if let Some(m) = median(&mut v) {
+            table.insert(k, m);
+        }
+    }
+
+    // Ceilings: the network path alone, and the client against a target
+    // that does no I/O.
+    let mut ceilings = Vec::new();
+    match iperf_ceiling(ctx, if quick { 2 } else { 5 }) {
+        Ok(mbs) => ceilings.push(format!(
+            "iperf3, one TCP stream on loopback: {} MB/s",
+            fmt_num(mbs)
+        )),
+        Err(e) => ceilings.push(format!("iperf3: {e}")),
+    }
+    if !stop.load(Ordering::Relaxed) {
+        match start_bootlun(ctx, "bootlun-null", PORT_NULL, "null:1G", &extra) {
+            Ok(t) => {
+                for w in [&WORKLOADS[1], &WORKLOADS[4]] {
+                    match run_workload(ctx, &t, w, &o) {
+                        Ok(s) => ceilings.push(format!(
+                            "client ceiling, bootlun `null:` LUN, {}: {} IOPS, {} MB/s",
+                            w.label,
+                            fmt_num(s.iops),
+                            fmt_num(s.mbs)
+                        )),
+                        Err(e) => ceilings.push(format!("null: LUN {}: FAILED {e}", w.key)),
+                    }
+                }
+            }
+            Err(e) => ceilings.push(format!("bootlun null: LUN: {e}")),
+        }
+    }
+    for c in &ceilings {
+        log(c);
+    }
+
+    // Core sweep: reactors × poll mode.
+    let sweep_w = [WORKLOADS[1], WORKLOADS[4]];
+    let mut sweep = Vec::new();
+    if sweep_on {
+        let lun = format!("/dev/shm/{}-sweep.img", ctx.tag);
+        'sweep: for cores in ["0", "0,1"] {
+            for poll in ["busy", "adaptive", "interrupt"] {
+                if stop.load(Ordering::Relaxed) {
+                    break 'sweep;
+                }
+                let label = format!("{} × {poll}", if cores == "0" { 1 } else { 2 });
+                let mut row = Vec::new();
+                match start_bootlun(
+                    ctx,
+                    "bootlun-sweep",
+                    PORT_SWEEP,
+                    &lun,
+                    &["--cores", cores, "--poll", poll],
+                ) {
+                    Ok(t) => {
+                        for w in &sweep_w {
+                            let r = run_workload(ctx, &t, w, &o);
+                            match &r {
+                                Ok(s) => log(format!(
+                                    "sweep {label:<16} {:<11} {:>9} IOPS {:>8} MB/s {:>5} cores (load {})",
+                                    w.key,
+                                    fmt_num(s.iops),
+                                    fmt_num(s.mbs),
+                                    fmt_num(s.cpu_cores),
+                                    loadavg()
+                                )),
+                                Err(e) => log(format!("sweep {label} {}: FAILED {e}", w.key)),
+                            }
+                            row.push(r.ok());
+                        }
+                    }
+                    Err(e) => {
+                        log(format!("sweep {label}: {e}"));
+                        row = vec![None; sweep_w.len()];
+                    }
+                }
+                sweep.push((label, row));
+            }
+        }
+    }
+
+    notes.insert(
+        0,
+        format!(
+            "Run {} on {} cores, loopback, 1 GiB /dev/shm file per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
+            if quick { "`compare --quick`" } else { "`compare`" },
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            o.seconds,
+            loadavg(),
+            started.elapsed().as_secs()
+        ),
+    );
+    notes.insert(
+        1,
+        format!(
+            "Peers tuned: GLIBC_TUNABLES={GLIBC_TUNING}; tgt --bstype aio, MaxRecv/MaxXmitDataSegmentLength 262144, FirstBurstLength 262144, MaxBurstLength 1048576, MaxOutstandingR2T 16, LUN 1; istgt sample config with the same limits. bootlun flags: `{}`.",
+            if extra.is_empty() { "(defaults)".to_string() } else { extra.join(" ") }
+        ),
+    );
+    let md = report(&names, &table, &notes, &ceilings, &sweep, &sweep_w);
+    println!("{md}");
+    let perf_dir = ctx.root.join("perf");
+    std::fs::write(perf_dir.join("RESULTS.md"), &md)
+        .map_err(|e| format!("perf/RESULTS.md: {e}"))?;
+    std::fs::write(perf_dir.join("results.svg"), svg(&names, &table))
+        .map_err(|e| format!("perf/results.svg: {e}"))?;
+    log("wrote perf/RESULTS.md and perf/results.svg");
+    Ok(())
+}
