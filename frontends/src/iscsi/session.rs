@@ -13,6 +13,8 @@
 //! The connection driver (`conn`) feeds these from PDUs and acts on what
 //! they return; the tests below drive them directly.
 
+use std::cell::Cell;
+
 use super::negotiate::Stage;
 use super::target::SessionClaim;
 use super::wire::{login_status, sn_in_window, sn_lt, LoginRequest, LoginResponse, Sn};
@@ -24,6 +26,13 @@ pub struct SeqNums {
     pub exp_cmd_sn: u32,
     /// Commands the session may have outstanding.
     queue_depth: u32,
+    /// The highest MaxCmdSN put on the wire so far. The window a command
+    /// is checked against ends here: the computed window narrows while
+    /// commands are outstanding, but an initiator may rightly use what it
+    /// was told in an earlier PDU. A `Cell` because every PDU that
+    /// carries sequence numbers advertises one, including the `&self`
+    /// builders.
+    max_advertised: Cell<u32>,
 }
 
 /// A command's CmdSN was outside the window: it is ignored.
@@ -36,10 +45,12 @@ pub struct OutOfWindow {
 
 impl SeqNums {
     pub fn new(queue_depth: u32) -> SeqNums {
+        let queue_depth = queue_depth.max(1);
         SeqNums {
             stat_sn: 0,
             exp_cmd_sn: 0,
-            queue_depth: queue_depth.max(1),
+            queue_depth,
+            max_advertised: Cell::new(queue_depth - 1),
         }
     }
 
@@ -47,6 +58,19 @@ impl SeqNums {
     pub fn start(&mut self, exp_stat_sn: u32, cmd_sn: u32) {
         self.stat_sn = exp_stat_sn;
         self.exp_cmd_sn = cmd_sn;
+        self.max_advertised
+            .set(cmd_sn.wrapping_add(self.queue_depth - 1));
+    }
+
+    /// The end of the window commands are checked against: the highest
+    /// MaxCmdSN advertised, never before ExpCmdSN - 1 (an empty window).
+    pub fn max_cmd_sn(&self) -> u32 {
+        let m = self.max_advertised.get();
+        if sn_lt(m, self.exp_cmd_sn.wrapping_sub(1)) {
+            self.exp_cmd_sn.wrapping_sub(1)
+        } else {
+            m
+        }
     }
 
     /// Sequence numbers for a PDU that does not carry status, with
@@ -55,10 +79,14 @@ impl SeqNums {
     pub fn sn(&self, active: usize) -> Sn {
         let active = u32::try_from(active).unwrap_or(u32::MAX);
         let window = self.queue_depth.saturating_sub(active).max(1);
+        let max_cmd_sn = self.exp_cmd_sn.wrapping_add(window - 1);
+        if sn_lt(self.max_advertised.get(), max_cmd_sn) {
+            self.max_advertised.set(max_cmd_sn);
+        }
         Sn {
             stat_sn: self.stat_sn,
             exp_cmd_sn: self.exp_cmd_sn,
-            max_cmd_sn: self.exp_cmd_sn.wrapping_add(window - 1),
+            max_cmd_sn,
         }
     }
 
@@ -70,24 +98,25 @@ impl SeqNums {
     }
 
     /// CmdSN bookkeeping for a command (RFC 7143 4.2.2.1). Immediate
-    /// commands are always taken and do not advance ExpCmdSN.
+    /// commands are always taken and do not advance ExpCmdSN. A command
+    /// before ExpCmdSN or after the highest MaxCmdSN advertised is
+    /// dropped without an answer (RFC 7143 3.2.2.1); `active` is kept in
+    /// the signature for the window the caller advertises next.
     pub fn accept(
         &mut self,
         cmd_sn: u32,
         immediate: bool,
-        active: usize,
+        _active: usize,
     ) -> Result<(), OutOfWindow> {
         if immediate {
             return Ok(());
         }
-        let sn = self.sn(active);
-        // One past the advertised MaxCmdSN is tolerated: the initiator may
-        // have seen a wider window before the last command narrowed it.
-        if !sn_in_window(cmd_sn, sn.exp_cmd_sn, sn.max_cmd_sn.wrapping_add(1)) {
+        let max = self.max_cmd_sn();
+        if !sn_in_window(cmd_sn, self.exp_cmd_sn, max) {
             return Err(OutOfWindow {
                 cmd_sn,
-                exp_cmd_sn: sn.exp_cmd_sn,
-                max_cmd_sn: sn.max_cmd_sn,
+                exp_cmd_sn: self.exp_cmd_sn,
+                max_cmd_sn: max,
             });
         }
         if !sn_lt(cmd_sn, self.exp_cmd_sn) {
@@ -233,26 +262,53 @@ mod tests {
     fn window_edges() {
         let mut s = SeqNums::new(4);
         s.start(0, 10);
-        // MaxCmdSN 13 with nothing outstanding; one past it is tolerated.
+        // MaxCmdSN 13 with nothing outstanding; one past it is dropped
+        // (RFC 7143 3.2.2.1), as is anything before ExpCmdSN.
         assert_eq!(s.sn(0).max_cmd_sn, 13);
-        assert!(s.accept(15, false, 0).is_err());
-        assert!(s.accept(9, false, 0).is_err());
-        assert_eq!(s.accept(14, false, 0), Ok(()));
-        assert_eq!(s.exp_cmd_sn, 15);
-        // Outstanding commands narrow the window, never below one.
-        assert_eq!(s.sn(3).max_cmd_sn, 15);
-        assert_eq!(s.sn(100).max_cmd_sn, 15);
         assert_eq!(
-            s.accept(17, false, 3),
+            s.accept(14, false, 0),
             Err(OutOfWindow {
-                cmd_sn: 17,
-                exp_cmd_sn: 15,
-                max_cmd_sn: 15
+                cmd_sn: 14,
+                exp_cmd_sn: 10,
+                max_cmd_sn: 13
+            })
+        );
+        assert_eq!(s.exp_cmd_sn, 10);
+        assert!(s.accept(9, false, 0).is_err());
+        assert_eq!(s.accept(13, false, 0), Ok(()));
+        assert_eq!(s.exp_cmd_sn, 14);
+        // Outstanding commands narrow the window advertised from now on,
+        // never below one...
+        assert_eq!(s.sn(3).max_cmd_sn, 14);
+        assert_eq!(s.sn(100).max_cmd_sn, 14);
+        // ...but what was advertised before stays usable: 13 was the
+        // highest MaxCmdSN sent, now passed, so the window is 14..=14.
+        assert_eq!(
+            s.accept(15, false, 3),
+            Err(OutOfWindow {
+                cmd_sn: 15,
+                exp_cmd_sn: 14,
+                max_cmd_sn: 14
             })
         );
         // Immediate commands are outside the window's rules.
         assert_eq!(s.accept(999, true, 100), Ok(()));
-        assert_eq!(s.exp_cmd_sn, 15);
+        assert_eq!(s.exp_cmd_sn, 14);
+    }
+
+    #[test]
+    fn a_wider_window_advertised_earlier_stays_valid() {
+        let mut s = SeqNums::new(4);
+        s.start(0, 0);
+        // Nothing outstanding: MaxCmdSN 3 goes out.
+        assert_eq!(s.sn(0).max_cmd_sn, 3);
+        // An immediate command narrows the next advertisement to 2, but
+        // the initiator may already be sending 3.
+        assert_eq!(s.sn(1).max_cmd_sn, 2);
+        for sn in 0..=3 {
+            assert_eq!(s.accept(sn, false, 1), Ok(()), "CmdSN {sn}");
+        }
+        assert!(s.accept(4, false, 4).is_err());
     }
 
     #[test]

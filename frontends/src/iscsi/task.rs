@@ -97,6 +97,9 @@ pub enum DataOutError {
     OutOfOrder,
     /// DataSN is not the one due.
     DataSn { got: u32, want: u32 },
+    /// An earlier Data-Out of this task broke the sequence: the data is
+    /// dropped while the initiator finishes the burst.
+    Failed,
 }
 
 /// One Data-In PDU of a chunk.
@@ -163,6 +166,9 @@ pub struct Task {
     /// for I/O and sends to drain before the buffers go back.
     pub finished: bool,
     pub aborted: bool,
+    /// A Data-Out broke the sequence (offset, TTT or DataSN): the task
+    /// ends with CHECK CONDITION once the burst's last PDU is in.
+    pub data_failed: bool,
     /// The CDB of a `Param` task, for the SCSI layer's second call.
     pub cdb: [u8; 16],
     /// The steps left of a `Job` task.
@@ -213,6 +219,7 @@ impl Task {
             waiting_buf: false,
             finished: false,
             aborted: false,
+            data_failed: false,
             cdb: [0; 16],
             job: None,
         }
@@ -316,6 +323,9 @@ impl Task {
         if !self.kind.takes_data() {
             return Err(DataOutError::NoData);
         }
+        if self.data_failed {
+            return Err(DataOutError::Failed);
+        }
         let end = off as u64 + len as u64;
         let expected = if ttt == RESERVED_TAG {
             if initial_r2t || off != self.unsol_next || end > self.unsol_limit as u64 {
@@ -347,6 +357,27 @@ impl Task {
         }
         *expected += 1;
         Ok(())
+    }
+
+    /// A Data-Out of this task was refused with `e` (F bit `fin`). True
+    /// when the task must now end with CHECK CONDITION; false when the
+    /// connection cannot continue (`NoData`) or more PDUs of the burst
+    /// are still to come and are dropped first.
+    ///
+    /// At ErrorRecoveryLevel 0 a DataSN gap or a wrong offset stands for
+    /// a PDU lost to a digest error (RFC 7143 7.8): the target may not ask
+    /// for it again (no recovery R2T below ERL 1), so it ends the task
+    /// with CHECK CONDITION, ABORTED COMMAND, "protocol service CRC
+    /// error", after the last PDU of the burst (RFC 7143 7.7). The
+    /// session stays up.
+    pub fn data_out_refused(&mut self, e: DataOutError, fin: bool) -> Option<bool> {
+        match e {
+            DataOutError::NoData => None,
+            DataOutError::OutOfOrder | DataOutError::DataSn { .. } | DataOutError::Failed => {
+                self.data_failed = true;
+                Some(fin)
+            }
+        }
     }
 
     /// Data bytes `[off, off+n)` were stored (those inside the current

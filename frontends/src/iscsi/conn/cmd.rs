@@ -1,4 +1,9 @@
 use super::*;
+use crate::scsi::SenseKey;
+
+/// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the iSCSI condition a task
+/// ends with when its data went missing (RFC 7143 11.4.7.2).
+const PROTOCOL_CRC_ERROR: Sense = Sense::new(SenseKey::AbortedCommand, 0x47, 0x05);
 
 impl Conn {
     // ------------------------------------------------------------------
@@ -510,8 +515,25 @@ impl Conn {
                     DataOutError::DataSn { got, want } => {
                         format!("Data-Out DataSN {got} where {want} was due")
                     }
+                    DataOutError::Failed => String::new(),
                 };
-                self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, &why);
+                let verdict = t.data_out_refused(e, bhs.final_bit());
+                match verdict {
+                    None => self.reject_and_close(io, reject_reason::PROTOCOL_ERROR, &why),
+                    Some(end_now) => {
+                        if !why.is_empty() {
+                            tracing::warn!(
+                                "connection {}: {why}; ITT {:#x} ends with CHECK CONDITION",
+                                self.peer,
+                                bhs.itt()
+                            );
+                        }
+                        if end_now {
+                            self.buf_waiters.retain(|&w| w != id);
+                            self.finish_check(io, id, PROTOCOL_CRC_ERROR);
+                        }
+                    }
+                }
                 Sink::Discard
             }
         }

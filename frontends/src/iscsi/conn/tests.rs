@@ -433,21 +433,46 @@ fn large_writes_span_several_chunks_and_bursts() {
     assert_eq!(&h.io.disk[..40960], &data[..]);
 }
 
+/// The sense key, ASC and ASCQ of a CHECK CONDITION response's data.
+fn sense_of(data: &[u8]) -> (u8, u8, u8) {
+    assert!(data.len() >= 2 + 14, "no sense data");
+    (data[2 + 2] & 0x0f, data[2 + 12], data[2 + 13])
+}
+
+/// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR.
+const CRC_ERROR: (u8, u8, u8) = (0x0b, 0x47, 0x05);
+
+/// After a refused Data-Out the session goes on: a write and a read of
+/// the same blocks work.
+fn session_still_works(h: &mut H) {
+    assert!(
+        !h.conn.closing && !h.conn.close_after_send,
+        "connection closed"
+    );
+    h.cmd(&write10(64, 1), 0, 512, &[0x5a; 512]);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    assert!(h.io.disk[64 * 512..65 * 512].iter().all(|&b| b == 0x5a));
+}
+
 #[test]
 fn unsolicited_data_over_immediate_data_is_not_acknowledged() {
     let mut h = H::new(shared(1), 8, 64 * 1024);
     h.logged_in(&[("InitialR2T", "No")]);
     let itt = h.cmd(&write10(0, 8), 0, 4096, &[0xAA; 2048]);
-    // The same first 2 KiB again as unsolicited Data-Out.
+    // The same first 2 KiB again as unsolicited Data-Out, then the rest
+    // of the burst.
     h.data_out(itt, RESERVED_TAG, 0, 0, false, &[0xBB; 2048]);
+    assert!(h.take_pdus().is_empty(), "the burst is not over yet");
+    h.data_out(itt, RESERVED_TAG, 1, 2048, true, &[0xBB; 2048]);
     let p = h.take_pdus();
     assert_eq!(
         summary(&p),
-        vec![(REJECT, 0)],
+        vec![(RSP, 2)],
         "no GOOD for data counted twice"
     );
-    assert!(h.conn.closing || h.conn.close_after_send);
+    assert_eq!(sense_of(&p[0].1), CRC_ERROR);
     assert!(h.io.disk[..4096].iter().all(|&b| b == 0), "nothing written");
+    session_still_works(&mut h);
 }
 
 #[test]
@@ -460,20 +485,57 @@ fn a_repeated_part_of_an_r2t_burst_is_not_counted_twice() {
     h.data_out(itt, ttt, 0, 0, false, &[1; 2048]);
     h.data_out(itt, ttt, 1, 0, true, &[2; 2048]);
     let p = h.take_pdus();
-    assert_eq!(summary(&p), vec![(REJECT, 0)]);
+    assert_eq!(summary(&p), vec![(RSP, 2)]);
+    assert_eq!(sense_of(&p[0].1), CRC_ERROR);
     assert!(h.io.disk[..4096].iter().all(|&b| b == 0));
+    session_still_works(&mut h);
 }
 
 #[test]
-fn a_data_sn_gap_closes_the_connection() {
+fn a_data_sn_gap_ends_the_task_with_check_condition() {
+    // RFC 7143 7.8: a DataSN gap stands for a lost PDU; at ERL 0 the
+    // task ends with CHECK CONDITION after the burst, the session stays.
     let mut h = H::new(shared(1), 8, 64 * 1024);
     h.logged_in(&[]);
     let itt = h.cmd(&write10(0, 8), 0, 4096, &[]);
     let ttt = be32(&h.take_pdus()[0].0[20..]);
     h.data_out(itt, ttt, 0, 0, false, &[1; 1024]);
     h.data_out(itt, ttt, 2, 1024, true, &[1; 3072]);
-    assert_eq!(summary(&h.take_pdus()), vec![(REJECT, 0)]);
-    assert!(h.conn.close_after_send || h.conn.closing);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(RSP, 2)]);
+    assert_eq!(sense_of(&p[0].1), CRC_ERROR);
+    assert!(h.io.disk[..4096].iter().all(|&b| b == 0));
+    session_still_works(&mut h);
+}
+
+#[test]
+fn bad_data_sn_values_each_end_their_task() {
+    // What libiscsi's iSCSIDataSnInvalid sends: 0 twice, 27, -1, and
+    // (1, 0) reversed.
+    let cases: [&[u32]; 4] = [&[0, 0], &[27], &[u32::MAX], &[1, 0]];
+    for sns in cases {
+        let mut h = H::new(shared(1), 8, 64 * 1024);
+        h.logged_in(&[]);
+        let n = sns.len() as u32;
+        let itt = h.cmd(&write10(100, n as u16), 0, 512 * n, &[]);
+        let ttt = be32(&h.take_pdus()[0].0[20..]);
+        for (i, &sn) in sns.iter().enumerate() {
+            let last = i + 1 == sns.len();
+            h.data_out(itt, ttt, sn, 512 * i as u32, last, &[7; 512]);
+            if !last {
+                // (1, 0): nothing is answered before the burst ends.
+                let p = h.take_pdus();
+                assert!(p.is_empty() || sns[0] == 0, "{sns:?}: {:?}", summary(&p));
+            }
+        }
+        let p = h.take_pdus();
+        assert_eq!(summary(&p), vec![(RSP, 2)], "{sns:?}");
+        assert_eq!(sense_of(&p[0].1), CRC_ERROR, "{sns:?}");
+        assert!(h.io.disk[100 * 512..(100 + n as usize) * 512]
+            .iter()
+            .all(|&b| b == 0));
+        session_still_works(&mut h);
+    }
 }
 
 #[test]
@@ -560,6 +622,16 @@ fn commands_outside_the_cmd_sn_window_are_ignored() {
     h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]); // TEST UNIT READY
     assert!(h.take_pdus().is_empty());
     h.cmd_sn = 0;
+    h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(RSP, 0)]);
+    // Exactly one past the MaxCmdSN just advertised is dropped without
+    // an answer too (RFC 7143 3.2.2.1); the window is still usable.
+    let max = be32(&p[0].0[32..]);
+    h.cmd_sn = max.wrapping_add(1);
+    h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]);
+    assert!(h.take_pdus().is_empty(), "CmdSN MaxCmdSN+1 was answered");
+    h.cmd_sn = 1;
     h.cmd(&[0x00, 0, 0, 0, 0, 0], 0, 0, &[]);
     assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
 }
