@@ -170,6 +170,11 @@ pub struct LunSpec {
     pub read_only: bool,
     /// The text as given.
     pub text: String,
+    /// Export a block device even when it is mounted, used as swap or
+    /// held by device-mapper/md (`--force`). Otherwise such a device is
+    /// refused and an exported one is opened O_EXCL, so nothing on this
+    /// host can mount it while the initiator writes to it.
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +225,7 @@ impl LunSpec {
             kind,
             read_only,
             text: s.to_string(),
+            force: false,
         })
     }
 }
@@ -283,20 +289,54 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
             p.display()
         ));
     }
+    // Two writers of one file system corrupt it: the initiator must be the
+    // only user of an exported disk.
+    let exclusive = is_block && !spec.force;
+    if is_block {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(user) = block_device_user(meta.rdev()) {
+            if spec.force {
+                tracing::warn!(
+                    "--lun {}: {user}; exporting it anyway (--force): writes from both sides will corrupt it",
+                    p.display()
+                );
+            } else {
+                return Err(format!(
+                    "--lun {}: {user}; unmount or release it first, or add --force to export it anyway",
+                    p.display()
+                ));
+            }
+        }
+    }
     let open = |direct: bool| {
         let mut o = OpenOptions::new();
         o.read(true).write(!spec.read_only);
+        let mut flags = 0;
         if direct {
-            o.custom_flags(libc::O_DIRECT);
+            flags |= libc::O_DIRECT;
         }
+        // On a block device O_EXCL claims it: mount, swapon, dm and md are
+        // refused while we hold it, and we are refused if they hold it.
+        if exclusive {
+            flags |= libc::O_EXCL;
+        }
+        o.custom_flags(flags);
         o.open(p)
+    };
+    let busy = |e: io::Error| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            format!(
+                "--lun {}: in use by another program (exclusive open refused); stop it, or add --force",
+                p.display()
+            )
+        } else {
+            format!("--lun {}: cannot open: {e}", p.display())
+        }
     };
     let (file, direct) = match open(true) {
         Ok(f) if probe_direct(&f) => (f, true),
-        _ => (
-            open(false).map_err(|e| format!("--lun {}: cannot open: {e}", p.display()))?,
-            false,
-        ),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(busy(e)),
+        _ => (open(false).map_err(busy)?, false),
     };
     let (size, block_size, rotational) = if is_block {
         let mut size: u64 = 0;
@@ -408,6 +448,135 @@ fn sysfs_discard(meta: &std::fs::Metadata) -> Option<bool> {
     let v = read(format!("{base}/queue/discard_max_bytes"))
         .or_else(|| read(format!("{base}/../queue/discard_max_bytes")))?;
     Some(v.trim().parse::<u64>().ok()? > 0)
+}
+
+/// What uses the block device `rdev` or one of its partitions on this
+/// host: a mount (naming the mount point), swap, or a holder such as
+/// device-mapper or md. `None` when it is free.
+pub fn block_device_user(rdev: u64) -> Option<String> {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    // The device itself, then each partition (a subdirectory with a
+    // `partition` file), as (name, "MAJ:MIN", sysfs dir).
+    let own_name = std::fs::canonicalize(&sys)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| format!("{maj}:{min}"));
+    let mut devs = vec![(own_name, format!("{maj}:{min}"), sys.clone())];
+    if let Ok(rd) = std::fs::read_dir(&sys) {
+        for e in rd.flatten() {
+            let dir = e.path();
+            if !dir.join("partition").exists() {
+                continue;
+            }
+            if let Ok(dev) = std::fs::read_to_string(dir.join("dev")) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                devs.push((name, dev.trim().to_string(), dir));
+            }
+        }
+    }
+    // Mounts: field 3 of mountinfo is the MAJ:MIN, field 5 the mount point.
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (Some(dev), Some(mnt)) = (f.get(2), f.get(4)) else {
+                continue;
+            };
+            if let Some((name, _, _)) = devs.iter().find(|(_, d, _)| d == dev) {
+                return Some(format!("/dev/{name} is mounted on {}", unescape_mount(mnt)));
+            }
+        }
+    }
+    // Swap: /proc/swaps lists paths; compare device numbers.
+    if let Ok(text) = std::fs::read_to_string("/proc/swaps") {
+        use std::os::unix::fs::MetadataExt;
+        for line in text.lines().skip(1) {
+            let Some(path) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Ok(m) = std::fs::metadata(unescape_mount(path)) else {
+                continue;
+            };
+            if !m.file_type().is_block_device() {
+                continue;
+            }
+            let dev = format!("{}:{}", libc::major(m.rdev()), libc::minor(m.rdev()));
+            if let Some((name, _, _)) = devs.iter().find(|(_, d, _)| *d == dev) {
+                return Some(format!("/dev/{name} is in use as swap"));
+            }
+        }
+    }
+    // Holders: device-mapper (LVM, dm-crypt, multipath) and md arrays.
+    for (name, _, dir) in &devs {
+        let Ok(rd) = std::fs::read_dir(dir.join("holders")) else {
+            continue;
+        };
+        if let Some(h) = rd.flatten().next() {
+            let holder = h.file_name().to_string_lossy().into_owned();
+            let dm = std::fs::read_to_string(h.path().join("dm/name"))
+                .map(|n| format!(" (device-mapper {})", n.trim()))
+                .unwrap_or_default();
+            return Some(format!("/dev/{name} is held by {holder}{dm}"));
+        }
+    }
+    None
+}
+
+/// Mount points in mountinfo and paths in /proc/swaps escape space, tab,
+/// newline and backslash as \ooo octal.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod exclusive_tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount("/mnt/x\\134y"), "/mnt/x\\y");
+        assert_eq!(unescape_mount("/odd\\9"), "/odd\\9");
+        assert_eq!(unescape_mount("/end\\"), "/end\\");
+    }
+
+    #[test]
+    fn the_root_file_system_device_is_in_use() {
+        use std::os::unix::fs::MetadataExt;
+        // Whatever holds / is mounted; a device nothing uses is not.
+        let Ok(m) = std::fs::metadata("/") else {
+            return;
+        };
+        let user = block_device_user(m.dev());
+        if std::path::Path::new(&format!(
+            "/sys/dev/block/{}:{}",
+            libc::major(m.dev()),
+            libc::minor(m.dev())
+        ))
+        .exists()
+        {
+            assert!(user.is_some_and(|u| u.contains("mounted on")));
+        }
+        assert_eq!(block_device_user(libc::makedev(4095, 4095)), None);
+    }
 }
 
 fn sysfs_rotational(meta: &std::fs::Metadata) -> Option<bool> {
