@@ -105,7 +105,7 @@ pub(crate) struct ServeArgs {
     /// Adaptive polling: microseconds to spin before sleeping [default: 50].
     #[arg(long)]
     pub(crate) poll_spin_us: Option<u64>,
-    /// I/O buffers per reactor [default: 256].
+    /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 64 to 256].
     #[arg(long)]
     pub(crate) buffers: Option<usize>,
     /// Size of each I/O buffer [default: 1M].
@@ -553,7 +553,9 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
             "--buffer-size {buffer_size}: must be between 64K and 16M"
         )));
     }
-    let buffers = args.buffers.unwrap_or(256);
+    let buffers = args
+        .buffers
+        .unwrap_or_else(|| bootlun_engine::bufpool::default_buffers(cores.len(), buffer_size));
     if !(8..=16384).contains(&buffers) {
         return Err(Usage(format!(
             "--buffers {buffers}: must be between 8 and 16384"

@@ -26,6 +26,45 @@ impl PoolBuf {
     }
 }
 
+/// Share of the machine's RAM the default pools may pin, all reactors
+/// together (1/128: 192 MiB on a 24 GiB box, 2 GiB on a 256 GiB server).
+pub const DEFAULT_RAM_SHARE: u64 = 128;
+/// Per-reactor floor and ceiling of the default buffer count. The floor
+/// keeps a depth-32 initiator with 1 MiB commands and some slack fed on a
+/// small machine; the ceiling is the old fixed default.
+pub const DEFAULT_MIN_BUFFERS: usize = 64;
+pub const DEFAULT_MAX_BUFFERS: usize = 256;
+
+/// The default number of buffers per reactor: a share of physical RAM
+/// ([`DEFAULT_RAM_SHARE`]) split between the reactors, clamped to
+/// [`DEFAULT_MIN_BUFFERS`]..=[`DEFAULT_MAX_BUFFERS`]. Pinned memory is
+/// taken from the machine we are booting, so it must scale with it rather
+/// than with the core count alone (256 x 1 MiB per reactor was 16 GiB on a
+/// 64-core server).
+pub fn default_buffers(reactors: usize, buf_size: usize) -> usize {
+    default_buffers_for(physical_ram(), reactors, buf_size)
+}
+
+fn default_buffers_for(ram: u64, reactors: usize, buf_size: usize) -> usize {
+    let per_reactor = ram / DEFAULT_RAM_SHARE / reactors.max(1) as u64 / buf_size.max(1) as u64;
+    (per_reactor.min(usize::MAX as u64) as usize).clamp(DEFAULT_MIN_BUFFERS, DEFAULT_MAX_BUFFERS)
+}
+
+/// Physical RAM in bytes (0 if the system will not say: the floor applies).
+fn physical_ram() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || size <= 0 {
+        return 0;
+    }
+    (pages as u64).saturating_mul(size as u64)
+}
+
 pub struct BufPool {
     base: NonNull<u8>,
     buf_size: usize,
@@ -164,6 +203,29 @@ impl Drop for BufPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_pool_scales_with_ram_and_reactors() {
+        const G: u64 = 1 << 30;
+        // 24 GiB, 2 reactors, 1 MiB buffers: 96 each (192 MiB pinned).
+        assert_eq!(default_buffers_for(24 * G, 2, 1 << 20), 96);
+        // 256 GiB, 64 reactors: the floor, 4 GiB in all instead of 16.
+        assert_eq!(
+            default_buffers_for(256 * G, 64, 1 << 20),
+            DEFAULT_MIN_BUFFERS
+        );
+        // A big box with few reactors stops at the old default.
+        assert_eq!(
+            default_buffers_for(1024 * G, 2, 1 << 20),
+            DEFAULT_MAX_BUFFERS
+        );
+        // Unknown RAM or a tiny machine: the floor.
+        assert_eq!(default_buffers_for(0, 1, 1 << 20), DEFAULT_MIN_BUFFERS);
+        // Nonsense inputs do not divide by zero.
+        assert_eq!(default_buffers_for(G, 0, 0), DEFAULT_MAX_BUFFERS);
+        let n = default_buffers(2, 1 << 20);
+        assert!((DEFAULT_MIN_BUFFERS..=DEFAULT_MAX_BUFFERS).contains(&n));
+    }
 
     #[test]
     fn alloc_release_and_alignment() {

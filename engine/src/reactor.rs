@@ -510,6 +510,97 @@ fn set_keepalive(s: &TcpStream) {
     }
 }
 
+/// Adaptive polling, learned per reactor.
+///
+/// Spinning on the completion queue saves the sleep/wake round trip only
+/// when a completion arrives while we spin; otherwise it burns a core that,
+/// on a small machine, the initiator or the other reactors needed. So the
+/// spinner spins only within a *window* after the last completion, and
+/// learns the window: a spin that finds a completion doubles it, a spin
+/// that runs out empty halves it, and a sleep that was woken sooner than
+/// the window's ceiling (a spin would have caught it) grows it back. On
+/// top of that, spinning is paid for from a *credit*: every turn that
+/// handled completions earns a tenth of the time it took, every empty spin
+/// spends its time, so spinning never costs more than about 10 % of the
+/// reactor's useful CPU time, whatever the workload does.
+struct Spinner {
+    /// Upper bound of the window (`--poll-spin-us`).
+    max_ns: u64,
+    /// Current learned window.
+    window_ns: u64,
+    last_found: Instant,
+    /// Set while consecutive spin polls find nothing.
+    empty_streak: bool,
+    credit_ns: i64,
+}
+
+/// Credit is capped, so a long busy stretch cannot buy a long idle spin.
+const SPIN_CREDIT_CAP_NS: i64 = 200_000;
+/// Below this a window is not worth a spin.
+const SPIN_MIN_NS: u64 = 1_000;
+
+impl Spinner {
+    fn new(max: Duration, now: Instant) -> Spinner {
+        let max_ns = max.as_nanos().min(u64::MAX as u128) as u64;
+        Spinner {
+            max_ns,
+            window_ns: max_ns / 4,
+            last_found: now,
+            empty_streak: false,
+            credit_ns: 0,
+        }
+    }
+
+    /// Whether to poll without sleeping now.
+    fn should_spin(&mut self, now: Instant) -> bool {
+        if self.window_ns < SPIN_MIN_NS || self.credit_ns <= 0 {
+            return false;
+        }
+        let since = now.saturating_duration_since(self.last_found).as_nanos() as u64;
+        if since < self.window_ns {
+            return true;
+        }
+        if self.empty_streak {
+            // The window ran out with nothing found: it was too long.
+            self.window_ns /= 2;
+            self.empty_streak = false;
+        }
+        false
+    }
+
+    /// After one non-blocking poll that took `cost` (the turn's CPU time).
+    fn spun(&mut self, found: bool, now: Instant, cost: Duration) {
+        let cost = cost.as_nanos().min(i64::MAX as u128) as i64;
+        if found {
+            if self.empty_streak {
+                // Spinning paid: a completion came while we waited on it.
+                self.window_ns = (self.window_ns * 2).clamp(SPIN_MIN_NS, self.max_ns);
+                self.empty_streak = false;
+            }
+            self.last_found = now;
+        } else {
+            self.empty_streak = true;
+            self.credit_ns -= cost;
+        }
+    }
+
+    /// A turn that handled completions took `work`: earn a tenth of it.
+    fn earned(&mut self, work: Duration, now: Instant) {
+        let w = work.as_nanos().min(i64::MAX as u128) as i64;
+        self.credit_ns = (self.credit_ns + w / 10).min(SPIN_CREDIT_CAP_NS);
+        self.last_found = now;
+    }
+
+    /// We slept `slept` in the kernel before a completion came.
+    fn slept(&mut self, slept: Duration) {
+        let s = slept.as_nanos() as u64;
+        if s < self.max_ns {
+            // A spin this long would have caught it.
+            self.window_ns = self.window_ns.max(s.next_power_of_two().min(self.max_ns));
+        }
+    }
+}
+
 struct Slot<C> {
     conn: Option<Box<C>>,
     inflight: u32,
@@ -608,7 +699,8 @@ impl Reactor {
         let mut slots: Vec<Slot<S::Conn>> = Vec::new();
         let mut free_slots: Vec<u32> = Vec::new();
         let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(1024);
-        let mut last_active = Instant::now();
+        let mut spinner = Spinner::new(self.spin, Instant::now());
+        let adaptive = self.poll == PollMode::Adaptive;
         let mut stopping = false;
         let stats = self.stats.clone();
         let rstats = &stats.reactors[self.id];
@@ -672,14 +764,19 @@ impl Reactor {
                     c.shutdown(&mut io);
                 }
             }
-            // Submit, and wait according to the poll mode.
-            let block = match self.poll {
-                PollMode::Busy => false,
-                PollMode::Interrupt => true,
-                PollMode::Adaptive => last_active.elapsed() > self.spin,
-            };
+            // Submit, and wait according to the poll mode. A reactor with
+            // no connection has nothing to spin for, whatever the mode.
+            let live = slots.len() - free_slots.len();
+            let now = if adaptive { Some(Instant::now()) } else { None };
+            let spin = live > 0
+                && match (self.poll, now) {
+                    (PollMode::Busy, _) => true,
+                    (PollMode::Adaptive, Some(now)) => spinner.should_spin(now),
+                    _ => false,
+                };
             rstats.loops.fetch_add(1, Ordering::Relaxed);
-            let r = if block && self.parts.ring.completion().is_empty() {
+            let sleep = !spin && self.parts.ring.completion().is_empty();
+            let r = if sleep {
                 rstats.sleeps.fetch_add(1, Ordering::Relaxed);
                 self.parts.ring.submit_and_wait(1)
             } else {
@@ -690,12 +787,28 @@ impl Reactor {
                     tracing::error!("reactor {}: io_uring_enter failed: {e}", self.id);
                 }
             }
+            let woke = now.map(|t| {
+                let w = Instant::now();
+                if sleep {
+                    spinner.slept(w.saturating_duration_since(t));
+                    rstats
+                        .spin_window_ns
+                        .store(spinner.window_ns, Ordering::Relaxed);
+                }
+                w
+            });
             cqes.clear();
             for cqe in self.parts.ring.completion() {
                 cqes.push((cqe.user_data(), cqe.result()));
             }
-            if !cqes.is_empty() {
-                last_active = Instant::now();
+            let found = !cqes.is_empty();
+            if spin {
+                let c = if found {
+                    &rstats.busy_polls
+                } else {
+                    &rstats.idle_polls
+                };
+                c.fetch_add(1, Ordering::Relaxed);
             }
             for &(ud, res) in &cqes {
                 if ud == WAKE {
@@ -770,6 +883,16 @@ impl Reactor {
                         free_slots.push(i as u32);
                         rstats.connections_open.fetch_sub(1, Ordering::Relaxed);
                     }
+                }
+            }
+            // Teach the spinner what this turn was worth.
+            if let (Some(now), Some(woke)) = (now, woke) {
+                let end = Instant::now();
+                if spin {
+                    spinner.spun(found, end, end.saturating_duration_since(now));
+                }
+                if found {
+                    spinner.earned(end.saturating_duration_since(woke), end);
                 }
             }
         }

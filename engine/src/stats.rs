@@ -18,6 +18,12 @@ pub struct ReactorStats {
     pub buffer_waits: AtomicU64,
     pub loops: AtomicU64,
     pub sleeps: AtomicU64,
+    /// Non-blocking polls (busy or adaptive spinning) that found completions.
+    pub busy_polls: AtomicU64,
+    /// Non-blocking polls that found nothing: the CPU spinning cost.
+    pub idle_polls: AtomicU64,
+    /// Adaptive mode: the spin window the reactor has learned, in ns.
+    pub spin_window_ns: AtomicU64,
 }
 
 impl ReactorStats {
@@ -51,7 +57,7 @@ impl Stats {
         let mut s = String::new();
         for (i, r) in self.reactors.iter().enumerate() {
             s.push_str(&format!(
-                "reactor {i} (core {}): conns {} open / {} total, reads {} ({} B), writes {} ({} B), buffer waits {}\n",
+                "reactor {i} (core {}): conns {} open / {} total, reads {} ({} B), writes {} ({} B), buffer waits {}, polls {} busy / {} idle, sleeps {}, spin window {} us\n",
                 r.core.load(Relaxed),
                 r.connections_open.load(Relaxed),
                 r.connections_total.load(Relaxed),
@@ -60,6 +66,10 @@ impl Stats {
                 r.write_ops.load(Relaxed),
                 r.write_bytes.load(Relaxed),
                 r.buffer_waits.load(Relaxed),
+                r.busy_polls.load(Relaxed),
+                r.idle_polls.load(Relaxed),
+                r.sleeps.load(Relaxed),
+                r.spin_window_ns.load(Relaxed) / 1000,
             ));
         }
         s
