@@ -4,7 +4,7 @@
 use bootlun_engine::{
     open_backend, parse_core_list, parse_size, Engine, EngineConfig, LunSpec, PollMode,
 };
-use bootlun_frontends::iscsi::negotiate::Limits;
+use bootlun_frontends::iscsi::negotiate::{Acl, ChapSecret, Limits};
 use bootlun_frontends::iscsi::{IscsiService, Lun, TargetShared};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
@@ -105,7 +105,7 @@ pub(crate) struct ServeArgs {
     /// Adaptive polling: microseconds to spin before sleeping [default: 50].
     #[arg(long)]
     pub(crate) poll_spin_us: Option<u64>,
-    /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 64 to 256].
+    /// I/O buffers per reactor [default: 256].
     #[arg(long)]
     pub(crate) buffers: Option<usize>,
     /// Size of each I/O buffer [default: 1M].
@@ -136,6 +136,36 @@ pub(crate) struct ServeArgs {
     /// --boot-path, e.g. bootlun.toml) read before the built-in config.
     #[arg(long, value_name = "FILE")]
     pub(crate) boot_config: Option<String>,
+    /// CHAP user name and secret (at least 12 bytes) initiators must log
+    /// in with. On the command line the secret is visible in ps: prefer --secrets.
+    #[arg(long, value_name = "USER:SECRET")]
+    pub(crate) chap: Option<String>,
+    /// The target's own CHAP user name and secret, for initiators that
+    /// authenticate the target too (mutual CHAP; needs --chap, a different secret).
+    #[arg(long, value_name = "USER:SECRET")]
+    pub(crate) mutual_chap: Option<String>,
+    /// CHAP user name and secret for discovery (SendTargets) sessions
+    /// [default: those of --chap].
+    #[arg(long, value_name = "USER:SECRET")]
+    pub(crate) discovery_chap: Option<String>,
+    /// TOML file with the keys chap, mutual-chap and discovery-chap; must be
+    /// mode 0600. Flags and config keys win over it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) secrets: Option<PathBuf>,
+    /// Initiator IQN allowed to log in; repeat for more [default: any]. The
+    /// first is also the initiator name the boot menu hands out.
+    #[arg(long = "allow-initiator", value_name = "IQN")]
+    #[serde(default)]
+    pub(crate) allow_initiator: Vec<String>,
+    /// Source address or prefix allowed to log in, e.g. 192.168.200.0/24;
+    /// repeat for more [default: any].
+    #[arg(long = "allow-address", value_name = "CIDR")]
+    #[serde(default)]
+    pub(crate) allow_address: Vec<String>,
+    /// Export block devices even when mounted, used as swap or held by
+    /// device-mapper/md (both sides writing corrupts the file system).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) force: Option<bool>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) pxe: bootlun_pxe::PxeArgs,
@@ -160,8 +190,19 @@ impl ServeArgs {
             net_interface,
             net_address,
             disk_timeout,
-            boot_config
+            boot_config,
+            chap,
+            mutual_chap,
+            discovery_chap,
+            secrets,
+            force
         );
+        if self.allow_initiator.is_empty() {
+            self.allow_initiator = file.allow_initiator;
+        }
+        if self.allow_address.is_empty() {
+            self.allow_address = file.allow_address;
+        }
         if self.lun.is_empty() {
             self.lun = file.lun;
         }
@@ -298,6 +339,7 @@ fn serve(mut args: ServeArgs) -> ExitCode {
         return usage_error(&e);
     }
     let reload = init_logging(args.log.as_deref());
+    warn_command_line_secrets(&cli_only);
     // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
     // right after the "listening on" line still flushes and exits 0.
     let signals = match signal_hook::iterator::Signals::new([
@@ -486,6 +528,7 @@ pub(crate) struct Checked {
     queue_depth: u32,
     login_timeout: u64,
     luns: Vec<LunSpec>,
+    security: Security,
 }
 
 pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
@@ -553,9 +596,7 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
             "--buffer-size {buffer_size}: must be between 64K and 16M"
         )));
     }
-    let buffers = args
-        .buffers
-        .unwrap_or_else(|| bootlun_engine::bufpool::default_buffers(cores.len(), buffer_size));
+    let buffers = args.buffers.unwrap_or(256);
     if !(8..=16384).contains(&buffers) {
         return Err(Usage(format!(
             "--buffers {buffers}: must be between 8 and 16384"
@@ -584,6 +625,7 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
         queue_depth,
         login_timeout,
         luns,
+        security: check_security(args)?,
     })
 }
 
@@ -600,6 +642,7 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         queue_depth,
         login_timeout,
         luns: specs,
+        security,
     } = check(&args)?;
     let net = configure_net(&args)?;
     let listen: SocketAddr = match (listen, &args.pxe.pxe_interface) {
@@ -624,6 +667,7 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
                 Err(e) => return Err(Usage(format!("--lun {text}: {e}"))),
             }
         }
+        spec.force = args.force.unwrap_or(false);
         let backend = open_backend(&spec, i).map_err(Usage)?;
         tracing::info!(
             "LUN {i}: {} ({} bytes, {}-byte blocks{}{})",
@@ -653,8 +697,13 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         max_recv_data_segment_length: (256 * 1024).min(buffer_size as u32),
         max_burst_length: (16 << 20).min(buffer_size as u32 * 16),
         first_burst_length: (256 * 1024).min(buffer_size as u32),
+        chap: security.chap.clone(),
+        mutual_chap: security.mutual_chap.clone(),
+        discovery_chap: security.discovery_chap.clone(),
+        acl: Arc::new(security.acl.clone()),
         ..Limits::default()
     };
+    security.log_summary();
     let mut shared = TargetShared::new(target_name.clone(), luns, limits, queue_depth);
     shared.login_timeout_secs = login_timeout;
     let shared = Arc::new(shared);
@@ -693,8 +742,10 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         target_name: target_name.clone(),
         port: bound.port(),
         luns: shared.lun_numbers.clone(),
-        initiator_name: None,
-        chap: None,
+        // A restricted target hands out a name it accepts.
+        initiator_name: args.allow_initiator.first().cloned(),
+        chap: security.chap.as_ref().map(ChapSecret::pair),
+        mutual_chap: security.mutual_chap.as_ref().map(ChapSecret::pair),
     };
     if args.pxe.pxe_interface.is_some() {
         keep_sidecars_off(&cores, available);
@@ -851,5 +902,207 @@ fn reload_config(cli_only: &ServeArgs, started: &ServeArgs, reload: Option<&LogR
             path.display(),
             changed.join(", ")
         );
+    }
+}
+
+/// CHAP credentials and the ACL, from flags, config keys and `--secrets`.
+#[derive(Default)]
+pub(crate) struct Security {
+    chap: Option<ChapSecret>,
+    mutual_chap: Option<ChapSecret>,
+    discovery_chap: Option<ChapSecret>,
+    acl: Acl,
+}
+
+impl Security {
+    /// One line on what protects the target; never a secret.
+    fn log_summary(&self) {
+        let names = |c: &Option<ChapSecret>| c.as_ref().map(|c| c.user.clone());
+        match (&self.chap, &self.discovery_chap) {
+            (None, None) => {
+                tracing::warn!("no CHAP: anyone who can reach the portal can log in (see --chap)")
+            }
+            _ => tracing::info!(
+                "CHAP: user {:?}, mutual {:?}, discovery {:?}",
+                names(&self.chap),
+                names(&self.mutual_chap),
+                names(&self.discovery_chap).or(names(&self.chap)),
+            ),
+        }
+        if !self.acl.initiators.is_empty() || !self.acl.addresses.is_empty() {
+            tracing::info!(
+                "allowed initiators: {}; allowed addresses: {}",
+                list_or_any(&self.acl.initiators),
+                list_or_any(&self.acl.addresses),
+            );
+        }
+    }
+}
+
+fn list_or_any<T: std::fmt::Display>(v: &[T]) -> String {
+    if v.is_empty() {
+        return "any".into();
+    }
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a `--secrets` file may hold.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SecretsFile {
+    chap: Option<String>,
+    mutual_chap: Option<String>,
+    discovery_chap: Option<String>,
+}
+
+/// RFC 7143 section 12.1.3 wants at least 96 bits of secret.
+const MIN_CHAP_SECRET: usize = 12;
+const MAX_CHAP_FIELD: usize = 255;
+
+/// `USER:SECRET` of `what` (a flag, or a key of the secrets file). The
+/// error never contains the secret.
+fn parse_chap(what: &str, value: &str) -> Result<ChapSecret, String> {
+    let Some((user, secret)) = value.split_once(':') else {
+        return Err(format!("{what}: expected USER:SECRET"));
+    };
+    // Both pass through the iPXE script and the kernel command line.
+    let bad = |c: char| c.is_whitespace() || c.is_control();
+    if user.is_empty() || user.len() > MAX_CHAP_FIELD || user.chars().any(bad) {
+        return Err(format!(
+            "{what}: the user name must be 1 to {MAX_CHAP_FIELD} characters without spaces"
+        ));
+    }
+    if secret.len() < MIN_CHAP_SECRET {
+        return Err(format!(
+            "{what}: the secret of {user} is shorter than {MIN_CHAP_SECRET} bytes; use a longer one"
+        ));
+    }
+    if secret.len() > MAX_CHAP_FIELD || secret.chars().any(bad) || secret.contains("${") {
+        return Err(format!(
+            "{what}: the secret of {user} must be at most {MAX_CHAP_FIELD} bytes without spaces, control characters or ${{"
+        ));
+    }
+    Ok(ChapSecret {
+        user: user.to_string(),
+        secret: secret.as_bytes().to_vec(),
+    })
+}
+
+/// Read `--secrets FILE`, refusing one other users can read.
+fn read_secrets(path: &std::path::Path) -> Result<SecretsFile, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("--secrets {p}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("--secrets {p}: not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "--secrets {p}: mode {mode:04o} lets other users read it; run chmod 600 {p}"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--secrets {p}: {e}"))?;
+    // Only the message: the full error would quote the line, secret and all.
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().replace('\n', " ");
+        match line {
+            Some(l) => format!("--secrets {p}: line {l}: {msg}"),
+            None => format!("--secrets {p}: {msg}"),
+        }
+    })
+}
+
+/// Every CHAP and ACL value, checked (also by `config check`).
+pub(crate) fn check_security(args: &ServeArgs) -> Result<Security, Failure> {
+    use Failure::Usage;
+    let file = match &args.secrets {
+        Some(path) => Some((
+            path.display().to_string(),
+            read_secrets(path).map_err(Usage)?,
+        )),
+        None => None,
+    };
+    // The flag or config key if given, else the secrets file's key.
+    let pick =
+        |flag: &str, given: &Option<String>, from_file: fn(&SecretsFile) -> &Option<String>| {
+            if let Some(v) = given {
+                return parse_chap(&format!("--{flag}"), v).map(Some);
+            }
+            match &file {
+                Some((p, f)) => from_file(f)
+                    .as_ref()
+                    .map(|v| parse_chap(&format!("--secrets {p}: {flag}"), v))
+                    .transpose(),
+                None => Ok(None),
+            }
+        };
+    let chap = pick("chap", &args.chap, |f| &f.chap).map_err(Usage)?;
+    let mutual_chap = pick("mutual-chap", &args.mutual_chap, |f| &f.mutual_chap).map_err(Usage)?;
+    let discovery_chap = pick("discovery-chap", &args.discovery_chap, |f| {
+        &f.discovery_chap
+    })
+    .map_err(Usage)?;
+    if let Some(m) = &mutual_chap {
+        if chap.is_none() && discovery_chap.is_none() {
+            return Err(Usage(
+                "--mutual-chap needs --chap: the target answers the initiator's challenge only after the initiator logged in with CHAP".into(),
+            ));
+        }
+        // One secret in both directions lets an attacker reflect the
+        // target's challenge back at it.
+        let same = |c: &Option<ChapSecret>| c.as_ref().is_some_and(|c| c.secret == m.secret);
+        if same(&chap) || same(&discovery_chap) {
+            return Err(Usage(
+                "--mutual-chap: the secret must differ from the --chap and --discovery-chap secrets".into(),
+            ));
+        }
+    }
+    let mut acl = Acl::default();
+    for n in &args.allow_initiator {
+        let ok = (n.starts_with("iqn.") || n.starts_with("eui.") || n.starts_with("naa."))
+            && n.len() <= 223
+            && !n.contains(char::is_whitespace);
+        if !ok {
+            return Err(Usage(format!(
+                "--allow-initiator {n}: not an iSCSI name (use iqn.YYYY-MM.reversed.domain:name)"
+            )));
+        }
+        acl.initiators.push(n.clone());
+    }
+    for a in &args.allow_address {
+        let net = bootlun_frontends::iscsi::negotiate::parse_prefix(a).ok_or_else(|| {
+            Usage(format!(
+                "--allow-address {a}: expected ADDRESS or ADDRESS/PREFIX, for example 192.168.200.0/24"
+            ))
+        })?;
+        acl.addresses.push(net);
+    }
+    Ok(Security {
+        chap,
+        mutual_chap,
+        discovery_chap,
+        acl,
+    })
+}
+
+/// A secret given as a flag is in /proc/PID/cmdline for every user to read.
+pub(crate) fn warn_command_line_secrets(cli: &ServeArgs) {
+    for (flag, given) in [
+        ("--chap", cli.chap.is_some()),
+        ("--mutual-chap", cli.mutual_chap.is_some()),
+        ("--discovery-chap", cli.discovery_chap.is_some()),
+    ] {
+        if given {
+            tracing::warn!(
+                "{flag}: a secret on the command line is visible to every user (ps); put it in a --secrets file (mode 0600) instead"
+            );
+        }
     }
 }

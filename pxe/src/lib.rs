@@ -40,6 +40,8 @@ pub struct IscsiExport {
     pub initiator_name: Option<String>,
     /// CHAP user name and secret the target requires, if any.
     pub chap: Option<(String, String)>,
+    /// The target's user name and secret for mutual CHAP, if any.
+    pub mutual_chap: Option<(String, String)>,
 }
 
 /// How the booted system finds its root disk.
@@ -367,10 +369,11 @@ fn menu_config(
             .initiator_name
             .clone()
             .unwrap_or_else(|| DEFAULT_INITIATOR.to_string()),
-        chap: export
-            .chap
-            .clone()
-            .map(|(user, secret)| Chap { user, secret }),
+        chap: export.chap.clone().map(|(user, secret)| Chap {
+            user,
+            secret,
+            reverse: export.mutual_chap.clone(),
+        }),
         chap_on_cmdline,
         method,
         timeout,
@@ -667,6 +670,7 @@ pub fn bootentries_render(args: &BootentriesArgs) -> Result<String, String> {
         luns: vec![0],
         initiator_name: Some(args.initiator_name.clone()),
         chap: None,
+        mutual_chap: None,
     };
     let cfg = menu_config(
         args.server.clone(),

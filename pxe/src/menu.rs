@@ -12,6 +12,10 @@ pub struct Chap {
     pub user: String,
     /// CHAP secret.
     pub secret: String,
+    /// The target's own user name and secret, for mutual CHAP (the
+    /// initiator checks the target): iPXE's `reverse-username` and
+    /// `reverse-password`, dracut's `rd.iscsi.in.username`/`.password`.
+    pub reverse: Option<(String, String)>,
 }
 
 /// Everything menu generation needs besides the entries.
@@ -118,6 +122,17 @@ impl MenuConfig {
                 &mut args,
                 &format!("netroot={}", self.netroot(self.chap_on_cmdline)),
             );
+            if let Some((ru, rp)) = self
+                .chap
+                .as_ref()
+                .filter(|_| self.chap_on_cmdline)
+                .and_then(|c| c.reverse.as_ref())
+            {
+                push(
+                    &mut args,
+                    &format!("rd.iscsi.in.username={ru} rd.iscsi.in.password={rp}"),
+                );
+            }
             push(
                 &mut args,
                 &format!("rd.iscsi.initiator={}", self.initiator_name),
@@ -252,8 +267,17 @@ fn san_setup(cfg: &MenuConfig, s: &mut String) {
         Some(c) => {
             let _ = writeln!(s, "set username {}", c.user);
             let _ = writeln!(s, "set password {}", c.secret);
+            match &c.reverse {
+                Some((ru, rp)) => {
+                    let _ = writeln!(s, "set reverse-username {ru}");
+                    let _ = writeln!(s, "set reverse-password {rp}");
+                }
+                None => s.push_str("clear reverse-username\nclear reverse-password\n"),
+            }
         }
-        None => s.push_str("clear username\nclear password\n"),
+        None => s.push_str(
+            "clear username\nclear password\nclear reverse-username\nclear reverse-password\n",
+        ),
     }
 }
 
@@ -398,6 +422,7 @@ mod tests {
         c2.chap = Some(Chap {
             user: "u".into(),
             secret: "s".into(),
+            reverse: None,
         });
         assert_eq!(
             c2.netroot(true),
@@ -434,6 +459,7 @@ mod tests {
         c.chap = Some(Chap {
             user: "u".into(),
             secret: "sekrit".into(),
+            reverse: Some(("tgt".into(), "tgtsekrit".into())),
         });
         let e = BootEntry {
             id: "x".into(),
@@ -452,5 +478,44 @@ mod tests {
         assert!(m.contains("sanhook --drive 0x80 iscsi:192.168.200.1:::0:iqn"));
         assert!(m.contains("sanhook --drive 0x81 iscsi:192.168.200.1:::1:iqn"));
         assert!(m.contains("set password sekrit"));
+        assert!(m.contains("set reverse-username tgt\nset reverse-password tgtsekrit\n"));
+        assert!(!kline.contains("tgtsekrit"));
+    }
+
+    #[test]
+    fn cmdline_chap_puts_mutual_credentials_on_netroot_command_lines() {
+        let mut c = cfg(BootMethod::Netroot);
+        c.chap = Some(Chap {
+            user: "u".into(),
+            secret: "sekrit-sekrit".into(),
+            reverse: Some(("tgt".into(), "tgt-sekrit-1".into())),
+        });
+        let e = BootEntry {
+            id: "x".into(),
+            title: "X".into(),
+            version: None,
+            linux: "vmlinuz-x".into(),
+            initrd: vec![],
+            options: "ro".into(),
+            machine_id: None,
+        };
+        // Without --cmdline-chap the secrets stay in iPXE only.
+        let line = c.cmdline(&e, true);
+        assert!(!line.contains("sekrit"), "{line}");
+        c.chap_on_cmdline = true;
+        let line = c.cmdline(&e, true);
+        assert!(
+            line.contains("netroot=iscsi:u:sekrit-sekrit@192.168.200.1:"),
+            "{line}"
+        );
+        assert!(
+            line.contains("rd.iscsi.in.username=tgt rd.iscsi.in.password=tgt-sekrit-1"),
+            "{line}"
+        );
+        // With no CHAP at all, nothing is left over from a menu login.
+        c.chap = None;
+        c.method = BootMethod::Sanboot;
+        let m = ipxe_menu(&c, std::slice::from_ref(&e));
+        assert!(m.contains("clear reverse-username\nclear reverse-password\n"));
     }
 }

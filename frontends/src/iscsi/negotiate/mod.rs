@@ -87,6 +87,15 @@ pub struct Acl {
     pub addresses: Vec<ipnet::IpNet>,
 }
 
+/// `ADDRESS/PREFIX`, or a bare address meaning that one host.
+pub fn parse_prefix(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+}
+
 impl Acl {
     pub fn allows_initiator(&self, name: &str) -> bool {
         self.initiators.is_empty() || self.initiators.iter().any(|n| n.eq_ignore_ascii_case(name))
@@ -121,6 +130,16 @@ impl Default for Limits {
 pub struct ChapSecret {
     pub user: String,
     pub secret: Vec<u8>,
+}
+
+impl ChapSecret {
+    /// (user, secret) as text, for the boot menu. The secret came from text.
+    pub fn pair(&self) -> (String, String) {
+        (
+            self.user.clone(),
+            String::from_utf8_lossy(&self.secret).into_owned(),
+        )
+    }
 }
 
 /// Keeps the secret out of logs.
