@@ -169,6 +169,9 @@ pub struct Task {
     /// A Data-Out broke the sequence (offset, TTT or DataSN): the task
     /// ends with CHECK CONDITION once the burst's last PDU is in.
     pub data_failed: bool,
+    /// The LU's task epoch when the task started: a reset or CLEAR TASK
+    /// SET from any session moves the LU's epoch on and aborts the task.
+    pub epoch: u64,
     /// The CDB of a `Param` task, for the SCSI layer's second call.
     pub cdb: [u8; 16],
     /// The steps left of a `Job` task.
@@ -220,6 +223,7 @@ impl Task {
             finished: false,
             aborted: false,
             data_failed: false,
+            epoch: 0,
             cdb: [0; 16],
             job: None,
         }

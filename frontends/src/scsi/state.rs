@@ -6,14 +6,50 @@
 //! while nothing is reserved that is one relaxed atomic load, so reactors
 //! never contend on the lock for ordinary I/O.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bootlun_engine::BlockBackend;
 
 use super::pr::Pr;
+use super::sense::{Sense, SenseKey};
+
+/// Unit attention conditions this crate raises (SPC-4 table of ASC/ASCQ).
+pub mod ua {
+    use super::{Sense, SenseKey};
+
+    const fn ua(asc: u8, ascq: u8) -> Sense {
+        Sense::new(SenseKey::UnitAttention, asc, ascq)
+    }
+    /// POWER ON OCCURRED: a target cold reset.
+    pub const POWER_ON: Sense = ua(0x29, 0x01);
+    /// BUS DEVICE RESET FUNCTION OCCURRED: LOGICAL UNIT RESET or a
+    /// target warm reset.
+    pub const RESET: Sense = ua(0x29, 0x03);
+    /// MODE PARAMETERS CHANGED (by another I_T nexus).
+    pub const MODE_PARAMETERS_CHANGED: Sense = ua(0x2a, 0x01);
+    /// RESERVATIONS PREEMPTED.
+    pub const RESERVATIONS_PREEMPTED: Sense = ua(0x2a, 0x03);
+    /// RESERVATIONS RELEASED.
+    pub const RESERVATIONS_RELEASED: Sense = ua(0x2a, 0x04);
+    /// REGISTRATIONS PREEMPTED.
+    pub const REGISTRATIONS_PREEMPTED: Sense = ua(0x2a, 0x05);
+    /// COMMANDS CLEARED BY ANOTHER INITIATOR: CLEAR TASK SET from
+    /// another I_T nexus.
+    pub const COMMANDS_CLEARED: Sense = ua(0x2f, 0x00);
+}
+
+/// Unit attentions kept per I_T nexus; beyond this the oldest go (a
+/// nexus that never sends a command must not grow the table).
+pub const UA_QUEUE_MAX: usize = 8;
+
+/// Operation codes that neither report nor clear a unit attention (SPC-4
+/// 5.14: INQUIRY, REPORT LUNS, REQUEST SENSE).
+fn ua_exempt(opcode: u8) -> bool {
+    matches!(opcode, 0x12 | 0xa0 | 0x03)
+}
 
 /// One I_T nexus as the SCSI layer sees it: an initiator port and a target
 /// port. The transport builds it once per session; nothing here knows how
@@ -73,6 +109,14 @@ pub struct LuState {
     /// Where PERSISTENT RESERVE OUT with APTPL keeps its state; `None`:
     /// APTPL is not supported (memory and block device backends).
     aptpl_path: Option<PathBuf>,
+    /// Some unit attention is queued (fast path for every command).
+    ua_pending: AtomicBool,
+    /// Pending unit attentions by initiator port, for every I_T nexus
+    /// that has sent a command and is still there.
+    uas: Mutex<HashMap<String, VecDeque<Sense>>>,
+    /// Bumped by every reset and CLEAR TASK SET: a task started under an
+    /// older value has been aborted, whichever connection carries it.
+    epoch: AtomicU64,
 }
 
 impl LuState {
@@ -102,6 +146,9 @@ impl LuState {
             inner: Mutex::new(inner),
             rmw: Mutex::new(()),
             aptpl_path,
+            ua_pending: AtomicBool::new(false),
+            uas: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -160,10 +207,69 @@ impl LuState {
         self.reserved.load(Ordering::Relaxed)
     }
 
+    fn uas(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Sense>>> {
+        self.uas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An I_T nexus sent its first command: from now on it receives the
+    /// unit attentions raised for every nexus.
+    pub fn nexus_seen(&self, nexus: &Nexus) {
+        self.uas().entry(nexus.initiator_port.clone()).or_default();
+    }
+
+    /// Queue `sense` for every known I_T nexus but `except` (initiator
+    /// port). A condition already queued for a nexus is not queued twice.
+    pub fn raise_ua(&self, sense: Sense, except: Option<&Nexus>) {
+        let mut g = self.uas();
+        let mut any = false;
+        for (port, q) in g.iter_mut() {
+            if except.is_some_and(|n| &n.initiator_port == port) {
+                continue;
+            }
+            if !q.contains(&sense) {
+                if q.len() >= UA_QUEUE_MAX {
+                    q.pop_front();
+                }
+                q.push_back(sense);
+            }
+            any |= !q.is_empty();
+        }
+        if any {
+            self.ua_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// The unit attention a command with operation code `opcode` from
+    /// `nexus` must end with instead of running, if any; it is taken off
+    /// the nexus's queue (SPC-4 5.14).
+    pub fn take_ua(&self, nexus: &Nexus, opcode: u8) -> Option<Sense> {
+        if !self.ua_pending.load(Ordering::Acquire) || ua_exempt(opcode) {
+            return None;
+        }
+        let mut g = self.uas();
+        let s = g.get_mut(&nexus.initiator_port)?.pop_front();
+        if g.values().all(|q| q.is_empty()) {
+            self.ua_pending.store(false, Ordering::Release);
+        }
+        s
+    }
+
+    /// The current task epoch (see [`LuState::abort_all`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Every task of the LU, on every I_T nexus, is aborted: tasks that
+    /// started before this call see a newer epoch and end without status.
+    pub fn abort_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The I_T nexus is gone (logout, connection loss): its SPC-2
     /// reservation is released. Persistent reservations survive, as SPC-4
     /// requires.
     pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.uas().remove(&nexus.initiator_port);
         self.drop_copies(nexus);
         if !self.any_reservation() {
             return;
@@ -182,15 +288,24 @@ impl LuState {
             .retain(|c| c.initiator_port != nexus.initiator_port);
     }
 
-    /// LOGICAL UNIT RESET or a target reset: SPC-2 reservations are
-    /// released; persistent reservations and registrations are kept; the
-    /// software write protect bit returns to its default.
-    pub fn reset(&self) {
+    /// LOGICAL UNIT RESET or a target reset: every task is aborted, SPC-2
+    /// reservations are released; persistent reservations and
+    /// registrations are kept; the software write protect bit returns to
+    /// its default. Every I_T nexus, the one that asked included, gets
+    /// the unit attention `why` ([`ua::RESET`] or [`ua::POWER_ON`]).
+    pub fn reset_with(&self, why: Sense) {
+        self.abort_all();
         let mut g = self.lock();
         g.spc2 = None;
         self.update_reserved(&g);
         drop(g);
         self.set_swp(false);
+        self.raise_ua(why, None);
+    }
+
+    /// [`LuState::reset_with`] for LOGICAL UNIT RESET.
+    pub fn reset(&self) {
+        self.reset_with(ua::RESET);
     }
 
     /// Record a copy result, dropping the oldest beyond
@@ -212,5 +327,62 @@ impl LuState {
             .rev()
             .find(|c| c.list_id == list_id && c.initiator_port == nexus.initiator_port)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod ua_tests {
+    use super::*;
+
+    fn nexus(port: &str) -> Nexus {
+        Nexus {
+            initiator_port: port.to_string(),
+            ..Nexus::default()
+        }
+    }
+
+    #[test]
+    fn reset_raises_a_unit_attention_on_every_nexus_once() {
+        let s = LuState::default();
+        let (a, b, late) = (nexus("a"), nexus("b"), nexus("late"));
+        s.nexus_seen(&a);
+        s.nexus_seen(&b);
+        assert_eq!(s.take_ua(&a, 0x00), None);
+        let e = s.epoch();
+        s.reset();
+        assert_ne!(s.epoch(), e, "tasks of every nexus are aborted");
+        // INQUIRY, REPORT LUNS and REQUEST SENSE neither see nor clear it.
+        for op in [0x12, 0xa0, 0x03] {
+            assert_eq!(s.take_ua(&a, op), None);
+        }
+        assert_eq!(s.take_ua(&a, 0x00), Some(ua::RESET));
+        assert_eq!(s.take_ua(&a, 0x00), None, "reported once");
+        assert_eq!(s.take_ua(&b, 0x28), Some(ua::RESET));
+        assert_eq!(s.take_ua(&late, 0x00), None, "unknown nexus");
+        assert!(!s.ua_pending.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn raise_skips_the_sender_dedups_and_is_bounded() {
+        let s = LuState::default();
+        let (a, b) = (nexus("a"), nexus("b"));
+        s.nexus_seen(&a);
+        s.nexus_seen(&b);
+        s.raise_ua(ua::COMMANDS_CLEARED, Some(&a));
+        s.raise_ua(ua::COMMANDS_CLEARED, Some(&a));
+        assert_eq!(s.take_ua(&a, 0x00), None);
+        assert_eq!(s.take_ua(&b, 0x00), Some(ua::COMMANDS_CLEARED));
+        assert_eq!(s.take_ua(&b, 0x00), None);
+        for i in 0..3 * UA_QUEUE_MAX as u8 {
+            s.raise_ua(Sense::new(SenseKey::UnitAttention, 0x2a, i), None);
+        }
+        let mut n = 0;
+        while s.take_ua(&a, 0x00).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, UA_QUEUE_MAX);
+        // A nexus that is gone keeps nothing.
+        s.nexus_lost(&b);
+        assert!(!s.uas().contains_key("b"));
     }
 }

@@ -64,9 +64,22 @@ impl Conn {
         }
         let lun = bhs.lun();
         if self.nexus.is_none() {
-            self.nexus = Some(self.make_nexus());
+            let n = self.make_nexus();
+            for l in &self.sh.luns {
+                l.info.state.nexus_seen(&n);
+            }
+            self.nexus = Some(n);
         }
         let lu = self.sh.luns.get(lun as usize);
+        // A pending unit attention ends the command (SPC-4 5.14).
+        let ua = lu.zip(self.nexus.as_ref()).and_then(|(l, n)| {
+            let op = cmd.cdb().first().copied().unwrap_or(0);
+            l.info.state.take_ua(n, op)
+        });
+        if let Some(sense) = ua {
+            self.respond_check(io, itt, sense, Residual::None);
+            return Sink::Discard;
+        }
         let ctx = CommandCtx {
             lun,
             lu: lu.map(|l| &l.info),
@@ -110,7 +123,7 @@ impl Conn {
                     edtl,
                 );
                 let empty = t.xfer == 0;
-                let id = self.tasks.insert(t);
+                let id = self.insert_task(t);
                 if empty {
                     self.finish_good(io, id);
                 } else {
@@ -178,7 +191,7 @@ impl Conn {
                         edtl,
                     );
                     copy_cdb(&mut t.cdb, cmd.cdb());
-                    let id = self.tasks.insert(t);
+                    let id = self.insert_task(t);
                     self.scratch = scratch;
                     self.run_param(io, id, &[]);
                     return Sink::Discard;
@@ -212,7 +225,7 @@ impl Conn {
                     edtl,
                 );
                 t.job = Some(job);
-                let id = self.tasks.insert(t);
+                let id = self.insert_task(t);
                 self.schedule_job(io, id);
                 Sink::Discard
             }
@@ -228,7 +241,7 @@ impl Conn {
                     0,
                     edtl,
                 );
-                let id = self.tasks.insert(t);
+                let id = self.insert_task(t);
                 self.run_task(io, id);
                 Sink::Discard
             }
@@ -263,7 +276,7 @@ impl Conn {
             dsl as u32,
         );
         let unsol_limit = t.unsol_limit;
-        let id = self.tasks.insert(t);
+        let id = self.insert_task(t);
         if too_short {
             self.finish_good(io, id);
             return Sink::Discard;
@@ -344,6 +357,9 @@ impl Conn {
     /// Move a task forward: get its buffers, start the next medium
     /// operation of a read or flush, or ask for a write's data.
     pub(super) fn run_task(&mut self, io: &mut impl IoOps, id: TaskId) {
+        if self.aborted_elsewhere(io, id) {
+            return;
+        }
         let Some(t) = self.tasks.get(id) else {
             return;
         };
@@ -406,6 +422,9 @@ impl Conn {
         n: u32,
         ttt: Option<u32>,
     ) {
+        if self.aborted_elsewhere(io, id) {
+            return;
+        }
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
@@ -550,6 +569,12 @@ impl Conn {
             self.maybe_free(io, id);
             return;
         }
+        if self.aborted_elsewhere(io, id) {
+            return;
+        }
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
         match t.kind {
             Kind::Job => self.step_job(io, id),
             // Parameter data never goes to the disk.
@@ -696,6 +721,39 @@ impl Conn {
         self.maybe_free(io, id);
     }
 
+    /// Add a task, stamped with its LU's task epoch.
+    pub(super) fn insert_task(&mut self, mut t: Task) -> TaskId {
+        if let Some(l) = self.sh.luns.get(t.lun) {
+            t.epoch = l.info.state.epoch();
+        }
+        self.tasks.insert(t)
+    }
+
+    /// Task `id` started before a reset or CLEAR TASK SET of its LU, from
+    /// this session or another: it ends here without status (SAM-5: the
+    /// initiator learns of it from the unit attention). True when so.
+    pub(super) fn aborted_elsewhere(&mut self, io: &mut impl IoOps, id: TaskId) -> bool {
+        let Some(t) = self.tasks.get(id) else {
+            return false;
+        };
+        let stale = !t.finished
+            && self
+                .sh
+                .luns
+                .get(t.lun)
+                .is_some_and(|l| l.info.state.epoch() != t.epoch);
+        if stale {
+            tracing::debug!(
+                "connection {}: ITT {:#x} aborted by a reset of LUN {}",
+                self.peer,
+                t.itt,
+                t.lun
+            );
+            self.abort_task(io, id);
+        }
+        stale
+    }
+
     /// Remove a task that never started.
     pub(super) fn drop_task(&mut self, io: &mut impl IoOps, id: TaskId) {
         self.tasks.retire(id);
@@ -781,12 +839,25 @@ impl Conn {
         }
     }
 
-    /// LOGICAL UNIT RESET (`Some(lun)`) or a target reset (`None`).
-    pub(super) fn scsi_lu_reset(&mut self, lun: Option<usize>) {
+    /// LOGICAL UNIT RESET (`Some(lun)`) or a target reset (`None`): acts
+    /// on every session of the LU(s) and raises the unit attention `why`
+    /// on each.
+    pub(super) fn scsi_lu_reset(&mut self, lun: Option<usize>, why: Sense) {
         for (i, l) in self.sh.luns.iter().enumerate() {
             if lun.is_none_or(|n| n == i) {
-                l.info.state.reset();
+                l.info.state.reset_with(why);
             }
+        }
+    }
+
+    /// CLEAR TASK SET on `lun`: the tasks of every session end; the other
+    /// I_T nexuses learn of it by a unit attention.
+    pub(super) fn scsi_clear_task_set(&mut self, lun: usize) {
+        if let Some(l) = self.sh.luns.get(lun) {
+            l.info.state.abort_all();
+            l.info
+                .state
+                .raise_ua(scsi::state::ua::COMMANDS_CLEARED, self.nexus.as_ref());
         }
     }
 

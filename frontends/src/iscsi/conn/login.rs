@@ -277,16 +277,28 @@ impl Conn {
                 if lun >= self.sh.luns.len() {
                     LUN_DOES_NOT_EXIST
                 } else {
+                    // This session's tasks end now; those of other
+                    // sessions of the LU (CLEAR TASK SET, LU RESET) see
+                    // the LU's task epoch move on at their next step.
                     self.abort_where(io, |t| t.lun == lun);
-                    if req.function() == TmfFunction::LogicalUnitReset {
-                        self.scsi_lu_reset(Some(lun));
+                    match req.function() {
+                        TmfFunction::LogicalUnitReset => {
+                            self.scsi_lu_reset(Some(lun), scsi::state::ua::RESET)
+                        }
+                        TmfFunction::ClearTaskSet => self.scsi_clear_task_set(lun),
+                        _ => {}
                     }
                     FUNCTION_COMPLETE
                 }
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 self.abort_where(io, |_| true);
-                self.scsi_lu_reset(None);
+                let why = if req.function() == TmfFunction::TargetColdReset {
+                    scsi::state::ua::POWER_ON
+                } else {
+                    scsi::state::ua::RESET
+                };
+                self.scsi_lu_reset(None, why);
                 FUNCTION_COMPLETE
             }
             TmfFunction::TaskReassign => REASSIGNMENT_NOT_SUPPORTED,

@@ -704,3 +704,118 @@ fn reinstatement_closes_the_old_connection_first() {
     let mut other = H::new(sh, 8, 64 * 1024);
     assert_eq!(other.login("iqn.2026-11.org.test:i", 2, &[]).len(), 1);
 }
+
+/// Send a task management request `function` for LUN 0 and return the
+/// PDUs answered.
+fn tmf(h: &mut H, function: u8) -> Vec<([u8; BHS_LEN], Vec<u8>)> {
+    let mut t = [0u8; BHS_LEN];
+    t[0] = 0x42; // immediate Task Management
+    t[1] = 0x80 | function;
+    t[16..20].copy_from_slice(&0x2000u32.to_be_bytes());
+    t[20..24].copy_from_slice(&RESERVED_TAG.to_be_bytes());
+    t[24..28].copy_from_slice(&h.cmd_sn.to_be_bytes());
+    h.send(&t, &[]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(0x22, 0)]);
+    assert_eq!(p[0].0[2], 0, "function {function} not complete");
+    p
+}
+
+const TUR: [u8; 6] = [0; 6];
+const UA_RESET: (u8, u8, u8) = (0x06, 0x29, 0x03);
+
+/// Two sessions of one initiator (multipath: same name, two ISIDs) on
+/// one target, both logged in and past their first command.
+fn two_paths() -> (H, H) {
+    let sh = shared(1);
+    let mut a = H::new(sh.clone(), 8, 64 * 1024);
+    let mut b = H::new(sh, 8, 64 * 1024);
+    let r = a.login("iqn.2026-11.org.test:i", 1, &[]);
+    assert_eq!((r[0].0[36], r[0].0[37]), (0, 0));
+    let r = b.login("iqn.2026-11.org.test:i", 2, &[]);
+    assert_eq!((r[0].0[36], r[0].0[37]), (0, 0));
+    for h in [&mut a, &mut b] {
+        h.cmd(&TUR, 0, 0, &[]);
+        assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    }
+    (a, b)
+}
+
+#[test]
+fn lu_reset_aborts_and_raises_unit_attention_on_every_session() {
+    let (mut a, mut b) = two_paths();
+    // A has a write waiting for its data when B resets the LU.
+    let w = a.cmd(&write10(0, 8), 0, 4096, &[]);
+    let ttt = be32(&a.take_pdus()[0].0[20..]);
+    tmf(&mut b, 5); // LOGICAL UNIT RESET
+                    // A's task was aborted by the reset: its data is dropped, no status.
+    a.data_out(w, ttt, 0, 0, true, &[9; 4096]);
+    let p = a.take_pdus();
+    assert!(
+        p.is_empty(),
+        "status for a task aborted by a reset: {:?}",
+        summary(&p)
+    );
+    assert!(
+        a.io.disk[..4096].iter().all(|&x| x == 0),
+        "aborted write reached the disk"
+    );
+    // Both sessions, the resetting one included, see the unit attention
+    // once; INQUIRY does not consume it.
+    for h in [&mut a, &mut b] {
+        h.cmd(&[0x12, 0, 0, 0, 36, 0], 36, 0, &[]);
+        let p = h.take_pdus();
+        // Data-In with status, GOOD.
+        assert_eq!(summary(&p).last(), Some(&(0x25, 0)), "INQUIRY");
+        h.cmd(&TUR, 0, 0, &[]);
+        let p = h.take_pdus();
+        assert_eq!(summary(&p), vec![(RSP, 2)]);
+        assert_eq!(sense_of(&p[0].1), UA_RESET);
+        h.cmd(&TUR, 0, 0, &[]);
+        assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    }
+}
+
+#[test]
+fn clear_task_set_reaches_other_sessions_abort_task_set_does_not() {
+    let (mut a, mut b) = two_paths();
+    let w = a.cmd(&write10(0, 8), 0, 4096, &[]);
+    let ttt = be32(&a.take_pdus()[0].0[20..]);
+    // ABORT TASK SET acts on the sender's tasks only.
+    tmf(&mut b, 2); // ABORT TASK SET
+    a.data_out(w, ttt, 0, 0, true, &[9; 4096]);
+    assert_eq!(summary(&a.take_pdus()), vec![(RSP, 0)]);
+    // CLEAR TASK SET ends every session's tasks; the others get
+    // COMMANDS CLEARED BY ANOTHER INITIATOR, the sender nothing.
+    let w = a.cmd(&write10(0, 8), 0, 4096, &[]);
+    let ttt = be32(&a.take_pdus()[0].0[20..]);
+    tmf(&mut b, 4); // CLEAR TASK SET
+    a.data_out(w, ttt, 0, 0, true, &[7; 4096]);
+    let p = a.take_pdus();
+    assert!(p.is_empty(), "status for a cleared task: {:?}", summary(&p));
+    a.cmd(&TUR, 0, 0, &[]);
+    let p = a.take_pdus();
+    assert_eq!(summary(&p), vec![(RSP, 2)]);
+    assert_eq!(sense_of(&p[0].1), (0x06, 0x2f, 0x00));
+    b.cmd(&TUR, 0, 0, &[]);
+    assert_eq!(summary(&b.take_pdus()), vec![(RSP, 0)]);
+}
+
+#[test]
+fn target_warm_reset_raises_unit_attention_on_every_lun_and_session() {
+    let sh = shared(2);
+    let mut a = H::new(sh.clone(), 8, 64 * 1024);
+    let mut b = H::new(sh, 8, 64 * 1024);
+    a.login("iqn.2026-11.org.test:a", 1, &[]);
+    b.login("iqn.2026-11.org.test:b", 1, &[]);
+    for h in [&mut a, &mut b] {
+        h.cmd(&TUR, 0, 0, &[]);
+        h.take_pdus();
+    }
+    tmf(&mut a, 6); // TARGET WARM RESET
+    for h in [&mut a, &mut b] {
+        h.cmd(&TUR, 0, 0, &[]);
+        let p = h.take_pdus();
+        assert_eq!(sense_of(&p[0].1), UA_RESET);
+    }
+}
