@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# fio from a Linux initiator, as users run it: log in with open-iscsi, find
+# the new disk by its WWN, run the fio jobs with io_uring and libaio, log
+# out, print one table.
+#
+#   perf/initiator/run.sh PORTAL IQN [LUN]
+#   perf/initiator/run.sh 192.168.200.1:3260 iqn.2026-11.org.bootlun:target
+#
+# PORTAL is ADDRESS[:PORT] (port 3260 if omitted). The write jobs overwrite
+# the LUN, so they run only with ALLOW_WRITE=1. Environment: RUNTIME
+# (seconds per job, 10), ENGINES ("io_uring libaio"), ALLOW_WRITE (0).
+#
+# Needs root, open-iscsi (iscsiadm and the iscsi_tcp module), fio,
+# libiscsi-bin (iscsi-inq, to read the LUN's identity before login) and jq.
+set -euo pipefail
+
+usage() { echo "usage: $0 PORTAL IQN [LUN]" >&2; exit 2; }
+[[ $# -ge 2 && $# -le 3 ]] || usage
+portal=$1
+iqn=$2
+lun=${3:-0}
+[[ $portal == *:* ]] || portal="$portal:3260"
+RUNTIME=${RUNTIME:-10}
+ENGINES=${ENGINES:-io_uring libaio}
+ALLOW_WRITE=${ALLOW_WRITE:-0}
+here="$(cd "$(dirname "$0")" && pwd)"
+
+need() { # BIN PACKAGE
+    command -v "$1" >/dev/null 2>&1 || { echo "$1 not found: apt-get install $2" >&2; exit 1; }
+}
+need iscsiadm open-iscsi
+need fio fio
+need iscsi-inq libiscsi-bin
+need jq jq
+[[ $(id -u) -eq 0 ]] || { echo "run as root (iscsiadm logs in a kernel session)" >&2; exit 1; }
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# The LUN's identity from VPD page 83h, read over libiscsi before the
+# kernel sees the disk: a NAA designator is what the kernel shows in
+# /sys/block/sdX/device/wwid as "naa.<hex>". Matching on it (not on "the
+# newest sdX") cannot pick a local disk or another session's LUN.
+url="iscsi://$portal/$iqn/$lun"
+naa=$(timeout 30 iscsi-inq -e 1 -c 0x83 "$url" 2>/dev/null |
+    sed -n 's/.*[Dd]esignator:[[:space:]]*\(0x\)\{0,1\}\([0-9a-fA-F]\{16,32\}\).*/\2/p' | head -n1 |
+    tr 'A-F' 'a-f')
+if [[ -z $naa ]]; then
+    echo "$url: no NAA designator in VPD page 83h (iscsi-inq -e 1 -c 0x83 $url)" >&2
+    exit 1
+fi
+log "LUN $lun of $iqn at $portal is naa.$naa"
+
+work=$(mktemp -d /tmp/bootlun-fio.XXXXXX)
+logged_in=0
+cleanup() {
+    if ((logged_in)); then
+        log "logging out"
+        iscsiadm -m node -T "$iqn" -p "$portal" --logout >/dev/null 2>&1 || true
+        iscsiadm -m node -T "$iqn" -p "$portal" -o delete >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "discovery and login"
+timeout 60 iscsiadm -m discovery -t sendtargets -p "$portal" >/dev/null
+timeout 60 iscsiadm -m node -T "$iqn" -p "$portal" --login >/dev/null
+logged_in=1
+
+dev=""
+for ((i = 0; i < 300; i++)); do # up to 30 s for udev-less scans too
+    for w in /sys/block/sd*/device/wwid; do
+        [[ -r $w ]] || continue
+        if [[ $(tr 'A-F' 'a-f' <"$w") == "naa.$naa" ]]; then
+            dev=/dev/$(basename "$(dirname "$(dirname "$w")")")
+            break 2
+        fi
+    done
+    sleep 0.1
+done
+[[ -n $dev ]] || { echo "no /sys/block/sd*/device/wwid is naa.$naa after login" >&2; exit 1; }
+[[ -b $dev ]] || { echo "$dev is not a block device" >&2; exit 1; }
+log "disk is $dev"
+
+files=("$here/read.fio")
+if [[ $ALLOW_WRITE == 1 ]]; then
+    files+=("$here/write.fio")
+else
+    log "write jobs skipped (they overwrite the LUN; set ALLOW_WRITE=1)"
+fi
+for engine in $ENGINES; do
+    for f in "${files[@]}"; do
+        out="$work/$engine-$(basename "$f" .fio).json"
+        log "fio $(basename "$f") with ioengine=$engine, ${RUNTIME}s per job"
+        DEV=$dev ENGINE=$engine RUNTIME=$RUNTIME \
+            timeout $((RUNTIME * 20 + 120)) fio --output-format=json --output="$out" "$f"
+    done
+done
+
+# One table from every JSON: per job the direction that moved data.
+printf '%-20s %-9s %10s %10s %10s %10s\n' job engine IOPS MB/s "p50 us" "p99 us"
+for engine in $ENGINES; do
+    for j in "$work/$engine"-*.json; do
+        jq -r --arg e "$engine" '.jobs[] |
+            (if .read.io_bytes > 0 then .read else .write end) as $d |
+            [.jobname, $e, ($d.iops | floor),
+             (($d.bw_bytes / 1000000) * 10 | floor / 10),
+             (($d.clat_ns.percentile["50.000000"] // 0) / 1000 | floor),
+             (($d.clat_ns.percentile["99.000000"] // 0) / 1000 | floor)] | @tsv' "$j" |
+            while IFS=$'\t' read -r name e iops mbs p50 p99; do
+                printf '%-20s %-9s %10s %10s %10s %10s\n' "$name" "$e" "$iops" "$mbs" "$p50" "$p99"
+            done
+    done
+done
