@@ -37,18 +37,21 @@ need jq jq
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # The LUN's identity from VPD page 83h, read over libiscsi before the
-# kernel sees the disk: a NAA designator is what the kernel shows in
-# /sys/block/sdX/device/wwid as "naa.<hex>". Matching on it (not on "the
-# newest sdX") cannot pick a local disk or another session's LUN.
+# kernel sees the disk. iscsi-inq prints binary designators (NAA) as C
+# strings, cut at the first zero byte, so the ASCII T10 vendor designator
+# is the one we can read whole; after login the kernel exposes the same
+# page as /sys/block/sdX/device/vpd_pg83 (and the disk's WWN, chosen from
+# it, as device/wwid). Matching on the identity, not on "the newest sdX",
+# cannot pick a local disk or another session's LUN.
 url="iscsi://$portal/$iqn/$lun"
-naa=$(timeout 30 iscsi-inq -e 1 -c 0x83 "$url" 2>/dev/null |
-    sed -n 's/.*[Dd]esignator:[[:space:]]*\(0x\)\{0,1\}\([0-9a-fA-F]\{16,32\}\).*/\2/p' | head -n1 |
-    tr 'A-F' 'a-f')
-if [[ -z $naa ]]; then
-    echo "$url: no NAA designator in VPD page 83h (iscsi-inq -e 1 -c 0x83 $url)" >&2
+t10=$(timeout 30 iscsi-inq -e 1 -c 131 "$url" 2>/dev/null |
+    awk '/^Designator Type:\(1\)/ { t = 1; next } t && /^Designator:\[/ {
+        sub(/^Designator:\[/, ""); sub(/\]$/, ""); print; exit }')
+if [[ -z $t10 ]]; then
+    echo "$url: no T10 vendor designator in VPD page 83h (iscsi-inq -e 1 -c 131 $url)" >&2
     exit 1
 fi
-log "LUN $lun of $iqn at $portal is naa.$naa"
+log "LUN $lun of $iqn at $portal identifies as '$t10'"
 
 work=$(mktemp -d /tmp/bootlun-fio.XXXXXX)
 logged_in=0
@@ -69,19 +72,19 @@ timeout 60 iscsiadm -m node -T "$iqn" -p "$portal" --login >/dev/null
 logged_in=1
 
 dev=""
-for ((i = 0; i < 300; i++)); do # up to 30 s for udev-less scans too
-    for w in /sys/block/sd*/device/wwid; do
-        [[ -r $w ]] || continue
-        if [[ $(tr 'A-F' 'a-f' <"$w") == "naa.$naa" ]]; then
-            dev=/dev/$(basename "$(dirname "$(dirname "$w")")")
+for ((i = 0; i < 300; i++)); do # up to 30 s for the SCSI scan
+    for p in /sys/block/sd*/device/vpd_pg83; do
+        [[ -r $p ]] || continue
+        if grep -qaF -- "$t10" "$p"; then
+            dev=/dev/$(basename "$(dirname "$(dirname "$p")")")
             break 2
         fi
     done
     sleep 0.1
 done
-[[ -n $dev ]] || { echo "no /sys/block/sd*/device/wwid is naa.$naa after login" >&2; exit 1; }
+[[ -n $dev ]] || { echo "no /sys/block/sd*/device/vpd_pg83 holds '$t10' 30 s after login" >&2; exit 1; }
 [[ -b $dev ]] || { echo "$dev is not a block device" >&2; exit 1; }
-log "disk is $dev"
+log "disk is $dev, WWN $(cat "/sys/block/${dev#/dev/}/device/wwid" 2>/dev/null || echo unknown)"
 
 files=("$here/read.fio")
 if [[ $ALLOW_WRITE == 1 ]]; then
