@@ -43,10 +43,18 @@ impl Conn {
             Err(f) => {
                 let st = f.status();
                 // The reason names the key at fault and never a secret.
-                let why = match self.neg.failure_reason() {
+                let mut why = match self.neg.failure_reason() {
                     Some(r) => format!("{f:?}: {r}"),
                     None => format!("{f:?}"),
                 };
+                let p = self.neg.params();
+                if !p.initiator_name.is_empty() {
+                    let name: String = p.initiator_name.chars().take(224).collect();
+                    why.push_str(&format!(
+                        " [{:?} session, initiator {name:?}]",
+                        p.session_type
+                    ));
+                }
                 self.login_fail(io, resp, st, &why)
             }
             Ok(r) => {
