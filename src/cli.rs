@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:3260";
-const DEFAULT_TARGET: &str = "iqn.2026-11.org.bootlun:target";
+pub(crate) const DEFAULT_TARGET: &str = "iqn.2026-11.org.bootlun:target";
 /// Largest single command reported to initiators (VPD Block Limits).
 const MAX_TRANSFER_BYTES: u32 = 32 << 20;
 
@@ -35,7 +35,7 @@ enum Cmd {
     /// Export disks over iSCSI (and, with --pxe-interface, boot them over PXE).
     Serve(Box<ServeArgs>),
     /// Print the boot entries and menu that would be served (dry run).
-    Bootentries(bootlun_pxe::BootentriesArgs),
+    Bootentries(crate::bootentries::BootentriesCli),
     /// Build the boot ramdisk (bootlun-kernel.bin + bootlun-initrd.img).
     #[command(subcommand)]
     Image(ImageCmd),
@@ -105,7 +105,7 @@ pub(crate) struct ServeArgs {
     /// Adaptive polling: microseconds to spin before sleeping [default: 50].
     #[arg(long)]
     pub(crate) poll_spin_us: Option<u64>,
-    /// I/O buffers per reactor [default: 256].
+    /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 64 to 256].
     #[arg(long)]
     pub(crate) buffers: Option<usize>,
     /// Size of each I/O buffer [default: 1M].
@@ -224,7 +224,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(args) => serve(*args),
-        Cmd::Bootentries(args) => bootlun_pxe::bootentries_main(&args),
+        Cmd::Bootentries(args) => crate::bootentries::main(args),
         Cmd::Image(ImageCmd::Build(args)) => {
             bootlun_image::build::main(&args, &|text| parse_config_text(text).map(|_| ()))
         }
@@ -596,7 +596,9 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
             "--buffer-size {buffer_size}: must be between 64K and 16M"
         )));
     }
-    let buffers = args.buffers.unwrap_or(256);
+    let buffers = args
+        .buffers
+        .unwrap_or_else(|| bootlun_engine::bufpool::default_buffers(cores.len(), buffer_size));
     if !(8..=16384).contains(&buffers) {
         return Err(Usage(format!(
             "--buffers {buffers}: must be between 8 and 16384"

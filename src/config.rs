@@ -15,6 +15,18 @@ struct ServeCommand {
 
 /// Every config key (long flag names of `serve`, without `config`).
 fn keys() -> Vec<(String, String)> {
+    key_args().into_iter().map(|(k, h, _)| (k, h)).collect()
+}
+
+/// How a key's value is written in TOML, from its flag definition.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    List,
+    Bool,
+    Scalar,
+}
+
+fn key_args() -> Vec<(String, String, Shape)> {
     ServeCommand::command()
         .get_arguments()
         .filter_map(|a| {
@@ -23,9 +35,31 @@ fn keys() -> Vec<(String, String)> {
                 return None;
             }
             let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
-            Some((long, help))
+            let shape = match a.get_action() {
+                clap::ArgAction::Append => Shape::List,
+                clap::ArgAction::SetTrue | clap::ArgAction::SetFalse => Shape::Bool,
+                _ if a.get_num_args().is_some_and(|n| n.min_values() == 0) => Shape::Bool,
+                _ => Shape::Scalar,
+            };
+            Some((long, help, shape))
         })
         .collect()
+}
+
+/// The sample value of a key without a hand-written one: its
+/// `[default: N]` when that is a number, else an empty value of its shape.
+fn generic_sample(help: &str, shape: Shape) -> String {
+    match shape {
+        Shape::List => "[]".into(),
+        Shape::Bool => "false".into(),
+        Shape::Scalar => help
+            .split("[default: ")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .filter(|d| d.parse::<u64>().is_ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| "\"\"".into()),
+    }
 }
 
 /// Levenshtein distance, for "did you mean".
@@ -148,7 +182,7 @@ pub(crate) fn example() -> String {
          # ramdisk's kernel command line, win over this file.\n\
          # Check a file with `bootlun config check FILE`.\n\n",
     );
-    for (k, help) in keys() {
+    for (k, help, shape) in key_args() {
         for l in help.lines() {
             out.push_str(&format!("# {l}\n"));
         }
@@ -182,7 +216,13 @@ pub(crate) fn example() -> String {
             "http-port" => "80".into(),
             "strip-args" => "\"quiet\"".into(),
             "cmdline-chap" => "false".into(),
-            _ => "\"\"".into(),
+            "chap" => "\"initiator-user:a-long-shared-secret\"".into(),
+            "mutual-chap" => "\"target-user:another-long-secret\"".into(),
+            "discovery-chap" => "\"discovery-user:a-third-long-secret\"".into(),
+            "secrets" => "\"/etc/bootlun/secrets.toml\"".into(),
+            "allow-initiator" => "[\"iqn.2026-11.org.example:laptop\"]".into(),
+            "allow-address" => "[\"192.168.200.0/24\"]".into(),
+            _ => generic_sample(&help, shape),
         };
         out.push_str(&format!("# {k} = {sample}\n\n"));
     }
