@@ -126,6 +126,72 @@ impl SeqNums {
     }
 }
 
+/// Keepalive of one connection: the target pings a connection that has
+/// been silent for an interval with a NOP-In that asks for an answer, and
+/// gives up on it when nothing at all arrives within the timeout. Driven
+/// by a timer that ticks every interval; any received byte counts as a
+/// sign of life (a busy initiator need not answer pings).
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    interval_secs: u64,
+    timeout_secs: u64,
+    heard: bool,
+    ping_out: bool,
+    waited_secs: u64,
+}
+
+/// What a keepalive tick asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Nothing,
+    /// Send a NOP-In with a target transfer tag (an answer is due).
+    Ping,
+    /// Nothing arrived for the timeout after a ping: close.
+    Dead,
+}
+
+impl Keepalive {
+    /// `interval_secs` 0 turns keepalive off.
+    pub fn new(interval_secs: u64, timeout_secs: u64) -> Keepalive {
+        Keepalive {
+            interval_secs,
+            timeout_secs: timeout_secs.max(1),
+            heard: false,
+            ping_out: false,
+            waited_secs: 0,
+        }
+    }
+
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        (self.interval_secs > 0).then(|| std::time::Duration::from_secs(self.interval_secs))
+    }
+
+    /// Bytes arrived from the initiator.
+    pub fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// The timer fired (one interval went by).
+    pub fn tick(&mut self) -> Tick {
+        if std::mem::take(&mut self.heard) {
+            self.ping_out = false;
+            self.waited_secs = 0;
+            return Tick::Nothing;
+        }
+        if !self.ping_out {
+            self.ping_out = true;
+            self.waited_secs = 0;
+            return Tick::Ping;
+        }
+        self.waited_secs += self.interval_secs;
+        if self.waited_secs >= self.timeout_secs {
+            Tick::Dead
+        } else {
+            Tick::Nothing
+        }
+    }
+}
+
 /// Longest login text (all PDUs of one request) accepted.
 pub const LOGIN_TEXT_MAX: usize = 64 * 1024;
 
@@ -235,6 +301,8 @@ pub enum Reinstate {
     Wait { first: bool },
     /// The older connection did not go away in time: fail the login.
     GiveUp,
+    /// The target has `--max-sessions` sessions already: fail the login.
+    TooManySessions,
 }
 
 /// Decide on reinstatement after a claim answered `claim`; `polls` counts
@@ -242,6 +310,7 @@ pub enum Reinstate {
 pub fn reinstate(claim: SessionClaim, polls: &mut u32) -> Reinstate {
     match claim {
         SessionClaim::Claimed => Reinstate::Proceed,
+        SessionClaim::Full => Reinstate::TooManySessions,
         SessionClaim::Reinstating => {
             *polls += 1;
             if *polls > REINSTATE_MAX_POLLS {
@@ -321,6 +390,32 @@ mod tests {
         assert_eq!(s.exp_cmd_sn, 3);
         // Within the window but already passed (the gap's 0 and 1).
         assert!(s.accept(1, false, 0).is_err());
+    }
+
+    #[test]
+    fn keepalive_pings_an_idle_connection_and_gives_up_after_the_timeout() {
+        let mut k = Keepalive::new(5, 15);
+        assert!(k.interval().is_some());
+        assert!(Keepalive::new(0, 15).interval().is_none(), "0 = off");
+        // Traffic: no ping.
+        k.heard();
+        assert_eq!(k.tick(), Tick::Nothing);
+        // Silent for an interval: ping; silent for 15 s more: dead.
+        assert_eq!(k.tick(), Tick::Ping);
+        assert_eq!(k.tick(), Tick::Nothing);
+        assert_eq!(k.tick(), Tick::Nothing);
+        assert_eq!(k.tick(), Tick::Dead);
+        // An answer (any byte) before the timeout clears the ping.
+        let mut k = Keepalive::new(5, 15);
+        assert_eq!(k.tick(), Tick::Ping);
+        assert_eq!(k.tick(), Tick::Nothing);
+        k.heard();
+        assert_eq!(k.tick(), Tick::Nothing);
+        assert_eq!(k.tick(), Tick::Ping);
+        // A timeout shorter than the interval ends at the first tick.
+        let mut k = Keepalive::new(10, 1);
+        assert_eq!(k.tick(), Tick::Ping);
+        assert_eq!(k.tick(), Tick::Dead);
     }
 
     #[test]

@@ -61,6 +61,15 @@ pub struct TargetShared {
     pub portals: Vec<String>,
     /// A connection that has not logged in after this long is closed.
     pub login_timeout_secs: u64,
+    /// An idle connection gets a NOP-In asking for an answer after this
+    /// many seconds (0: never).
+    pub nop_interval_secs: u64,
+    /// A connection from which nothing arrives this many seconds after
+    /// such a NOP-In is closed.
+    pub nop_timeout_secs: u64,
+    /// Normal sessions the target holds at most; logins beyond are
+    /// refused with "out of resources".
+    pub max_sessions: usize,
     next_tsih: AtomicU16,
     /// Logged-in normal sessions by (InitiatorName, ISID), for session
     /// reinstatement (RFC 7143 6.3.5).
@@ -75,6 +84,8 @@ pub enum SessionClaim {
     Claimed,
     /// An older connection holds it and is being closed; try again soon.
     Reinstating,
+    /// A new session, and `max_sessions` are held already.
+    Full,
 }
 
 /// The connection that holds a session.
@@ -96,6 +107,9 @@ impl TargetShared {
             queue_depth,
             portals: Vec::new(),
             login_timeout_secs: 30,
+            nop_interval_secs: 5,
+            nop_timeout_secs: 15,
+            max_sessions: 64,
             next_tsih: AtomicU16::new(1),
             sessions: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
@@ -127,6 +141,7 @@ impl TargetShared {
                 unsafe { libc::shutdown(o.fd, libc::SHUT_RDWR) };
                 SessionClaim::Reinstating
             }
+            None if s.len() >= self.max_sessions => SessionClaim::Full,
             _ => {
                 s.insert(key, SessionEntry { conn_id, fd });
                 SessionClaim::Claimed

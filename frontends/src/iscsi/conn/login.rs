@@ -109,6 +109,13 @@ impl Conn {
                     self.reinstate_timer_armed = true;
                     return;
                 }
+                Reinstate::TooManySessions => {
+                    let Some((resp, _)) = self.pending_login.take() else {
+                        return;
+                    };
+                    let why = format!("{} sessions already (--max-sessions)", self.sh.max_sessions);
+                    return self.login_fail(io, resp, login_status::OUT_OF_RESOURCES, &why);
+                }
                 Reinstate::GiveUp => {
                     let Some((resp, _)) = self.pending_login.take() else {
                         return;

@@ -38,7 +38,9 @@ use std::time::Duration;
 
 use super::discovery::{answer_text, portal_list, TargetRecord};
 use super::negotiate::{Negotiator, SessionParams, SessionType};
-use super::session::{reinstate, LoginCheck, LoginSeq, Reinstate, SeqNums, REINSTATE_POLL_MS};
+use super::session::{
+    reinstate, Keepalive, LoginCheck, LoginSeq, Reinstate, SeqNums, Tick, REINSTATE_POLL_MS,
+};
 use super::target::TargetShared;
 use super::task::{DataInSeg, DataOutError, Kind, Task, TaskId, TaskTable};
 use super::wire::*;
@@ -59,6 +61,7 @@ const TAG_DISK: u32 = 4 << 28;
 const TAG_LOGIN_TIMER: u32 = 5 << 28;
 const TAG_CANCEL: u32 = 6 << 28;
 const TAG_REINSTATE_TIMER: u32 = 7 << 28;
+const TAG_NOP_TIMER: u32 = 8 << 28;
 
 const TAG_KIND: u32 = 0xf << 28;
 
@@ -103,7 +106,10 @@ enum TxData {
     /// A slice of a task's pool buffer (disk data): pool memory is
     /// registered with the ring and handed back to the pool, not freed,
     /// so it cannot be an owned `Bytes`.
-    Buf { ptr: *const u8, len: u32 },
+    Buf {
+        ptr: *const u8,
+        len: u32,
+    },
 }
 
 /// One PDU waiting to be sent.
@@ -183,6 +189,10 @@ pub struct Conn {
     reinstate_polls: u32,
     /// The I_T nexus SCSI reservations see (built at the first command).
     nexus: Option<scsi::Nexus>,
+    /// NOP-In keepalive, its timer in flight, and whether it was cancelled.
+    keepalive: Keepalive,
+    nop_timer_armed: bool,
+    nop_timer_cancelled: bool,
 }
 
 impl Conn {
@@ -205,6 +215,7 @@ impl Conn {
         let neg = Negotiator::new(sh.limits.clone());
         let id = sh.conn_id();
         let seq = SeqNums::new(sh.queue_depth);
+        let keepalive = Keepalive::new(sh.nop_interval_secs, sh.nop_timeout_secs);
         Conn {
             id,
             session_registered: false,
@@ -251,6 +262,9 @@ impl Conn {
             reinstate_timer_armed: false,
             reinstate_polls: 0,
             nexus: None,
+            keepalive,
+            nop_timer_armed: false,
+            nop_timer_cancelled: false,
         }
     }
 }
@@ -264,6 +278,10 @@ impl Conn {
         if self.timer_armed && !self.timer_cancelled {
             self.timer_cancelled = true;
             io.cancel_timeout(TAG_LOGIN_TIMER, TAG_CANCEL);
+        }
+        if self.nop_timer_armed && !self.nop_timer_cancelled {
+            self.nop_timer_cancelled = true;
+            io.cancel_timeout(TAG_NOP_TIMER, TAG_CANCEL);
         }
         if self.tx_busy {
             return;
@@ -308,7 +326,51 @@ impl Conn {
             TAG_LOGIN_TIMER,
         );
         self.timer_armed = true;
+        self.arm_keepalive(io);
         self.post_recv(io);
+    }
+
+    fn arm_keepalive(&mut self, io: &mut impl IoOps) {
+        if let Some(every) = self.keepalive.interval() {
+            io.timeout(every, TAG_NOP_TIMER);
+            self.nop_timer_armed = true;
+        }
+    }
+
+    /// One keepalive interval went by. Before the full feature phase the
+    /// login timer watches the connection instead.
+    fn keepalive_tick(&mut self, io: &mut impl IoOps) {
+        if self.phase == Phase::FullFeature {
+            match self.keepalive.tick() {
+                Tick::Nothing => {}
+                Tick::Ping => self.send_ping(io),
+                Tick::Dead => {
+                    tracing::warn!(
+                        "connection {}: nothing received for {} s after a NOP-In; closing",
+                        self.peer,
+                        self.sh.nop_timeout_secs
+                    );
+                    self.close("keepalive timeout");
+                    return;
+                }
+            }
+        }
+        self.arm_keepalive(io);
+    }
+
+    /// A NOP-In with a target transfer tag: the initiator must answer
+    /// with a NOP-Out (RFC 7143 11.19). It does not advance StatSN.
+    fn send_ping(&mut self, io: &mut impl IoOps) {
+        let ttt = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        let sn = self.sn();
+        let mut hdr = [0u8; BHS_LEN];
+        build_nop_in(&mut hdr, RESERVED_TAG, ttt, 0, 0, sn);
+        self.queue(hdr, TxData::None, None, false, false);
+        self.flush_tx(io);
     }
 
     pub fn on_complete(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
@@ -327,6 +389,7 @@ impl Conn {
                     };
                     self.close(&why);
                 } else {
+                    self.keepalive.heard();
                     self.rx_end += res as usize;
                     self.process_rx(io);
                 }
@@ -338,6 +401,7 @@ impl Conn {
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
                 } else if let Rx::Data { got, .. } = self.rx_state {
+                    self.keepalive.heard();
                     let (off, n) = (self.direct_off as usize, res as usize);
                     if self.dd {
                         let buf = target_task
@@ -374,6 +438,12 @@ impl Conn {
                     self.close("login timeout");
                 }
             }
+            TAG_NOP_TIMER => {
+                self.nop_timer_armed = false;
+                if res == -libc::ETIME && !self.closing {
+                    self.keepalive_tick(io);
+                }
+            }
             TAG_CANCEL => {}
             TAG_REINSTATE_TIMER => {
                 self.reinstate_timer_armed = false;
@@ -402,6 +472,7 @@ impl Conn {
             && !self.rx_busy
             && !self.timer_armed
             && !self.reinstate_timer_armed
+            && !self.nop_timer_armed
             && self.tasks.is_empty()
     }
 

@@ -819,3 +819,89 @@ fn target_warm_reset_raises_unit_attention_on_every_lun_and_session() {
         assert_eq!(sense_of(&p[0].1), UA_RESET);
     }
 }
+
+impl H {
+    /// Fire the keepalive timer once (one interval went by).
+    fn nop_tick(&mut self) {
+        let at = self
+            .io
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::Timeout { tag } if *tag == TAG_NOP_TIMER))
+            .expect("keepalive timer not armed");
+        self.io.ops.remove(at);
+        self.conn
+            .on_complete(&mut self.io, TAG_NOP_TIMER, -libc::ETIME);
+        self.pump();
+    }
+}
+
+#[test]
+fn an_idle_connection_is_pinged_and_closed_when_nothing_comes_back() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.logged_in(&[]);
+    // Traffic (the login) during the interval: no ping.
+    h.nop_tick();
+    assert!(h.take_pdus().is_empty());
+    h.nop_tick();
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(0x20, 0)], "ping after a silent interval");
+    let ttt = be32(&p[0].0[20..]);
+    assert_ne!(ttt, RESERVED_TAG, "the ping asks for an answer");
+    assert_eq!(be32(&p[0].0[16..]), RESERVED_TAG);
+    // The initiator answers: no close, and the next silent interval pings
+    // again.
+    let mut nop = [0u8; BHS_LEN];
+    nop[0] = 0x40; // immediate NOP-Out
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&RESERVED_TAG.to_be_bytes());
+    nop[20..24].copy_from_slice(&ttt.to_be_bytes());
+    nop[24..28].copy_from_slice(&h.cmd_sn.to_be_bytes());
+    h.send(&nop, &[]);
+    assert!(h.take_pdus().is_empty(), "no answer to a ping reply");
+    h.nop_tick();
+    assert!(h.take_pdus().is_empty(), "answered: not pinged again yet");
+    assert!(!h.conn.closing);
+    h.nop_tick();
+    assert_eq!(summary(&h.take_pdus()), vec![(0x20, 0)]);
+    // Then silence for the timeout (15 s, ticks of 5 s): closed.
+    for _ in 0..2 {
+        h.nop_tick();
+        assert!(!h.conn.closing);
+    }
+    h.nop_tick();
+    assert!(h.conn.closing, "a dead connection stays open");
+    assert!(
+        !h.io
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Timeout { tag } if *tag == TAG_NOP_TIMER)),
+        "keepalive timer still armed after close"
+    );
+}
+
+#[test]
+fn logins_beyond_max_sessions_are_refused_with_out_of_resources() {
+    let mut sh = TargetShared::new(
+        IQN.into(),
+        vec![Lun::new(
+            open_backend(&LunSpec::parse("null:1M").unwrap(), 0).unwrap(),
+            IQN,
+            1 << 20,
+        )],
+        Limits::default(),
+        16,
+    );
+    sh.max_sessions = 1;
+    let sh = Arc::new(sh);
+    let mut a = H::new(sh.clone(), 8, 64 * 1024);
+    a.logged_in(&[]);
+    let mut b = H::new(sh.clone(), 8, 64 * 1024);
+    let r = b.login("iqn.2026-11.org.test:other", 1, &[]);
+    assert_eq!((r[0].0[36], r[0].0[37]), (3, 2), "out of resources");
+    // Reinstating the session held is still allowed (it does not add
+    // one): the old connection is shut down and the new one waits.
+    let mut c = H::new(sh, 8, 64 * 1024);
+    let r = c.login("iqn.2026-11.org.test:i", 1, &[]);
+    assert!(r.is_empty(), "reinstatement waits for the old connection");
+}

@@ -96,4 +96,5 @@ pub mod login_status {
     pub const SESSION_TYPE_UNSUPPORTED: Status = (2, 0x09);
     pub const SESSION_DOES_NOT_EXIST: Status = (2, 0x0a);
     pub const TARGET_ERROR: Status = (3, 0x00);
+    pub const OUT_OF_RESOURCES: Status = (3, 0x02);
 }
