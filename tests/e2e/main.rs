@@ -76,6 +76,8 @@ const TARGET_BOOT_LIMIT: Duration = Duration::from_secs(300);
 const TARGET_OFF_LIMIT: Duration = Duration::from_secs(120);
 /// `bootlun image build`.
 const IMAGE_BUILD_LIMIT: Duration = Duration::from_secs(900);
+/// `cargo build-static` from cold, on two cores.
+const STATIC_BUILD_LIMIT: Duration = Duration::from_secs(1200);
 
 /// The two journeys boot VMs on a 2-core machine: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -184,10 +186,45 @@ fn prerequisites(mode: Mode) -> bool {
     true
 }
 
+/// The statically linked bootlun, built as the README tells users to
+/// (`cargo build-static`), into this test's own target directory.
+fn static_bootlun() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .ok_or("no target directory")?
+                .to_path_buf();
+            let t = Instant::now();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg("build-static")
+                .arg("--target-dir")
+                .arg(&target_dir);
+            let r = common::run_tool(&mut cmd, STATIC_BUILD_LIMIT);
+            if !r.success() {
+                return Err(format!(
+                    "cargo build-static failed ({}):\n{}",
+                    r.status, r.stderr
+                ));
+            }
+            let bin = target_dir.join("x86_64-unknown-linux-gnu/release/bootlun");
+            eprintln!(
+                "e2e: cargo build-static took {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            Ok(bin)
+        })
+        .clone()
+}
+
 struct Journey {
     mode: Mode,
     work: common::TempDir,
     disk: OsDisk,
+    busybox: PathBuf,
     kernel_deb: PathBuf,
     lan: Lan,
     _ra: RaSender,
@@ -226,6 +263,7 @@ impl Journey {
         let mut report = Report::new();
         report.note("assets (OS disk, initramfs)", t0.elapsed());
         Journey {
+            busybox: pkgs.busybox.join("bin/busybox"),
             mode,
             work,
             disk,
@@ -320,6 +358,7 @@ impl Journey {
         let conf = self.work.join(&format!("target-{}.toml", method.name()));
         std::fs::write(&conf, self.target_config(method)).map_err(|e| e.to_string())?;
         let out = self.work.join(&format!("image-{}", method.name()));
+        let bin = static_bootlun()?;
         let t = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootlun"));
         cmd.args(["image", "build", "--kernel-deb"])
@@ -327,13 +366,34 @@ impl Journey {
             .arg("--config")
             .arg(&conf)
             .arg("--out")
-            .arg(&out);
+            .arg(&out)
+            .arg("--bootlun-bin")
+            .arg(&bin)
+            .arg("--busybox")
+            .arg(&self.busybox)
+            // Both compressions the kernel must unpack, one per run.
+            .args([
+                "--compress",
+                if method == Method::Ibft {
+                    "gzip"
+                } else {
+                    "zstd"
+                },
+            ]);
         let r = common::run_tool(&mut cmd, IMAGE_BUILD_LIMIT);
         if !r.success() {
             return Err(format!(
                 "{} failed ({}):\n{}\n{}",
                 r.description, r.status, r.stdout, r.stderr
             ));
+        }
+        for want in ["bootlun    static", "busybox    yes"] {
+            if !r.stderr.contains(want) && !r.stdout.contains(want) {
+                return Err(format!(
+                    "bootlun image build: the summary does not mention {want:?}:\n{}{}",
+                    r.stdout, r.stderr
+                ));
+            }
         }
         self.report
             .note(&format!("image build ({})", method.name()), t.elapsed());
