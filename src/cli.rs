@@ -132,8 +132,8 @@ pub(crate) struct ServeArgs {
     /// PARTUUID=, PARTLABEL= or serial= to appear [default: 0; in the ramdisk: 60].
     #[arg(long, value_name = "SECS")]
     pub(crate) disk_timeout: Option<u64>,
-    /// In the ramdisk: a further TOML file on the boot device (a path under
-    /// --boot-path, e.g. bootlun.toml) read before the built-in config.
+    /// In the ramdisk: a further TOML file on the boot device, under
+    /// --boot-path, read before the built-in config [default: bootlun.toml].
     #[arg(long, value_name = "FILE")]
     pub(crate) boot_config: Option<String>,
     /// CHAP user name and secret (at least 12 bytes) initiators must log

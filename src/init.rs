@@ -5,7 +5,8 @@
 //!
 //! 1. `bootlun.KEY=VALUE` words on the kernel command line, so the boot
 //!    loader can change a LUN or an address without a rebuild;
-//! 2. the file named by `boot-config`, read from the boot device;
+//! 2. `bootlun.toml` (or the file named by `boot-config`) under
+//!    `boot-path` on the boot device, when the config names one;
 //! 3. `/etc/bootlun.toml`, baked into the image by `bootlun image build`.
 
 use crate::cli::{self, Running, ServeArgs};
@@ -20,6 +21,8 @@ const BAKED_CONFIG: &str = "/etc/bootlun.toml";
 /// The boot network when the config names none (as the seed used).
 const DEFAULT_NET_ADDRESS: &str = "192.168.200.1/24";
 const DEFAULT_DISK_TIMEOUT: u64 = 60;
+/// Read from the boot partition (under boot-path) when it exists.
+const DEFAULT_BOOT_CONFIG: &str = "bootlun.toml";
 /// How long to wait for an Ethernet link when no interface is named.
 const LINK_WAIT: Duration = Duration::from_secs(15);
 
@@ -199,23 +202,37 @@ fn prepare_and_start(mut args: ServeArgs) -> Result<Running, String> {
     if !wanted.is_empty() {
         sys::wait_for_devices(&wanted, timeout, &mut |m| say(m))?;
     }
-    if let (Some(file), Some(dev)) = (&view.boot_config, &view.pxe.boot_device) {
-        let m = bootlun_pxe::bootentries::BootMount::mount(dev)?;
+    // A named boot partition may carry a bootlun.toml (`host install`
+    // puts the config there), so settings change without a rebuild.
+    let named = view.boot_config.is_some();
+    let boot_config = view
+        .boot_config
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BOOT_CONFIG.into());
+    if let Some(dev) = &view.pxe.boot_device {
+        let file = &boot_config;
         let sub = view
             .pxe
             .boot_path
             .as_deref()
             .unwrap_or("/")
             .trim_start_matches('/');
-        let path = m.dir.join(sub).join(file.trim_start_matches('/'));
-        if path.exists() {
-            let layer = cli::load_config(&path).map_err(|e| format!("boot-config {file}: {e}"))?;
-            say(&format!("read {file} from {dev}"));
-            args.merge_from(layer);
-        } else {
-            say(&format!(
-                "boot-config {file}: not on {dev}; using the built-in config"
-            ));
+        match bootlun_pxe::bootentries::BootMount::mount(dev) {
+            Ok(m) => {
+                let path = m.dir.join(sub).join(file.trim_start_matches('/'));
+                if path.exists() {
+                    let layer =
+                        cli::load_config(&path).map_err(|e| format!("boot-config {file}: {e}"))?;
+                    say(&format!("read {file} from {dev}"));
+                    args.merge_from(layer);
+                } else if named {
+                    say(&format!(
+                        "boot-config {file}: not on {dev}; using the built-in config"
+                    ));
+                }
+            }
+            Err(e) if named => return Err(e),
+            Err(e) => say(&format!("{e}; no {file} read from it")),
         }
     }
     args.merge_from(baked);
