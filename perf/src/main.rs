@@ -852,12 +852,12 @@ fn report(
         let _ = writeln!(s, "\n## Core sweep (bootlun, file LUN)\n");
         let _ = write!(s, "| reactors × poll |");
         for w in sweep_w {
-            let _ = write!(s, " {} | CPU cores |", w.key);
+            let _ = write!(s, " {} | CPU cores | CPU s/GB |", w.key);
         }
         let _ = writeln!(s);
         let _ = write!(s, "|---|");
         for _ in sweep_w {
-            let _ = write!(s, "---:|---:|");
+            let _ = write!(s, "---:|---:|---:|");
         }
         let _ = writeln!(s);
         for (label, row) in sweep {
@@ -868,13 +868,14 @@ fn report(
                         let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
                         let _ = write!(
                             s,
-                            " {} {unit} | {} |",
+                            " {} {unit} | {} | {} |",
                             fmt_num(headline(w, x)),
-                            fmt_num(x.cpu_cores)
+                            fmt_num(x.cpu_cores),
+                            fmt_num(x.cpu_per_gb)
                         );
                     }
                     None => {
-                        let _ = write!(s, " FAIL | |");
+                        let _ = write!(s, " FAIL | | |");
                     }
                 }
             }
