@@ -123,3 +123,100 @@ fn mounted_device_is_refused_naming_the_mount_point_unless_forced() {
     }
     server.stop();
 }
+
+#[test]
+fn whole_disk_is_refused_while_one_of_its_partitions_is_mounted() {
+    if !prerequisites() || !require_tool("sfdisk", "fdisk") {
+        return;
+    }
+    let dir = TempDir::new("exclusive-part");
+    let img = dir.join("disk.img");
+    sparse_file(&img, 32 << 20);
+    let img_s = img.to_string_lossy().into_owned();
+    let mut sf = Command::new("sfdisk");
+    sf.args(["-q", &img_s]);
+    // One Linux partition from 1 MiB to the end.
+    let table = "label: dos\nstart=2048, type=83\n";
+    let out = run_with_stdin(&mut sf, table);
+    assert!(out.0, "sfdisk failed: {}", out.1);
+    let out = run_tool(
+        Command::new("losetup").args(["-f", "--show", "-P", &img_s]),
+        LIMIT,
+    );
+    out.assert_success();
+    let dev = Loop(out.stdout.trim().to_string());
+    let name = format!("{}p1", dev.0.trim_start_matches("/dev/"));
+    // The kernel adds the partition as it scans the table; without udev
+    // (containers) no /dev node appears, so make one from sysfs.
+    let sys_dev = format!("/sys/class/block/{name}/dev");
+    if !std::path::Path::new(&sys_dev).exists() {
+        // Ask again over BLKPG when the scan at attach time did not run
+        // (it fails with "already exists" when it did meanwhile).
+        let _ = run_tool(Command::new("partx").args(["-a", &dev.0]), LIMIT);
+    }
+    let appeared = (0..200).any(|_| {
+        if std::path::Path::new(&sys_dev).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        false
+    });
+    assert!(appeared, "{sys_dev} did not appear");
+    let mut part = format!("/dev/{name}");
+    if !std::path::Path::new(&part).exists() {
+        let mm = std::fs::read_to_string(&sys_dev).unwrap();
+        let (maj, min) = mm.trim().split_once(':').unwrap();
+        part = dir.join("p1-node").to_string_lossy().into_owned();
+        run_tool(Command::new("mknod").args([&part, "b", maj, min]), LIMIT).assert_success();
+    }
+    run_tool(Command::new("mkfs.ext4").args(["-q", "-F", &part]), LIMIT).assert_success();
+    let mnt = dir.join("p1");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_string_lossy().into_owned();
+    run_tool(Command::new("mount").args([&part, &mnt_s]), LIMIT).assert_success();
+    let _mounted = Mounted(mnt_s.clone());
+
+    let out = run_tool(
+        Command::new(bootlun_bin()).args(["serve", "--listen", "127.0.0.1:0", "--lun", &dev.0]),
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("/dev/{name} is mounted on {mnt_s}")),
+        "partition's mount not named: {}",
+        out.stderr
+    );
+}
+
+/// Run `cmd` with `input` on stdin, bounded in time: (success, stderr).
+fn run_with_stdin(cmd: &mut Command, input: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, "timed out".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
