@@ -40,6 +40,12 @@ use vm::{Capture, Cpio, DebCache, Modules, NetNs, Spawned};
 
 const TARGET_IQN: &str = "iqn.2026-11.org.bootlun:target";
 const INITIATOR_IQN: &str = "iqn.2026-11.org.bootlun:vmtest";
+/// CHAP: the initiator's credentials (every login, discovery included) and
+/// the target's, which the initiator checks once iscsid runs (mutual CHAP).
+const CHAP_USER: &str = "vmtest-initiator";
+const CHAP_SECRET: &str = "vm-initiator-secret-1";
+const TARGET_CHAP_USER: &str = "bootlun-vm-target";
+const TARGET_CHAP_SECRET: &str = "vm-target-secret-22";
 const HOST_IP: &str = "10.78.0.1";
 const GUEST_IP: &str = "10.78.0.2";
 const PORT: u16 = 3260;
@@ -268,6 +274,18 @@ fn build_initramfs(
         })
         .flat_map(|l| [l, "\n"])
         .collect();
+    // Later lines win: CHAP for discovery, and mutual CHAP for every node
+    // record discovery creates. (iscsistart gets its credentials as flags.)
+    let conf = format!(
+        "{conf}discovery.sendtargets.auth.authmethod = CHAP\n\
+         discovery.sendtargets.auth.username = {CHAP_USER}\n\
+         discovery.sendtargets.auth.password = {CHAP_SECRET}\n\
+         node.session.auth.authmethod = CHAP\n\
+         node.session.auth.username = {CHAP_USER}\n\
+         node.session.auth.password = {CHAP_SECRET}\n\
+         node.session.auth.username_in = {TARGET_CHAP_USER}\n\
+         node.session.auth.password_in = {TARGET_CHAP_SECRET}\n"
+    );
     c.file("etc/iscsi/iscsid.conf", 0o644, conf.as_bytes());
     for tool in SG_TOOLS {
         program(
@@ -290,7 +308,8 @@ fn build_initramfs(
          GUEST_IP={GUEST_IP}\nHOST_OFF={HOST_OFF}\nGUEST_OFF={GUEST_OFF}\nGUEST_LEN={GUEST_LEN}\n\
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
          BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
-         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\nABORT_OFF={ABORT_OFF}\n"
+         RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\nABORT_OFF={ABORT_OFF}\n\
+         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\nTARGET_CHAP_USER={TARGET_CHAP_USER}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -478,6 +497,19 @@ fn linux_kernel_initiator_in_a_vm() {
 
     // --- The file LUN, with a pattern for the guest to find ------------
     let backing = scratch.join("file-lun.img");
+    let secrets = scratch.join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "chap = \"{CHAP_USER}:{CHAP_SECRET}\"\nmutual-chap = \"{TARGET_CHAP_USER}:{TARGET_CHAP_SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     {
         let f = File::create(&backing).unwrap();
         f.set_len(FILE_LUN_BYTES).unwrap();
@@ -519,6 +551,8 @@ fn linux_kernel_initiator_in_a_vm() {
             .arg("--lun")
             .arg(format!("{},ro", ro_backing.display()))
             .args(["--lun", &format!("null:{}T", NULL_LUN_BYTES >> 40)])
+            .arg("--secrets")
+            .arg(&secrets)
             .args(["--log", &log_level]),
         origin,
         echo,
@@ -686,6 +720,15 @@ fn linux_kernel_initiator_in_a_vm() {
         blog.contains(&discovery),
         "bootlun's log lacks `{discovery}` (iscsiadm SendTargets):\n{blog}"
     );
+    // CHAP: the guest's deliberately wrong secret was refused, naming the
+    // key, and no secret reached the log.
+    assert!(
+        blog.contains("login failed: AuthFailed: CHAP_R"),
+        "bootlun's log lacks the refused wrong-secret login:\n{blog}"
+    );
+    for secret in [CHAP_SECRET, TARGET_CHAP_SECRET] {
+        assert!(!blog.contains(secret), "a CHAP secret is in bootlun's log");
+    }
     let normal_logins = blog.matches(&login).count();
     assert!(
         normal_logins >= 7,

@@ -55,7 +55,8 @@ until ping -c 1 -W 1 $PORTAL_IP >/dev/null 2>&1; do
 done
 mark network
 
-iscsistart -i $INITIATOR -t $TARGET -g 1 -a $PORTAL_IP -p $PORTAL_PORT || fail iscsistart
+# One-way CHAP, as an initramfs boot does it (dracut passes the same flags).
+iscsistart -i $INITIATOR -t $TARGET -g 1 -a $PORTAL_IP -p $PORTAL_PORT -u $CHAP_USER -w $CHAP_SECRET || fail iscsistart
 mark login
 
 # The sd device of a LUN, from the SCSI address H:C:T:L of its device link.
@@ -299,6 +300,16 @@ logout_all() {
 logout_all boot-session
 wait_no_disks logout
 mark logout
+# A wrong secret is refused (bootlun logs it; the host checks), then the
+# node record from discovery logs in with mutual CHAP (iscsid.conf).
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n node.session.auth.password -v not-the-right-secret || fail chap-setting
+if iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1; then
+    cat /tmp/li.txt; fail wrong-chap-secret-accepted
+fi
+sed 's/^/BOOTLUN-VM-ISCSIADM wrong secret: /' /tmp/li.txt
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT -o update -n node.session.auth.password -v $CHAP_SECRET || fail chap-setting
+iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT | grep -q "node.session.auth.username_in = $TARGET_CHAP_USER" || fail mutual-chap-setting
+mark chap-refused
 iscsiadm -m node -T $TARGET -p $PORTAL_IP:$PORTAL_PORT --login > /tmp/li.txt 2>&1 || { cat /tmp/li.txt /tmp/iscsid.log; fail relogin; }
 sed 's/^/BOOTLUN-VM-ISCSIADM /' /tmp/li.txt
 wait_disks relogin
