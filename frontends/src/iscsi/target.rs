@@ -149,6 +149,18 @@ impl TargetShared {
         }
     }
 
+    /// TARGET COLD RESET from connection `conn_id`: every other session's
+    /// connection is shut down (RFC 7143 11.5.1); each drains and
+    /// releases its session as on any connection loss.
+    pub fn shutdown_other_sessions(&self, conn_id: u64) {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for e in s.values().filter(|e| e.conn_id != conn_id) {
+            // SAFETY: as in `claim_session`: the holder removes its entry
+            // under this lock before its socket can be closed.
+            unsafe { libc::shutdown(e.fd, libc::SHUT_RDWR) };
+        }
+    }
+
     /// Connection `conn_id` is gone (all its I/O finished): release its
     /// session, if it holds it.
     pub fn unregister_session(&self, initiator: &str, isid: [u8; 6], conn_id: u64) {

@@ -309,6 +309,8 @@ impl Conn {
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 self.abort_where(io, |_| true);
                 let why = if req.function() == TmfFunction::TargetColdReset {
+                    // All connections end; this one after its response.
+                    self.sh.shutdown_other_sessions(self.id);
                     scsi::state::ua::POWER_ON
                 } else {
                     scsi::state::ua::RESET

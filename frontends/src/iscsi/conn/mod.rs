@@ -15,8 +15,13 @@
 //! [`Task`] owning one pool buffer for its lifetime, processed in chunks of
 //! one buffer (reads: disk read, then Data-In; writes: unsolicited data and
 //! R2T-driven Data-Out, then disk write). The session has one connection
-//! (MaxConnections=1) and ErrorRecoveryLevel 0: any protocol violation
-//! gets a Reject and the connection is closed.
+//! (MaxConnections=1) and ErrorRecoveryLevel 0: a protocol violation
+//! gets a Reject and the connection is closed, except a Data-Out with the
+//! wrong DataSN or offset, which ends only its task (CHECK CONDITION, as
+//! RFC 7143 7.7/7.8 asks at ERL 0). Commands outside the CmdSN window are
+//! dropped silently. Task management acts on every session of a LU
+//! through its shared state (task epoch, unit attentions); idle
+//! connections are pinged with NOP-In and closed when dead.
 //!
 //! This is the driver: it moves bytes between the socket, the pool and the
 //! session core. What is not I/O lives in [`super::session`] (sequence

@@ -905,3 +905,23 @@ fn logins_beyond_max_sessions_are_refused_with_out_of_resources() {
     let r = c.login("iqn.2026-11.org.test:i", 1, &[]);
     assert!(r.is_empty(), "reinstatement waits for the old connection");
 }
+
+#[test]
+fn target_cold_reset_ends_every_session() {
+    use std::io::Read;
+    let (mut a, b) = two_paths();
+    b._peer.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!((&b._peer).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B's connection is up"
+    );
+    let p = tmf(&mut a, 7); // TARGET COLD RESET
+    assert_eq!(p.len(), 1);
+    assert!(
+        a.conn.closing || a.conn.close_after_send,
+        "the sender's connection ends too"
+    );
+    // B's socket was shut down: its peer sees end of file.
+    assert_eq!((&b._peer).read(&mut byte).unwrap(), 0);
+}
