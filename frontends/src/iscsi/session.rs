@@ -131,6 +131,12 @@ impl SeqNums {
 /// gives up on it when nothing at all arrives within the timeout. Driven
 /// by a timer that ticks every interval; any received byte counts as a
 /// sign of life (a busy initiator need not answer pings).
+///
+/// Some initiators never answer pings (iPXE ignores NOP-Ins with a target
+/// transfer tag): silence after a ping only counts against an initiator
+/// that has answered one before. For the others a dead peer is found by
+/// TCP keepalive on the socket, set up with the same interval and
+/// timeout.
 #[derive(Debug, Clone)]
 pub struct Keepalive {
     interval_secs: u64,
@@ -138,6 +144,8 @@ pub struct Keepalive {
     heard: bool,
     ping_out: bool,
     waited_secs: u64,
+    /// The initiator has answered a ping: it can be expected to.
+    answers: bool,
 }
 
 /// What a keepalive tick asks for.
@@ -159,7 +167,18 @@ impl Keepalive {
             heard: false,
             ping_out: false,
             waited_secs: 0,
+            answers: false,
         }
+    }
+
+    pub fn timeout_secs(&self) -> u64 {
+        self.timeout_secs
+    }
+
+    /// A NOP-Out answered one of our pings.
+    pub fn answered(&mut self) {
+        self.answers = true;
+        self.heard = true;
     }
 
     pub fn interval(&self) -> Option<std::time::Duration> {
@@ -184,9 +203,11 @@ impl Keepalive {
             return Tick::Ping;
         }
         self.waited_secs += self.interval_secs;
-        if self.waited_secs >= self.timeout_secs {
+        if self.waited_secs >= self.timeout_secs && self.answers {
             Tick::Dead
         } else {
+            // Not answering is all this initiator does: no more pings
+            // until it is heard from again.
             Tick::Nothing
         }
     }
@@ -400,22 +421,35 @@ mod tests {
         // Traffic: no ping.
         k.heard();
         assert_eq!(k.tick(), Tick::Nothing);
-        // Silent for an interval: ping; silent for 15 s more: dead.
+        // Silent for an interval: ping; answered.
+        assert_eq!(k.tick(), Tick::Ping);
+        assert_eq!(k.tick(), Tick::Nothing);
+        k.answered();
+        assert_eq!(k.tick(), Tick::Nothing);
+        // Silent again: ping, then 15 s more of silence: dead.
         assert_eq!(k.tick(), Tick::Ping);
         assert_eq!(k.tick(), Tick::Nothing);
         assert_eq!(k.tick(), Tick::Nothing);
         assert_eq!(k.tick(), Tick::Dead);
-        // An answer (any byte) before the timeout clears the ping.
+        // A timeout shorter than the interval ends at the first tick.
+        let mut k = Keepalive::new(10, 1);
+        k.answered();
+        assert_eq!(k.tick(), Tick::Nothing);
+        assert_eq!(k.tick(), Tick::Ping);
+        assert_eq!(k.tick(), Tick::Dead);
+    }
+
+    #[test]
+    fn an_initiator_that_never_answers_pings_is_not_closed_for_it() {
         let mut k = Keepalive::new(5, 15);
         assert_eq!(k.tick(), Tick::Ping);
-        assert_eq!(k.tick(), Tick::Nothing);
+        for _ in 0..10 {
+            assert_eq!(k.tick(), Tick::Nothing, "closed, or pinged again");
+        }
+        // Heard from (a command): pinged again on the next silence.
         k.heard();
         assert_eq!(k.tick(), Tick::Nothing);
         assert_eq!(k.tick(), Tick::Ping);
-        // A timeout shorter than the interval ends at the first tick.
-        let mut k = Keepalive::new(10, 1);
-        assert_eq!(k.tick(), Tick::Ping);
-        assert_eq!(k.tick(), Tick::Dead);
     }
 
     #[test]

@@ -232,6 +232,9 @@ impl Conn {
             return;
         }
         if bhs.itt() == RESERVED_TAG {
+            if nop.ttt() != RESERVED_TAG {
+                self.keepalive.answered();
+            }
             // A reply to our NOP-In, or a one-way ping: nothing to send.
             return;
         }

@@ -203,6 +203,9 @@ pub struct Conn {
 impl Conn {
     pub fn new(sh: Arc<TargetShared>, stream: TcpStream, peer: SocketAddr, reactor: usize) -> Conn {
         let local = stream.local_addr().ok();
+        if sh.nop_interval_secs > 0 {
+            tcp_keepalive(&stream, sh.nop_interval_secs, sh.nop_timeout_secs);
+        }
         Conn::with_socket(sh, stream.into(), peer, local, reactor)
     }
 
@@ -270,6 +273,40 @@ impl Conn {
             keepalive,
             nop_timer_armed: false,
             nop_timer_cancelled: false,
+        }
+    }
+}
+
+/// TCP keepalive on `s`: probes after `idle` seconds of silence, every
+/// `idle` seconds, dropping the connection when `timeout` seconds of
+/// probes go unanswered. It finds dead peers that do not answer NOP-In
+/// pings (see `Keepalive`). Failure only costs that detection.
+fn tcp_keepalive(s: &TcpStream, idle: u64, timeout: u64) {
+    let idle = idle.clamp(1, 32767) as libc::c_int;
+    let count = timeout.div_ceil(idle as u64).clamp(1, 127) as libc::c_int;
+    let opts = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+    ];
+    for (level, name, value) in opts {
+        // SAFETY: setsockopt on a socket this connection owns, with a
+        // pointer to a live int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "TCP keepalive option {name}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
