@@ -243,7 +243,16 @@ impl LuState {
     /// `nexus` must end with instead of running, if any; it is taken off
     /// the nexus's queue (SPC-4 5.14).
     pub fn take_ua(&self, nexus: &Nexus, opcode: u8) -> Option<Sense> {
-        if !self.ua_pending.load(Ordering::Acquire) || ua_exempt(opcode) {
+        if ua_exempt(opcode) {
+            return None;
+        }
+        self.take_pending_ua(nexus)
+    }
+
+    /// The oldest unit attention of `nexus`, taken off its queue: what
+    /// REQUEST SENSE reports as its sense data (SPC-4 5.14).
+    pub fn take_pending_ua(&self, nexus: &Nexus) -> Option<Sense> {
+        if !self.ua_pending.load(Ordering::Acquire) {
             return None;
         }
         let mut g = self.uas();
@@ -359,6 +368,11 @@ mod ua_tests {
         assert_eq!(s.take_ua(&a, 0x00), None, "reported once");
         assert_eq!(s.take_ua(&b, 0x28), Some(ua::RESET));
         assert_eq!(s.take_ua(&late, 0x00), None, "unknown nexus");
+        // REQUEST SENSE takes it as its data.
+        s.reset();
+        assert_eq!(s.take_pending_ua(&a), Some(ua::RESET));
+        assert_eq!(s.take_ua(&a, 0x00), None);
+        assert_eq!(s.take_ua(&b, 0x00), Some(ua::RESET));
         assert!(!s.ua_pending.load(Ordering::Relaxed));
     }
 

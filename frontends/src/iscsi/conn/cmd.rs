@@ -80,6 +80,24 @@ impl Conn {
             self.respond_check(io, itt, sense, Residual::None);
             return Sink::Discard;
         }
+        // REQUEST SENSE reports (and clears) a pending unit attention as
+        // its parameter data, in the format the DESC bit asks for.
+        let cdb = cmd.cdb();
+        if cdb.first() == Some(&0x03) && cdb.len() >= 5 {
+            let pending = lu
+                .zip(self.nexus.as_ref())
+                .and_then(|(l, n)| l.info.state.take_pending_ua(n));
+            if let Some(sense) = pending {
+                let mut data = if cdb[1] & 0x01 != 0 {
+                    sense.descriptor()
+                } else {
+                    sense.fixed().to_vec()
+                };
+                data.truncate(cdb[4] as usize);
+                self.respond_data(io, bhs, &data);
+                return Sink::Discard;
+            }
+        }
         let ctx = CommandCtx {
             lun,
             lu: lu.map(|l| &l.info),

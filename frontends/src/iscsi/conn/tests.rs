@@ -925,3 +925,28 @@ fn target_cold_reset_ends_every_session() {
     // B's socket was shut down: its peer sees end of file.
     assert_eq!((&b._peer).read(&mut byte).unwrap(), 0);
 }
+
+#[test]
+fn request_sense_reports_and_clears_the_unit_attention() {
+    let (mut a, mut b) = two_paths();
+    tmf(&mut b, 5); // LOGICAL UNIT RESET
+                    // Fixed format: key, ASC, ASCQ at 2, 12, 13; GOOD status.
+    a.cmd(&[0x03, 0, 0, 0, 18, 0], 18, 0, &[]);
+    let p = a.take_pdus();
+    assert_eq!(summary(&p).last(), Some(&(0x25, 0)));
+    let d = &p[0].1;
+    assert_eq!(
+        (d[0] & 0x7f, d[2] & 0x0f, d[12], d[13]),
+        (0x70, 0x06, 0x29, 0x03)
+    );
+    a.cmd(&TUR, 0, 0, &[]);
+    assert_eq!(summary(&a.take_pdus()), vec![(RSP, 0)], "cleared");
+    // Descriptor format on request.
+    b.cmd(&[0x03, 0x01, 0, 0, 252, 0], 252, 0, &[]);
+    let p = b.take_pdus();
+    let d = &p[0].1;
+    assert_eq!(
+        (d[0] & 0x7f, d[1] & 0x0f, d[2], d[3]),
+        (0x72, 0x06, 0x29, 0x03)
+    );
+}
