@@ -1163,6 +1163,9 @@ fn compare_in(
         t.stop();
     }
     drop(targets);
+    if stop.load(Ordering::Relaxed) {
+        return Err("interrupted: perf/RESULTS.md left as it was".into());
+    }
     let mut table = Table::new();
     for (k, mut v) in samples {
         if let Some(m) = median(&mut v) {
@@ -1266,6 +1269,9 @@ fn compare_in(
             if extra.is_empty() { "(defaults)".to_string() } else { extra.join(" ") }
         ),
     );
+    if stop.load(Ordering::Relaxed) {
+        return Err("interrupted: perf/RESULTS.md left as it was".into());
+    }
     let md = report(&names, &table, &notes, &ceilings, &sweep, &sweep_w);
     println!("{md}");
     let perf_dir = ctx.root.join("perf");
