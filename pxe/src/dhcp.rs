@@ -71,9 +71,15 @@ pub struct BootFiles {
     /// First-stage file for BIOS PXE ROMs, fetched over TFTP
     /// (e.g. `undionly.kpxe`).
     pub bios_file: String,
-    /// First-stage file for UEFI PXE firmware, fetched over TFTP
+    /// First-stage file for x86-64 UEFI PXE firmware, fetched over TFTP
     /// (e.g. `snponly.efi`).
     pub efi_file: String,
+    /// First-stage file for ARM64 UEFI firmware; empty when there is none,
+    /// and then ARM64 clients get no offer (an x86 binary cannot boot them).
+    pub arm64_file: String,
+    /// Where UEFI HTTP boot clients fetch the first stage: this plus the
+    /// file name (e.g. `http://SERVER/ipxe/`).
+    pub http_base: String,
     /// Script URL handed to iPXE once it runs (e.g.
     /// `http://SERVER/boot.ipxe`).
     pub ipxe_script_url: String,
@@ -89,6 +95,8 @@ impl BootFiles {
         BootFiles {
             bios_file: "undionly.kpxe".into(),
             efi_file: "snponly.efi".into(),
+            arm64_file: String::new(),
+            http_base: format!("http://{server}/ipxe/"),
             ipxe_script_url: format!("http://{server}/boot.ipxe"),
             root_path: None,
             initiator_iqn: None,
@@ -477,6 +485,13 @@ impl Request {
             .is_some_and(|v| v.starts_with(b"PXEClient"))
     }
 
+    /// UEFI HTTP boot (vendor class `HTTPClient`, UEFI 2.5+).
+    fn is_http_client(&self) -> bool {
+        self.opts
+            .get(&60)
+            .is_some_and(|v| v.starts_with(b"HTTPClient"))
+    }
+
     fn is_ipxe(&self) -> bool {
         self.opts.contains_key(&175)
             || self
@@ -508,30 +523,70 @@ impl Request {
 pub enum Firmware {
     /// Legacy BIOS PXE ROM.
     Bios,
-    /// UEFI PXE (x86 32/64-bit, EFI BC, ARM 32/64-bit and others).
+    /// x86-64 UEFI PXE (architectures 7 and 9).
     Efi,
+    /// ARM64 UEFI PXE (architecture 11).
+    Arm64,
+    /// UEFI HTTP boot, x86-64 (architecture 16): a URL instead of a TFTP name.
+    HttpEfi,
+    /// UEFI HTTP boot, ARM64 (architecture 19).
+    HttpArm64,
+    /// A platform no configured binary runs on (IA32 UEFI, ARM32, ...).
+    Unsupported(u16),
     /// iPXE already running: hand it the script URL.
     Ipxe,
 }
 
-/// Firmware class for an RFC 4578 architecture code.
+/// Firmware class for an RFC 4578 architecture code (IANA registry).
 pub fn firmware_for_arch(arch: Option<u16>) -> Firmware {
     match arch {
         // 0 x86 BIOS; 1-5 are pre-UEFI platforms that boot like it.
         None | Some(0..=5) => Firmware::Bios,
-        // 6 IA32, 7 EFI BC, 9 x86-64, 10 ARM32, 11 ARM64 and later codes
-        // are all UEFI flavours.
-        Some(_) => Firmware::Efi,
+        // 7 EFI BC (x86-64 in practice), 9 x86-64.
+        Some(7) | Some(9) => Firmware::Efi,
+        Some(11) => Firmware::Arm64,
+        Some(16) => Firmware::HttpEfi,
+        Some(19) => Firmware::HttpArm64,
+        // 6 IA32, 10 ARM32, 12+ others: no binary of ours runs there.
+        Some(a) => Firmware::Unsupported(a),
     }
 }
 
-fn boot_file<'a>(cfg: &'a DhcpConfig, req: &Request) -> (Firmware, &'a str) {
+/// The file (or URL) for this client, or why it gets none.
+fn boot_file(cfg: &DhcpConfig, req: &Request) -> Result<(Firmware, String), String> {
     if req.is_ipxe() {
-        return (Firmware::Ipxe, &cfg.boot.ipxe_script_url);
+        return Ok((Firmware::Ipxe, cfg.boot.ipxe_script_url.clone()));
     }
-    match firmware_for_arch(req.arch()) {
-        Firmware::Efi => (Firmware::Efi, &cfg.boot.efi_file),
-        _ => (Firmware::Bios, &cfg.boot.bios_file),
+    let b = &cfg.boot;
+    let fw = firmware_for_arch(req.arch());
+    let url = |f: &str| format!("{}{f}", b.http_base);
+    match fw {
+        Firmware::Bios => Ok((fw, b.bios_file.clone())),
+        Firmware::Efi => Ok((fw, b.efi_file.clone())),
+        Firmware::HttpEfi => Ok((fw, url(&b.efi_file))),
+        Firmware::Arm64 | Firmware::HttpArm64 if b.arm64_file.is_empty() => Err(
+            "ARM64 UEFI client, and no ARM64 iPXE binary is configured (--ipxe-arm64)".into(),
+        ),
+        Firmware::Arm64 => Ok((fw, b.arm64_file.clone())),
+        Firmware::HttpArm64 => Ok((fw, url(&b.arm64_file))),
+        Firmware::Unsupported(a) => Err(format!(
+            "client architecture {a} (RFC 4578) has no iPXE binary here (BIOS, x86-64 and ARM64 UEFI are served)"
+        )),
+        Firmware::Ipxe => Ok((fw, b.ipxe_script_url.clone())),
+    }
+}
+
+/// [`boot_file`] for a client about to get an offer: `None` (and one log
+/// line) when it cannot boot from us, so it gets no offer at all.
+fn bootable(cfg: &DhcpConfig, req: &Request, who: &str) -> Option<(Firmware, String)> {
+    match boot_file(cfg, req) {
+        Ok(f) => Some(f),
+        Err(why) if req.is_pxe() || req.is_http_client() => {
+            tracing::warn!("dhcp: no offer to {who}: {why}");
+            None
+        }
+        // A plain DHCP client (no network boot) still gets its lease.
+        Err(_) => Some((Firmware::Bios, String::new())),
     }
 }
 
@@ -600,17 +655,20 @@ fn build_reply(cfg: &DhcpConfig, req: &Request, kind: Kind) -> Vec<u8> {
         opts.push(DhcpOption::BroadcastAddr(cfg.broadcast_addr()));
         opts.push(DhcpOption::Router(vec![cfg.server_ip]));
     }
-    let (_, file) = boot_file(cfg, req);
+    let file = boot_file(cfg, req).map(|(_, f)| f).unwrap_or_default();
     if !file.is_empty() {
         if file.len() < 128 {
-            m.set_fname_str(file);
+            m.set_fname_str(&file);
         }
         opts.push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     }
     opts.push(DhcpOption::TFTPServerName(
         cfg.server_ip.to_string().into_bytes(),
     ));
-    if req.is_pxe() {
+    if req.is_http_client() {
+        // UEFI HTTP boot only takes an offer that echoes its class.
+        opts.push(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+    } else if req.is_pxe() {
         opts.push(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         // PXE vendor options: discovery control (6) = 8, boot the file
         // named in this offer without boot-server discovery or menus.
@@ -769,7 +827,7 @@ fn handle_proxy(cfg: &DhcpConfig, req: &Request, info: RecvInfo) -> Option<Reply
         return None;
     }
     let t = req.msg_type();
-    let (fw, file) = boot_file(cfg, req);
+    let (fw, file) = bootable(cfg, req, &req.describe())?;
     match (info.local_port, t) {
         (PXE_PORT, 3) | (PXE_PORT, 8) => {
             tracing::info!("proxydhcp: boot ACK to {} ({fw:?}: {file})", req.describe());
@@ -807,6 +865,7 @@ fn handle_server(
     match req.msg_type() {
         // DISCOVER
         1 => {
+            let (fw, file) = bootable(cfg, req, &who)?;
             let Some(addr) = state.allocate(cfg, &key, mac, requested, now) else {
                 tracing::warn!(
                     "dhcp: no free address for {who}: pool {}-{} exhausted, no offer",
@@ -822,7 +881,6 @@ fn handle_server(
             if !bound {
                 state.set(&key, addr, LeaseState::Offered, Some(now + OFFER_HOLD));
             }
-            let (fw, file) = boot_file(cfg, req);
             tracing::info!("dhcp: OFFER {addr} to {who} ({fw:?}: {file})");
             reply(cfg, req, Kind::Lease(MessageType::Offer, addr), info)
         }
@@ -882,7 +940,7 @@ fn handle_server(
                 Some(addr) => {
                     state.set(&key, addr, LeaseState::Bound, expires);
                     state.declined.remove(&addr);
-                    let (fw, file) = boot_file(cfg, req);
+                    let (fw, file) = boot_file(cfg, req).unwrap_or((Firmware::Bios, String::new()));
                     tracing::info!("dhcp: ACK {addr} to {who} ({fw:?}: {file})");
                     reply(cfg, req, Kind::Lease(MessageType::Ack, addr), info)
                 }
@@ -1449,7 +1507,7 @@ mod tests {
                 true,
             ),
             (
-                &[(60, b"PXEClient:Arch:00011:UNDI:003016"), (93, &[0, 11])],
+                &[(60, b"PXEClient:Arch:00009:UNDI:003016"), (93, &[0, 9])],
                 "snponly.efi",
                 true,
             ),
@@ -1491,6 +1549,44 @@ mod tests {
                 ipxe175.then_some(true)
             );
         }
+    }
+
+    #[test]
+    fn each_architecture_gets_its_own_binary_or_nothing() {
+        let mut c = cfg();
+        let discover = |c: &DhcpConfig, opts: &[(u8, &[u8])]| {
+            let mut t = LeaseTable::new();
+            handle_packet(&mut t, c, &raw(1, &MAC1, Ipv4Addr::UNSPECIFIED, opts))
+                .map(|r| decode(&r))
+        };
+        let arm64: &[(u8, &[u8])] = &[(60, b"PXEClient:Arch:00011:UNDI:003016"), (93, &[0, 11])];
+        // No ARM64 binary: an x86 one would not run, so no offer at all.
+        assert!(discover(&c, arm64).is_none());
+        // IA32 UEFI likewise.
+        assert!(discover(
+            &c,
+            &[(60, b"PXEClient:Arch:00006:UNDI:003016"), (93, &[0, 6])]
+        )
+        .is_none());
+        c.boot.arm64_file = "snponly-arm64.efi".into();
+        assert_eq!(bootfile(&discover(&c, arm64).unwrap()), "snponly-arm64.efi");
+        // UEFI HTTP boot: a URL, and option 60 set back to HTTPClient.
+        let m = discover(
+            &c,
+            &[(60, b"HTTPClient:Arch:00016:UNDI:003001"), (93, &[0, 16])],
+        )
+        .unwrap();
+        assert_eq!(bootfile(&m), "http://10.77.0.1/ipxe/snponly.efi");
+        assert_eq!(opt_bytes(&m, 60).unwrap(), b"HTTPClient");
+        let m = discover(
+            &c,
+            &[(60, b"HTTPClient:Arch:00019:UNDI:003001"), (93, &[0, 19])],
+        )
+        .unwrap();
+        assert_eq!(bootfile(&m), "http://10.77.0.1/ipxe/snponly-arm64.efi");
+        // A plain DHCP client (no network boot) still gets its lease.
+        let m = discover(&c, &[(93, &[0, 6])]).unwrap();
+        assert!(opt_bytes(&m, 67).is_none());
     }
 
     #[test]

@@ -109,6 +109,16 @@ pub struct PxeArgs {
     /// Directory of iPXE binaries served over TFTP and HTTP [default: /usr/lib/ipxe].
     #[arg(long, value_name = "DIR")]
     pub ipxe_dir: Option<PathBuf>,
+    /// iPXE for BIOS PXE ROMs, a file in --ipxe-dir [default: undionly.kpxe].
+    #[arg(long, value_name = "NAME")]
+    pub ipxe_bios: Option<String>,
+    /// iPXE for x86-64 UEFI (PXE and HTTP boot), a file in --ipxe-dir [default: snponly.efi].
+    #[arg(long, value_name = "NAME")]
+    pub ipxe_efi64: Option<String>,
+    /// iPXE for ARM64 UEFI, a file in --ipxe-dir [default: snponly-arm64.efi if present;
+    /// without one, ARM64 clients get no offer].
+    #[arg(long, value_name = "NAME")]
+    pub ipxe_arm64: Option<String>,
     /// DHCP sidecar: full server, ProxyDHCP next to another server, or off [default: server].
     #[arg(long, value_enum)]
     pub dhcp_mode: Option<DhcpModeArg>,
@@ -148,6 +158,9 @@ impl PxeArgs {
             menu_user,
             menu_password,
             ipxe_dir,
+            ipxe_bios,
+            ipxe_efi64,
+            ipxe_arm64,
             dhcp_mode,
             dhcp_pool,
             http_port,
@@ -551,6 +564,34 @@ mod sidecars {
         if mode != dhcp::DhcpMode::Off {
             let mut boot = dhcp::BootFiles::defaults_for(ifa.addr);
             boot.ipxe_script_url = format!("{}/boot.ipxe", cfg.http_base());
+            boot.http_base = format!("{}/ipxe/", cfg.http_base());
+            let named = |flag: &str, v: &Option<String>| -> Result<Option<String>, String> {
+                let Some(n) = v else { return Ok(None) };
+                if n.contains('/') || !ipxe_dir.join(n).is_file() {
+                    return Err(format!(
+                        "--{flag} {n}: not a file in --ipxe-dir {}",
+                        ipxe_dir.display()
+                    ));
+                }
+                Ok(Some(n.clone()))
+            };
+            if let Some(n) = named("ipxe-bios", &args.ipxe_bios)? {
+                boot.bios_file = n;
+            }
+            if let Some(n) = named("ipxe-efi64", &args.ipxe_efi64)? {
+                boot.efi_file = n;
+            }
+            boot.arm64_file = match named("ipxe-arm64", &args.ipxe_arm64)? {
+                Some(n) => n,
+                None if ipxe_dir.join("snponly-arm64.efi").is_file() => "snponly-arm64.efi".into(),
+                None => {
+                    tracing::info!(
+                        "no ARM64 iPXE in {} (--ipxe-arm64): ARM64 UEFI clients will get no offer",
+                        ipxe_dir.display()
+                    );
+                    String::new()
+                }
+            };
             boot.initiator_iqn = Some(cfg.initiator_name.clone());
             let mut d = dhcp::DhcpConfig::new(ifname, ifa.addr, ifa.netmask, boot);
             d.mode = mode;

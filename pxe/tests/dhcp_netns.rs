@@ -206,6 +206,7 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
     );
     cfg.boot.root_path = Some(ROOT_PATH.into());
     cfg.boot.initiator_iqn = Some(INITIATOR.into());
+    cfg.boot.arm64_file = "snponly-arm64.efi".into();
     let handle = link
         .in_server_ns(move || dhcp::spawn(cfg))
         .expect("start DHCP server");
@@ -251,7 +252,7 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
                 "-x".into(),
                 "0x5d:000b".into(),
             ],
-            "snponly.efi",
+            "snponly-arm64.efi",
         ),
         (
             "iPXE",
