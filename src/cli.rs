@@ -117,6 +117,20 @@ pub(crate) struct ServeArgs {
     /// Seconds a new connection has to complete its login [default: 30].
     #[arg(long)]
     pub(crate) login_timeout: Option<u64>,
+    /// Send a NOP-In ping on a connection idle this many seconds; an
+    /// initiator that has answered pings before is dropped if it then stays
+    /// silent for --nop-timeout (TCP keepalive uses the same times). 0 turns
+    /// keepalive off [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) nop_interval: Option<u64>,
+    /// Seconds of silence after a ping before the connection is closed
+    /// [default: 15].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) nop_timeout: Option<u64>,
+    /// Most normal sessions the target holds; further logins are refused
+    /// (status 0302, out of resources) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_sessions: Option<usize>,
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
     pub(crate) log: Option<String>,
@@ -186,6 +200,9 @@ impl ServeArgs {
             buffer_size,
             queue_depth,
             login_timeout,
+            nop_interval,
+            nop_timeout,
+            max_sessions,
             log,
             net_interface,
             net_address,
@@ -616,6 +633,21 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
             "--login-timeout {login_timeout}: must be between 1 and 3600 seconds"
         )));
     }
+    if let Some(n) = args.nop_interval.filter(|n| *n > 3600) {
+        return Err(Usage(format!(
+            "--nop-interval {n}: must be between 0 (off) and 3600 seconds"
+        )));
+    }
+    if let Some(n) = args.nop_timeout.filter(|n| !(1..=3600).contains(n)) {
+        return Err(Usage(format!(
+            "--nop-timeout {n}: must be between 1 and 3600 seconds"
+        )));
+    }
+    if let Some(n) = args.max_sessions.filter(|n| !(1..=65535).contains(n)) {
+        return Err(Usage(format!(
+            "--max-sessions {n}: must be between 1 and 65535"
+        )));
+    }
     Ok(Checked {
         listen,
         target_name,
@@ -708,6 +740,15 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
     security.log_summary();
     let mut shared = TargetShared::new(target_name.clone(), luns, limits, queue_depth);
     shared.login_timeout_secs = login_timeout;
+    if let Some(n) = args.nop_interval {
+        shared.nop_interval_secs = n;
+    }
+    if let Some(n) = args.nop_timeout {
+        shared.nop_timeout_secs = n;
+    }
+    if let Some(n) = args.max_sessions {
+        shared.max_sessions = n;
+    }
     let shared = Arc::new(shared);
 
     let listener = TcpListener::bind(listen).map_err(|e| {
