@@ -217,7 +217,12 @@ fn param_error(byte: usize) -> Sense {
 /// MODE SELECT with its parameter list: every page must be one MODE SENSE
 /// reports, with only changeable bits differing from the current values.
 /// A block descriptor must repeat the current capacity and block length.
-pub fn mode_select_data(ten: bool, lu: &LuInfo, data: &[u8]) -> Result<Outcome, Sense> {
+pub fn mode_select_data(
+    ten: bool,
+    lu: &LuInfo,
+    nexus: &super::Nexus,
+    data: &[u8],
+) -> Result<Outcome, Sense> {
     let hlen = if ten { 8 } else { 4 };
     if data.len() < hlen {
         return Err(Sense::parameter_list_length_error());
@@ -277,7 +282,12 @@ pub fn mode_select_data(ten: bool, lu: &LuInfo, data: &[u8]) -> Result<Outcome, 
         p += 2 + plen;
     }
     if let Some(on) = swp {
-        lu.state.set_swp(on);
+        if lu.state.swp() != on {
+            lu.state.set_swp(on);
+            // SPC-4 5.12: the other I_T nexuses learn of the change.
+            lu.state
+                .raise_ua(super::state::ua::MODE_PARAMETERS_CHANGED, Some(nexus));
+        }
     }
     Ok(Outcome::Good)
 }

@@ -366,7 +366,6 @@ fn summary(p: &[([u8; BHS_LEN], Vec<u8>)]) -> Vec<(u8, u8)> {
 
 const R2T: u8 = 0x31;
 const RSP: u8 = 0x21;
-const REJECT: u8 = 0x3f;
 
 #[test]
 fn login_write_read_round_trip() {

@@ -158,8 +158,8 @@ fn with_data(
     data: &[u8],
 ) -> CmdResult {
     match cdb.opcode() {
-        op::MODE_SELECT_6 => mode::mode_select_data(false, lu, data),
-        op::MODE_SELECT_10 => mode::mode_select_data(true, lu, data),
+        op::MODE_SELECT_6 => mode::mode_select_data(false, lu, nexus, data),
+        op::MODE_SELECT_10 => mode::mode_select_data(true, lu, nexus, data),
         op::WRITE_SAME_10 => lbp::write_same_data(cdb, lu, false, data),
         op::WRITE_SAME_16 => lbp::write_same_data(cdb, lu, true, data),
         op::UNMAP => lbp::unmap_data(cdb, lu, data),

@@ -322,6 +322,10 @@ fn extended_copy_copies_blocks_and_reports() {
 #[test]
 fn mode_select_swp_write_protects() {
     let r = rig_on("ram:1M");
+    // Both nexuses are known to the LU before the change (the transport
+    // does this on their first command).
+    r.lu.state.nexus_seen(&r.a);
+    r.lu.state.nexus_seen(&r.b);
     // MODE SENSE(6) of the Control page, then set SWP and select it back.
     let (_, d) = r.run(&r.a, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]);
     let mut list = d.clone();
@@ -333,6 +337,13 @@ fn mode_select_swp_write_protects() {
         r.run(&r.a, &[0x15, 0x10, 0, 0, len, 0], &list).0,
         Outcome::Good
     );
+    // The other nexus hears that mode parameters changed (SPC-4: unit
+    // attention 2Ah/01h) on its next command; the sender does not.
+    assert_eq!(
+        r.lu.state.take_ua(&r.b, 0x2A),
+        Some(crate::scsi::state::ua::MODE_PARAMETERS_CHANGED)
+    );
+    assert_eq!(r.lu.state.take_ua(&r.a, 0x2A), None);
     assert_eq!(
         r.run(&r.b, &write10(0), &[]).0,
         Outcome::Check(Sense::write_protected())
