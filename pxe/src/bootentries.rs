@@ -392,6 +392,27 @@ pub fn kernel_release(kernel: &Path) -> Option<String> {
     ok.then(|| r.to_string())
 }
 
+/// Whether a kernel image can be started by UEFI firmware (and so by iPXE
+/// on UEFI): an EFI stub makes it a PE/COFF image, "MZ" at 0 and "PE\0\0"
+/// at the offset stored at 0x3C. `None` when the file cannot be read.
+pub fn has_efi_stub(kernel: &Path) -> Option<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(kernel).ok()?;
+    let mut dos = [0u8; 0x40];
+    if f.read_exact(&mut dos).is_err() {
+        return Some(false);
+    }
+    if &dos[..2] != b"MZ" {
+        return Some(false);
+    }
+    let pe = u32::from_le_bytes([dos[0x3C], dos[0x3D], dos[0x3E], dos[0x3F]]);
+    let mut sig = [0u8; 4];
+    if f.seek(SeekFrom::Start(u64::from(pe))).is_err() || f.read_exact(&mut sig).is_err() {
+        return Some(false);
+    }
+    Some(&sig == b"PE\0\0")
+}
+
 /// Remove every argument whose name (the part before `=`, or the whole
 /// argument) is in `strip`.
 pub fn strip_args(cmdline: &str, strip: &[String]) -> String {

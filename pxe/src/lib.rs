@@ -225,7 +225,27 @@ struct BootScan {
     current: Option<BootSource>,
 }
 
+/// One log line per menu entry, and a warning for kernels UEFI clients
+/// cannot start (no EFI stub): BIOS clients can still boot them.
+fn log_entries(what: &str, entries: &[BootEntry], dir: Option<&Path>) {
+    for e in entries {
+        tracing::info!("pxe: {what} {:?} kernel {}", e.title, e.linux);
+        if let Some(false) = dir.and_then(|d| bootentries::has_efi_stub(&d.join(&e.linux))) {
+            tracing::warn!(
+                "pxe: {} has no EFI stub: UEFI clients cannot boot {:?} (BIOS clients can)",
+                e.linux,
+                e.title
+            );
+        }
+    }
+}
+
 impl BootScan {
+    /// The directory of the current scan.
+    fn dir(&self) -> Option<&Path> {
+        self.current.as_ref().map(|c| c.dir.as_path())
+    }
+
     fn flag(&self) -> String {
         source_flag(self.boot_dir.as_deref(), self.boot_device.as_deref())
     }
@@ -465,13 +485,7 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
                 Ok((e, r)) => {
                     let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
                     if *known != e {
-                        for x in &e {
-                            tracing::info!(
-                                "pxe: boot entries changed: {:?} kernel {}",
-                                x.title,
-                                x.linux
-                            );
-                        }
+                        log_entries("boot entries changed:", &e, scan.dir());
                         *known = e;
                     }
                     Some(r)
@@ -491,9 +505,7 @@ pub fn start(args: &PxeArgs, export: &IscsiExport) -> Result<Option<PxeHandle>, 
             e.trim_start_matches("http: ")
         )
     })?;
-    for e in &entries {
-        tracing::info!("pxe: entry {:?} kernel {}", e.title, e.linux);
-    }
+    log_entries("entry", &entries, boot_dir.as_deref());
     let threads = sidecars::spawn(args, ifname, &ifa, &cfg, &ipxe_dir)?;
     Ok(Some(PxeHandle {
         http,

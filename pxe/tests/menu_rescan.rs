@@ -59,6 +59,22 @@ fn kernel_release_from_the_header() {
 }
 
 #[test]
+fn efi_stub_detection() {
+    let d = temp_dir("efistub");
+    // A bzImage header alone: BIOS only.
+    fake_kernel(&d.join("bios"), "6.1.0");
+    assert_eq!(bootentries::has_efi_stub(&d.join("bios")), Some(false));
+    // With a PE header where 0x3C points.
+    let mut k = std::fs::read(d.join("bios")).unwrap();
+    k[0x3C..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    k[0x40..0x44].copy_from_slice(b"PE\0\0");
+    std::fs::write(d.join("efi"), k).unwrap();
+    assert_eq!(bootentries::has_efi_stub(&d.join("efi")), Some(true));
+    assert_eq!(bootentries::has_efi_stub(&d.join("missing")), None);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn arch_vmlinuz_linux_pairs_with_dracut_initramfs() {
     let d = temp_dir("archdracut");
     fake_kernel(&d.join("vmlinuz-linux"), "6.6.1-arch1-1");
