@@ -105,7 +105,7 @@ pub(crate) struct ServeArgs {
     /// Adaptive polling: microseconds to spin before sleeping [default: 50].
     #[arg(long)]
     pub(crate) poll_spin_us: Option<u64>,
-    /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 64 to 256].
+    /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 128 to 256].
     #[arg(long)]
     pub(crate) buffers: Option<usize>,
     /// Size of each I/O buffer [default: 1M].

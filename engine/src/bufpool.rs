@@ -29,10 +29,13 @@ impl PoolBuf {
 /// Share of the machine's RAM the default pools may pin, all reactors
 /// together (1/128: 192 MiB on a 24 GiB box, 2 GiB on a 256 GiB server).
 pub const DEFAULT_RAM_SHARE: u64 = 128;
-/// Per-reactor floor and ceiling of the default buffer count. The floor
-/// keeps a depth-32 initiator with 1 MiB commands and some slack fed on a
-/// small machine; the ceiling is the old fixed default.
-pub const DEFAULT_MIN_BUFFERS: usize = 64;
+/// Per-reactor floor and ceiling of the default buffer count. A command
+/// holds a buffer while it is in flight, and one session may have its
+/// whole command window (`--queue-depth`, 128 by default) in flight on one
+/// reactor: below that, a single qemu-img writing 128 KiB at depth 32 was
+/// answered TASK SET FULL thousands of times with 94 buffers and never
+/// with 128. The ceiling is the old fixed default.
+pub const DEFAULT_MIN_BUFFERS: usize = 128;
 pub const DEFAULT_MAX_BUFFERS: usize = 256;
 
 /// The default number of buffers per reactor: a share of physical RAM
@@ -207,9 +210,12 @@ mod tests {
     #[test]
     fn default_pool_scales_with_ram_and_reactors() {
         const G: u64 = 1 << 30;
-        // 24 GiB, 2 reactors, 1 MiB buffers: 96 each (192 MiB pinned).
-        assert_eq!(default_buffers_for(24 * G, 2, 1 << 20), 96);
-        // 256 GiB, 64 reactors: the floor, 4 GiB in all instead of 16.
+        // 24 GiB, 2 reactors, 1 MiB buffers: the share is 96 each, under
+        // the floor (256 MiB pinned in all instead of 512).
+        assert_eq!(default_buffers_for(24 * G, 2, 1 << 20), DEFAULT_MIN_BUFFERS);
+        // 48 GiB, 2 reactors: the share, 192 each.
+        assert_eq!(default_buffers_for(48 * G, 2, 1 << 20), 192);
+        // 256 GiB, 64 reactors: the floor, 8 GiB in all instead of 16.
         assert_eq!(
             default_buffers_for(256 * G, 64, 1 << 20),
             DEFAULT_MIN_BUFFERS
