@@ -134,6 +134,9 @@ pub(crate) struct ServeArgs {
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
     pub(crate) log: Option<String>,
+    /// Log lines as plain text or as one JSON object per line [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
     /// Interface to bring up and give --net-address [default: --pxe-interface;
     /// in the ramdisk: the first Ethernet interface with a link].
     #[arg(long, value_name = "IFACE")]
@@ -204,6 +207,7 @@ impl ServeArgs {
             nop_timeout,
             max_sessions,
             log,
+            log_format,
             net_interface,
             net_address,
             disk_timeout,
@@ -313,11 +317,21 @@ pub(crate) fn log_filter(s: &str) -> Result<tracing_subscriber::EnvFilter, Strin
     tracing_subscriber::EnvFilter::try_new(s).map_err(|_| bad())
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Swaps the log filter of the running process (SIGHUP).
 type LogReload =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
-pub(crate) fn init_logging(filter: Option<&str>) -> Option<LogReload> {
+pub(crate) fn init_logging(filter: Option<&str>, format: Option<LogFormat>) -> Option<LogReload> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let f = match filter.map(log_filter) {
@@ -333,15 +347,19 @@ pub(crate) fn init_logging(filter: Option<&str>) -> Option<LogReload> {
     // other end is a log, not a terminal.
     let ansi = tty && !bootlun_image::running_as_init();
     let (layer, handle) = tracing_subscriber::reload::Layer::new(f);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    tracing_subscriber::registry()
-        .with(layer)
-        .with(fmt)
-        .try_init()
-        .ok()
-        .map(|()| handle)
+    let registry = tracing_subscriber::registry().with(layer);
+    let done = if format == Some(LogFormat::Json) {
+        let fmt = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr);
+        registry.with(fmt).try_init()
+    } else {
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        registry.with(fmt).try_init()
+    };
+    done.ok().map(|()| handle)
 }
 
 fn serve(mut args: ServeArgs) -> ExitCode {
@@ -355,7 +373,7 @@ fn serve(mut args: ServeArgs) -> ExitCode {
     if let Some(Err(e)) = args.log.as_deref().map(log_filter) {
         return usage_error(&e);
     }
-    let reload = init_logging(args.log.as_deref());
+    let reload = init_logging(args.log.as_deref(), args.log_format);
     warn_command_line_secrets(&cli_only);
     // Catch SIGINT/SIGTERM before anything is announced, so a signal sent
     // right after the "listening on" line still flushes and exits 0.

@@ -198,6 +198,7 @@ pub(crate) fn example() -> String {
             "queue-depth" => "128".into(),
             "login-timeout" => "30".into(),
             "log" => "\"info\"".into(),
+            "log-format" => "\"text\"".into(),
             "net-interface" | "pxe-interface" => "\"eth0\"".into(),
             "net-address" => "\"192.168.200.1/24\"".into(),
             "disk-timeout" => "60".into(),

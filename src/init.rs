@@ -116,7 +116,8 @@ pub fn main() -> ! {
         Err(e) => (None, Some(e)),
     };
     let log = args.as_ref().and_then(|a| a.log.clone());
-    cli::init_logging(log.as_deref());
+    let log_format = args.as_ref().and_then(|a| a.log_format);
+    cli::init_logging(log.as_deref(), log_format);
 
     let running = match (args, problem) {
         (Some(args), _) => match prepare_and_start(args) {

@@ -503,3 +503,26 @@ fn bootentries_dry_run_follows_the_serve_config() {
     );
     assert_rejected(&["bootentries"], "--boot-dir");
 }
+
+#[test]
+fn json_log_lines() {
+    if !bootlun_cli_available() {
+        return;
+    }
+    let mut srv = Server::bootlun(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--lun",
+        "ram:16M",
+        "--log-format",
+        "json",
+    ]);
+    let line = srv
+        .log
+        .wait_for(CLI_LIMIT, |l| l.contains("listening on"))
+        .unwrap_or_else(|| panic!("{}", srv.output()));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert!(srv.stop().success());
+}
