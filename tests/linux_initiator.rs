@@ -25,9 +25,8 @@
 //! `BOOTLUN_VM_LOG` sets bootlun's `--log` (default `debug`);
 //! `BOOTLUN_VM_ECHO=1` echoes the serial console and bootlun's log live;
 
-mod common;
-#[path = "vm/mod.rs"]
-mod vm;
+use testkit as common;
+use testkit::vm;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -423,13 +422,8 @@ fn kv(s: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn linux_kernel_initiator_in_a_vm() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if common::skip_external() {
-            println!("SKIPPED: needs root (network namespace and tap device)");
-            return;
-        }
-        panic!("this test needs root (network namespace and tap device); BOOTLUN_SKIP_EXTERNAL=1 skips it");
+    if !testkit::require_root() || !testkit::require_file("/dev/net/tun", "kmod (modprobe tun)") {
+        return;
     }
     for (bin, pkg) in [
         ("qemu-system-x86_64", "qemu-system-x86"),

@@ -64,15 +64,7 @@ impl Drop for Ns {
 }
 
 fn ready() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if skip_external() {
-            println!("SKIPPED: needs root for network namespaces");
-            return false;
-        }
-        panic!("needs root (network namespaces); set BOOTLUN_SKIP_EXTERNAL=1 to skip");
-    }
-    require_tool("ip", "iproute2")
+    require_root() && require_tool("ip", "iproute2")
 }
 
 fn serve_args(extra: &[&str]) -> Vec<String> {

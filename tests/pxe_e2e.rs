@@ -12,19 +12,19 @@
 //! boot sector prints a marker; OVMF + iPXE with `--menu-user/--menu-password`,
 //! the test typing the credentials into iPXE's login form.
 //!
-//! Needs root, `ip`, `qemu-system-x86_64`, the `ipxe-qemu`/`ipxe`/`ovmf`
+//! Needs root, `ip`, `qemu-system-x86_64`, the `ipxe-qemu`/`ovmf`
 //! packages and `apt-get download` access for `linux-image-amd64` and
-//! `busybox-static` (cached in `$BOOTLUN_E2E_CACHE`, default
-//! `$CARGO_TARGET_TMPDIR/pxe-e2e-cache`). Skips (passing, with a message)
-//! when any is missing; `BOOTLUN_E2E=0` skips too. `BOOTLUN_E2E_ONLY=a,b`
-//! runs only the named scenarios.
+//! `busybox-static` (cached by `testkit::DebCache` in `$BOOTLUN_E2E_CACHE`,
+//! default `target/tmp/deb-cache`). A missing one fails the test naming the
+//! package, unless `BOOTLUN_SKIP_EXTERNAL=1`. `BOOTLUN_E2E_ONLY=a,b` runs
+//! only the named scenarios.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use testkit::{Cpio, DebCache, NetNs, RaSender, Spawned};
 
 const SERVER_IP: &str = "10.77.0.1";
 const MARKER: &str = "BOOTLUN-CMDLINE:";
@@ -36,136 +36,35 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 const IQN: &str = "iqn.2026-11.org.bootlun:e2e";
 
-fn run(cmd: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", cmd.join(" ")))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {}{}",
-            cmd.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ));
+/// Root, the tools and the firmware files; missing ones fail the test
+/// naming the package (or skip it under `BOOTLUN_SKIP_EXTERNAL=1`).
+fn prerequisites() -> bool {
+    if !testkit::require_root() {
+        return false;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn which(p: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {p}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if std::env::var("BOOTLUN_E2E").as_deref() == Ok("0") {
-        return Some("BOOTLUN_E2E=0".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (needs network namespaces and taps)".into());
-    }
-    for t in [
-        "ip",
-        "qemu-system-x86_64",
-        "apt-get",
-        "apt-cache",
-        "dpkg-deb",
+    for (bin, pkg) in [
+        ("ip", "iproute2"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("apt-get", "apt"),
+        ("dpkg-deb", "dpkg"),
     ] {
-        if !which(t) {
-            return Some(format!("{t} not installed"));
+        if !testkit::require_tool(bin, pkg) {
+            return false;
         }
     }
-    for f in [IPXE_ROM_BIOS, "/dev/net/tun"] {
-        if !Path::new(f).exists() {
-            return Some(format!("{f} missing"));
-        }
-    }
-    None
+    testkit::require_file(IPXE_ROM_BIOS, "ipxe-qemu")
+        && testkit::require_file("/dev/net/tun", "kmod (modprobe tun)")
 }
 
 // ---------------------------------------------------------------- assets
 
-fn cache_dir() -> PathBuf {
-    let d = std::env::var_os("BOOTLUN_E2E_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("pxe-e2e-cache"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// `apt-get download` of `pkg` into the cache (once); returns the .deb.
-fn fetch_deb(cache: &Path, pkg: &str) -> Result<PathBuf, String> {
-    let find = || -> Option<PathBuf> {
-        std::fs::read_dir(cache)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                let n = p.file_name().unwrap().to_string_lossy().into_owned();
-                n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
-            })
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let st = Command::new("apt-get")
-        .args(["download", "-q", pkg])
-        .current_dir(cache)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("apt-get download {pkg}: {e}"))?;
-    if !st.success() {
-        return Err(format!("apt-get download {pkg} failed"));
-    }
-    find().ok_or_else(|| {
-        format!(
-            "apt-get download {pkg}: no .deb appeared in {}",
-            cache.display()
-        )
-    })
-}
-
-/// The real kernel package behind the `linux-image-amd64` metapackage.
-fn kernel_package() -> Result<String, String> {
-    let out = run(&["apt-cache", "depends", "linux-image-amd64"])?;
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .map(str::trim)
-        .find(|p| p.starts_with("linux-image-") && !p.starts_with('<'))
-        .map(str::to_string)
-        .ok_or_else(|| "apt-cache depends linux-image-amd64: no linux-image dependency".into())
-}
-
-/// Extract `deb` into `cache/<name>` once and return that directory.
-fn extract(cache: &Path, deb: &Path, name: &str) -> Result<PathBuf, String> {
-    let dir = cache.join(name);
-    let stamp = dir.join(".extracted");
-    if !stamp.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        run(&[
-            "dpkg-deb",
-            "-x",
-            deb.to_str().unwrap(),
-            dir.to_str().unwrap(),
-        ])?;
-        std::fs::write(&stamp, "").unwrap();
-    }
-    Ok(dir)
-}
-
-fn kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
-    let cache = cache_dir();
-    let kpkg = kernel_package()?;
-    let kdeb = fetch_deb(&cache, &kpkg)?;
-    let kdir = extract(&cache, &kdeb, &kpkg)?;
+/// The guest kernel (from the real package behind `linux-image-amd64`) and
+/// a static busybox, from the shared Debian package cache.
+fn kernel_and_busybox() -> (PathBuf, PathBuf) {
+    let cache = DebCache::open();
+    let kdir = cache.unpacked(&cache.kernel_deb());
     let vmlinuz = std::fs::read_dir(kdir.join("boot"))
-        .map_err(|e| format!("{kpkg}: {e}"))?
+        .unwrap_or_else(|e| panic!("{}: {e}", kdir.display()))
         .flatten()
         .map(|e| e.path())
         .find(|p| {
@@ -174,68 +73,11 @@ fn kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
                 .to_string_lossy()
                 .starts_with("vmlinuz-")
         })
-        .ok_or_else(|| format!("{kpkg}: no boot/vmlinuz-*"))?;
-    let bdeb = fetch_deb(&cache, "busybox-static")?;
-    let bdir = extract(&cache, &bdeb, "busybox-static")?;
+        .unwrap_or_else(|| panic!("{}: no boot/vmlinuz-*", kdir.display()));
+    let bdir = cache.unpacked(&cache.deb("busybox-static"));
     let busybox = bdir.join("bin/busybox");
-    if !busybox.exists() {
-        return Err("busybox-static: no bin/busybox".into());
-    }
-    Ok((vmlinuz, busybox))
-}
-
-/// A cpio "newc" archive writer (what the kernel unpacks as initramfs).
-struct Cpio {
-    out: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn new() -> Cpio {
-        Cpio {
-            out: Vec::new(),
-            ino: 1,
-        }
-    }
-
-    fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
-            self.out.push(0);
-        }
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.ino += 1;
-        self.out.extend_from_slice(b"070701");
-        for f in fields {
-            self.out.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), b"");
-        self.out
-    }
+    assert!(busybox.exists(), "busybox-static: no bin/busybox");
+    (vmlinuz, busybox)
 }
 
 fn initramfs(busybox: &Path) -> Vec<u8> {
@@ -247,269 +89,30 @@ fn initramfs(busybox: &Path) -> Vec<u8> {
     );
     let mut c = Cpio::new();
     for d in ["bin", "dev", "proc", "sys"] {
-        c.entry(d, 0o040755, (0, 0), b"");
+        c.dir(d);
     }
-    c.entry("dev/console", 0o020600, (5, 1), b"");
-    c.entry(
-        "bin/busybox",
-        0o100755,
-        (0, 0),
-        &std::fs::read(busybox).unwrap(),
-    );
-    c.entry("bin/sh", 0o120777, (0, 0), b"busybox");
-    c.entry("init", 0o100755, (0, 0), init.as_bytes());
+    c.char_dev("dev/console", 0o600, 5, 1);
+    c.host_file("bin/busybox", 0o755, busybox);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, init.as_bytes());
     c.finish()
 }
 
-// ---------------------------------------------------------------- network
-
-/// A network namespace with bridge `br0` (10.77.0.1/24) and tap `tap0`
-/// enslaved to it; deleted on drop.
-struct Netns {
-    name: String,
+/// Starts `cmd` with its output captured and stdin open (QEMU's serial
+/// console); killed on drop.
+fn spawn(cmd: &mut Command, what: &'static str) -> Spawned {
+    let p = Spawned::interactive(what, cmd, Instant::now(), echo());
+    eprintln!("pxe_e2e: started {what} (pid {:?})", p.pid());
+    p
 }
 
-impl Netns {
-    fn create() -> Result<Netns, String> {
-        let name = format!("bootlun-e2e-{}", std::process::id());
-        let _ = run(&["ip", "netns", "del", &name]);
-        run(&["ip", "netns", "add", &name])?;
-        let ns = Netns { name };
-        let n = ns.name.clone();
-        let ip = |args: &[&str]| -> Result<String, String> {
-            let mut v = vec!["ip", "-n", n.as_str()];
-            v.extend_from_slice(args);
-            run(&v)
-        };
-        // No DAD: the bridge's link-local address is usable at once (RA).
-        let _ = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-        ]);
-        let _ = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.accept_dad=0",
-        ]);
-        ip(&["link", "set", "lo", "up"])?;
-        ip(&[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-            "stp_state",
-            "0",
-        ])?;
-        ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", "br0"])?;
-        ip(&["link", "set", "br0", "up"])?;
-        run(&[
-            "ip", "netns", "exec", &ns.name, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
-        ])?;
-        ip(&["link", "set", "tap0", "master", "br0"])?;
-        ip(&["link", "set", "tap0", "up"])?;
-        Ok(ns)
-    }
-
-    fn exec(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
+fn echo() -> bool {
+    std::env::var("BOOTLUN_E2E_ECHO").as_deref() == Ok("1")
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
-}
-
-/// Sends IPv6 router advertisements (router lifetime 0, no prefixes) on
-/// br0 every 500 ms, so iPXE ends its IPv6 autoconfiguration at once
-/// instead of waiting ~13 s for a router. Best effort.
-struct RaSender {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RaSender {
-    fn start(ns: &str) -> RaSender {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let path = format!("/run/netns/{ns}");
-        let thread = std::thread::spawn(move || {
-            // This thread alone moves into the namespace.
-            let Ok(f) = std::fs::File::open(&path) else {
-                return;
-            };
-            use std::os::fd::AsRawFd;
-            // SAFETY: plain syscalls on valid descriptors and buffers.
-            unsafe {
-                if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return;
-                }
-                let s = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
-                if s < 0 {
-                    return;
-                }
-                let dev = b"br0\0";
-                libc::setsockopt(
-                    s,
-                    libc::SOL_SOCKET,
-                    libc::SO_BINDTODEVICE,
-                    dev.as_ptr().cast(),
-                    4,
-                );
-                let hops: libc::c_int = 255;
-                let hp = (&hops as *const libc::c_int).cast();
-                let hl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                libc::setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, hp, hl);
-                libc::setsockopt(s, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, hp, hl);
-                let idx = libc::if_nametoindex(dev.as_ptr().cast()) as libc::c_int;
-                libc::setsockopt(
-                    s,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_IF,
-                    (&idx as *const libc::c_int).cast(),
-                    hl,
-                );
-                // Type 134, code 0, checksum (kernel), hop limit, flags,
-                // router lifetime 0, reachable 0, retrans 0.
-                let ra = [134u8, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                let mut dst: libc::sockaddr_in6 = std::mem::zeroed();
-                dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                dst.sin6_addr.s6_addr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-                dst.sin6_scope_id = idx as u32;
-                while !stop2.load(Ordering::SeqCst) {
-                    libc::sendto(
-                        s,
-                        ra.as_ptr().cast(),
-                        ra.len(),
-                        0,
-                        (&dst as *const libc::sockaddr_in6).cast(),
-                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    );
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                libc::close(s);
-            }
-        });
-        RaSender {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for RaSender {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------- processes
-
-/// A child whose output is collected by a thread; killed on drop.
-struct Proc {
-    child: Child,
-    out: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, what: &str) -> Proc {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        eprintln!("pxe_e2e: started {what} (pid {})", child.id());
-        let out = Arc::new(Mutex::new(Vec::new()));
-        for r in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                // Chunks, not lines: firmware menus draw without newlines.
-                let mut r = r;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        Proc { child, out }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    /// Type on the child's stdin (QEMU's serial console).
-    fn type_text(&mut self, s: &str) {
-        if let Some(i) = self.child.stdin.as_mut() {
-            let _ = i.write_all(s.as_bytes());
-            let _ = i.flush();
-        }
-    }
-
-    /// Wait until a line satisfies `f`, the process exits, or `limit`.
-    fn wait_line(&mut self, limit: Duration, f: impl Fn(&str) -> bool) -> Option<String> {
-        let t = Instant::now();
-        loop {
-            if let Some(l) = self.text().lines().find(|l| f(l)) {
-                return Some(l.to_string());
-            }
-            if t.elapsed() > limit {
-                return None;
-            }
-            if let Ok(Some(_)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                return self.text().lines().find(|l| f(l)).map(str::to_string);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// SIGTERM, then SIGKILL if the child is still there after 5 s.
+fn stop(p: &mut Spawned) {
+    p.stop(libc::SIGTERM, Duration::from_secs(5));
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -607,7 +210,7 @@ fn sanboot_disk() -> Vec<u8> {
     mbr
 }
 
-fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
+fn qemu(ns: &NetNs, sc: &Scenario, work: &Path) -> Command {
     let mut c = ns.exec("qemu-system-x86_64");
     c.args([
         "-accel",
@@ -639,35 +242,36 @@ fn qemu(ns: &Netns, sc: &Scenario, work: &Path) -> Command {
     c
 }
 
-fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
-    let mut q = Proc::spawn(qemu(ns, sc, work), &format!("qemu ({})", sc.name));
+fn boot_one(ns: &NetNs, sc: &Scenario, work: &Path) -> Result<String, String> {
+    let mut q = spawn(&mut qemu(ns, sc, work), "qemu");
     if sc.mode == Mode::Login {
-        // iPXE's login form: Enter moves from the user name to the
-        // password field, and submits from there.
-        if q.wait_line(BOOT_TIMEOUT, |l| l.contains("Username"))
-            .is_none()
-        {
+        // iPXE's login form draws both labels and then reads keys; keys
+        // typed earlier would go to the "Press Ctrl-B" prompt and be lost.
+        // The form is drawn with cursor moves, no newline, so this waits on
+        // the raw console output. Typed keys queue in the serial port until
+        // iPXE reads them: Enter moves from the user name to the password
+        // field, and submits from there.
+        if !q.out.wait_raw(BOOT_TIMEOUT, |t| {
+            t.contains("Username") && t.contains("Password")
+        }) {
             return Err(format!(
                 "{}: no login form on the console:\n{}",
                 sc.name,
-                q.text()
+                q.out.raw_text()
             ));
         }
-        std::thread::sleep(Duration::from_millis(500));
-        for chunk in [MENU_USER, "\r", MENU_PASSWORD, "\r"] {
-            q.type_text(chunk);
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        q.type_text(&format!("{MENU_USER}\r{MENU_PASSWORD}\r"));
     }
     let line = if sc.mode == Mode::Sanboot {
-        q.wait_line(BOOT_TIMEOUT, |l| l.contains(SANBOOT_MARKER))
+        q.out.wait_for(BOOT_TIMEOUT, |l| l.contains(SANBOOT_MARKER))
     } else {
-        q.wait_line(BOOT_TIMEOUT, |l| {
+        q.out.wait_for(BOOT_TIMEOUT, |l| {
             l.contains(MARKER) && l.contains("console=ttyS0")
         })
-    };
-    let text = q.text();
-    q.stop();
+    }
+    .map(|(_, l)| l);
+    stop(&mut q);
+    let text = q.out.raw_text();
     match line {
         Some(_) if sc.mode == Mode::Sanboot => {
             Ok(format!("(boot sector of LUN 0 printed {SANBOOT_MARKER})"))
@@ -699,21 +303,13 @@ fn boot_one(ns: &Netns, sc: &Scenario, work: &Path) -> Result<String, String> {
 
 #[test]
 fn pxe_boot_with_real_firmware() {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("pxe_e2e skipped: {why}");
+    if !prerequisites() {
         return;
     }
     let t0 = Instant::now();
-    let (vmlinuz, busybox) = match kernel_and_busybox() {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("pxe_e2e skipped: test kernel/busybox unavailable: {e}");
-            return;
-        }
-    };
-    let work =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pxe-e2e.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
+    let (vmlinuz, busybox) = kernel_and_busybox();
+    let work_dir = testkit::TempDir::new("pxe-e2e");
+    let work = work_dir.path();
     let boot = work.join("boot");
     std::fs::create_dir_all(&boot).unwrap();
     std::fs::copy(&vmlinuz, boot.join("vmlinuz-e2e")).unwrap();
@@ -733,9 +329,13 @@ fn pxe_boot_with_real_firmware() {
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    let ns = Netns::create().expect("network namespace");
+    let ns = NetNs::lan(
+        &format!("bootlun-e2e-{}", std::process::id()),
+        Some(&format!("{SERVER_IP}/24")),
+        &["tap0"],
+    );
     let _ra = RaSender::start(&ns.name);
-    let start_server = |mode: Mode| -> Proc {
+    let start_server = |mode: Mode| -> Spawned {
         let mut serve = ns.exec(env!("CARGO_BIN_EXE_bootlun"));
         serve.arg("serve");
         match mode {
@@ -768,16 +368,18 @@ fn pxe_boot_with_real_firmware() {
             ])
             .args(["--cmdline-default", GUEST_CMDLINE, "--menu-timeout", "0"])
             .env("RUST_LOG", "info");
-        let mut server = Proc::spawn(serve, &format!("bootlun serve ({mode:?})"));
+        eprintln!("pxe_e2e: bootlun serve ({mode:?})");
+        let server = spawn(&mut serve, "bootlun");
         if server
-            .wait_line(Duration::from_secs(30), |l| l.contains("listening on"))
+            .out
+            .wait_for(testkit::READY_TIMEOUT, |l| l.contains("listening on"))
             .is_none()
         {
-            panic!("bootlun serve did not start:\n{}", server.text());
+            panic!("bootlun serve did not start:\n{}", server.out.text());
         }
         server
     };
-    let mut server: Option<(Mode, Proc)> = None;
+    let mut server: Option<(Mode, Spawned)> = None;
     let mut log = String::new();
 
     let only = std::env::var("BOOTLUN_E2E_ONLY").ok();
@@ -790,23 +392,21 @@ fn pxe_boot_with_real_firmware() {
         {
             continue;
         }
-        if sc.uefi && !Path::new(OVMF_CODE).exists() {
-            eprintln!("pxe_e2e: {}: skipped, {OVMF_CODE} missing", sc.name);
+        if sc.uefi && !testkit::require_file(OVMF_CODE, "ovmf") {
             continue;
         }
-        if !sc.rom.is_empty() && !Path::new(sc.rom).exists() {
-            eprintln!("pxe_e2e: {}: skipped, {} missing", sc.name, sc.rom);
+        if !sc.rom.is_empty() && !testkit::require_file(sc.rom, "ipxe-qemu") {
             continue;
         }
         if server.as_ref().map(|(m, _)| *m) != Some(sc.mode) {
             if let Some((_, mut old)) = server.take() {
-                old.stop();
-                log.push_str(&old.text());
+                stop(&mut old);
+                log.push_str(&old.out.text());
             }
             server = Some((sc.mode, start_server(sc.mode)));
         }
         let t = Instant::now();
-        let r = boot_one(&ns, sc, &work);
+        let r = boot_one(&ns, sc, work);
         let secs = t.elapsed().as_secs_f64();
         times.push((sc.name, secs));
         let cmdline = match r {
@@ -853,11 +453,16 @@ fn pxe_boot_with_real_firmware() {
             problems.push("`quiet` was not stripped".into());
         }
         if sc.mode == Mode::Login {
-            // iPXE asked without credentials first, then with them.
-            let log = server.as_ref().map(|(_, p)| p.text()).unwrap_or_default();
-            for want in ["\"GET /menu.ipxe\" 401", "\"GET /menu.ipxe\" 200"] {
-                if !log.contains(want) {
-                    problems.push(format!("server log lacks {want}"));
+            // iPXE asked without credentials first, then with them. The
+            // server logs a request after answering it: wait on the log.
+            if let Some((_, p)) = server.as_ref() {
+                for want in ["\"GET /menu.ipxe\" 401", "\"GET /menu.ipxe\" 200"] {
+                    if p.out
+                        .wait_for(Duration::from_secs(10), |l| l.contains(want))
+                        .is_none()
+                    {
+                        problems.push(format!("server log lacks {want}"));
+                    }
                 }
             }
         }
@@ -866,8 +471,8 @@ fn pxe_boot_with_real_firmware() {
         }
     }
     if let Some((_, mut s)) = server.take() {
-        s.stop();
-        log.push_str(&s.text());
+        stop(&mut s);
+        log.push_str(&s.out.text());
     }
     drop(ns);
     eprintln!("pxe_e2e timings:");
@@ -875,9 +480,7 @@ fn pxe_boot_with_real_firmware() {
         eprintln!("  {n:<20} {s:6.1}s");
     }
     eprintln!("  {:<20} {:6.1}s", "total", t0.elapsed().as_secs_f64());
-    if failures.is_empty() {
-        let _ = std::fs::remove_dir_all(&work);
-    } else {
+    if !failures.is_empty() {
         let _ =
             std::io::stderr().write_all(format!("--- bootlun serve log ---\n{log}\n").as_bytes());
         panic!(

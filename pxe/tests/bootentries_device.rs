@@ -3,7 +3,6 @@
 //! (passing, with a message) otherwise.
 
 use bootlun_pxe::{bootentries_render, BootMethod, BootentriesArgs, BootentriesFormat};
-use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> Result<String, String> {
@@ -32,7 +31,7 @@ impl Drop for Loop {
 /// A missing tool or privilege fails the test unless
 /// `BOOTLUN_SKIP_EXTERNAL=1` (needs root, e2fsprogs and util-linux).
 fn skip_or_fail(why: &str) {
-    if std::env::var("BOOTLUN_SKIP_EXTERNAL").as_deref() == Ok("1") {
+    if testkit::skip_external() {
         eprintln!("SKIPPED (BOOTLUN_SKIP_EXTERNAL=1): {why}");
         return;
     }
@@ -41,9 +40,11 @@ fn skip_or_fail(why: &str) {
 
 #[test]
 fn boot_device_on_a_loop_device() {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/loop-control").exists() {
-        eprintln!("bootentries_device skipped: needs root and loop devices");
+    if !testkit::require_root()
+        || !testkit::require_tool("mke2fs", "e2fsprogs")
+        || !testkit::require_tool("losetup", "mount")
+        || !testkit::require_file("/dev/loop-control", "kmod (modprobe loop)")
+    {
         return;
     }
     let dir = std::env::temp_dir().join(format!("bootlun-bootdev.{}", std::process::id()));

@@ -11,7 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Instant;
 
 use bootlun_pxe::dhcp::{self, BootFiles, DhcpConfig};
-use common_net::{can_run, Link, Scratch};
+use common_net::{can_run, Link};
+use testkit::TempDir;
 
 const ROOT_PATH: &str = "iscsi:10.77.1.1:::0:iqn.2026-11.org.bootlun:target";
 const INITIATOR: &str = "iqn.2026-11.org.bootlun:initiator";
@@ -21,7 +22,7 @@ const SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > \"$LEASE_OU
 
 struct Udhcpc<'a> {
     link: &'a Link,
-    dir: &'a Scratch,
+    dir: &'a TempDir,
     runs: usize,
 }
 
@@ -30,8 +31,8 @@ impl Udhcpc<'_> {
     /// `None` when it got no lease.
     fn run(&mut self, tries: u32, extra: &[&str]) -> Option<HashMap<String, String>> {
         self.runs += 1;
-        let out = self.dir.path(&format!("lease{}", self.runs));
-        let script = self.dir.path("script");
+        let out = self.dir.join(&format!("lease{}", self.runs));
+        let script = self.dir.join("script");
         let (t, iface) = (tries.to_string(), self.link.client_if.clone());
         let mut args = vec![
             "busybox",
@@ -184,15 +185,15 @@ fn send_garbage(link: &Link) {
 
 #[test]
 fn udhcpc_leases_boot_files_and_pool_exhaustion() {
-    if !can_run(&["busybox"]) {
+    if !can_run(&[("busybox", "busybox")]) {
         return;
     }
     let t0 = Instant::now();
     let link = Link::new("dh", 1, false);
-    let dir = Scratch::new("dhcp-netns");
-    std::fs::write(dir.path("script"), SCRIPT).unwrap();
+    let dir = TempDir::new("dhcp-netns");
+    std::fs::write(dir.join("script"), SCRIPT).unwrap();
     std::fs::set_permissions(
-        dir.path("script"),
+        dir.join("script"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();

@@ -244,14 +244,9 @@ fn keep_alive_and_pipelining() {
     );
 }
 
-fn have_curl() -> bool {
-    Command::new("curl").arg("--version").output().is_ok()
-}
-
 #[test]
 fn curl_reuses_the_connection() {
-    if !have_curl() {
-        eprintln!("curl not installed: skipped");
+    if !testkit::require_tool("curl", "curl") {
         return;
     }
     let f = start("curl", |_| {});
@@ -364,7 +359,7 @@ fn basic_auth_on_the_menu() {
     assert_eq!(r.body, b"#!ipxe\necho secret menu\n");
     // Unprotected resources need nothing.
     assert_eq!(get(&f, "/boot.ipxe", "").status, 200);
-    if have_curl() {
+    if testkit::require_tool("curl", "curl") {
         let out = Command::new("curl")
             .args([
                 "-sS",
@@ -443,29 +438,48 @@ fn slow_and_idle_clients_are_cut_off() {
     // Half a request head, then nothing: 408 and close.
     let mut s = connect(&f);
     s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHo").unwrap();
-    let t = std::time::Instant::now();
+    // The client's 10 s read timeout bounds both waits: a 408 or an EOF
+    // before it can only come from the server's own timers.
     let r = read_resp(&mut s, &mut Vec::new(), false).unwrap();
     assert_eq!(r.status, 408);
-    assert!(t.elapsed() < Duration::from_secs(5));
     // Idle keep-alive connection: closed.
     let mut s = connect(&f);
     s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     read_resp(&mut s, &mut Vec::new(), false).unwrap();
     assert!(closed(&mut s));
-    assert!(t.elapsed() < Duration::from_secs(8));
 }
 
 #[test]
 fn connection_limit() {
     let f = start("limit", |c| c.max_conns = 4);
-    let held: Vec<TcpStream> = (0..4).map(|_| connect(&f)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // A response on each held (keep-alive) connection proves the server
+    // accepted and counts it before the fifth one arrives.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(&f);
+            s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(
+                read_resp(&mut s, &mut Vec::new(), false).unwrap().status,
+                200
+            );
+            s
+        })
+        .collect();
     let mut extra = connect(&f);
     assert!(closed(&mut extra), "fifth connection should be refused");
     drop(held);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(get(&f, "/boot.ipxe", "").status, 200);
+    // The server learns of the four closes asynchronously; until it has,
+    // a new connection is refused. Each refused attempt is a full round
+    // trip (connect, then EOF), bounded in number.
+    let served = (0..1000).any(|_| {
+        let mut s = connect(&f);
+        s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_ok()
+            && matches!(read_resp(&mut s, &mut Vec::new(), false), Some(r) if r.status == 200)
+    });
+    assert!(served, "a slot freed by closed connections is never reused");
 }
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {

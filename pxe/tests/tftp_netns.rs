@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use bootlun_pxe::tftp::{self, TftpConfig};
-use common_net::{can_run, fnv, Link, Scratch};
+use common_net::{can_run, fnv, Link};
+use testkit::TempDir;
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
@@ -39,13 +40,13 @@ fn same(got: &Path, want: &[u8], what: &str) {
 
 #[test]
 fn tftp_hpa_and_curl_transfers_and_jail() {
-    if !can_run(&["tftp", "curl"]) {
+    if !can_run(&[("tftp", "tftp-hpa"), ("curl", "curl")]) {
         return;
     }
     let t0 = Instant::now();
     let link = Link::new("tf", 2, true);
-    let dir = Scratch::new("tftp-netns");
-    let root = dir.path("root");
+    let dir = TempDir::new("tftp-netns");
+    let root = dir.join("root");
     std::fs::create_dir_all(root.join("efi")).unwrap();
     let small = pattern(200_000, 1);
     let exact = pattern(1468 * 20, 2);
@@ -53,8 +54,8 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
     std::fs::write(root.join("undionly.kpxe"), &small).unwrap();
     std::fs::write(root.join("efi/snponly.efi"), &exact).unwrap();
     std::fs::write(root.join("big.img"), &big).unwrap();
-    std::fs::write(dir.path("outside"), b"secret").unwrap();
-    std::os::unix::fs::symlink(dir.path("outside"), root.join("escape")).unwrap();
+    std::fs::write(dir.join("outside"), b"secret").unwrap();
+    std::os::unix::fs::symlink(dir.join("outside"), root.join("escape")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
 
     let cfg = TftpConfig {
@@ -66,7 +67,7 @@ fn tftp_hpa_and_curl_transfers_and_jail() {
         .in_server_ns(move || tftp::spawn(cfg))
         .expect("start TFTP server");
     eprintln!("setup: {:?}", t0.elapsed());
-    let out = |n: &str| dir.path(n);
+    let out = |n: &str| dir.join(n);
     let server = link.server_ip.to_string();
 
     // tftp-hpa: no options, 512-byte blocks.

@@ -33,7 +33,7 @@ pub mod vm;
 pub use cpio::Cpio;
 pub use deb::DebCache;
 pub use iscsi::*;
-pub use netns::{NetNs, RaSender};
+pub use netns::{enter as enter_netns, NetNs, RaSender};
 pub use proc::{run_bytes, run_ok, wait_bounded, Capture, Spawned};
 pub use server::*;
 

@@ -35,14 +35,12 @@
 //! Needs root, `qemu-system-x86` (TCG), `ipxe-qemu`, `e2fsprogs`, `fdisk`,
 //! `mount` (losetup), `iproute2`, and `apt-get download` access for
 //! `linux-image-amd64`, `busybox-static` and `open-iscsi` (cached in
-//! `$BOOTLUN_E2E_CACHE`, default `$CARGO_TARGET_TMPDIR/pxe-e2e-cache`).
+//! `$BOOTLUN_E2E_CACHE`, default `target/tmp/deb-cache`).
 //! `BOOTLUN_E2E_ECHO=1` echoes the consoles live; `BOOTLUN_E2E_KEEP=DIR`
 //! keeps the OS disk of a failed run in DIR.
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../vm/mod.rs"]
-mod vm;
+use testkit as common;
+use testkit::vm;
 
 mod assets;
 mod net;
@@ -56,8 +54,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use assets::{OsDisk, Packages};
-use net::{Lan, LoopDev, RaSender};
+use net::LoopDev;
 use report::Report;
+use testkit::{NetNs as Lan, RaSender};
 use vm::{Capture, DebCache, Spawned};
 
 const IQN: &str = "iqn.2026-11.org.bootlun:e2e";
@@ -145,13 +144,8 @@ fn tail(c: &Capture, n: usize) -> String {
 /// False (skip) when something is missing and `BOOTLUN_SKIP_EXTERNAL=1`;
 /// panics naming the package otherwise.
 fn prerequisites(mode: Mode) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if common::skip_external() {
-            eprintln!("SKIPPED: e2e needs root (network namespace, taps, losetup)");
-            return false;
-        }
-        panic!("e2e needs root (network namespace, taps, losetup); or set BOOTLUN_SKIP_EXTERNAL=1 to skip");
+    if !testkit::require_root() {
+        return false;
     }
     let mut tools = vec![
         ("qemu-system-x86_64", "qemu-system-x86"),
@@ -171,19 +165,8 @@ fn prerequisites(mode: Mode) -> bool {
             return false;
         }
     }
-    for (f, pkg) in [
-        (IPXE_ROM, "ipxe-qemu"),
-        ("/dev/net/tun", "(kernel tun module)"),
-    ] {
-        if !Path::new(f).exists() {
-            if common::skip_external() {
-                eprintln!("SKIPPED: {f} missing (Debian package {pkg})");
-                return false;
-            }
-            panic!("{f} missing: install {pkg}, or set BOOTLUN_SKIP_EXTERNAL=1 to skip");
-        }
-    }
-    true
+    testkit::require_file(IPXE_ROM, "ipxe-qemu")
+        && testkit::require_file("/dev/net/tun", "kmod (modprobe tun)")
 }
 
 /// The statically linked bootlun, built as the README tells users to
@@ -256,8 +239,8 @@ impl Journey {
             std::process::id()
         );
         let lan = match mode {
-            Mode::HostServe => Lan::create(&ns, Some(SERVER_CIDR), &[TAP_INITIATOR]),
-            Mode::TargetVm => Lan::create(&ns, None, &[TAP_INITIATOR, TAP_TARGET]),
+            Mode::HostServe => Lan::lan(&ns, Some(SERVER_CIDR), &[TAP_INITIATOR]),
+            Mode::TargetVm => Lan::lan(&ns, None, &[TAP_INITIATOR, TAP_TARGET]),
         };
         let ra = RaSender::start(&lan.name);
         let mut report = Report::new();

@@ -9,29 +9,18 @@
 
 #![allow(dead_code)]
 
-use std::ffi::CString;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-/// True when this process can create namespaces and the tools exist;
-/// tests print why and return early otherwise.
-pub fn can_run(needs: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: network namespace tests need root");
-        return false;
-    }
-    for tool in ["ip", "timeout"].iter().chain(needs) {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipped: {tool} is not installed");
-            return false;
-        }
-    }
-    true
+/// Root and the tools (`ip`, `timeout` and `needs`) are required: missing,
+/// the test fails naming the Debian package, unless
+/// `BOOTLUN_SKIP_EXTERNAL=1` (then false, and the test returns).
+pub fn can_run(needs: &[(&str, &str)]) -> bool {
+    testkit::require_root()
+        && [("ip", "iproute2"), ("timeout", "coreutils")]
+            .iter()
+            .chain(needs)
+            .all(|(bin, pkg)| testkit::require_tool(bin, pkg))
 }
 
 fn ip(args: &[&str]) {
@@ -179,43 +168,7 @@ impl Drop for Link {
 }
 
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = CString::new(format!("/var/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: plain syscalls on a path we own; the fd is closed after.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            assert!(fd >= 0, "open netns: {}", io::Error::last_os_error());
-            let rc = libc::setns(fd, libc::CLONE_NEWNET);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(rc, 0, "setns: {err}");
-        }
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
-
-/// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("bootlun-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    testkit::enter_netns(ns, f)
 }
 
 /// FNV-1a, enough to compare file contents in assertion messages.
