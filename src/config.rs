@@ -193,7 +193,7 @@ pub(crate) fn example() -> String {
             "cores" => "\"0-1\"".into(),
             "poll" => "\"adaptive\"".into(),
             "poll-spin-us" => "50".into(),
-            "buffers" => "256".into(),
+            "buffers" => "128".into(),
             "buffer-size" => "\"1M\"".into(),
             "queue-depth" => "128".into(),
             "login-timeout" => "30".into(),
