@@ -37,11 +37,10 @@ pub use netns::{enter as enter_netns, NetNs, RaSender};
 pub use proc::{run_bytes, run_ok, wait_bounded, Capture, Spawned};
 pub use server::*;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -352,76 +351,34 @@ pub fn try_run_tool(cmd: &mut Command, limit: Duration) -> Result<ToolOutput, To
 // Captured output of a server
 // ---------------------------------------------------------------------------
 
-#[derive(Default)]
-struct LogState {
-    lines: Vec<String>,
-    open_streams: usize,
-}
+/// The output of a [`Server`]: a [`Capture`] seen as plain lines (stderr
+/// as is, stdout behind `[stdout] `).
+#[derive(Clone)]
+pub struct LogBuf(Capture);
 
-/// Lines a child wrote, shared with the draining threads.
-#[derive(Clone, Default)]
-pub struct LogBuf {
-    inner: Arc<(Mutex<LogState>, Condvar)>,
+impl Default for LogBuf {
+    fn default() -> Self {
+        LogBuf(Capture::new(Instant::now()))
+    }
 }
 
 impl LogBuf {
     fn attach<R: Read + Send + 'static>(&self, r: R, prefix: &'static str) {
-        self.inner.0.lock().unwrap().open_streams += 1;
-        let me = self.clone();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(r);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string();
-                        let (lock, cv) = &*me.inner;
-                        lock.lock().unwrap().lines.push(format!("{prefix}{text}"));
-                        cv.notify_all();
-                    }
-                }
-            }
-            let (lock, cv) = &*me.inner;
-            lock.lock().unwrap().open_streams -= 1;
-            cv.notify_all();
-        });
+        self.0.attach_prefixed(r, "server", false, prefix);
     }
 
     /// All lines so far, newline-joined.
     pub fn text(&self) -> String {
-        self.inner.0.lock().unwrap().lines.join("\n")
+        self.0.text()
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.inner.0.lock().unwrap().lines.clone()
+        self.0.lines().into_iter().map(|(_, l)| l).collect()
     }
 
     /// Waits until some line satisfies `pred` (returns it), or all streams
     /// closed, or `limit` passed (returns None).
-    pub fn wait_for(&self, limit: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        let (lock, cv) = &*self.inner;
-        let mut st = lock.lock().unwrap();
-        let mut checked = 0;
-        loop {
-            while checked < st.lines.len() {
-                if pred(&st.lines[checked]) {
-                    return Some(st.lines[checked].clone());
-                }
-                checked += 1;
-            }
-            if st.open_streams == 0 {
-                return None;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = cv.wait_timeout(st, deadline - now).unwrap().0;
-        }
+    pub fn wait_for(&self, limit: Duration, pred: impl FnMut(&str) -> bool) -> Option<String> {
+        self.0.wait_for(limit, pred).map(|(_, l)| l)
     }
 }

@@ -120,6 +120,18 @@ impl Capture {
     /// Reads `r` line by line (lossy UTF-8, `\r` stripped) into the capture;
     /// with `echo`, also prints each line prefixed by `tag`.
     pub fn attach<R: Read + Send + 'static>(&self, r: R, tag: &'static str, echo: bool) {
+        self.attach_prefixed(r, tag, echo, "");
+    }
+
+    /// Like [`Capture::attach`], storing each line behind `prefix` (to tell
+    /// a child's stdout from its stderr in one log).
+    pub fn attach_prefixed<R: Read + Send + 'static>(
+        &self,
+        r: R,
+        tag: &'static str,
+        echo: bool,
+        prefix: &'static str,
+    ) {
         self.inner.0.lock().unwrap().open += 1;
         let me = self.clone();
         thread::spawn(move || {
@@ -135,7 +147,7 @@ impl Capture {
                 if echo {
                     eprintln!("[{:7.2}s {tag}] {line}", t.as_secs_f64());
                 }
-                st.lines.push((t, line));
+                st.lines.push((t, format!("{prefix}{line}")));
             };
             loop {
                 let n = match r.read(&mut chunk) {
