@@ -47,8 +47,8 @@ fn boot_device_on_a_loop_device() {
     {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("bootlun-bootdev.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir_tmp = testkit::TempDir::new("bootdev");
+    let dir = dir_tmp.path().to_path_buf();
     let tree = dir.join("tree/boot");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("vmlinuz-6.1.0-20-amd64"), "k").unwrap();
@@ -122,5 +122,4 @@ fn boot_device_on_a_loop_device() {
     let e = bootentries_render(&a).unwrap_err();
     assert_eq!(e, "--boot-device UUID=0000-not-there: no such device");
     drop(dev);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -134,8 +134,8 @@ fn arch_pairs_and_microcode() {
 #[test]
 fn newest_mtime_is_default() {
     // A private copy: the shared fixtures keep their pinned order.
-    let d = std::env::temp_dir().join(format!("bootlun-mtime.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d_tmp = testkit::TempDir::new("mtime");
+    let d = d_tmp.path().to_path_buf();
     std::fs::create_dir_all(&d).unwrap();
     let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     for (i, v) in ["6.1.0-18-amd64", "6.1.0-13-amd64"].iter().enumerate() {
@@ -148,7 +148,6 @@ fn newest_mtime_is_default() {
     }
     let (_, e) = bootentries::discover(&d, "").unwrap();
     assert_eq!(e[0].id, "vmlinuz-6.1.0-13-amd64");
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -172,8 +171,8 @@ fn errors_are_one_line() {
 fn bls_paths_under_boot_on_the_root_filesystem() {
     // /boot inside the root filesystem: entries say /boot/vmlinuz-…, and
     // the boot directory handed to us is that /boot.
-    let d = std::env::temp_dir().join(format!("bootlun-bootprefix.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d_tmp = testkit::TempDir::new("bootprefix");
+    let d = d_tmp.path().to_path_buf();
     std::fs::create_dir_all(d.join("loader/entries")).unwrap();
     std::fs::write(d.join("vmlinuz-6.9.1"), "k").unwrap();
     std::fs::write(d.join("initramfs-6.9.1.img"), "i").unwrap();
@@ -185,15 +184,14 @@ fn bls_paths_under_boot_on_the_root_filesystem() {
     let (_, e) = bootentries::discover(&d, "").unwrap();
     assert_eq!(e[0].linux, "vmlinuz-6.9.1");
     assert_eq!(e[0].initrd, ["initramfs-6.9.1.img"]);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn bls_kernelopts_from_grubenv() {
     // Fedora 30-33: `options $kernelopts`, the value in grub2/grubenv;
     // unknown variables ($tuned_params) vanish.
-    let d = std::env::temp_dir().join(format!("bootlun-grubenv.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d_tmp = testkit::TempDir::new("grubenv");
+    let d = d_tmp.path().to_path_buf();
     std::fs::create_dir_all(d.join("loader/entries")).unwrap();
     std::fs::create_dir_all(d.join("grub2")).unwrap();
     std::fs::write(d.join("vmlinuz-5.8.15"), "k").unwrap();
@@ -217,5 +215,4 @@ fn bls_kernelopts_from_grubenv() {
     assert_eq!(e[0].options, "root=/dev/mapper/fedora-root ro rhgb quiet");
     assert_eq!(e[0].initrd, ["initramfs-5.8.15.img"]);
     assert_eq!(e[1].options, "root=/dev/sdz9");
-    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -10,15 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The server is dropped (stopped) before its files are removed.
 struct Fixture {
-    dir: PathBuf,
     server: HttpServer,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: testkit::TempDir,
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -26,8 +21,8 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 fn start(tag: &str, tweak: impl FnOnce(&mut HttpConfig)) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("bootlun-http-{tag}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir_tmp = testkit::TempDir::new(&format!("http-{tag}"));
+    let dir = dir_tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("vmlinuz"), pattern(100_000)).unwrap();
     std::fs::write(dir.join("empty"), b"").unwrap();
@@ -52,7 +47,10 @@ fn start(tag: &str, tweak: impl FnOnce(&mut HttpConfig)) -> Fixture {
     let mut cfg = HttpConfig::new("127.0.0.1:0".parse().unwrap(), router);
     tweak(&mut cfg);
     let server = http::spawn(cfg).unwrap();
-    Fixture { dir, server }
+    Fixture {
+        server,
+        _dir: dir_tmp,
+    }
 }
 
 fn base(f: &Fixture) -> String {
@@ -294,8 +292,8 @@ fn traversal_and_jail() {
 
 #[test]
 fn symlink_out_of_boot_dir_is_not_routed() {
-    let d = std::env::temp_dir().join(format!("bootlun-jail.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d_tmp = testkit::TempDir::new("jail");
+    let d = d_tmp.path().to_path_buf();
     std::fs::create_dir_all(d.join("boot")).unwrap();
     std::fs::write(d.join("outside.img"), b"secret").unwrap();
     std::fs::write(d.join("boot/vmlinuz-1"), b"k").unwrap();
@@ -329,7 +327,6 @@ fn symlink_out_of_boot_dir_is_not_routed() {
         Body::File(p) => p.starts_with(std::fs::canonicalize(d.join("boot")).unwrap()),
         Body::Memory(_) => true,
     }));
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -512,8 +509,8 @@ fn rss_child_server() {
 #[test]
 fn one_gib_file_with_flat_rss() {
     use std::io::BufRead;
-    let dir = std::env::temp_dir().join(format!("bootlun-http-big.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir_tmp = testkit::TempDir::new("http-big");
+    let dir = dir_tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("big.img");
     let f = std::fs::File::create(&path).unwrap();
@@ -597,7 +594,6 @@ fn one_gib_file_with_flat_rss() {
         grown < 32 * 1024,
         "server RSS grew by {grown} KiB while serving 1 GiB"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 mod fuzz {

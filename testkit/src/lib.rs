@@ -281,21 +281,7 @@ fn drain_to_string<R: Read + Send + 'static>(r: R) -> thread::JoinHandle<String>
 /// Waits for `child` until `deadline`; on overrun kills exactly that child
 /// (SIGKILL) and returns None.
 fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) => {}
-            Err(e) => panic!("waiting for child {}: {e}", child.id()),
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        // Bounded poll of the child's state; not used to order events.
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_bounded(child, limit)
 }
 
 /// Runs `cmd` with stdin closed and stdout/stderr captured. If it has not
