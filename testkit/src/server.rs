@@ -483,8 +483,11 @@ pub fn iscsi_ls_size(bytes: u64, block: u64) -> String {
     format!("{v}{}", units[i])
 }
 
+/// LUN number to (type, size if listed), as `iscsi-ls -s` prints them.
+pub type LunListing = HashMap<u32, (String, Option<String>)>;
+
 /// Parses `iscsi-ls -s` output into (targets, lun → (type, size)).
-pub fn parse_iscsi_ls(out: &str) -> (Vec<String>, HashMap<u32, (String, Option<String>)>) {
+pub fn parse_iscsi_ls(out: &str) -> (Vec<String>, LunListing) {
     let mut targets = Vec::new();
     let mut luns = HashMap::new();
     for line in out.lines() {

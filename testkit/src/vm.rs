@@ -203,10 +203,6 @@ pub fn shared_libs(binary: &Path, extra_lib_dirs: &[PathBuf]) -> Vec<(String, Pa
 }
 
 // ---------------------------------------------------------------------------
-// cpio newc writer
-// ---------------------------------------------------------------------------
-
-/// An initramfs image in the cpio "newc" format (uncompressed; the kernel
 // Login Requests on the wire
 // ---------------------------------------------------------------------------
 
