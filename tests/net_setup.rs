@@ -6,38 +6,21 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
-/// A namespace with a veth pair `v0`/`v1`, deleted on drop.
-struct Ns(String);
+/// A namespace (testkit's, deleted on drop) with a veth pair `v0`/`v1`.
+struct Ns(NetNs);
 
 impl Ns {
     fn new(tag: &str) -> Ns {
-        let name = format!("bl-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        run_tool(
-            Command::new("ip").args(["netns", "add", &name]),
-            Duration::from_secs(20),
-        )
-        .assert_success();
-        let ns = Ns(name);
+        let ns = NetNs::create(&format!("bl-{tag}-{}", std::process::id()));
         ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
         ns.ip(&["link", "set", "v1", "up"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        Ns(ns)
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let out = run_tool(
-            Command::new("ip")
-                .args(["netns", "exec", &self.0, "ip"])
-                .args(args),
-            Duration::from_secs(20),
-        );
+        let out = run_tool(self.0.command("ip").args(args), Duration::from_secs(20));
         out.assert_success();
         out.stdout.clone()
     }
@@ -46,20 +29,10 @@ impl Ns {
         self.ip(&["-4", "-o", "addr", "show", "dev", dev])
     }
 
-    /// Moves the calling thread (and so the processes it starts) into the
-    /// namespace.
-    fn enter(&self) {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid namespace fd; only this test thread moves.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    /// Starts bootlun from a thread inside the namespace (the child
+    /// inherits it), waiting for a portal that satisfies `portal`.
+    fn bootlun(&self, args: Vec<String>, portal: fn(&std::net::SocketAddr) -> bool) -> Server {
+        self.0.enter(move || Server::bootlun_on(&args, portal))
     }
 }
 
@@ -90,10 +63,9 @@ fn net_address_added_then_removed_and_portal_on_it() {
         return;
     }
     let ns = Ns::new("net");
-    ns.enter();
     assert!(!ns.v4_of("v0").contains("10.201.0.1"));
-    let mut srv = Server::bootlun_on(
-        &serve_args(&[
+    let mut srv = ns.bootlun(
+        serve_args(&[
             "--net-interface",
             "v0",
             "--net-address",
@@ -126,17 +98,22 @@ fn an_address_already_there_is_left_alone() {
     }
     let ns = Ns::new("netkeep");
     ns.ip(&["addr", "add", "10.202.0.1/24", "dev", "v0"]);
-    ns.enter();
-    let mut srv = Server::bootlun(&serve_args(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--net-interface",
-        "v0",
-        "--net-address",
-        "10.202.0.1/24",
-    ]));
+    let mut srv = ns.bootlun(
+        serve_args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--net-interface",
+            "v0",
+            "--net-address",
+            "10.202.0.1/24",
+        ]),
+        |a| a.ip().is_loopback(),
+    );
     assert!(
-        srv.output().contains("v0 already has 10.202.0.1/24"),
+        srv.log
+            .wait_for(Duration::from_secs(10), |l| l
+                .contains("v0 already has 10.202.0.1/24"))
+            .is_some(),
         "{}",
         srv.output()
     );
@@ -150,7 +127,6 @@ fn net_flag_errors_name_the_flag() {
         return;
     }
     let ns = Ns::new("neterr");
-    ns.enter();
     let bin = bootlun_bin();
     for (args, want) in [
         (
@@ -172,7 +148,7 @@ fn net_flag_errors_name_the_flag() {
         ),
     ] {
         let out = run_tool(
-            Command::new(&bin).args(serve_args(&args)),
+            ns.0.command(&bin).args(serve_args(&args)),
             Duration::from_secs(30),
         );
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);

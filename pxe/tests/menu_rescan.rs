@@ -4,18 +4,7 @@
 
 use bootlun_pxe::{bootentries, start, DhcpModeArg, IscsiExport, PxeArgs};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "bootlun-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::path::Path;
 
 /// A file that looks like an x86 bzImage reporting `release`.
 fn fake_kernel(path: &Path, release: &str) {
@@ -47,7 +36,8 @@ fn get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[test]
 fn kernel_release_from_the_header() {
-    let d = temp_dir("krel");
+    let dir = testkit::TempDir::new("krel");
+    let d = dir.path().to_path_buf();
     fake_kernel(&d.join("vmlinuz-linux"), "6.6.1-arch1-1");
     assert_eq!(
         bootentries::kernel_release(&d.join("vmlinuz-linux")).as_deref(),
@@ -55,12 +45,12 @@ fn kernel_release_from_the_header() {
     );
     std::fs::write(d.join("junk"), b"not a kernel").unwrap();
     assert_eq!(bootentries::kernel_release(&d.join("junk")), None);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn efi_stub_detection() {
-    let d = temp_dir("efistub");
+    let dir = testkit::TempDir::new("efistub");
+    let d = dir.path().to_path_buf();
     // A bzImage header alone: BIOS only.
     fake_kernel(&d.join("bios"), "6.1.0");
     assert_eq!(bootentries::has_efi_stub(&d.join("bios")), Some(false));
@@ -71,24 +61,24 @@ fn efi_stub_detection() {
     std::fs::write(d.join("efi"), k).unwrap();
     assert_eq!(bootentries::has_efi_stub(&d.join("efi")), Some(true));
     assert_eq!(bootentries::has_efi_stub(&d.join("missing")), None);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn arch_vmlinuz_linux_pairs_with_dracut_initramfs() {
-    let d = temp_dir("archdracut");
+    let dir = testkit::TempDir::new("archdracut");
+    let d = dir.path().to_path_buf();
     fake_kernel(&d.join("vmlinuz-linux"), "6.6.1-arch1-1");
     std::fs::write(d.join("initramfs-6.6.1-arch1-1.img"), b"dracut").unwrap();
     let (_, e) = bootentries::discover(&d, "root=UUID=1 rw").unwrap();
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].linux, "vmlinuz-linux");
     assert_eq!(e[0].initrd, ["initramfs-6.6.1-arch1-1.img"]);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn menu_is_rescanned_on_each_request() {
-    let d = temp_dir("rescan");
+    let dir = testkit::TempDir::new("rescan");
+    let d = dir.path().to_path_buf();
     fake_kernel(&d.join("vmlinuz-6.1.0-13-amd64"), "6.1.0-13-amd64");
     std::fs::write(d.join("initrd.img-6.1.0-13-amd64"), b"old initrd").unwrap();
     let args = PxeArgs {
@@ -140,5 +130,4 @@ fn menu_is_rescanned_on_each_request() {
         "{k}"
     );
     h.stop();
-    std::fs::remove_dir_all(&d).unwrap();
 }
