@@ -27,32 +27,14 @@ use crate::kmod::{self, IndexEntry, ModIndex, ModInfo};
 
 pub use deb::Extracted;
 
-/// Modules every image carries when the kernel has them as modules:
-/// common NICs (virtual, Intel, Realtek, Broadcom, Mellanox, Aquantia,
-/// USB), disk controllers, USB storage, input for the rescue console, and
+/// Modules every image carries, besides [`crate::NIC_DRIVERS`], when the
+/// kernel has them as modules: the virtio bus and disks, disk controllers,
+/// USB storage, input for the power button and the rescue console, and
 /// the filesystems a boot directory may live on.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
-    "virtio_net",
     "virtio_blk",
     "virtio_scsi",
-    "e1000",
-    "e1000e",
-    "igb",
-    "igc",
-    "ixgbe",
-    "i40e",
-    "ice",
-    "r8169",
-    "tg3",
-    "bnx2x",
-    "bnxt_en",
-    "mlx4_en",
-    "mlx5_core",
-    "atlantic",
-    "r8152",
-    "ax88179_178a",
-    "cdc_ether",
     "nvme",
     "ahci",
     "ata_piix",
@@ -414,8 +396,9 @@ pub fn run(
                     d.display()
                 ));
             }
-            let wanted: Vec<String> = DEFAULT_MODULES
+            let wanted: Vec<String> = crate::NIC_DRIVERS
                 .iter()
+                .chain(DEFAULT_MODULES)
                 .map(|s| s.to_string())
                 .chain(extra_modules.iter().cloned())
                 .collect();

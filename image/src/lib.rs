@@ -15,6 +15,30 @@ pub mod host;
 pub mod init;
 pub mod kmod;
 
+/// Network drivers the ramdisk carries and the installed OS's initramfs
+/// gets (the initiator is rarely the machine the OS was installed on):
+/// virtual, Intel, Realtek, Broadcom, Mellanox, Aquantia and USB NICs.
+pub const NIC_DRIVERS: &[&str] = &[
+    "virtio_net",
+    "e1000",
+    "e1000e",
+    "igb",
+    "igc",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "r8169",
+    "tg3",
+    "bnx2x",
+    "bnxt_en",
+    "mlx4_en",
+    "mlx5_core",
+    "atlantic",
+    "r8152",
+    "ax88179_178a",
+    "cdc_ether",
+];
+
 /// True when this process is the init process of its PID namespace, in
 /// which case it must reap orphans and never exit.
 pub fn running_as_init() -> bool {

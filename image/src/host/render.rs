@@ -19,23 +19,7 @@ pub const OPTIONS: &str = "console=tty0 console=ttyS0,115200n8";
 /// Wired NIC drivers put into every initramfs, so the OS still finds its
 /// root disk when the initiator is another machine than the one it was
 /// installed on.
-pub const COMMON_NIC_DRIVERS: &[&str] = &[
-    "virtio_net",
-    "e1000",
-    "e1000e",
-    "igb",
-    "igc",
-    "ixgbe",
-    "i40e",
-    "ice",
-    "r8169",
-    "tg3",
-    "bnx2x",
-    "mlx5_core",
-    "atlantic",
-    "r8152",
-    "cdc_ether",
-];
+pub const COMMON_NIC_DRIVERS: &[&str] = crate::NIC_DRIVERS;
 
 /// open-iscsi units whose enablement Debian and Ubuntu create; left
 /// enabled, they log in (or out) on their own while the initramfs' login
