@@ -481,131 +481,21 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
     mi
 }
 
-/// Finds a section by name in an ELF file (32/64-bit, either byte order).
+/// Finds a section by name in an ELF file (32/64-bit, either byte order),
+/// through the `object` crate, which checks every offset against the file.
 /// `Ok(None)` when absent; `Err` when the file is not a sane ELF.
 pub fn elf_section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, String> {
+    use object::{Object, ObjectSection};
     if elf.len() < 16 || &elf[..4] != b"\x7fELF" {
         return Err("not an ELF file".into());
     }
-    let is64 = match elf[4] {
-        1 => false,
-        2 => true,
-        _ => return Err("bad ELF class".into()),
-    };
-    let le = match elf[5] {
-        1 => true,
-        2 => false,
-        _ => return Err("bad ELF byte order".into()),
-    };
-    let rd = Reader { b: elf, le };
-    let (shoff, shentsize, shnum, shstrndx) = if is64 {
-        (
-            rd.u64(0x28)?,
-            rd.u16(0x3a)? as u64,
-            rd.u16(0x3c)? as u64,
-            rd.u16(0x3e)? as u64,
-        )
-    } else {
-        (
-            rd.u32(0x20)? as u64,
-            rd.u16(0x2e)? as u64,
-            rd.u16(0x30)? as u64,
-            rd.u16(0x32)? as u64,
-        )
-    };
-    let min_ent = if is64 { 64 } else { 40 };
-    if shnum == 0 {
-        return Ok(None);
-    }
-    if shentsize < min_ent {
-        return Err("bad ELF section header size".into());
-    }
-    let sh = |i: u64| -> Result<(u32, u32, u64, u64), String> {
-        let base = i
-            .checked_mul(shentsize)
-            .and_then(|o| o.checked_add(shoff))
-            .ok_or("ELF section header out of range")?;
-        if is64 {
-            Ok((
-                rd.u32(base)?,
-                rd.u32(base + 4)?,
-                rd.u64(base + 0x18)?,
-                rd.u64(base + 0x20)?,
-            ))
-        } else {
-            Ok((
-                rd.u32(base)?,
-                rd.u32(base + 4)?,
-                rd.u32(base + 0x10)? as u64,
-                rd.u32(base + 0x14)? as u64,
-            ))
-        }
-    };
-    if shstrndx >= shnum {
-        return Err("bad ELF section name table index".into());
-    }
-    let (_, _, str_off, str_size) = sh(shstrndx)?;
-    let strtab = rd.slice(str_off, str_size)?;
-    for i in 0..shnum {
-        let (name_off, sh_type, off, size) = sh(i)?;
-        let name = strtab
-            .get(name_off as usize..)
-            .and_then(|s| s.split(|&b| b == 0).next())
-            .unwrap_or(b"");
-        if name == wanted.as_bytes() {
-            // SHT_NOBITS occupies no file bytes.
-            if sh_type == 8 {
-                return Ok(Some(&[]));
-            }
-            return rd.slice(off, size).map(Some);
-        }
-    }
-    Ok(None)
-}
-
-/// Bounds-checked integer reads from an ELF image.
-pub(crate) struct Reader<'a> {
-    pub(crate) b: &'a [u8],
-    pub(crate) le: bool,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn slice(&self, off: u64, len: u64) -> Result<&'a [u8], String> {
-        let end = off.checked_add(len).ok_or("ELF offset overflow")?;
-        if end > self.b.len() as u64 {
-            return Err("ELF data past end of file".into());
-        }
-        Ok(&self.b[off as usize..end as usize])
-    }
-    fn arr<const N: usize>(&self, off: u64) -> Result<[u8; N], String> {
-        let s = self.slice(off, N as u64)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-    pub(crate) fn u16(&self, off: u64) -> Result<u16, String> {
-        let a = self.arr::<2>(off)?;
-        Ok(if self.le {
-            u16::from_le_bytes(a)
-        } else {
-            u16::from_be_bytes(a)
-        })
-    }
-    pub(crate) fn u32(&self, off: u64) -> Result<u32, String> {
-        let a = self.arr::<4>(off)?;
-        Ok(if self.le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        })
-    }
-    pub(crate) fn u64(&self, off: u64) -> Result<u64, String> {
-        let a = self.arr::<8>(off)?;
-        Ok(if self.le {
-            u64::from_le_bytes(a)
-        } else {
-            u64::from_be_bytes(a)
-        })
+    let file = object::File::parse(elf).map_err(|e| format!("bad ELF file: {e}"))?;
+    match file.section_by_name(wanted) {
+        None => Ok(None),
+        Some(s) => s
+            .data()
+            .map(Some)
+            .map_err(|e| format!("bad ELF section {wanted}: {e}")),
     }
 }
 

@@ -2,7 +2,8 @@
 //! dynamically linked (PT_INTERP), whether it still carries symbol tables
 //! or debug info, and a kernel image's setup header.
 
-use crate::kmod::Reader;
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{Object, ObjectSection, SectionFlags};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElfFacts {
@@ -12,116 +13,47 @@ pub struct ElfFacts {
     pub strippable: bool,
 }
 
-/// Reads the program and section headers of an ELF executable.
+/// PT_INTERP of an ELF file of class `Elf` (32- or 64-bit header type).
+fn interp<Elf: FileHeader<Endian = object::Endianness>>(
+    b: &[u8],
+) -> Result<Option<String>, String> {
+    let hdr = Elf::parse(b).map_err(|e| format!("bad ELF header: {e}"))?;
+    let endian = hdr.endian().map_err(|e| format!("bad ELF header: {e}"))?;
+    let phdrs = hdr
+        .program_headers(endian, b)
+        .map_err(|e| format!("bad ELF program headers: {e}"))?;
+    for ph in phdrs {
+        if let Some(s) = ph
+            .interpreter(endian, b)
+            .map_err(|e| format!("bad PT_INTERP: {e}"))?
+        {
+            let s = s.split(|&c| c == 0).next().unwrap_or(b"");
+            return Ok(Some(String::from_utf8_lossy(s).into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the program and section headers of an ELF executable (through
+/// the `object` crate, which checks every offset against the file).
 pub fn elf_facts(b: &[u8]) -> Result<ElfFacts, String> {
     if b.len() < 64 || &b[..4] != b"\x7fELF" {
         return Err("not an ELF file".into());
     }
-    let is64 = match b[4] {
-        1 => false,
-        2 => true,
+    let interp = match b[4] {
+        1 => interp::<object::elf::FileHeader32<object::Endianness>>(b)?,
+        2 => interp::<object::elf::FileHeader64<object::Endianness>>(b)?,
         _ => return Err("bad ELF class".into()),
     };
-    let le = match b[5] {
-        1 => true,
-        2 => false,
-        _ => return Err("bad ELF byte order".into()),
-    };
-    let rd = Reader { b, le };
-    let (phoff, phentsize, phnum) = if is64 {
-        (rd.u64(0x20)?, rd.u16(0x36)? as u64, rd.u16(0x38)? as u64)
-    } else {
-        (
-            rd.u32(0x1c)? as u64,
-            rd.u16(0x2a)? as u64,
-            rd.u16(0x2c)? as u64,
-        )
-    };
-    let mut facts = ElfFacts::default();
-    for i in 0..phnum {
-        let base = i
-            .checked_mul(phentsize)
-            .and_then(|o| o.checked_add(phoff))
-            .ok_or("ELF program header out of range")?;
-        let p_type = rd.u32(base)?;
-        if p_type == 3 {
-            // PT_INTERP
-            let (off, size) = if is64 {
-                (rd.u64(base + 8)?, rd.u64(base + 0x20)?)
-            } else {
-                (rd.u32(base + 4)? as u64, rd.u32(base + 0x10)? as u64)
-            };
-            let s = rd.slice(off, size)?;
-            let s = s.split(|&c| c == 0).next().unwrap_or(b"");
-            facts.interp = Some(String::from_utf8_lossy(s).into_owned());
-        }
-    }
+    let file = object::File::parse(b).map_err(|e| format!("bad ELF file: {e}"))?;
     // Only sections not loaded at run time count: Rust keeps an allocated
     // `.debug_gdb_scripts` that strip leaves in place.
-    for (name, flags) in section_names(&rd, is64)? {
-        let alloc = flags & 2 != 0;
-        if !alloc
-            && (name == ".symtab" || name.starts_with(".debug_") || name.starts_with(".zdebug_"))
-        {
-            facts.strippable = true;
-        }
-    }
-    Ok(facts)
-}
-
-/// (name, sh_flags) of every section.
-fn section_names(rd: &Reader<'_>, is64: bool) -> Result<Vec<(String, u64)>, String> {
-    let (shoff, shentsize, shnum, shstrndx) = if is64 {
-        (
-            rd.u64(0x28)?,
-            rd.u16(0x3a)? as u64,
-            rd.u16(0x3c)? as u64,
-            rd.u16(0x3e)? as u64,
-        )
-    } else {
-        (
-            rd.u32(0x20)? as u64,
-            rd.u16(0x2e)? as u64,
-            rd.u16(0x30)? as u64,
-            rd.u16(0x32)? as u64,
-        )
-    };
-    if shnum == 0 || shstrndx >= shnum {
-        return Ok(Vec::new());
-    }
-    let hdr = |i: u64| -> Result<(u32, u64, u64, u64), String> {
-        let base = i
-            .checked_mul(shentsize)
-            .and_then(|o| o.checked_add(shoff))
-            .ok_or("ELF section header out of range")?;
-        if is64 {
-            Ok((
-                rd.u32(base)?,
-                rd.u64(base + 8)?,
-                rd.u64(base + 0x18)?,
-                rd.u64(base + 0x20)?,
-            ))
-        } else {
-            Ok((
-                rd.u32(base)?,
-                rd.u32(base + 8)? as u64,
-                rd.u32(base + 0x10)? as u64,
-                rd.u32(base + 0x14)? as u64,
-            ))
-        }
-    };
-    let (_, _, so, ss) = hdr(shstrndx)?;
-    let strtab = rd.slice(so, ss)?;
-    let mut out = Vec::new();
-    for i in 0..shnum {
-        let (n, flags, _, _) = hdr(i)?;
-        let s = strtab
-            .get(n as usize..)
-            .and_then(|s| s.split(|&c| c == 0).next())
-            .unwrap_or(b"");
-        out.push((String::from_utf8_lossy(s).into_owned(), flags));
-    }
-    Ok(out)
+    let strippable = file.sections().any(|s| {
+        let alloc = matches!(s.flags(), SectionFlags::Elf { sh_flags } if sh_flags & 2 != 0);
+        let name = s.name().unwrap_or("");
+        !alloc && (name == ".symtab" || name.starts_with(".debug_") || name.starts_with(".zdebug_"))
+    });
+    Ok(ElfFacts { interp, strippable })
 }
 
 /// The x86 boot protocol's view of a kernel image.
