@@ -537,6 +537,36 @@ fn configure_net(args: &ServeArgs) -> Result<Option<NetGuard>, Failure> {
     }
 }
 
+/// Whether the `--boot-device` `boot` is `lun` or a partition of it (the
+/// usual case: the installed OS's disk holds its own /boot).
+fn boot_device_on(boot: &str, lun: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(Some(boot)) = bootlun_engine::blkid::resolve(boot) else {
+        return false;
+    };
+    let (Ok(b), Ok(l)) = (std::fs::metadata(&boot), std::fs::metadata(lun)) else {
+        return false;
+    };
+    if !b.file_type().is_block_device() || !l.file_type().is_block_device() {
+        return false;
+    }
+    if b.rdev() == l.rdev() {
+        return true;
+    }
+    // /sys/dev/block/MAJ:MIN of a partition is a directory inside its
+    // disk's, whose `dev` file names the disk.
+    let (maj, min) = (libc::major(b.rdev()), libc::minor(b.rdev()));
+    let part = std::path::PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    let Ok(real) = std::fs::canonicalize(&part) else {
+        return false;
+    };
+    let disk_dev = real
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("dev")).ok());
+    let lun_dev = format!("{}:{}", libc::major(l.rdev()), libc::minor(l.rdev()));
+    real.join("partition").exists() && disk_dev.is_some_and(|d| d.trim() == lun_dev)
+}
+
 /// A `--lun` or `--boot-device` given by identity rather than path.
 pub(crate) fn is_device_id(spec: &str) -> bool {
     ["UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=", "serial="]
@@ -720,6 +750,11 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
             }
         }
         spec.force = args.force.unwrap_or(false);
+        if let (bootlun_engine::backend::LunKind::Path(lun), Some(boot)) =
+            (&spec.kind, &args.pxe.boot_device)
+        {
+            spec.holds_boot = boot_device_on(boot, lun);
+        }
         let backend = open_backend(&spec, i).map_err(Usage)?;
         tracing::info!(
             "LUN {i}: {} ({} bytes, {}-byte blocks{}{})",

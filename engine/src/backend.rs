@@ -175,6 +175,10 @@ pub struct LunSpec {
     /// refused and an exported one is opened O_EXCL, so nothing on this
     /// host can mount it while the initiator writes to it.
     pub force: bool,
+    /// The boot partition bootlun itself mounts read-only (to read the
+    /// kernels it offers) lies on this device: open it without O_EXCL,
+    /// which would refuse that mount. The in-use checks still run.
+    pub holds_boot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +230,7 @@ impl LunSpec {
             read_only,
             text: s.to_string(),
             force: false,
+            holds_boot: false,
         })
     }
 }
@@ -291,7 +296,13 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     }
     // Two writers of one file system corrupt it: the initiator must be the
     // only user of an exported disk.
-    let exclusive = is_block && !spec.force;
+    let exclusive = is_block && !spec.force && !spec.holds_boot;
+    if is_block && spec.holds_boot && !spec.force {
+        tracing::info!(
+            "--lun {}: not opened exclusively: the boot partition is on it (bootlun mounts it read-only for the kernels)",
+            p.display()
+        );
+    }
     if is_block {
         use std::os::unix::fs::MetadataExt;
         if let Some(user) = block_device_user(meta.rdev()) {
