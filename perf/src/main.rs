@@ -1,8 +1,9 @@
 //! `bootlun-perf compare [--quick]`: bootlun against tgt and istgt on this
 //! machine, over loopback, on identical 1 GiB /dev/shm file LUNs.
 //!
-//! The peers are tuned the way their users would tune them (see
-//! /work/shared/FIELD-NOTES.md, "Peers tuned fairly"), every workload runs
+//! The peers are tuned the way their users would tune them (glibc malloc
+//! thresholds raised for both, tgt's aio backing store and larger session
+//! limits, istgt's sample config; see perf/README.md), every workload runs
 //! against every target in alternating rounds (the order rotates, so no
 //! target always runs first on a cold cache or last on a hot box), and the
 //! median of the rounds is reported. Results go to `perf/RESULTS.md` and
