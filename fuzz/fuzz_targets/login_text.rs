@@ -250,6 +250,7 @@ fuzz_target!(|input: Input| {
             user: USER.into(),
             secret: SECRET.to_vec(),
         }),
+        ..Limits::default()
     };
     let mut neg = Negotiator::new(limits).with_discovery_auth(input.discovery_auth);
     if input.mutual {

@@ -59,6 +59,7 @@ fuzz_target!(|input: Input| {
         max_transfer_blocks: input.max_transfer_blocks,
         optimal_transfer_blocks: input.optimal_transfer_blocks,
         rotational: input.rotational,
+        state: Default::default(),
     };
     let luns: Vec<u64> = input.luns.iter().copied().take(1024).collect();
     let ctx = CommandCtx {
@@ -66,12 +67,15 @@ fuzz_target!(|input: Input| {
         lu: input.present.then_some(&lu),
         luns: &luns,
         expected_len: input.expected_len,
+        nexus: None,
+        backend: None,
     };
     let mut out = vec![0xee; 7];
     let o = execute(&input.cdb, &ctx, &mut out);
     match o {
         Outcome::Read { lba, blocks, .. }
         | Outcome::Write { lba, blocks, .. }
+        | Outcome::WriteAtomic { lba, blocks, .. }
         | Outcome::Verify { lba, blocks, .. } => {
             assert!(input.present, "medium command on a missing LU: {o:?}");
             assert!(blocks > 0, "zero-block medium command: {o:?}");
@@ -83,7 +87,7 @@ fuzz_target!(|input: Input| {
                 assert!(blocks <= lu.max_transfer_blocks, "{o:?} above MAXIMUM TRANSFER LENGTH");
             }
             assert!(out.is_empty(), "medium command left Data-In bytes");
-            if matches!(o, Outcome::Write { .. }) {
+            if matches!(o, Outcome::Write { .. } | Outcome::WriteAtomic { .. }) {
                 assert!(!lu.read_only, "write to a read-only LU");
             }
         }
@@ -94,6 +98,11 @@ fuzz_target!(|input: Input| {
             let _ = sense.descriptor();
         }
         Outcome::Flush => assert!(input.present && out.is_empty()),
+        // Reservations are per nexus; this target has no other nexus.
+        Outcome::Conflict => assert!(out.is_empty()),
+        // Parameter data to come, or a stepped job (WRITE SAME, UNMAP,
+        // SANITIZE, EXTENDED COPY): only on a present LU, with no Data-In.
+        Outcome::DataOut { .. } | Outcome::Job(_) => assert!(input.present && out.is_empty()),
         Outcome::Good => {
             if let Some(alloc) = allocation_length(&input.cdb) {
                 assert!(out.len() <= alloc, "Data-In {} > allocation length {alloc}", out.len());
