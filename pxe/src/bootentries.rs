@@ -362,25 +362,35 @@ fn pick_initrd(dir: &Path, ver: &str, kernel: &Path) -> Option<String> {
         .map(|(_, n)| n)
 }
 
+/// How much of a kernel image the header readers need: the release
+/// string's offset is a 16-bit value past 0x200.
+const HEADER_SPAN: u64 = 0x200 + 0x1_0000 + 128;
+
+fn kernel_head(kernel: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    fs::File::open(kernel)
+        .ok()?
+        .take(HEADER_SPAN)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
+}
+
 /// The release (`uname -r`) an x86 Linux kernel image reports in its
 /// boot-protocol header: the setup header ("HdrS" at 0x202) holds at 0x20E
 /// the offset, minus 0x200, of a string that starts with the release.
-pub fn kernel_release(kernel: &Path) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = fs::File::open(kernel).ok()?;
-    let mut hdr = [0u8; 0x210];
-    f.read_exact(&mut hdr).ok()?;
-    if &hdr[0x202..0x206] != b"HdrS" {
+/// `None` without a setup header or a plausible release.
+pub fn header_release(img: &[u8]) -> Option<String> {
+    if img.get(0x202..0x206)? != b"HdrS" {
         return None;
     }
-    let ptr = u16::from_le_bytes([hdr[0x20E], hdr[0x20F]]);
+    let ptr = usize::from(u16::from_le_bytes([*img.get(0x20E)?, *img.get(0x20F)?]));
     if ptr == 0 {
         return None;
     }
-    f.seek(SeekFrom::Start(u64::from(ptr) + 0x200)).ok()?;
-    let mut s = [0u8; 128];
-    let n = f.read(&mut s).ok()?;
-    let s = &s[..n];
+    let s = img.get(ptr + 0x200..)?;
+    let s = &s[..s.len().min(128)];
     let end = s
         .iter()
         .position(|&c| c == 0 || c == b' ')
@@ -394,23 +404,23 @@ pub fn kernel_release(kernel: &Path) -> Option<String> {
 
 /// Whether a kernel image can be started by UEFI firmware (and so by iPXE
 /// on UEFI): an EFI stub makes it a PE/COFF image, "MZ" at 0 and "PE\0\0"
-/// at the offset stored at 0x3C. `None` when the file cannot be read.
+/// at the offset stored at 0x3C.
+pub fn header_efi_stub(img: &[u8]) -> bool {
+    let Some(pe) = img.get(0x3C..0x40) else {
+        return false;
+    };
+    let pe = u32::from_le_bytes([pe[0], pe[1], pe[2], pe[3]]) as usize;
+    img.starts_with(b"MZ") && img.get(pe..pe.saturating_add(4)) == Some(&b"PE\0\0"[..])
+}
+
+/// [`header_release`] of a kernel file.
+pub fn kernel_release(kernel: &Path) -> Option<String> {
+    header_release(&kernel_head(kernel)?)
+}
+
+/// [`header_efi_stub`] of a kernel file; `None` when it cannot be read.
 pub fn has_efi_stub(kernel: &Path) -> Option<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = fs::File::open(kernel).ok()?;
-    let mut dos = [0u8; 0x40];
-    if f.read_exact(&mut dos).is_err() {
-        return Some(false);
-    }
-    if &dos[..2] != b"MZ" {
-        return Some(false);
-    }
-    let pe = u32::from_le_bytes([dos[0x3C], dos[0x3D], dos[0x3E], dos[0x3F]]);
-    let mut sig = [0u8; 4];
-    if f.seek(SeekFrom::Start(u64::from(pe))).is_err() || f.read_exact(&mut sig).is_err() {
-        return Some(false);
-    }
-    Some(&sig == b"PE\0\0")
+    kernel_head(kernel).map(|h| header_efi_stub(&h))
 }
 
 /// Remove every argument whose name (the part before `=`, or the whole

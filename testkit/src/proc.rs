@@ -11,36 +11,13 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------
 
 /// Runs `cmd` to completion within `limit` (killed on overrun) and returns
-/// stdout; panics with the full output on failure.
+/// stdout as text; panics with the full output on failure.
 pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let status = wait_bounded(&mut child, limit);
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
-    match status {
-        Some(st) if st.success() => String::from_utf8_lossy(&out).into_owned(),
-        Some(st) => panic!(
-            "{desc} failed ({st})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            String::from_utf8_lossy(&out),
-            String::from_utf8_lossy(&err)
-        ),
-        None => panic!(
-            "{desc} did not finish within {limit:?}; killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            String::from_utf8_lossy(&out),
-            String::from_utf8_lossy(&err)
-        ),
-    }
+    String::from_utf8_lossy(&run_bytes(cmd, limit)).into_owned()
 }
 
-/// Like [`run_ok`] but returns stdout's raw bytes.
+/// Runs `cmd` to completion within `limit` (killed on overrun) and returns
+/// stdout's raw bytes; panics with the full output on failure.
 pub fn run_bytes(cmd: &mut Command, limit: Duration) -> Vec<u8> {
     let desc = format!("{cmd:?}");
     let mut child = cmd
@@ -57,7 +34,8 @@ pub fn run_bytes(cmd: &mut Command, limit: Duration) -> Vec<u8> {
     match status {
         Some(st) if st.success() => out,
         other => panic!(
-            "{desc} failed ({other:?})\n--- stderr ---\n{}",
+            "{desc} failed ({other:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&out),
             String::from_utf8_lossy(&err)
         ),
     }

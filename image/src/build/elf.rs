@@ -59,28 +59,21 @@ pub fn elf_facts(b: &[u8]) -> Result<ElfFacts, String> {
 /// The x86 boot protocol's view of a kernel image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BzImage {
-    /// First word of the embedded version string (`6.1.0-57-amd64`).
+    /// The release its header names (`6.1.0-57-amd64`).
     pub version: Option<String>,
-    /// The file starts with `MZ` (EFI stub present).
+    /// A PE/COFF EFI stub is present (UEFI firmware can start it).
     pub efi_stub: bool,
 }
 
-/// Checks the setup header (`HdrS` at 0x202) and reads the version string
-/// the header points to (offset at 0x20E, relative to 0x200).
+/// Checks the setup header (`HdrS` at 0x202); the header fields are read
+/// by the same code that pairs kernels with initrds on the PXE side.
 pub fn bzimage(b: &[u8]) -> Result<BzImage, String> {
-    if b.len() < 0x210 || &b[0x202..0x206] != b"HdrS" {
+    use bootlun_pxe::bootentries::{header_efi_stub, header_release};
+    if b.get(0x202..0x206) != Some(&b"HdrS"[..]) {
         return Err("not a Linux x86 kernel image (no HdrS boot header)".into());
     }
-    let ptr = u16::from_le_bytes([b[0x20e], b[0x20f]]) as usize;
-    let version = b
-        .get(ptr + 0x200..)
-        .filter(|_| ptr != 0)
-        .and_then(|s| s.split(|&c| c == 0).next())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .filter(|v| !v.is_empty() && v.len() < 128);
     Ok(BzImage {
-        version,
-        efi_stub: &b[..2] == b"MZ",
+        version: header_release(b),
+        efi_stub: header_efi_stub(b),
     })
 }
