@@ -131,6 +131,12 @@ pub(crate) struct ServeArgs {
     /// (status 0302, out of resources) [default: 64].
     #[arg(long, value_name = "N")]
     pub(crate) max_sessions: Option<usize>,
+    /// Most MiB per second a SANITIZE OVERWRITE (or a BLOCK ERASE that has
+    /// to write zeros) writes in the background, leaving the disk to the
+    /// other LUNs; the LU answers NOT READY, SANITIZE IN PROGRESS until it
+    /// ends. 0: as fast as the disk [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub(crate) sanitize_rate: Option<u64>,
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
     pub(crate) log: Option<String>,
@@ -206,6 +212,7 @@ impl ServeArgs {
             nop_interval,
             nop_timeout,
             max_sessions,
+            sanitize_rate,
             log,
             log_format,
             net_interface,
@@ -691,6 +698,12 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
             "--nop-timeout {n}: must be between 1 and 3600 seconds"
         )));
     }
+    if let Some(n) = args.sanitize_rate.filter(|n| *n > 1 << 20) {
+        return Err(Usage(format!(
+            "--sanitize-rate {n}: at most {} MiB/s (0: no limit)",
+            1 << 20
+        )));
+    }
     if let Some(n) = args.max_sessions.filter(|n| !(1..=65535).contains(n)) {
         return Err(Usage(format!(
             "--max-sessions {n}: must be between 1 and 65535"
@@ -774,7 +787,11 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         );
         // Commands larger than a buffer are carried in buffer-sized chunks,
         // so the limit reported to initiators (VPD B0h) is not the buffer.
-        luns.push(Lun::new(backend, &target_name, MAX_TRANSFER_BYTES));
+        let lun = Lun::new(backend, &target_name, MAX_TRANSFER_BYTES);
+        if let Some(mib) = args.sanitize_rate {
+            lun.info.state.set_sanitize_rate(mib << 20);
+        }
+        luns.push(lun);
     }
     let backends: Vec<_> = luns.iter().map(|l| l.backend.clone()).collect();
 

@@ -62,6 +62,24 @@ fn cmdline_layer(cmdline: &str) -> Result<ServeArgs, String> {
         })
 }
 
+/// CHAP secrets given as `bootlun.KEY=VALUE` words: they work, but the
+/// kernel command line is in /proc/cmdline and in the host's boot entry.
+fn cmdline_secret_warnings(args: &ServeArgs) -> Vec<String> {
+    [
+        ("chap", args.chap.is_some()),
+        ("mutual-chap", args.mutual_chap.is_some()),
+        ("discovery-chap", args.discovery_chap.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, given)| *given)
+    .map(|(key, _)| {
+        format!(
+            "warning: bootlun.{key}= on the kernel command line: its secret can be read in /proc/cmdline and in the boot entry; put `{key}` in bootlun.toml on the boot partition (or a secrets file) instead"
+        )
+    })
+    .collect()
+}
+
 fn modules_dir() -> PathBuf {
     let release = rustix::system::uname()
         .release()
@@ -174,6 +192,9 @@ pub fn main() -> ! {
 /// merged later, once the device has appeared.
 fn configure(cmdline: &str) -> Result<ServeArgs, String> {
     let mut args = cmdline_layer(cmdline)?;
+    for w in cmdline_secret_warnings(&args) {
+        say(&w);
+    }
     let baked = Path::new(BAKED_CONFIG);
     if baked.exists() {
         args.config = Some(baked.to_path_buf());
@@ -262,4 +283,27 @@ fn prepare_and_start(mut args: ServeArgs) -> Result<Running, String> {
         return Err("no LUN configured (bootlun.lun=/dev/... on the kernel command line, or lun = [...] in the config)".into());
     }
     cli::start(args).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chap_secrets_on_the_kernel_command_line_are_warned_about() {
+        let args = cmdline_layer(
+            "quiet bootlun.lun=serial=abc bootlun.chap=user:secret123456 bootlun.mutual-chap=tgt:othersecret1",
+        )
+        .unwrap();
+        let w = cmdline_secret_warnings(&args);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("bootlun.chap=") && w[0].contains("/proc/cmdline"));
+        assert!(w[1].contains("bootlun.mutual-chap="));
+        assert!(
+            w.iter().all(|l| !l.contains("secret123456")),
+            "no secret in the warning"
+        );
+        let args = cmdline_layer("bootlun.lun=serial=abc").unwrap();
+        assert!(cmdline_secret_warnings(&args).is_empty());
+    }
 }

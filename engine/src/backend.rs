@@ -800,12 +800,13 @@ impl BlockBackend for FileBackend {
         }
         Ok(())
     }
+    /// Read-only or not: a read-only LU still reports which blocks are
+    /// mapped (GET LBA STATUS), and UNMAP on it is refused as a write.
     fn thin(&self) -> bool {
-        !self.info.read_only
-            && match self.store {
-                Store::File(_) | Store::Memory => true,
-                Store::Block { discard } => discard,
-            }
+        match self.store {
+            Store::File(_) | Store::Memory => true,
+            Store::Block { discard } => discard,
+        }
     }
     fn discard_zeroes(&self) -> bool {
         self.thin() && !matches!(self.store, Store::Block { .. })
@@ -908,7 +909,7 @@ impl BlockBackend for NullBackend {
         Ok(())
     }
     fn thin(&self) -> bool {
-        !self.info.read_only
+        true
     }
     fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
         self.write_at(&[], 0, false)

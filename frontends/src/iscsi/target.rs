@@ -161,6 +161,31 @@ impl TargetShared {
         }
     }
 
+    /// The connection of the session whose SCSI initiator port is `port`
+    /// (`name,i,0x<ISID>`, as `Conn` builds it) has been closed by the
+    /// initiator, though its reactor may not have seen it yet. True only
+    /// when that is certain (the socket reports hang-up).
+    pub fn peer_closed(&self, port: &str) -> bool {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(e) = s.iter().find_map(|((name, isid), e)| {
+            let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+            let p = format!("{},i,0x{hex}", name.to_ascii_lowercase());
+            (p == port).then_some(e)
+        }) else {
+            return false;
+        };
+        let mut pfd = libc::pollfd {
+            fd: e.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call;
+        // the socket stays open while its entry exists (see SessionEntry),
+        // and the lock is held.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n == 1 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     /// Connection `conn_id` is gone (all its I/O finished): release its
     /// session, if it holds it.
     pub fn unregister_session(&self, initiator: &str, isid: [u8; 6], conn_id: u64) {

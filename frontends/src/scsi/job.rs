@@ -62,12 +62,19 @@ enum Work {
         state: Arc<LuState>,
         buf: Vec<u8>,
     },
+    /// Wait for the LU's background SANITIZE to end (SANITIZE without
+    /// IMMED): nothing to do but look.
+    WaitSanitize { state: Arc<LuState> },
 }
 
 /// Medium work in progress. See the module documentation.
 #[derive(Debug)]
 pub struct Job {
     work: Work,
+    /// `Some(immed)`: a SANITIZE, which runs in the background on its own
+    /// thread (`scsi::sanitize`) and outlives its command; `immed`: status
+    /// is returned as soon as it has started.
+    background: Option<bool>,
 }
 
 impl PartialEq for Job {
@@ -88,7 +95,59 @@ impl Job {
                 ranges: ranges.into_iter().filter(|r| r.1 > 0).collect(),
                 fua,
             },
+            background: None,
         }
+    }
+
+    /// This job as a SANITIZE: run in the background, with the CDB's IMMED
+    /// bit.
+    pub fn sanitize(mut self, immed: bool) -> Job {
+        self.background = Some(immed);
+        self
+    }
+
+    /// `Some(immed)` for a SANITIZE (see [`Job::sanitize`]).
+    pub fn background(&self) -> Option<bool> {
+        self.background
+    }
+
+    /// A job that ends when the LU's background SANITIZE does: GOOD, or
+    /// SANITIZE COMMAND FAILED.
+    pub fn wait_sanitize(state: Arc<LuState>) -> Job {
+        Job {
+            work: Work::WaitSanitize { state },
+            background: None,
+        }
+    }
+
+    /// How long the transport lets pass before the next step: none for
+    /// work, a little for waiting.
+    pub fn delay(&self) -> std::time::Duration {
+        match self.work {
+            Work::WaitSanitize { .. } => std::time::Duration::from_millis(50),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Bytes still to process.
+    pub fn remaining(&self) -> u64 {
+        match &self.work {
+            Work::Ranges { ranges, .. } => ranges.iter().map(|r| r.1).sum(),
+            Work::Copy { segs, .. } => segs.iter().map(|s| s.len).sum(),
+            Work::WaitSanitize { .. } => 0,
+        }
+    }
+
+    /// The work writes data (rather than deallocating), so a rate limit
+    /// applies to it.
+    pub fn writes_data(&self) -> bool {
+        !matches!(
+            self.work,
+            Work::Ranges {
+                op: RangeOp::Discard,
+                ..
+            } | Work::WaitSanitize { .. }
+        )
     }
 
     pub fn copy(
@@ -118,6 +177,7 @@ impl Job {
                 state,
                 buf: Vec::new(),
             },
+            background: None,
         }
     }
 
@@ -133,6 +193,7 @@ impl Job {
                 format!("{op} {:?}", ranges)
             }
             Work::Copy { segs, .. } => format!("copy {:?}", segs),
+            Work::WaitSanitize { .. } => "wait for sanitize".to_string(),
         }
     }
 
@@ -140,6 +201,15 @@ impl Job {
     /// command's final outcome (`Good`, or `Check` on a backend error).
     pub fn step(&mut self, backend: &dyn BlockBackend) -> Option<Outcome> {
         match &mut self.work {
+            Work::WaitSanitize { state } => {
+                if state.sanitize_progress().is_some() {
+                    None
+                } else if state.sanitize_failed() {
+                    Some(Outcome::Check(Sense::sanitize_failed()))
+                } else {
+                    Some(Outcome::Good)
+                }
+            }
             Work::Ranges { op, ranges, fua } => {
                 let Some((off, len)) = ranges.front().copied() else {
                     return Some(Outcome::Good);

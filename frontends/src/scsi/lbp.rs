@@ -174,11 +174,13 @@ pub fn write_same(cdb: &Cdb, lu: &LuInfo, ctx: &CommandCtx<'_>, sixteen: bool) -
     if b1 & 0x10 != 0 {
         return Err(Sense::invalid_field_in_cdb_at(1, 4));
     }
+    // A write-protected LU says so first, UNMAP bit or not (what
+    // initiators test to learn that the LU is read-only).
+    check_writable(lu)?;
     let f = write_same_fields(cdb, sixteen);
     if f.unmap && !lu.state.thin() {
         return Err(Sense::invalid_field_in_cdb_at(1, 3));
     }
-    check_writable(lu)?;
     if f.lba >= lu.num_blocks || lu.num_blocks - f.lba < f.blocks {
         return Err(Sense::lba_out_of_range());
     }
@@ -423,8 +425,9 @@ pub const SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1F;
 
 /// SANITIZE (SBC-3 5.19): OVERWRITE takes a parameter list with the
 /// initialization pattern; BLOCK ERASE (deallocate, or zero on a LU that
-/// cannot) and EXIT FAILURE MODE take none. Both run to the end before
-/// status, IMMED or not (a completed sanitize is a valid answer to IMMED).
+/// cannot) and EXIT FAILURE MODE take none. OVERWRITE and BLOCK ERASE run
+/// in the background (`scsi::sanitize`); with IMMED status comes as soon
+/// as they start, without it when they end.
 pub fn sanitize(cdb: &Cdb, lu: &LuInfo) -> CmdResult {
     let sa = cdb.service_action();
     let plen = u32::from(cdb.be16(7));
@@ -442,7 +445,7 @@ pub fn sanitize(cdb: &Cdb, lu: &LuInfo) -> CmdResult {
                 return Err(Sense::invalid_field_in_cdb_at(7, 7));
             }
             if sa == SANITIZE_EXIT_FAILURE_MODE {
-                // Nothing ever fails into a failure mode: nothing to leave.
+                lu.state.sanitize_exit_failure();
                 return Ok(Outcome::Good);
             }
             let op = if lu.state.thin() && lu.state.lbprz() {
@@ -450,11 +453,9 @@ pub fn sanitize(cdb: &Cdb, lu: &LuInfo) -> CmdResult {
             } else {
                 RangeOp::Zero
             };
-            Ok(Outcome::Job(Box::new(Job::ranges(
-                op,
-                vec![bytes(lu, 0, lu.num_blocks)],
-                true,
-            ))))
+            Ok(Outcome::Job(Box::new(
+                Job::ranges(op, vec![bytes(lu, 0, lu.num_blocks)], true).sanitize(immed(cdb)),
+            )))
         }
         _ => Err(Sense::invalid_field_in_cdb_at(1, 4)),
     }
@@ -463,7 +464,7 @@ pub fn sanitize(cdb: &Cdb, lu: &LuInfo) -> CmdResult {
 /// SANITIZE OVERWRITE with its parameter list: INVERT 0, TEST 00b, any
 /// OVERWRITE COUNT (one pass writes the pattern; more passes of the same
 /// pattern change nothing), the pattern repeated over every block.
-pub fn sanitize_data(lu: &LuInfo, data: &[u8]) -> CmdResult {
+pub fn sanitize_data(cdb: &Cdb, lu: &LuInfo, data: &[u8]) -> CmdResult {
     if data.len() < 4 {
         return Err(Sense::parameter_list_length_error());
     }
@@ -485,9 +486,17 @@ pub fn sanitize_data(lu: &LuInfo, data: &[u8]) -> CmdResult {
     let block: Vec<u8> = pattern.iter().copied().cycle().take(bs).collect();
     let per = (STEP_BYTES / bs).max(1);
     let n = per.min(lu.num_blocks as usize).max(1);
-    Ok(Outcome::Job(Box::new(Job::ranges(
-        RangeOp::Fill(block.repeat(n)),
-        vec![bytes(lu, 0, lu.num_blocks)],
-        true,
-    ))))
+    Ok(Outcome::Job(Box::new(
+        Job::ranges(
+            RangeOp::Fill(block.repeat(n)),
+            vec![bytes(lu, 0, lu.num_blocks)],
+            true,
+        )
+        .sanitize(immed(cdb)),
+    )))
+}
+
+/// SANITIZE's IMMED bit (CDB byte 1, bit 7).
+fn immed(cdb: &Cdb) -> bool {
+    cdb.byte(1) & 0x80 != 0
 }

@@ -35,6 +35,7 @@ pub mod lbp;
 pub mod mode;
 pub mod opcode;
 pub mod pr;
+pub mod sanitize;
 pub mod sense;
 pub mod state;
 pub mod vpd;

@@ -469,11 +469,65 @@ pub fn persistent_reserve_out(
     let mut g = state.lock();
     let before = g.pr.clone();
     let r = prout_locked(&mut g, sa, scope, rtype, nexus, key, sa_key, aptpl, data);
+    let mut uas = Vec::new();
     if r.is_ok() && g.pr != before {
         persist(state, &g);
+        uas = unit_attentions(sa, nexus, &before, &g.pr);
     }
     state.update_reserved(&g);
+    drop(g);
+    for (sense, to) in uas {
+        state.raise_ua_for(sense, &to);
+    }
     r
+}
+
+/// The unit attentions a PERSISTENT RESERVE OUT that changed `before`
+/// into `after` owes the other registered I_T nexuses (SPC-4 5.13.11):
+/// CLEAR preempts everyone's reservation; PREEMPT takes registrations
+/// away, and releases the others' reservation when its type changes;
+/// releasing (or unregistering out of) a registrants-only or
+/// all-registrants reservation releases it for every other registrant.
+fn unit_attentions(sa: u8, me: &Nexus, before: &Pr, after: &Pr) -> Vec<(Sense, Vec<Nexus>)> {
+    use super::state::ua;
+    let others = |pr: &Pr| -> Vec<Nexus> {
+        pr.regs
+            .iter()
+            .filter(|r| &r.nexus != me)
+            .map(|r| r.nexus.clone())
+            .collect()
+    };
+    let shared_type = |t: u8| matches!(t, 5..=8);
+    let mut out = Vec::new();
+    match sa {
+        SA_CLEAR => out.push((ua::RESERVATIONS_PREEMPTED, others(before))),
+        SA_PREEMPT | SA_PREEMPT_AND_ABORT => {
+            let gone: Vec<Nexus> = before
+                .regs
+                .iter()
+                .filter(|r| &r.nexus != me && after.reg(&r.nexus).is_none())
+                .map(|r| r.nexus.clone())
+                .collect();
+            out.push((ua::REGISTRATIONS_PREEMPTED, gone));
+            let was = before.reservation.as_ref().map(|r| r.rtype);
+            let now = after.reservation.as_ref().map(|r| r.rtype);
+            if was.is_some() && was != now {
+                out.push((ua::RESERVATIONS_RELEASED, others(after)));
+            }
+        }
+        SA_RELEASE | SA_REGISTER | SA_REGISTER_AND_IGNORE => {
+            let released = before
+                .reservation
+                .as_ref()
+                .is_some_and(|r| shared_type(r.rtype))
+                && after.reservation.is_none();
+            if released {
+                out.push((ua::RESERVATIONS_RELEASED, others(after)));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]

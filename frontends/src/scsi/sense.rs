@@ -31,6 +31,9 @@ pub struct Sense {
     /// it, e.g. to tell an unsupported service action (byte 1) from a bad
     /// field of a supported command.
     pub field: Option<FieldPointer>,
+    /// Sense-key specific PROGRESS INDICATION (SPC-4 4.5.2.4.4), in
+    /// 65536ths, for NOT READY while an operation (SANITIZE) is under way.
+    pub progress: Option<u16>,
 }
 
 /// The FIELD POINTER sense-key specific data (SPC-4 4.5.2.4.2).
@@ -68,6 +71,7 @@ impl Sense {
             ascq,
             info: None,
             field: None,
+            progress: None,
         }
     }
     /// (SENSE KEY, ASC, ASCQ), without INFORMATION and field pointer.
@@ -127,6 +131,7 @@ impl Sense {
             ascq: 0x00,
             info: Some(offset),
             field: None,
+            progress: None,
         }
     }
     /// ABORTED COMMAND / no additional sense, used when the transport fails.
@@ -164,6 +169,20 @@ impl Sense {
     pub const fn reported_luns_changed() -> Self {
         Self::new(SenseKey::UnitAttention, 0x3F, 0x0E)
     }
+    /// NOT READY / LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (04h/1Bh)
+    /// with how far it has got (SBC-3 4.11).
+    pub const fn sanitize_in_progress(progress: u16) -> Self {
+        Sense {
+            progress: Some(progress),
+            ..Self::new(SenseKey::NotReady, 0x04, 0x1B)
+        }
+    }
+    /// MEDIUM ERROR / SANITIZE COMMAND FAILED (31h/03h): the last
+    /// SANITIZE failed and the LU stays unusable until one succeeds or
+    /// EXIT FAILURE MODE.
+    pub const fn sanitize_failed() -> Self {
+        Self::new(SenseKey::MediumError, 0x31, 0x03)
+    }
     /// NOT READY / MEDIUM NOT PRESENT (3Ah/00h).
     pub const fn medium_not_present() -> Self {
         Self::new(SenseKey::NotReady, 0x3A, 0x00)
@@ -181,10 +200,20 @@ impl Sense {
         b[7] = 10; // additional sense length
         b[12] = self.asc;
         b[13] = self.ascq;
-        if let Some(f) = self.field {
-            b[15..18].copy_from_slice(&f.bytes());
+        if let Some(sks) = self.sks() {
+            b[15..18].copy_from_slice(&sks);
         }
         b
+    }
+
+    /// The 3 SENSE KEY SPECIFIC bytes, when there are any: a field
+    /// pointer, or a progress indication (SKSV, reserved, PROGRESS).
+    fn sks(&self) -> Option<[u8; 3]> {
+        if let Some(f) = self.field {
+            return Some(f.bytes());
+        }
+        let [hi, lo] = self.progress?.to_be_bytes();
+        Some([0x80, hi, lo])
     }
 
     /// Descriptor-format sense data (response code 72h): an 8-byte header,
@@ -202,11 +231,11 @@ impl Sense {
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(f) = self.field {
+        if let Some(sks) = self.sks() {
             // Sense key specific descriptor (SPC-4 4.5.2.3): type 02h,
             // length 06h, 2 reserved bytes, 3 SKS bytes, 1 reserved byte.
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            b.extend_from_slice(&f.bytes());
+            b.extend_from_slice(&sks);
             b.push(0);
         }
         b[7] = (b.len() - 8) as u8; // additional sense length
@@ -279,6 +308,15 @@ mod tests {
             b,
             vec![0x72, 0x05, 0x24, 0x00, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xCC, 0, 1, 0]
         );
+    }
+
+    #[test]
+    fn progress_indication() {
+        let b = Sense::sanitize_in_progress(0x8000).fixed();
+        assert_eq!((b[2], b[12], b[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(&b[15..18], &[0x80, 0x80, 0x00]);
+        let d = Sense::sanitize_in_progress(0x0102).descriptor();
+        assert_eq!(&d[8..], &[0x02, 0x06, 0, 0, 0x80, 0x01, 0x02, 0]);
     }
 
     #[test]

@@ -89,6 +89,11 @@ pub(crate) struct Inner {
     pub copies: VecDeque<CopyResult>,
 }
 
+/// Bytes per second a SANITIZE writes by default (`--sanitize-rate`,
+/// 64 MiB/s): it runs in the background like a drive's own sanitize and
+/// leaves the disk's bandwidth to the other LUNs and sessions.
+pub const DEFAULT_SANITIZE_RATE: u64 = 64 << 20;
+
 /// How many copy results RECEIVE COPY RESULTS can still find.
 pub const COPY_RESULTS_KEPT: usize = 16;
 
@@ -117,6 +122,15 @@ pub struct LuState {
     /// Bumped by every reset and CLEAR TASK SET: a task started under an
     /// older value has been aborted, whichever connection carries it.
     epoch: AtomicU64,
+    /// A SANITIZE running in the background (`scsi::sanitize`): bytes to
+    /// do in all and bytes done; total 0 = none running.
+    sanitize_total: AtomicU64,
+    sanitize_done: AtomicU64,
+    /// The last SANITIZE failed; commands get SANITIZE COMMAND FAILED
+    /// until a SANITIZE succeeds or EXIT FAILURE MODE (SBC-3 4.11.3).
+    sanitize_failed: AtomicBool,
+    /// Most bytes per second a SANITIZE writes; 0 = no limit.
+    sanitize_rate: AtomicU64,
 }
 
 impl LuState {
@@ -149,6 +163,10 @@ impl LuState {
             ua_pending: AtomicBool::new(false),
             uas: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            sanitize_total: AtomicU64::new(0),
+            sanitize_done: AtomicU64::new(0),
+            sanitize_failed: AtomicBool::new(false),
+            sanitize_rate: AtomicU64::new(DEFAULT_SANITIZE_RATE),
         })
     }
 
@@ -159,6 +177,54 @@ impl LuState {
             lbprz,
             ..LuState::default()
         }
+    }
+
+    /// Progress of a running SANITIZE in 65536ths (the sense data's
+    /// PROGRESS INDICATION), `None` when none is running.
+    pub fn sanitize_progress(&self) -> Option<u16> {
+        let total = self.sanitize_total.load(Ordering::Acquire);
+        if total == 0 {
+            return None;
+        }
+        let done = self.sanitize_done.load(Ordering::Relaxed).min(total);
+        Some(((u128::from(done) * 0xFFFF) / u128::from(total)) as u16)
+    }
+
+    /// Mark a SANITIZE of `total` bytes as running; false if one already
+    /// is.
+    pub(crate) fn sanitize_begin(&self, total: u64) -> bool {
+        self.sanitize_done.store(0, Ordering::Relaxed);
+        self.sanitize_total
+            .compare_exchange(0, total.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn sanitize_advance(&self, done: u64) {
+        self.sanitize_done.store(done, Ordering::Relaxed);
+    }
+
+    /// The running SANITIZE ended; `ok`: it succeeded.
+    pub(crate) fn sanitize_end(&self, ok: bool) {
+        self.sanitize_failed.store(!ok, Ordering::Relaxed);
+        self.sanitize_total.store(0, Ordering::Release);
+    }
+
+    pub fn sanitize_failed(&self) -> bool {
+        self.sanitize_failed.load(Ordering::Relaxed)
+    }
+
+    /// SANITIZE EXIT FAILURE MODE: the LU is usable again.
+    pub(crate) fn sanitize_exit_failure(&self) {
+        self.sanitize_failed.store(false, Ordering::Relaxed);
+    }
+
+    /// Most bytes per second a SANITIZE OVERWRITE writes (0: no limit).
+    pub fn sanitize_rate(&self) -> u64 {
+        self.sanitize_rate.load(Ordering::Relaxed)
+    }
+
+    pub fn set_sanitize_rate(&self, bytes_per_sec: u64) {
+        self.sanitize_rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     pub fn swp(&self) -> bool {
@@ -217,6 +283,29 @@ impl LuState {
         self.uas().entry(nexus.initiator_port.clone()).or_default();
     }
 
+    /// Queue `sense` for the I_T nexuses in `to` that are still there.
+    pub fn raise_ua_for(&self, sense: Sense, to: &[Nexus]) {
+        if to.is_empty() {
+            return;
+        }
+        let mut g = self.uas();
+        let mut any = false;
+        for n in to {
+            if let Some(q) = g.get_mut(&n.initiator_port) {
+                if !q.contains(&sense) {
+                    if q.len() >= UA_QUEUE_MAX {
+                        q.pop_front();
+                    }
+                    q.push_back(sense);
+                }
+                any = true;
+            }
+        }
+        if any {
+            self.ua_pending.store(true, Ordering::Release);
+        }
+    }
+
     /// Queue `sense` for every known I_T nexus but `except` (initiator
     /// port). A condition already queued for a nexus is not queued twice.
     pub fn raise_ua(&self, sense: Sense, except: Option<&Nexus>) {
@@ -272,6 +361,14 @@ impl LuState {
     /// started before this call see a newer epoch and end without status.
     pub fn abort_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The I_T nexus holding an SPC-2 reservation, if one is held.
+    pub fn spc2_holder(&self) -> Option<Nexus> {
+        if !self.any_reservation() {
+            return None;
+        }
+        self.lock().spc2.clone()
     }
 
     /// The I_T nexus is gone (logout, connection loss): its SPC-2

@@ -108,7 +108,10 @@ impl Conn {
         };
         let lu = ctx.lu;
         let mut scratch = std::mem::take(&mut self.scratch);
-        let outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
+        let mut outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
+        if matches!(outcome, Outcome::Conflict) && self.release_closed_holder(lun as usize) {
+            outcome = scsi::execute(cmd.cdb(), &ctx, &mut scratch);
+        }
         let bs = lu.map(|l| l.block_size).unwrap_or(512);
         let sink = match outcome {
             Outcome::Good => {
@@ -231,7 +234,7 @@ impl Conn {
                 sink
             }
             Outcome::Job(job) => {
-                let mut t = Task::new(
+                let t = Task::new(
                     itt,
                     lun as usize,
                     bhs.lun_raw(),
@@ -242,9 +245,8 @@ impl Conn {
                     0,
                     edtl,
                 );
-                t.job = Some(job);
                 let id = self.insert_task(t);
-                self.schedule_job(io, id);
+                self.start_job(io, id, job);
                 Sink::Discard
             }
             Outcome::Flush => {
@@ -847,6 +849,37 @@ impl Conn {
         }
     }
 
+    /// A command met an SPC-2 reservation: if the holder's initiator has
+    /// already closed its connection (its reactor just has not got to it
+    /// yet), the nexus is lost and so is the reservation (SPC-2 5.5.1).
+    /// True when a reservation was released this way.
+    fn release_closed_holder(&self, lun: usize) -> bool {
+        let Some(l) = self.sh.luns.get(lun) else {
+            return false;
+        };
+        let Some(holder) = l.info.state.spc2_holder() else {
+            return false;
+        };
+        if self.nexus.as_ref() == Some(&holder) {
+            return false;
+        }
+        if !self.sh.peer_closed(&holder.initiator_port) {
+            tracing::debug!(
+                "connection {}: reserved by {}, whose connection is open",
+                self.peer,
+                holder.initiator_port
+            );
+            return false;
+        }
+        tracing::info!(
+            "connection {}: reservation of {} released: its connection is closed",
+            self.peer,
+            holder.initiator_port
+        );
+        l.info.state.nexus_lost(&holder);
+        true
+    }
+
     /// The connection (and with it the I_T nexus) is gone: its SPC-2
     /// reservations go too.
     pub(super) fn scsi_nexus_lost(&mut self) {
@@ -896,7 +929,10 @@ impl Conn {
             backend: lu.map(|l| &*l.backend),
         };
         let mut scratch = std::mem::take(&mut self.scratch);
-        let outcome = scsi::execute_with_data(&cdb, &ctx, data, &mut scratch);
+        let mut outcome = scsi::execute_with_data(&cdb, &ctx, data, &mut scratch);
+        if matches!(outcome, Outcome::Conflict) && self.release_closed_holder(lun) {
+            outcome = scsi::execute_with_data(&cdb, &ctx, data, &mut scratch);
+        }
         self.scratch = scratch;
         self.task_outcome(io, id, outcome);
     }
@@ -919,23 +955,46 @@ impl Conn {
             Outcome::Job(job) => {
                 if let Some(t) = self.tasks.get_mut(id) {
                     t.kind = Kind::Job;
-                    t.job = Some(job);
                 }
-                self.schedule_job(io, id);
+                self.start_job(io, id, job);
             }
             // Nothing else comes after Data-Out.
             _ => self.finish_check(io, id, Sense::invalid_field_in_cdb()),
         }
     }
 
+    /// Give task `id` its job. A SANITIZE runs on its own thread and
+    /// belongs to the LU (`scsi::sanitize`): the task ends at once (IMMED)
+    /// or waits for it; any other job runs here in steps.
+    fn start_job(&mut self, io: &mut impl IoOps, id: TaskId, job: Box<scsi::Job>) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let job = match (job.background(), self.sh.luns.get(t.lun)) {
+            (Some(immed), Some(l)) => {
+                let state = l.info.state.clone();
+                match scsi::sanitize::start(&state, l.backend.clone(), *job) {
+                    Err(sense) => return self.finish_check(io, id, sense),
+                    Ok(()) if immed => return self.finish_good(io, id),
+                    Ok(()) => Box::new(scsi::Job::wait_sanitize(state)),
+                }
+            }
+            _ => job,
+        };
+        t.job = Some(job);
+        self.schedule_job(io, id);
+    }
+
     /// Run the next step of a job once the reactor has had a turn: a zero
-    /// timeout completes after everything already queued.
+    /// timeout completes after everything already queued; a job that only
+    /// waits asks for a longer one.
     fn schedule_job(&mut self, io: &mut impl IoOps, id: TaskId) {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
+        let delay = t.job.as_ref().map_or(Duration::ZERO, |j| j.delay());
         t.io_busy = true;
-        io.timeout(Duration::ZERO, TAG_DISK | id.index());
+        io.timeout(delay, TAG_DISK | id.index());
     }
 
     fn step_job(&mut self, io: &mut impl IoOps, id: TaskId) {

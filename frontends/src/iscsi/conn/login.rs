@@ -263,6 +263,12 @@ impl Conn {
             _ => LOGOUT_RECOVERY_UNSUPPORTED,
         };
         tracing::info!("connection {}: logout (reason {})", self.peer, req.reason());
+        if response == LOGOUT_OK {
+            // The session ends with this answer: release what its I_T
+            // nexus held (SPC-2 reservations) before the initiator hears
+            // it, not when the connection has drained.
+            self.scsi_nexus_lost();
+        }
         let itt = bhs.itt();
         self.send_status(io, TxData::None, true, |h, sn| {
             build_logout_response(h, itt, response, sn)

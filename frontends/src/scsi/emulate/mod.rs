@@ -68,10 +68,17 @@ fn dispatch(
     let info = op::command_for_cdb(bytes)?;
     let cdb = Cdb::parse(bytes)?;
     cdb.check_reserved(info.usage)?;
+    // A LU being sanitized answers only the commands SBC-3 4.11.2 allows.
+    if let Some(sense) = ctx
+        .lu
+        .and_then(|lu| super::sanitize::refusal(&lu.state, cdb.opcode()))
+    {
+        return Err(sense);
+    }
     match cdb.opcode() {
         op::INQUIRY => return vpd::inquiry(&cdb, ctx.lu, out),
         op::REPORT_LUNS => return report_luns(&cdb, ctx.luns, out),
-        op::REQUEST_SENSE => return request_sense(&cdb, ctx.lu.is_some(), out),
+        op::REQUEST_SENSE => return request_sense(&cdb, ctx.lu, out),
         _ => {}
     }
     let lu = ctx.lu.ok_or(Sense::lun_not_supported())?;
@@ -165,7 +172,7 @@ fn with_data(
         op::UNMAP => lbp::unmap_data(cdb, lu, data),
         op::COMPARE_AND_WRITE => lbp::compare_and_write_data(cdb, lu, ctx, data),
         op::ORWRITE_16 => lbp::orwrite_data(cdb, lu, ctx, data),
-        op::SANITIZE => lbp::sanitize_data(lu, data),
+        op::SANITIZE => lbp::sanitize_data(cdb, lu, data),
         op::PERSISTENT_RESERVE_OUT => pr::persistent_reserve_out(cdb, &lu.state, nexus, data),
         op::EXTENDED_COPY => xcopy::extended_copy_data(cdb, lu, &lu.state, nexus, data),
         // No other command asked for Data-Out.
@@ -351,13 +358,18 @@ fn read_capacity_16(cdb: &Cdb, lu: &LuInfo, out: &mut Vec<u8>) -> CmdResult {
 /// REQUEST SENSE (SPC-4 6.29): nothing is ever pending, so NO SENSE, in
 /// descriptor format when DESC is set. For a LUN that does not exist the
 /// parameter data is LOGICAL UNIT NOT SUPPORTED (SPC-4 6.29, GOOD status).
-fn request_sense(cdb: &Cdb, lu_present: bool, out: &mut Vec<u8>) -> CmdResult {
+fn request_sense(cdb: &Cdb, lu: Option<&LuInfo>, out: &mut Vec<u8>) -> CmdResult {
     let desc = cdb.byte(1) & 0x01 != 0;
     let alloc = usize::from(cdb.byte(4));
-    let sense = if lu_present {
-        Sense::no_sense()
-    } else {
-        Sense::lun_not_supported()
+    // The sense data of a LU that is not ready tells why, with progress
+    // (SPC-4 6.39); otherwise there is nothing to report.
+    let sense = match lu {
+        Some(lu) => match lu.state.sanitize_progress() {
+            Some(p) => Sense::sanitize_in_progress(p),
+            None if lu.state.sanitize_failed() => Sense::sanitize_failed(),
+            None => Sense::no_sense(),
+        },
+        None => Sense::lun_not_supported(),
     };
     if desc {
         out.extend_from_slice(&sense.descriptor());

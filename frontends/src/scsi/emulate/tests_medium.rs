@@ -379,3 +379,101 @@ fn sanitize_overwrite_writes_the_pattern_everywhere() {
     );
     assert!(r.read(0, 2048).iter().all(|&b| b == 0));
 }
+
+#[test]
+fn sanitize_runs_in_the_background_and_fences_the_lu() {
+    let r = rig_on("ram:4M");
+    // 1 MiB/s: the 4 MiB overwrite lasts about 4 s, long enough to look
+    // at the LU while it runs; the test waits for the end by polling the
+    // state, never by sleeping a guessed time.
+    r.lu.state.set_sanitize_rate(1 << 20);
+    let mut p = vec![0x01, 0, 0, 1];
+    p.push(0x5A);
+    let c = [0x48, 0x81, 0, 0, 0, 0, 0, 0, 5, 0]; // IMMED
+    let ctx = r.ctx(&r.a, 5);
+    let mut out = Vec::new();
+    assert!(matches!(
+        execute(&c, &ctx, &mut out),
+        Outcome::DataOut { len: 5 }
+    ));
+    let Outcome::Job(job) = execute_with_data(&c, &ctx, &p, &mut out) else {
+        panic!("SANITIZE OVERWRITE is a job");
+    };
+    assert_eq!(job.background(), Some(true));
+    crate::scsi::sanitize::start(&r.lu.state, r.backend.clone(), *job).unwrap();
+    let not_ready = |o: Outcome| match o {
+        Outcome::Check(s) => s.code() == (SenseKey::NotReady, 0x04, 0x1B) && s.progress.is_some(),
+        _ => false,
+    };
+    // TEST UNIT READY, READ and another SANITIZE: NOT READY, SANITIZE IN
+    // PROGRESS, from either nexus.
+    assert!(not_ready(r.run(&r.a, &[0, 0, 0, 0, 0, 0], &[]).0));
+    assert!(not_ready(
+        r.run(&r.b, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]).0
+    ));
+    assert!(not_ready(
+        r.run(&r.b, &[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0], &[]).0
+    ));
+    // INQUIRY and REQUEST SENSE still answer; REQUEST SENSE says why the
+    // LU is not ready, with the progress indication (SKSV set).
+    assert_eq!(r.run(&r.b, &[0x12, 0, 0, 0, 36, 0], &[]).0, Outcome::Good);
+    let (o, d) = r.run(&r.b, &[0x03, 0, 0, 0, 18, 0], &[]);
+    assert_eq!(o, Outcome::Good);
+    assert_eq!((d[2], d[12], d[13]), (0x02, 0x04, 0x1B));
+    assert_eq!(d[15] & 0x80, 0x80);
+    // A SANITIZE without IMMED waits with this job; it ends GOOD with the
+    // operation.
+    let mut wait = crate::scsi::Job::wait_sanitize(r.lu.state.clone());
+    assert!(wait.delay() > std::time::Duration::ZERO);
+    let end = loop {
+        if let Some(o) = wait.step(&*r.backend) {
+            break o;
+        }
+        std::thread::park_timeout(wait.delay());
+    };
+    assert_eq!(end, Outcome::Good);
+    assert!(r.read(0, 8192).iter().all(|&b| b == 0x5A));
+    assert_eq!(r.run(&r.a, &[0, 0, 0, 0, 0, 0], &[]).0, Outcome::Good);
+}
+
+#[test]
+fn reservation_changes_raise_unit_attentions_for_the_others() {
+    use crate::scsi::state::ua;
+    let r = rig_on("ram:1M");
+    let c = nexus("c");
+    for n in [&r.a, &r.b, &c] {
+        r.lu.state.nexus_seen(n);
+    }
+    let run = |who: &Nexus, (cdb, p): ([u8; 10], Vec<u8>)| r.run(who, &cdb, &p).0;
+    assert_eq!(run(&r.a, prout(0, 0, 0, 0xA, false)), Outcome::Good);
+    assert_eq!(run(&r.b, prout(0, 0, 0, 0xB, false)), Outcome::Good);
+    assert_eq!(run(&c, prout(0, 0, 0, 0xC, false)), Outcome::Good);
+    // Write Exclusive, Registrants Only, released by its holder: the other
+    // registrants are told; the releaser is not.
+    assert_eq!(run(&r.a, prout(1, 5, 0xA, 0, false)), Outcome::Good);
+    assert_eq!(run(&r.a, prout(2, 5, 0xA, 0, false)), Outcome::Good);
+    assert_eq!(r.lu.state.take_ua(&r.b, 0), Some(ua::RESERVATIONS_RELEASED));
+    assert_eq!(r.lu.state.take_ua(&c, 0), Some(ua::RESERVATIONS_RELEASED));
+    assert_eq!(r.lu.state.take_ua(&r.a, 0), None);
+    // B preempts A's registration: A hears REGISTRATIONS PREEMPTED, C
+    // nothing (no reservation changed).
+    assert_eq!(run(&r.b, prout(4, 1, 0xB, 0xA, false)), Outcome::Good);
+    assert_eq!(
+        r.lu.state.take_ua(&r.a, 0),
+        Some(ua::REGISTRATIONS_PREEMPTED)
+    );
+    assert_eq!(r.lu.state.take_ua(&c, 0), None);
+    assert_eq!(r.lu.state.take_ua(&r.b, 0), None);
+    // CLEAR by C: every other registrant's reservation is preempted.
+    assert_eq!(run(&c, prout(3, 0, 0xC, 0, false)), Outcome::Good);
+    assert_eq!(
+        r.lu.state.take_ua(&r.b, 0),
+        Some(ua::RESERVATIONS_PREEMPTED)
+    );
+    assert_eq!(r.lu.state.take_ua(&c, 0), None);
+    assert_eq!(
+        r.lu.state.take_ua(&r.a, 0),
+        None,
+        "A was no longer registered"
+    );
+}
