@@ -142,3 +142,45 @@ fn qemu_img_roundtrip_plain_and_crc32c_on_ram_and_file_luns() {
     // The last thing written to the file LUN was the digest pass.
     assert_same("file LUN backing file after stop", &src_digest, &backing);
 }
+
+/// Every way a reactor can wait moves the same bytes: busy polling,
+/// interrupt (sleep in io_uring_enter), and an SQPOLL ring.
+#[test]
+fn qemu_img_roundtrip_in_every_poll_mode() {
+    if !require_tool("qemu-img", "qemu-utils") {
+        return;
+    }
+    let dir = TempDir::new("qemu-img-poll");
+    let src = dir.join("src.raw");
+    std::fs::write(&src, pseudo_random_bytes(16 << 20, 0x5eed_0003)).unwrap();
+    for extra in [
+        &["--poll", "busy"][..],
+        &["--poll", "interrupt"][..],
+        &["--sqpoll"][..],
+    ] {
+        let server = Server::start(&["ram:16M"], extra);
+        let url = server.url(0);
+        let back = dir.join("back.raw");
+        qemu(&[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &src.to_string_lossy(),
+            &url,
+        ]);
+        qemu(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            &back.to_string_lossy(),
+        ]);
+        assert_same(&extra.join(" "), &src, &back);
+        std::fs::remove_file(&back).unwrap();
+    }
+}

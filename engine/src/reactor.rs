@@ -40,6 +40,11 @@ pub struct EngineConfig {
     pub buffer_size: usize,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
+    /// `Some(idle_ms)`: a kernel thread polls each ring's submission queue
+    /// (IORING_SETUP_SQPOLL), sleeping after this long without work. It
+    /// spins a core of its own per reactor: for machines with cores to
+    /// spare.
+    pub sqpoll: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +56,7 @@ impl Default for EngineConfig {
             buffers: 128,
             buffer_size: 1 << 20,
             ring_entries: 1024,
+            sqpoll: None,
         }
     }
 }
@@ -433,6 +439,7 @@ fn accept_loop(
     stats: Stats,
     stop: Arc<AtomicBool>,
 ) {
+    let mut placer = Placer::new(senders.len());
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(x) => x,
@@ -451,10 +458,7 @@ fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
-        // The reactor with the fewest open connections takes it.
-        let n = (0..senders.len())
-            .min_by_key(|&i| stats.reactors[i].connections_open.load(Ordering::Relaxed))
-            .unwrap_or(0);
+        let n = placer.pick(&stats, Instant::now());
         stats.reactors[n]
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
@@ -466,6 +470,59 @@ fn accept_loop(
             return;
         }
         wake(wakers[n]);
+    }
+}
+
+/// Where the acceptor puts a new connection: on the least-loaded reactor.
+/// Load is the commands a reactor completed since the acceptor last looked
+/// (in eighths of the busiest reactor's, so small differences do not
+/// count), then its open connections: a reactor with one busy session is
+/// more loaded than one with two idle ones, and a burst of logins (no time
+/// to measure anything) is spread by connection count.
+struct Placer {
+    ops_then: Vec<u64>,
+    load: Vec<u64>,
+    sampled: Option<Instant>,
+}
+
+impl Placer {
+    /// Shorter gaps between accepts keep the last measurement.
+    const MIN_SAMPLE: Duration = Duration::from_millis(50);
+
+    fn new(n: usize) -> Placer {
+        Placer {
+            ops_then: vec![0; n],
+            load: vec![0; n],
+            sampled: None,
+        }
+    }
+
+    fn pick(&mut self, stats: &Stats, now: Instant) -> usize {
+        let n = self.load.len();
+        let ops = |i: usize| {
+            let r = &stats.reactors[i];
+            r.read_ops.load(Ordering::Relaxed) + r.write_ops.load(Ordering::Relaxed)
+        };
+        if self
+            .sampled
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::MIN_SAMPLE)
+        {
+            for i in 0..n {
+                let o = ops(i);
+                self.load[i] = o.saturating_sub(self.ops_then[i]);
+                self.ops_then[i] = o;
+            }
+            self.sampled = Some(now);
+        }
+        let busiest = self.load.iter().copied().max().unwrap_or(0);
+        (0..n)
+            .min_by_key(|&i| {
+                (
+                    self.load[i] * 8 / (busiest + 1),
+                    stats.reactors[i].connections_open.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -717,6 +774,9 @@ struct Reactor {
     stop: Arc<AtomicBool>,
     poll: PollMode,
     spin: Duration,
+    /// The ring runs completion work only when asked for events: a spin
+    /// must ask too (IORING_ENTER_GETEVENTS), or it would never see one.
+    defer_taskrun: bool,
 }
 
 impl Reactor {
@@ -735,12 +795,34 @@ impl Reactor {
         stats.reactors[id]
             .core
             .store(core as u64, Ordering::Relaxed);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .build(cfg.ring_entries)
-            .or_else(|_| IoUring::new(cfg.ring_entries))
-            .map_err(|e| format!("io_uring setup failed: {e} (is io_uring disabled? see sysctl kernel.io_uring_disabled)"))?;
+        // Only this thread submits (SINGLE_ISSUER). Completion work is
+        // run when this thread asks for events (DEFER_TASKRUN, kernel 6.1
+        // and later), in one batch per loop turn instead of interrupting
+        // it; older kernels get COOP_TASKRUN, then a plain ring.
+        let mut defer_taskrun = false;
+        let ring = match cfg.sqpoll {
+            Some(idle) => IoUring::builder()
+                .setup_sqpoll(idle)
+                .setup_single_issuer()
+                .build(cfg.ring_entries)
+                .map_err(|e| format!("io_uring with --sqpoll failed: {e} (leave --sqpoll off)"))?,
+            None => match IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(cfg.ring_entries)
+            {
+                Ok(r) => {
+                    defer_taskrun = true;
+                    r
+                }
+                Err(_) => IoUring::builder()
+                    .setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .build(cfg.ring_entries)
+                    .or_else(|_| IoUring::new(cfg.ring_entries))
+                    .map_err(|e| format!("io_uring setup failed: {e} (is io_uring disabled? see sysctl kernel.io_uring_disabled)"))?,
+            },
+        };
         let mut pool = BufPool::new(cfg.buffers, cfg.buffer_size).map_err(|e| {
             format!(
                 "cannot map {} buffers of {} bytes: {e}",
@@ -775,7 +857,28 @@ impl Reactor {
             stop,
             poll: cfg.poll,
             spin: cfg.spin,
+            defer_taskrun,
         })
+    }
+
+    /// Submit what is queued and, on a DEFER_TASKRUN ring, run the
+    /// completion work that is due, without waiting.
+    fn submit_and_reap(&mut self) -> std::io::Result<usize> {
+        if !self.defer_taskrun {
+            return self.parts.ring.submit();
+        }
+        /// IORING_ENTER_GETEVENTS (the io-uring crate keeps its `sys`
+        /// constants private).
+        const GETEVENTS: u32 = 1;
+        let submitter = self.parts.ring.submitter();
+        let pending = {
+            // SAFETY: only the length of our own submission queue is read.
+            unsafe { self.parts.ring.submission_shared().len() }
+        };
+        // SAFETY: io_uring_enter with no signal mask and no wait: the
+        // entries it submits were pushed by this thread and stay valid as
+        // the push contract required.
+        unsafe { submitter.enter::<libc::sigset_t>(pending as u32, 0, GETEVENTS, None) }
     }
 
     fn arm_wake(&mut self) {
@@ -880,7 +983,7 @@ impl Reactor {
                 rstats.sleeps.fetch_add(1, Ordering::Relaxed);
                 self.parts.ring.submit_and_wait(1)
             } else {
-                self.parts.ring.submit()
+                self.submit_and_reap()
             };
             if let Err(e) = r {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
@@ -1015,6 +1118,29 @@ mod tests {
     use super::*;
 
     const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn placer_prefers_the_idle_reactor_then_fewer_connections() {
+        let stats = Stats::new(2);
+        let (r0, r1) = (&stats.reactors[0], &stats.reactors[1]);
+        let mut p = Placer::new(2);
+        let t0 = Instant::now();
+        // Nothing measured yet: fewest connections.
+        r0.connections_open.store(1, Ordering::Relaxed);
+        assert_eq!(p.pick(&stats, t0), 1);
+        // Reactor 0 holds one busy session, reactor 1 two idle ones: the
+        // new connection goes to reactor 1.
+        r1.connections_open.store(2, Ordering::Relaxed);
+        r0.read_ops.store(100_000, Ordering::Relaxed);
+        assert_eq!(p.pick(&stats, t0 + Duration::from_millis(100)), 1);
+        // A burst of accepts right after keeps that measurement.
+        r1.connections_open.store(5, Ordering::Relaxed);
+        assert_eq!(p.pick(&stats, t0 + Duration::from_millis(101)), 1);
+        // Both equally busy since: connection count decides.
+        r0.read_ops.store(200_000, Ordering::Relaxed);
+        r1.write_ops.store(100_000, Ordering::Relaxed);
+        assert_eq!(p.pick(&stats, t0 + Duration::from_millis(300)), 0);
+    }
 
     #[test]
     fn spinner_needs_credit_earned_by_work() {
