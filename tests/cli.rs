@@ -402,7 +402,8 @@ fn sighup_rereads_config_and_sigusr1_logs_counters() {
     srv.signal(libc::SIGUSR1);
     assert!(
         srv.log
-            .wait_for(CLI_LIMIT, |l| l.contains("reactor 0 (core"))
+            .wait_for(CLI_LIMIT, |l| l.contains("reactor 0 (core")
+                && l.contains("latency p50"))
             .is_some(),
         "{}",
         srv.output()

@@ -704,7 +704,7 @@ impl Conn {
         }
         self.data_in = segs;
         if last_chunk {
-            self.tasks.retire(id);
+            self.retire(io, id);
         }
         self.flush_tx(io);
     }
@@ -726,7 +726,7 @@ impl Conn {
             return;
         };
         let (itt, residual, exp_data_sn) = (t.itt, Residual::of(t.edtl, t.wanted), t.data_sn);
-        self.tasks.retire(id);
+        self.retire(io, id);
         self.respond_status(io, itt, Status::Good, residual, exp_data_sn);
         self.maybe_free(io, id);
     }
@@ -736,9 +736,20 @@ impl Conn {
             return;
         };
         let itt = t.itt;
-        self.tasks.retire(id);
+        self.retire(io, id);
         self.respond_check(io, itt, sense, Residual::None);
         self.maybe_free(io, id);
+    }
+
+    /// Task `id` has its status queued: its ITT is free again, and its
+    /// latency goes into the reactor's histogram.
+    pub(super) fn retire(&mut self, io: &mut impl IoOps, id: TaskId) {
+        if let Some(t) = self.tasks.get(id) {
+            if !t.finished {
+                io.stats().record_latency(t.started.elapsed());
+            }
+        }
+        self.tasks.retire(id);
     }
 
     /// Add a task, stamped with its LU's task epoch.
@@ -776,7 +787,7 @@ impl Conn {
 
     /// Remove a task that never started.
     pub(super) fn drop_task(&mut self, io: &mut impl IoOps, id: TaskId) {
-        self.tasks.retire(id);
+        self.retire(io, id);
         self.maybe_free(io, id);
     }
 
@@ -948,7 +959,7 @@ impl Conn {
                     return;
                 };
                 let itt = t.itt;
-                self.tasks.retire(id);
+                self.retire(io, id);
                 self.respond_status(io, itt, Status::ReservationConflict, Residual::None, 0);
                 self.maybe_free(io, id);
             }
