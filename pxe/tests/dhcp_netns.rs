@@ -223,7 +223,7 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
         runs: 0,
     };
     let pool = "10.77.1.2";
-    let cases: [(&str, Vec<String>, &str); 5] = [
+    let cases: [(&str, Vec<String>, &str); 6] = [
         ("plain client", vec![], "undionly.kpxe"),
         (
             "BIOS PXE",
@@ -254,6 +254,18 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
                 "0x5d:000b".into(),
             ],
             "snponly-arm64.efi",
+        ),
+        (
+            // UEFI HTTP boot (client architecture 16, x86-64 UEFI HTTP):
+            // the boot file is a URL and the vendor class comes back.
+            "UEFI x86-64 HTTP boot",
+            vec![
+                "-V".into(),
+                "HTTPClient:Arch:00016:UNDI:003001".into(),
+                "-x".into(),
+                "0x5d:0010".into(),
+            ],
+            "http://10.77.1.1/ipxe/snponly.efi",
         ),
         (
             "iPXE",
@@ -291,12 +303,14 @@ fn udhcpc_leases_boot_files_and_pool_exhaustion() {
         assert_eq!(get("tftp"), "10.77.1.1", "{what}");
         assert_eq!(get("rootpath"), ROOT_PATH, "{what}");
         assert_eq!(get("opt203"), hex(INITIATOR), "{what}");
-        let pxe = extra.contains(&"-V");
-        assert_eq!(
-            env.get("vendor").map(String::as_str),
-            pxe.then_some("PXEClient"),
-            "{what}"
-        );
+        let http_boot = extra.iter().any(|a| a.starts_with("HTTPClient"));
+        let pxe = extra.contains(&"-V") && !http_boot;
+        let class = if http_boot {
+            Some("HTTPClient")
+        } else {
+            pxe.then_some("PXEClient")
+        };
+        assert_eq!(env.get("vendor").map(String::as_str), class, "{what}");
         assert_eq!(
             env.get("opt43").map(String::as_str),
             pxe.then_some("060108ff"),
