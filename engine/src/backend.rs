@@ -267,6 +267,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
             Ok(Arc::new(FileBackend {
                 file,
                 store: Store::Memory,
+                inline_writes: true,
                 info: BackendInfo {
                     describe: spec.text.clone(),
                     identity: format!("{}ram:{index}", host_id()),
@@ -385,9 +386,11 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     } else {
         Store::File(canon)
     };
+    let inline_writes = !is_block && on_memory_fs(p);
     Ok(Arc::new(FileBackend {
         file,
         store,
+        inline_writes,
         info: BackendInfo {
             describe: spec.text.clone(),
             identity,
@@ -398,6 +401,23 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
             direct,
         },
     }))
+}
+
+/// The path is on a file system kept in memory (tmpfs, ramfs).
+fn on_memory_fs(p: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path and `st` a zeroed statfs the
+    // call fills in; both live across the call.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0
+            && matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+    }
 }
 
 /// O_DIRECT opens succeed on some file systems that then fail every read
@@ -620,6 +640,11 @@ struct FileBackend {
     file: File,
     info: BackendInfo,
     store: Store,
+    /// The data lives in memory (a memfd, or a file on tmpfs/ramfs): a
+    /// write is a memory copy that io_uring cannot do without blocking, so
+    /// it would go to an io-wq worker thread, a context switch or two per
+    /// write. `prep_write` copies on the reactor instead.
+    inline_writes: bool,
 }
 
 /// A 4 KiB-aligned heap buffer: O_DIRECT descriptors refuse unaligned
@@ -731,9 +756,27 @@ impl BlockBackend for FileBackend {
         if self.info.read_only {
             return Prep::Done(-libc::EROFS);
         }
-        let fd = types::Fd(self.file.as_raw_fd());
         // FUA: the write is durable when it completes (RWF_DSYNC).
         let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        if self.inline_writes {
+            let iov = libc::iovec {
+                iov_base: buf.ptr as *mut libc::c_void,
+                iov_len: buf.len as usize,
+            };
+            // SAFETY: `buf` is a live pool buffer range (see `IoBuf`), read
+            // here only, for the length given.
+            let n = unsafe {
+                libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, flags)
+            };
+            return Prep::Done(if n < 0 {
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            } else {
+                n as i32
+            });
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
         Prep::Submit(match buf.index {
             Some(i) => opcode::WriteFixed::new(fd, buf.ptr, buf.len, i)
                 .offset(offset)
