@@ -839,6 +839,7 @@ fn handle_proxy(cfg: &DhcpConfig, req: &Request, info: RecvInfo) -> Option<Reply
                 "proxydhcp: boot OFFER to {} ({fw:?}: {file})",
                 req.describe()
             );
+            crate::progress::dhcp_offer(req.hwaddr(), None, &format!("{fw:?}: {file}"));
             reply(cfg, req, Kind::Proxy(MessageType::Offer), info)
         }
         // REQUESTs on port 67 are for the real DHCP server.
@@ -882,6 +883,11 @@ fn handle_server(
                 state.set(&key, addr, LeaseState::Offered, Some(now + OFFER_HOLD));
             }
             tracing::info!("dhcp: OFFER {addr} to {who} ({fw:?}: {file})");
+            crate::progress::dhcp_offer(
+                req.hwaddr(),
+                Some(addr.into()),
+                &format!("{fw:?}: {file}"),
+            );
             reply(cfg, req, Kind::Lease(MessageType::Offer, addr), info)
         }
         // REQUEST

@@ -231,6 +231,16 @@ pub(crate) fn summary(s: &Snapshot) -> String {
         for b in &p.boot_entries {
             let _ = writeln!(o, "  {}: {}", b.id, b.title);
         }
+        for c in &s.pxe_clients {
+            let _ = writeln!(
+                o,
+                "  client {} {}: reached {} ({})",
+                c.mac.as_deref().unwrap_or("-"),
+                c.ip.as_deref().unwrap_or("-"),
+                c.stage,
+                c.detail
+            );
+        }
     }
     o
 }

@@ -227,6 +227,35 @@ pub(crate) fn render(s: &Snapshot) -> String {
             &[("interface", &p.interface)],
             p.boot_entries.len(),
         );
+        o.family(
+            "bootlun_pxe_clients",
+            "gauge",
+            "Network-booting clients by the last boot stage they reached.",
+        );
+        for stage in [
+            "DHCP offer",
+            "iPXE",
+            "menu",
+            "kernel",
+            "initrd",
+            "iSCSI login",
+        ] {
+            let n = s.pxe_clients.iter().filter(|c| c.stage == stage).count();
+            o.sample("bootlun_pxe_clients", &[("stage", stage)], n);
+        }
+        o.family(
+            "bootlun_pxe_recent_transfers",
+            "gauge",
+            "Files served by TFTP and HTTP among the last 32 requests.",
+        );
+        for proto in ["tftp", "http"] {
+            let n = s
+                .pxe_transfers
+                .iter()
+                .filter(|t| t.protocol == proto)
+                .count();
+            o.sample("bootlun_pxe_recent_transfers", &[("protocol", proto)], n);
+        }
     }
     o.0
 }

@@ -263,6 +263,36 @@ pub(crate) fn render(s: &Snapshot) -> String {
                 );
             }
             o.push_str("</tbody></table></div>\n");
+            o.push_str("<p>Clients (DHCP offer → iPXE → menu → kernel → initrd → iSCSI login):</p><div class=\"tw\"><table><thead><tr><th>MAC</th><th>address</th><th>stage reached</th><th>last step</th></tr></thead><tbody>\n");
+            if s.pxe_clients.is_empty() {
+                o.push_str("<tr><td colspan=\"4\" class=\"muted\">no client seen yet</td></tr>\n");
+            }
+            for c in &s.pxe_clients {
+                let _ = writeln!(
+                    o,
+                    "<tr class=\"pxe-client\"><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td></tr>",
+                    e(c.mac.as_deref().unwrap_or("-")),
+                    e(c.ip.as_deref().unwrap_or("-")),
+                    e(&c.stage),
+                    e(&c.detail)
+                );
+            }
+            o.push_str("</tbody></table></div>\n<p>Recent transfers:</p><div class=\"tw\"><table><thead><tr><th>protocol</th><th>client</th><th>file</th><th>bytes</th><th>status</th></tr></thead><tbody>\n");
+            if s.pxe_transfers.is_empty() {
+                o.push_str("<tr><td colspan=\"5\" class=\"muted\">none yet</td></tr>\n");
+            }
+            for t in s.pxe_transfers.iter().rev() {
+                let _ = writeln!(
+                    o,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    e(&t.protocol),
+                    e(&t.peer),
+                    e(&t.file),
+                    human_bytes(t.bytes),
+                    t.status
+                );
+            }
+            o.push_str("</tbody></table></div>\n");
         }
     }
     let _ = write!(

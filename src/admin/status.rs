@@ -122,6 +122,32 @@ pub(crate) struct Snapshot {
     pub(crate) reactors: Vec<ReactorRow>,
     pub(crate) history: History,
     pub(crate) pxe: Option<PxeStatus>,
+    /// Network-booting clients and how far each got (PXE on only).
+    #[serde(default)]
+    pub(crate) pxe_clients: Vec<PxeClientRow>,
+    /// Files the TFTP and HTTP sidecars served lately.
+    #[serde(default)]
+    pub(crate) pxe_transfers: Vec<PxeTransferRow>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct PxeClientRow {
+    pub(crate) mac: Option<String>,
+    pub(crate) ip: Option<String>,
+    /// DHCP offer, iPXE, menu, kernel, initrd or iSCSI login.
+    pub(crate) stage: String,
+    pub(crate) detail: String,
+    pub(crate) updated_unix: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct PxeTransferRow {
+    pub(crate) protocol: String,
+    pub(crate) peer: String,
+    pub(crate) file: String,
+    pub(crate) bytes: u64,
+    pub(crate) status: u16,
+    pub(crate) unix: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -266,7 +292,7 @@ impl Source {
             })
             .collect();
         let now_s = unix_ms() / 1000;
-        let sessions = sh
+        let sessions: Vec<SessionRow> = sh
             .sessions()
             .iter()
             .map(|s| SessionRow {
@@ -317,6 +343,11 @@ impl Source {
             let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
             History::from(&h, totals(sh))
         };
+        let (pxe_clients, pxe_transfers) = if self.pxe.is_some() {
+            pxe_progress(&sessions)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             target: self.target_name.clone(),
@@ -328,6 +359,50 @@ impl Source {
             reactors,
             history,
             pxe: self.pxe.clone(),
+            pxe_clients,
+            pxe_transfers,
         }
     }
+}
+
+/// The sidecars' view of booting clients; a client whose address has an
+/// iSCSI session has reached the last stage.
+fn pxe_progress(sessions: &[SessionRow]) -> (Vec<PxeClientRow>, Vec<PxeTransferRow>) {
+    use bootlun_pxe::progress::{snapshot, Stage};
+    let (clients, transfers) = snapshot();
+    let logged_in = |ip: &std::net::IpAddr| {
+        sessions
+            .iter()
+            .any(|s| s.peer.parse::<SocketAddr>().is_ok_and(|p| p.ip() == *ip))
+    };
+    let clients = clients
+        .into_iter()
+        .map(|c| {
+            let login = c.ip.as_ref().is_some_and(logged_in);
+            let (stage, detail) = if login {
+                (Stage::IscsiLogin, "session open".to_string())
+            } else {
+                (c.stage, c.detail)
+            };
+            PxeClientRow {
+                mac: c.mac,
+                ip: c.ip.map(|i| i.to_string()),
+                stage: stage.label().to_string(),
+                detail,
+                updated_unix: c.updated_unix,
+            }
+        })
+        .collect();
+    let transfers = transfers
+        .into_iter()
+        .map(|t| PxeTransferRow {
+            protocol: t.protocol.to_string(),
+            peer: t.peer.to_string(),
+            file: t.file,
+            bytes: t.bytes,
+            status: t.status,
+            unix: t.unix,
+        })
+        .collect();
+    (clients, transfers)
 }
