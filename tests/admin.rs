@@ -459,3 +459,105 @@ fn bootlun_status_prints_the_luns_or_says_nothing_listens() {
     );
     assert!(out.stderr.contains(&want), "{}", out.stderr);
 }
+
+/// Headless Chromium loads the page while `qemu-img bench` writes: after
+/// the script ran, the DOM holds the session row and a nonzero write
+/// rate. The screenshot is saved as target/admin-page.png.
+#[test]
+fn chromium_shows_the_session_and_live_throughput() {
+    if !require_tool("chromium", "chromium") || !require_tool("qemu-img", "qemu-utils") {
+        return;
+    }
+    let Some((server, admin)) = start(&["ram:64M"], &[]) else {
+        return;
+    };
+    // Bounded (the count), and stopped by its PID once the page is read.
+    let mut bench = Spawned::spawn(
+        "qemu-img-bench",
+        Command::new("qemu-img").args([
+            "bench",
+            "-w",
+            "-c",
+            "2000000",
+            "-s",
+            "65536",
+            "-d",
+            "8",
+            "-f",
+            "raw",
+            &server.url(0),
+        ]),
+        Instant::now(),
+        false,
+    );
+    // Wait until the session is listed and bytes are moving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let initiator = loop {
+        let j = status_json(admin);
+        let moving = j["history"]["write_bytes_per_sec"]
+            .as_array()
+            .and_then(|v| v.last())
+            .and_then(|v| v.as_u64())
+            .is_some_and(|v| v > 0);
+        if let (Some(name), true) = (j["sessions"][0]["initiator"].as_str(), moving) {
+            break name.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session with moving bytes: {j:#}\n{}",
+            bench.out.text()
+        );
+        std::thread::yield_now();
+    };
+    let url = format!("http://{admin}/");
+    let chromium = |extra: &str| {
+        let out = run_tool(
+            Command::new("chromium").args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1200,1600",
+                "--virtual-time-budget=3000",
+                extra,
+                &url,
+            ]),
+            Duration::from_secs(120),
+        );
+        assert!(out.success(), "chromium {extra} failed: {}", out.stderr);
+        out
+    };
+    let dom = chromium("--dump-dom").stdout;
+    let shot = target_dir().join("admin-page.png");
+    chromium(&format!("--screenshot={}", shot.display()));
+    bench.stop(libc::SIGTERM, Duration::from_secs(10));
+    drop(server);
+
+    assert!(
+        dom.contains("data-live=\"1\""),
+        "the script did not run:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"session\"") && dom.contains(&initiator),
+        "no session row for {initiator}:\n{dom}"
+    );
+    let rate = dom
+        .split("id=\"tp-b\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or("");
+    assert!(
+        rate.starts_with("write ") && !rate.starts_with("write 0 B/s"),
+        "write throughput in the DOM: {rate:?}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        shot.display()
+    );
+    println!(
+        "screenshot: {} ({} bytes); {rate}",
+        shot.display(),
+        png.len()
+    );
+}
