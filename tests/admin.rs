@@ -205,6 +205,31 @@ fn metrics_count_the_bytes_qemu_img_moved() {
                 && x.labels.get("kind") == Some("idle")),
         "no idle poll sample"
     );
+    // Latency histograms: cumulative buckets ending in +Inf = every command.
+    for (op, cmds) in [
+        ("write", "bootlun_write_commands_total"),
+        ("read", "bootlun_read_commands_total"),
+    ] {
+        let h = after
+            .samples
+            .iter()
+            .find(|x| {
+                x.metric == "bootlun_command_duration_seconds"
+                    && x.labels.get("lun") == Some("0")
+                    && x.labels.get("op") == Some(op)
+            })
+            .unwrap_or_else(|| panic!("no {op} latency histogram"));
+        let prometheus_parse::Value::Histogram(buckets) = &h.value else {
+            panic!("{op} latency is not a histogram: {:?}", h.value);
+        };
+        assert!(buckets
+            .windows(2)
+            .all(|w| w[0].count <= w[1].count && w[0].less_than < w[1].less_than));
+        let last = buckets.last().unwrap();
+        assert!(last.less_than.is_infinite(), "{buckets:?}");
+        assert_eq!(last.count, value(&after, cmds, &[("lun", "0")]), "{op}");
+        assert!(last.count >= 1.0);
+    }
     let j = status_json(admin);
     assert_eq!(j["luns"][0]["write_bytes"].as_u64(), Some(SIZE as u64));
 }

@@ -170,7 +170,7 @@ pub(crate) fn summary(s: &Snapshot) -> String {
         }
         let _ = writeln!(
             o,
-            "  LUN {}: {} {} ({}-byte blocks, {}); read {} in {} cmds, wrote {} in {} cmds, {} errors{}",
+            "  LUN {}: {} {} ({}-byte blocks, {}); read {} in {} cmds (mean {} us), wrote {} in {} cmds (mean {} us), {} errors{}",
             l.lun,
             l.backend,
             human_bytes(l.size_bytes),
@@ -178,8 +178,10 @@ pub(crate) fn summary(s: &Snapshot) -> String {
             flags.join(", "),
             human_bytes(l.read_bytes),
             l.read_cmds,
+            l.read_latency.mean_us(),
             human_bytes(l.write_bytes),
             l.write_cmds,
+            l.write_latency.mean_us(),
             l.errors,
             l.sanitize_percent
                 .map(|p| format!(", sanitize {p}% done"))

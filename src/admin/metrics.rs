@@ -116,6 +116,40 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
 
     o.family(
+        "bootlun_command_duration_seconds",
+        "histogram",
+        "Time from a READ or WRITE command's arrival to its status being queued.",
+    );
+    for l in &s.luns {
+        let lun = l.lun.to_string();
+        for (op, h) in [("read", &l.read_latency), ("write", &l.write_latency)] {
+            let mut cum = 0u64;
+            for (i, n) in h.buckets.iter().enumerate() {
+                cum += n;
+                let le = match h.bounds_us.get(i) {
+                    Some(us) => format!("{}", *us as f64 / 1e6),
+                    None => "+Inf".to_string(),
+                };
+                o.sample(
+                    "bootlun_command_duration_seconds_bucket",
+                    &[("lun", &lun), ("op", op), ("le", &le)],
+                    cum,
+                );
+            }
+            o.sample(
+                "bootlun_command_duration_seconds_sum",
+                &[("lun", &lun), ("op", op)],
+                h.sum_ns as f64 / 1e9,
+            );
+            o.sample(
+                "bootlun_command_duration_seconds_count",
+                &[("lun", &lun), ("op", op)],
+                h.count,
+            );
+        }
+    }
+
+    o.family(
         "bootlun_sessions",
         "gauge",
         "Logged-in normal iSCSI sessions.",

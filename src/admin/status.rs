@@ -166,6 +166,37 @@ pub(crate) struct LunRow {
     pub(crate) read_cmds: u64,
     pub(crate) write_cmds: u64,
     pub(crate) errors: u64,
+    #[serde(default)]
+    pub(crate) read_latency: Hist,
+    #[serde(default)]
+    pub(crate) write_latency: Hist,
+}
+
+/// A latency histogram: per-bucket counts (bucket i holds commands that
+/// took at most `LATENCY_BOUNDS_US[i]`, and more than the bound before;
+/// the last bucket everything slower), their sum and count.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub(crate) struct Hist {
+    pub(crate) bounds_us: Vec<u64>,
+    pub(crate) buckets: Vec<u64>,
+    pub(crate) sum_ns: u64,
+    pub(crate) count: u64,
+}
+
+impl Hist {
+    fn of(l: &bootlun_frontends::iscsi::target::Latency) -> Hist {
+        Hist {
+            bounds_us: bootlun_frontends::iscsi::target::LATENCY_BOUNDS_US.to_vec(),
+            buckets: l.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            sum_ns: l.sum_ns.load(Relaxed),
+            count: l.count.load(Relaxed),
+        }
+    }
+
+    /// Mean in microseconds (0 with no command).
+    pub(crate) fn mean_us(&self) -> u64 {
+        (self.sum_ns / 1000).checked_div(self.count).unwrap_or(0)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -288,6 +319,8 @@ impl Source {
                     read_cmds: c.read_cmds.load(Relaxed),
                     write_cmds: c.write_cmds.load(Relaxed),
                     errors: c.errors.load(Relaxed),
+                    read_latency: Hist::of(&c.read_latency),
+                    write_latency: Hist::of(&c.write_latency),
                 }
             })
             .collect();

@@ -35,6 +35,39 @@ pub struct LunCounters {
     pub write_cmds: AtomicU64,
     /// Commands of any kind that ended with CHECK CONDITION.
     pub errors: AtomicU64,
+    /// Time from a READ's arrival to its status being queued.
+    pub read_latency: Latency,
+    /// Time from a WRITE's arrival to its status being queued.
+    pub write_latency: Latency,
+}
+
+/// Upper bounds of the latency buckets, in microseconds (a last bucket
+/// takes everything slower).
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
+
+/// A latency histogram of relaxed counters (not cumulative per bucket;
+/// the exporter sums them).
+#[derive(Debug, Default)]
+pub struct Latency {
+    pub buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    pub sum_ns: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A logged-in normal session as the status page shows it: fixed at login,

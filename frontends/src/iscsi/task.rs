@@ -176,6 +176,8 @@ pub struct Task {
     pub cdb: [u8; 16],
     /// The steps left of a `Job` task.
     pub job: Option<Box<crate::scsi::Job>>,
+    /// When the command arrived (for the latency histograms).
+    pub started: std::time::Instant,
 }
 
 impl Task {
@@ -226,6 +228,7 @@ impl Task {
             epoch: 0,
             cdb: [0; 16],
             job: None,
+            started: std::time::Instant::now(),
         }
     }
 

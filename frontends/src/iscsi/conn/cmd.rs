@@ -689,6 +689,7 @@ impl Conn {
         let last_chunk = t.data_in(mrdsl, max_burst, &mut segs);
         if last_chunk {
             lun.read_cmds.fetch_add(1, Relaxed);
+            lun.read_latency.record(t.started.elapsed());
             if let Some(s) = &self.session {
                 s.commands.fetch_add(1, Relaxed);
             }
@@ -747,6 +748,7 @@ impl Conn {
         if t.kind == Kind::Write {
             if let Some(l) = self.sh.luns.get(t.lun) {
                 l.counters.write_cmds.fetch_add(1, Relaxed);
+                l.counters.write_latency.record(t.started.elapsed());
             }
         }
         if let Some(s) = &self.session {
