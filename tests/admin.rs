@@ -394,7 +394,7 @@ fn hostile_requests_get_an_error_and_the_page_keeps_serving() {
         return;
     };
     let mut oversize = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
-    oversize.extend(std::iter::repeat(b'a').take(64 * 1024));
+    oversize.extend(std::iter::repeat_n(b'a', 64 * 1024));
     oversize.extend(b"\r\n\r\n");
     let mut many = b"GET / HTTP/1.1\r\n".to_vec();
     for i in 0..200 {

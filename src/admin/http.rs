@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(code(b"\x00\x01garbage\r\n\r\n"), 400);
         assert_eq!(code(b"POST / HTTP/1.1\r\n\r\n"), 405);
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        long.extend(std::iter::repeat(b'a').take(MAX_HEAD + 10));
+        long.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
         assert_eq!(code(&long), 431);
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..40 {
