@@ -586,3 +586,49 @@ fn chromium_shows_the_session_and_live_throughput() {
         png.len()
     );
 }
+
+#[test]
+fn admin_flag_errors_name_the_flag() {
+    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--lun", "ram:1M"];
+        args.extend_from_slice(extra);
+        run_tool(Command::new(bootlun_bin()).args(&args), WAIT)
+    };
+    let out = serve(&["--admin-listen", "localhost-8080"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--admin-listen localhost-8080: expected ADDR:PORT"),
+        "{}",
+        out.stderr
+    );
+    let out = serve(&["--admin-user", "operator"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--admin-user and --admin-password-file must be given together"),
+        "{}",
+        out.stderr
+    );
+    // A port the operator named that is taken is an error, not a warning.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = serve(&["--admin-listen", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("--admin-listen {addr}: cannot listen")),
+        "{}",
+        out.stderr
+    );
+    // `off` starts no listener.
+    let server = Server::start(&["ram:1M"], &["--admin-listen", "off"]);
+    assert!(
+        !server.output().contains("admin page on"),
+        "{}",
+        server.output()
+    );
+}

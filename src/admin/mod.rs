@@ -236,7 +236,16 @@ fn accept_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(sock) = conn else { continue };
+        let sock = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of
+                // spinning on the same error.
+                tracing::debug!("admin: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
             active.fetch_sub(1, Ordering::SeqCst);
             tracing::debug!("admin: too many connections; closing one");
