@@ -439,3 +439,40 @@ fn pxe_progress(sessions: &[SessionRow]) -> (Vec<PxeClientRow>, Vec<PxeTransferR
         .collect();
     (clients, transfers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(sec: u64, read: u64, cmds: u64) -> Sample {
+        Sample {
+            unix_ms: sec * 1000,
+            read_bytes: read,
+            read_cmds: cmds,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn history_is_rates_between_samples_capped_at_five_minutes() {
+        let mut q: VecDeque<Sample> = (0..400).map(|s| at(s, s * 1000, s)).collect();
+        let h = History::from(&q, at(399, 399_000, 399));
+        assert_eq!(h.t.len(), HISTORY);
+        assert!(h.read_bytes_per_sec.iter().all(|r| *r == 1000));
+        assert!(h.read_iops.iter().all(|r| *r == 1));
+        assert_eq!(h.t.last(), Some(&399));
+        // The current totals close a last, shorter interval.
+        q.clear();
+        q.push_back(at(10, 0, 0));
+        let h = History::from(&q, at(10, 0, 0));
+        assert!(h.t.is_empty());
+        let mut now = at(10, 500, 1);
+        now.unix_ms += 500;
+        let h = History::from(&q, now);
+        assert_eq!(h.read_bytes_per_sec, vec![1000]);
+        // Totals taken with the last sample add no interval of their own.
+        q.push_back(at(11, 100, 0));
+        let h = History::from(&q, at(11, 100, 0));
+        assert_eq!(h.read_bytes_per_sec, vec![100]);
+    }
+}
