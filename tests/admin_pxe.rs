@@ -147,3 +147,106 @@ fn pxe_clients_and_transfers_on_the_status_page() {
         );
     }
 }
+
+#[test]
+fn dhcp_lease_and_offer_on_the_status_page() {
+    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
+        return;
+    }
+    if !require_tool("udhcpc", "udhcpc") {
+        return;
+    }
+    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    let ns = NetNs::create(&format!("bl-admdhcp-{}", std::process::id()));
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "set", "v1", "up"]);
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
+    let args: Vec<String> = [
+        "serve",
+        "--lun",
+        "ram:4M",
+        "--net-interface",
+        "v0",
+        "--net-address",
+        "10.205.0.1/24",
+        "--pxe-interface",
+        "v0",
+        "--http-port",
+        "0",
+        "--boot-dir",
+        fixtures.to_str().unwrap(),
+        "--cmdline-default",
+        "root=UUID=1 ro",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server =
+        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.205.")));
+    let line = server
+        .log
+        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
+        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
+    let admin = line[line.find("http://").unwrap() + 7..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // A plain DHCP client: gets the pool's one address; its script does nothing.
+    let out = run_tool(
+        ns.command("udhcpc").args([
+            "-i",
+            "v1",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "2",
+            "-s",
+            "/bin/true",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.success(),
+        "udhcpc: {}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        server.output()
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&curl(&ns, &[&format!("http://{admin}/status.json")])).unwrap();
+    let leases = j["dhcp_leases"].as_array().unwrap();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["addr"] == "10.205.0.2" && l["bound"] == true),
+        "{j:#}"
+    );
+    let client = j["pxe_clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["ip"] == "10.205.0.2"))
+        .unwrap_or_else(|| panic!("no client 10.205.0.2: {j:#}"));
+    assert_eq!(client["stage"], "DHCP offer", "{j:#}");
+    assert!(
+        client["mac"].as_str().is_some_and(|m| m.len() == 17),
+        "{j:#}"
+    );
+    let metrics = curl(&ns, &[&format!("http://{admin}/metrics")]);
+    assert!(
+        metrics.contains("bootlun_dhcp_leases{state=\"bound\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        server.output().contains("reached DHCP offer"),
+        "{}",
+        server.output()
+    );
+}

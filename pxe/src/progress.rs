@@ -69,15 +69,39 @@ pub struct Transfer {
     pub unix: u64,
 }
 
+/// One DHCP lease (server mode).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseRow {
+    /// Hardware address or client identifier, as hex bytes.
+    pub client: String,
+    pub addr: std::net::Ipv4Addr,
+    /// ACKed (else only offered).
+    pub bound: bool,
+    /// `None`: an infinite lease.
+    pub expires_in_secs: Option<u64>,
+}
+
 struct State {
     clients: VecDeque<Client>,
     transfers: VecDeque<Transfer>,
+    leases: Vec<LeaseRow>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     clients: VecDeque::new(),
     transfers: VecDeque::new(),
+    leases: Vec::new(),
 });
+
+/// The DHCP server's live leases (replaces the previous list).
+pub fn set_leases(rows: Vec<LeaseRow>) {
+    lock().leases = rows;
+}
+
+/// The DHCP server's live leases as last reported.
+pub fn leases() -> Vec<LeaseRow> {
+    lock().leases.clone()
+}
 
 fn now() -> u64 {
     SystemTime::now()

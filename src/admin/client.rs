@@ -233,6 +233,15 @@ pub(crate) fn summary(s: &Snapshot) -> String {
         for b in &p.boot_entries {
             let _ = writeln!(o, "  {}: {}", b.id, b.title);
         }
+        for l in &s.dhcp_leases {
+            let _ = writeln!(
+                o,
+                "  lease {} -> {} ({})",
+                l.client,
+                l.addr,
+                if l.bound { "bound" } else { "offered" }
+            );
+        }
         for c in &s.pxe_clients {
             let _ = writeln!(
                 o,

@@ -278,6 +278,15 @@ pub(crate) fn render(s: &Snapshot) -> String {
             o.sample("bootlun_pxe_clients", &[("stage", stage)], n);
         }
         o.family(
+            "bootlun_dhcp_leases",
+            "gauge",
+            "Live DHCP leases: bound (ACKed) or only offered.",
+        );
+        for (state, bound) in [("bound", true), ("offered", false)] {
+            let n = s.dhcp_leases.iter().filter(|l| l.bound == bound).count();
+            o.sample("bootlun_dhcp_leases", &[("state", state)], n);
+        }
+        o.family(
             "bootlun_pxe_recent_transfers",
             "gauge",
             "Files served by TFTP and HTTP among the last 32 requests.",

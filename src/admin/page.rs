@@ -277,6 +277,22 @@ pub(crate) fn render(s: &Snapshot) -> String {
                     e(&c.detail)
                 );
             }
+            o.push_str("</tbody></table></div>\n<p>DHCP leases:</p><div class=\"tw\"><table><thead><tr><th>client</th><th>address</th><th>state</th><th>expires in</th></tr></thead><tbody>\n");
+            if s.dhcp_leases.is_empty() {
+                o.push_str("<tr><td colspan=\"4\" class=\"muted\">none</td></tr>\n");
+            }
+            for l in &s.dhcp_leases {
+                let _ = writeln!(
+                    o,
+                    "<tr class=\"lease\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    e(&l.client),
+                    e(&l.addr),
+                    if l.bound { "bound" } else { "offered" },
+                    l.expires_in_secs
+                        .map(human_secs)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
             o.push_str("</tbody></table></div>\n<p>Recent transfers:</p><div class=\"tw\"><table><thead><tr><th>protocol</th><th>client</th><th>file</th><th>bytes</th><th>status</th></tr></thead><tbody>\n");
             if s.pxe_transfers.is_empty() {
                 o.push_str("<tr><td colspan=\"5\" class=\"muted\">none yet</td></tr>\n");

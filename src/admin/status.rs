@@ -128,6 +128,17 @@ pub(crate) struct Snapshot {
     /// Files the TFTP and HTTP sidecars served lately.
     #[serde(default)]
     pub(crate) pxe_transfers: Vec<PxeTransferRow>,
+    /// DHCP leases (server mode).
+    #[serde(default)]
+    pub(crate) dhcp_leases: Vec<LeaseRow>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct LeaseRow {
+    pub(crate) client: String,
+    pub(crate) addr: String,
+    pub(crate) bound: bool,
+    pub(crate) expires_in_secs: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -381,6 +392,19 @@ impl Source {
         } else {
             (Vec::new(), Vec::new())
         };
+        let dhcp_leases = if self.pxe.is_some() {
+            bootlun_pxe::progress::leases()
+                .into_iter()
+                .map(|l| LeaseRow {
+                    client: l.client,
+                    addr: l.addr.to_string(),
+                    bound: l.bound,
+                    expires_in_secs: l.expires_in_secs,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             target: self.target_name.clone(),
@@ -394,6 +418,7 @@ impl Source {
             pxe: self.pxe.clone(),
             pxe_clients,
             pxe_transfers,
+            dhcp_leases,
         }
     }
 }
