@@ -55,6 +55,8 @@ enum Cmd {
     },
     /// Print the manual page (roff), e.g. `bootlun man > /usr/share/man/man1/bootlun.1`.
     Man,
+    /// Print the status of a running `serve` (from its admin listener).
+    Status(crate::admin::client::StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +197,19 @@ pub(crate) struct ServeArgs {
     /// device-mapper/md (both sides writing corrupts the file system).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) force: Option<bool>,
+    /// Address and port of the admin listener: status page (/), its data
+    /// (/status.json) and Prometheus metrics (/metrics); off turns it off.
+    /// Port 0 picks a free port (logged). If the default port is taken the
+    /// target runs without the page [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub(crate) admin_listen: Option<String>,
+    /// User name the admin listener asks for (HTTP basic auth); needs
+    /// --admin-password-file [default: no password].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) admin_user: Option<String>,
+    /// File holding the admin listener's password (one line, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) admin_password_file: Option<PathBuf>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) pxe: bootlun_pxe::PxeArgs,
@@ -230,7 +245,10 @@ impl ServeArgs {
             mutual_chap,
             discovery_chap,
             secrets,
-            force
+            force,
+            admin_listen,
+            admin_user,
+            admin_password_file
         );
         if self.allow_initiator.is_empty() {
             self.allow_initiator = file.allow_initiator;
@@ -284,6 +302,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Status(args) => crate::admin::client::main(&args),
         Cmd::Config(ConfigCmd::Example) => {
             print!("{}", crate::config::example());
             ExitCode::SUCCESS
@@ -439,6 +458,8 @@ impl std::fmt::Display for Failure {
 /// A running target: the reactors, the PXE sidecars and the address
 /// bootlun added, until [`Running::stop`].
 pub(crate) struct Running {
+    /// The status page; stopped first.
+    admin: Option<crate::admin::AdminHandle>,
     engine: Engine,
     pxe: Option<bootlun_pxe::PxeHandle>,
     backends: Vec<Arc<dyn bootlun_engine::BlockBackend>>,
@@ -464,6 +485,7 @@ impl Running {
     /// Stop the reactors and sidecars and flush every LUN.
     pub(crate) fn stop(self) -> Result<(), Failure> {
         tracing::info!("stopping: flushing LUNs");
+        drop(self.admin);
         let stats = self.engine.stats.clone();
         self.engine.shutdown();
         for line in stats.summary().lines() {
@@ -608,6 +630,8 @@ pub(crate) struct Checked {
     login_timeout: u64,
     luns: Vec<LunSpec>,
     security: Security,
+    /// `None`: `--admin-listen off`.
+    admin: Option<crate::admin::AdminConfig>,
 }
 
 pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
@@ -728,6 +752,12 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
         login_timeout,
         luns,
         security: check_security(args)?,
+        admin: crate::admin::check(
+            args.admin_listen.as_deref(),
+            args.admin_user.as_deref(),
+            args.admin_password_file.as_deref(),
+        )
+        .map_err(Usage)?,
     })
 }
 
@@ -745,6 +775,7 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         login_timeout,
         luns: specs,
         security,
+        admin,
     } = check(&args)?;
     let net = configure_net(&args)?;
     let listen: SocketAddr = match (listen, &args.pxe.pxe_interface) {
@@ -880,8 +911,36 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         cores,
         poll
     );
+    let admin = match admin {
+        Some(cfg) => {
+            let pxe_status = pxe.as_ref().map(|p| crate::admin::status::PxeStatus {
+                interface: args.pxe.pxe_interface.clone().unwrap_or_default(),
+                server: p.server.to_string(),
+                boot_entries: p
+                    .entries
+                    .iter()
+                    .map(|b| crate::admin::status::BootEntryRow {
+                        id: b.id.clone(),
+                        title: b.title.clone(),
+                        version: b.version.clone(),
+                        kernel: b.linux.clone(),
+                    })
+                    .collect(),
+            });
+            let src = crate::admin::Source::new(
+                target_name.clone(),
+                bound,
+                shared.clone(),
+                engine.stats.clone(),
+                pxe_status,
+            );
+            crate::admin::spawn(&cfg, Arc::new(src)).map_err(Runtime)?
+        }
+        None => None,
+    };
     tracing::info!("listening on {bound}");
     Ok(Running {
+        admin,
         engine,
         pxe,
         backends,

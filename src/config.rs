@@ -223,6 +223,9 @@ pub(crate) fn example() -> String {
             "secrets" => "\"/etc/bootlun/secrets.toml\"".into(),
             "allow-initiator" => "[\"iqn.2026-11.org.example:laptop\"]".into(),
             "allow-address" => "[\"192.168.200.0/24\"]".into(),
+            "admin-listen" => "\"127.0.0.1:8080\"".into(),
+            "admin-user" => "\"admin\"".into(),
+            "admin-password-file" => "\"/etc/bootlun/admin-password\"".into(),
             _ => generic_sample(&help, shape),
         };
         out.push_str(&format!("# {k} = {sample}\n\n"));

@@ -2,6 +2,7 @@
 //! `bootlun-frontends`, the engine in `bootlun-engine`, the PXE services in
 //! `bootlun-pxe`.
 
+mod admin;
 mod bootentries;
 mod cli;
 mod config;

@@ -361,8 +361,13 @@ fn config_example_is_a_valid_config_naming_every_flag() {
         .lines()
         .filter_map(|l| l.strip_prefix("# "))
         .filter(|l| l.split(" = ").next().is_some_and(|k| !k.contains(' ')) && l.contains(" = "))
-        // The secrets file of the example does not exist here.
-        .filter(|l| !l.starts_with("secrets = "))
+        // The secrets and admin password files of the example do not
+        // exist here (and the admin user needs its password file).
+        .filter(|l| {
+            !["secrets = ", "admin-user = ", "admin-password-file = "]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let cfg = write_config(&dir, &body);

@@ -236,6 +236,29 @@ impl LeaseTable {
         Self::default()
     }
 
+    /// The live leases for the status page, by address.
+    pub fn rows(&self, now: Instant) -> Vec<crate::progress::LeaseRow> {
+        let mut v: Vec<_> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.live(now))
+            .map(|(key, l)| crate::progress::LeaseRow {
+                client: key
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+                addr: l.addr,
+                bound: l.state == LeaseState::Bound,
+                expires_in_secs: l
+                    .expires
+                    .map(|e| e.saturating_duration_since(now).as_secs()),
+            })
+            .collect();
+        v.sort_by_key(|r| r.addr);
+        v
+    }
+
     /// The address currently bound (ACKed, unexpired) to the client with
     /// hardware address `mac` and no client identifier.
     pub fn bound_addr(&self, mac: &[u8]) -> Option<Ipv4Addr> {
@@ -839,6 +862,7 @@ fn handle_proxy(cfg: &DhcpConfig, req: &Request, info: RecvInfo) -> Option<Reply
                 "proxydhcp: boot OFFER to {} ({fw:?}: {file})",
                 req.describe()
             );
+            crate::progress::dhcp_offer(req.hwaddr(), None, &format!("{fw:?}: {file}"));
             reply(cfg, req, Kind::Proxy(MessageType::Offer), info)
         }
         // REQUESTs on port 67 are for the real DHCP server.
@@ -882,6 +906,11 @@ fn handle_server(
                 state.set(&key, addr, LeaseState::Offered, Some(now + OFFER_HOLD));
             }
             tracing::info!("dhcp: OFFER {addr} to {who} ({fw:?}: {file})");
+            crate::progress::dhcp_offer(
+                req.hwaddr(),
+                Some(addr.into()),
+                &format!("{fw:?}: {file}"),
+            );
             reply(cfg, req, Kind::Lease(MessageType::Offer, addr), info)
         }
         // REQUEST
@@ -1147,9 +1176,9 @@ fn serve(cfg: DhcpConfig, mut poll: mio::Poll, socks: Vec<(u16, mio::net::UdpSoc
                     local_port: *port,
                     src,
                 };
-                if let Some(mut r) =
-                    handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now())
-                {
+                let reply = handle_packet_at(&mut table, &cfg, &buf[..n], info, Instant::now());
+                crate::progress::set_leases(table.rows(Instant::now()));
+                if let Some(mut r) = reply {
                     if let Some(mac) = r.arp {
                         if let Err(e) = set_arp(sock, &cfg.interface, *r.dest.ip(), mac) {
                             tracing::debug!(

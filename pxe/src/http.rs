@@ -763,6 +763,18 @@ fn request_path(buf: &[u8]) -> Option<String> {
     }
 }
 
+/// The Content-Length of a response head (0 when absent).
+fn content_length(head: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(head);
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: &mut [u8]) -> bool {
     loop {
         if let Some((resp, head_off, _)) = &mut c.out {
@@ -771,6 +783,15 @@ fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: 
                     c.last = Instant::now();
                     let (resp, _, summary) = c.out.take().expect("checked");
                     tracing::info!("http: {} \"{}\" {}", c.peer, summary, resp.status);
+                    if let Some(path) = summary.strip_prefix("GET ") {
+                        crate::progress::file_served(
+                            "http",
+                            c.peer.ip(),
+                            path,
+                            content_length(&resp.head),
+                            resp.status,
+                        );
+                    }
                     if c.close_after {
                         let _ = c.sock.shutdown(std::net::Shutdown::Write);
                         return true;

@@ -10,6 +10,7 @@ pub mod http;
 pub mod iface;
 pub mod menu;
 pub mod netlink;
+pub mod progress;
 pub mod tftp;
 
 use serde::Deserialize;

@@ -478,6 +478,13 @@ impl Transfer {
                         self.name,
                         self.size
                     );
+                    crate::progress::file_served(
+                        "tftp",
+                        self.peer.ip(),
+                        &self.name,
+                        self.size,
+                        200,
+                    );
                     return Ok(Step::Done);
                 }
                 self.base = n + 1;

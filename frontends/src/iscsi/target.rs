@@ -4,18 +4,119 @@
 use bootlun_engine::BlockBackend;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use super::negotiate::Limits;
+use super::negotiate::{Limits, SessionParams};
 use crate::scsi::LuInfo;
 
 /// One exported logical unit: the backend and what SCSI reports about it.
 pub struct Lun {
     pub backend: Arc<dyn BlockBackend>,
     pub info: LuInfo,
+    /// What its commands moved, for the status page and `/metrics`.
+    pub counters: LunCounters,
+}
+
+/// Per-LUN counters, bumped where commands complete (relaxed atomics:
+/// statistics, not synchronisation; no lock and no allocation).
+#[derive(Debug, Default)]
+pub struct LunCounters {
+    /// Bytes sent to initiators by READ commands.
+    pub read_bytes: AtomicU64,
+    /// Bytes written to the medium by WRITE commands.
+    pub write_bytes: AtomicU64,
+    /// READ commands that completed with data.
+    pub read_cmds: AtomicU64,
+    /// WRITE commands that completed GOOD.
+    pub write_cmds: AtomicU64,
+    /// Commands of any kind that ended with CHECK CONDITION.
+    pub errors: AtomicU64,
+    /// Time from a READ's arrival to its status being queued.
+    pub read_latency: Latency,
+    /// Time from a WRITE's arrival to its status being queued.
+    pub write_latency: Latency,
+}
+
+/// Upper bounds of the latency buckets, in microseconds (a last bucket
+/// takes everything slower).
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
+
+/// A latency histogram of relaxed counters (not cumulative per bucket;
+/// the exporter sums them).
+#[derive(Debug, Default)]
+pub struct Latency {
+    pub buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    pub sum_ns: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = LATENCY_BOUNDS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A logged-in normal session as the status page shows it: fixed at login,
+/// plus counters its connection bumps (relaxed) as commands complete.
+#[derive(Debug)]
+pub struct SessionInfo {
+    pub conn_id: u64,
+    pub isid: [u8; 6],
+    pub peer: SocketAddr,
+    /// Reactor (index into the engine's `Stats`) serving the connection.
+    pub reactor: usize,
+    /// What the login negotiated (initiator name, digests, sizes).
+    pub params: SessionParams,
+    /// Seconds since the Unix epoch at login.
+    pub login_unix: u64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub commands: AtomicU64,
+}
+
+impl SessionInfo {
+    pub fn new(
+        conn_id: u64,
+        isid: [u8; 6],
+        peer: SocketAddr,
+        reactor: usize,
+        params: SessionParams,
+    ) -> SessionInfo {
+        let login_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        SessionInfo {
+            conn_id,
+            isid,
+            peer,
+            reactor,
+            params,
+            login_unix,
+            read_bytes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+        }
+    }
+
+    /// The ISID as 12 hex digits.
+    pub fn isid_hex(&self) -> String {
+        self.isid.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl Lun {
@@ -45,7 +146,11 @@ impl Lun {
             rotational: backend.rotational(),
             state: crate::scsi::LuState::for_backend(&*backend),
         };
-        Lun { backend, info }
+        Lun {
+            backend,
+            info,
+            counters: LunCounters::default(),
+        }
     }
 }
 
@@ -91,6 +196,8 @@ pub enum SessionClaim {
 /// The connection that holds a session.
 struct SessionEntry {
     conn_id: u64,
+    /// What the status page shows of it.
+    info: Arc<SessionInfo>,
     /// Its socket. Valid while the entry exists: a connection removes its
     /// entry before its socket can be closed.
     fd: RawFd,
@@ -125,13 +232,8 @@ impl TargetShared {
     /// `initiator` + `isid`. When another connection still holds it, that
     /// connection is shut down (it stops taking commands, drains its I/O
     /// and then releases the session) and the caller must retry.
-    pub fn claim_session(
-        &self,
-        initiator: &str,
-        isid: [u8; 6],
-        conn_id: u64,
-        fd: RawFd,
-    ) -> SessionClaim {
+    pub fn claim_session(&self, info: &Arc<SessionInfo>, fd: RawFd) -> SessionClaim {
+        let (initiator, isid, conn_id) = (&info.params.initiator_name, info.isid, info.conn_id);
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let key = (initiator.to_string(), isid);
         match s.get(&key) {
@@ -143,7 +245,14 @@ impl TargetShared {
             }
             None if s.len() >= self.max_sessions => SessionClaim::Full,
             _ => {
-                s.insert(key, SessionEntry { conn_id, fd });
+                s.insert(
+                    key,
+                    SessionEntry {
+                        conn_id,
+                        info: info.clone(),
+                        fd,
+                    },
+                );
                 SessionClaim::Claimed
             }
         }
@@ -194,6 +303,16 @@ impl TargetShared {
         if s.get(&key).is_some_and(|e| e.conn_id == conn_id) {
             s.remove(&key);
         }
+    }
+
+    /// The logged-in normal sessions, oldest first (a copy of the table's
+    /// handles: the lock is held only to clone them).
+    pub fn sessions(&self) -> Vec<Arc<SessionInfo>> {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Arc<SessionInfo>> = s.values().map(|e| e.info.clone()).collect();
+        drop(s);
+        v.sort_by_key(|i| i.conn_id);
+        v
     }
 
     /// A fresh, non-zero TSIH.

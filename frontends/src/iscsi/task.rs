@@ -176,7 +176,7 @@ pub struct Task {
     pub cdb: [u8; 16],
     /// The steps left of a `Job` task.
     pub job: Option<Box<crate::scsi::Job>>,
-    /// When the command arrived (the reactor's latency histogram).
+    /// When the command arrived (for the latency histograms).
     pub started: std::time::Instant,
 }
 

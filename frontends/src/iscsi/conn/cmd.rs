@@ -626,9 +626,15 @@ impl Conn {
                     tracing::warn!("write failed: {res}");
                     return self.finish_check(io, id, Sense::write_error());
                 }
-                io.stats()
+                let n = t.chunk_len as u64;
+                io.stats().write_bytes.fetch_add(n, Relaxed);
+                self.sh.luns[t.lun]
+                    .counters
                     .write_bytes
-                    .fetch_add(t.chunk_len as u64, Relaxed);
+                    .fetch_add(n, Relaxed);
+                if let Some(s) = &self.session {
+                    s.write_bytes.fetch_add(n, Relaxed);
+                }
                 self.next_chunk(io, id);
             }
             Kind::VerifyCompare => {
@@ -673,8 +679,21 @@ impl Conn {
         };
         let Some(buf) = t.buf.as_ref() else { return };
         let base = io.pool().ptr(buf);
-        io.stats().read_bytes.fetch_add(t.chunk_len as u64, Relaxed);
+        let n = t.chunk_len as u64;
+        io.stats().read_bytes.fetch_add(n, Relaxed);
+        let lun = &self.sh.luns[t.lun].counters;
+        lun.read_bytes.fetch_add(n, Relaxed);
+        if let Some(s) = &self.session {
+            s.read_bytes.fetch_add(n, Relaxed);
+        }
         let last_chunk = t.data_in(mrdsl, max_burst, &mut segs);
+        if last_chunk {
+            lun.read_cmds.fetch_add(1, Relaxed);
+            lun.read_latency.record(t.started.elapsed());
+            if let Some(s) = &self.session {
+                s.commands.fetch_add(1, Relaxed);
+            }
+        }
         let (itt, lun_raw, residual) = (t.itt, t.lun_raw, Residual::of(t.edtl, t.wanted));
         let n = segs.len();
         for (i, s) in segs.iter().enumerate() {
@@ -726,6 +745,15 @@ impl Conn {
             return;
         };
         let (itt, residual, exp_data_sn) = (t.itt, Residual::of(t.edtl, t.wanted), t.data_sn);
+        if t.kind == Kind::Write {
+            if let Some(l) = self.sh.luns.get(t.lun) {
+                l.counters.write_cmds.fetch_add(1, Relaxed);
+                l.counters.write_latency.record(t.started.elapsed());
+            }
+        }
+        if let Some(s) = &self.session {
+            s.commands.fetch_add(1, Relaxed);
+        }
         self.retire(io, id);
         self.respond_status(io, itt, Status::Good, residual, exp_data_sn);
         self.maybe_free(io, id);
@@ -736,6 +764,12 @@ impl Conn {
             return;
         };
         let itt = t.itt;
+        if let Some(l) = self.sh.luns.get(t.lun) {
+            l.counters.errors.fetch_add(1, Relaxed);
+        }
+        if let Some(s) = &self.session {
+            s.commands.fetch_add(1, Relaxed);
+        }
         self.retire(io, id);
         self.respond_check(io, itt, sense, Residual::None);
         self.maybe_free(io, id);

@@ -86,14 +86,19 @@ impl Conn {
     /// the old session can land after one of the new.
     pub(super) fn finish_login(&mut self, io: &mut impl IoOps) {
         if self.params.session_type == SessionType::Normal {
-            let claim = self.sh.claim_session(
-                &self.params.initiator_name,
-                self.login.isid,
+            let info = Arc::new(SessionInfo::new(
                 self.id,
-                self.fd,
-            );
+                self.login.isid,
+                self.peer,
+                self.reactor,
+                self.params.clone(),
+            ));
+            let claim = self.sh.claim_session(&info, self.fd);
             match reinstate(claim, &mut self.reinstate_polls) {
-                Reinstate::Proceed => self.session_registered = true,
+                Reinstate::Proceed => {
+                    self.session_registered = true;
+                    self.session = Some(info);
+                }
                 Reinstate::Wait { first } => {
                     if first {
                         tracing::warn!(
@@ -262,7 +267,12 @@ impl Conn {
             0 | 1 => LOGOUT_OK,
             _ => LOGOUT_RECOVERY_UNSUPPORTED,
         };
-        tracing::info!("connection {}: logout (reason {})", self.peer, req.reason());
+        tracing::info!(
+            "connection {}: logout of initiator {} (reason {})",
+            self.peer,
+            self.params.initiator_name,
+            req.reason()
+        );
         if response == LOGOUT_OK {
             // The session ends with this answer: release what its I_T
             // nexus held (SPC-2 reservations) before the initiator hears

@@ -46,7 +46,7 @@ use super::negotiate::{Negotiator, SessionParams, SessionType};
 use super::session::{
     reinstate, Keepalive, LoginCheck, LoginSeq, Reinstate, SeqNums, Tick, REINSTATE_POLL_MS,
 };
-use super::target::TargetShared;
+use super::target::{SessionInfo, TargetShared};
 use super::task::{DataInSeg, DataOutError, Kind, Task, TaskId, TaskTable};
 use super::wire::*;
 use crate::scsi::{self, CommandCtx, Outcome, Sense, Status};
@@ -138,6 +138,9 @@ pub struct Conn {
     /// Registered as the holder of a normal session (see
     /// `TargetShared::register_session`).
     session_registered: bool,
+    /// The status page's view of the session, once registered; its
+    /// counters are bumped as commands complete.
+    session: Option<Arc<SessionInfo>>,
     /// Owns the socket; closed when the connection is dropped. Any
     /// connected stream socket works (tests hand in one end of a Unix
     /// socket pair): only `shutdown` is called on it here.
@@ -227,6 +230,7 @@ impl Conn {
         Conn {
             id,
             session_registered: false,
+            session: None,
             sh,
             sock,
             fd,

@@ -1,0 +1,252 @@
+//! The status page's PXE side, inside a network namespace this test
+//! creates: a client at 10.204.0.2 fetches the boot script, a kernel and
+//! an initrd over HTTP; `/status.json` then lists the boot entries, the
+//! transfers and the client at the initrd stage, `/metrics` counts it, and
+//! each stage reached is a log line.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn curl(ns: &NetNs, args: &[&str]) -> String {
+    let out = run_tool(
+        ns.command("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args),
+        LIMIT,
+    );
+    out.assert_success();
+    out.stdout
+}
+
+#[test]
+fn pxe_clients_and_transfers_on_the_status_page() {
+    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
+        return;
+    }
+    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    let ns = NetNs::create(&format!("bl-admpxe-{}", std::process::id()));
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["addr", "add", "10.204.0.2/24", "dev", "v1"]);
+    ns.ip(&["link", "set", "v1", "up"]);
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
+    let args: Vec<String> = [
+        "serve",
+        "--lun",
+        "ram:4M",
+        "--net-interface",
+        "v0",
+        "--net-address",
+        "10.204.0.1/24",
+        "--pxe-interface",
+        "v0",
+        "--dhcp-mode",
+        "off",
+        "--http-port",
+        "0",
+        "--boot-dir",
+        fixtures.to_str().unwrap(),
+        "--cmdline-default",
+        "root=UUID=1 ro",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server =
+        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.204.")));
+    let find = |what: &str| -> String {
+        let line = server
+            .log
+            .wait_for(LIMIT, |l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` line:\n{}", server.output()));
+        line[line.find(what).unwrap() + what.len()..]
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let admin = find("admin page on http://");
+    let http = find("http: serving on ");
+
+    for path in [
+        "/boot.ipxe",
+        "/boot/vmlinuz-6.1.0-18-amd64",
+        "/boot/initrd.img-6.1.0-18-amd64",
+    ] {
+        curl(
+            &ns,
+            &[
+                "--interface",
+                "10.204.0.2",
+                "-o",
+                "/dev/null",
+                &format!("http://{http}{path}"),
+            ],
+        );
+    }
+    // The sidecar records a transfer after its last byte went out; poll.
+    let deadline = std::time::Instant::now() + LIMIT;
+    let j = loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&curl(&ns, &[&format!("http://{admin}/status.json")])).unwrap();
+        let stage = j["pxe_clients"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["ip"] == "10.204.0.2"))
+            .and_then(|c| c["stage"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if stage == "initrd" {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client stage {stage:?}: {j:#}"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(j["pxe"]["interface"], "v0");
+    assert!(
+        j["pxe"]["boot_entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|b| b["kernel"] == "vmlinuz-6.1.0-18-amd64")),
+        "{j:#}"
+    );
+    let transfers = j["pxe_transfers"].as_array().unwrap();
+    assert!(
+        transfers
+            .iter()
+            .any(|t| t["file"] == "/boot/vmlinuz-6.1.0-18-amd64"
+                && t["status"] == 200
+                && t["peer"] == "10.204.0.2"),
+        "{j:#}"
+    );
+    let page = curl(&ns, &[&format!("http://{admin}/")]);
+    assert!(
+        page.contains("10.204.0.2") && page.contains("<b>initrd</b>"),
+        "{page}"
+    );
+    let metrics = curl(&ns, &[&format!("http://{admin}/metrics")]);
+    assert!(
+        metrics.contains("bootlun_pxe_clients{stage=\"initrd\"} 1"),
+        "{metrics}"
+    );
+    for stage in ["menu", "kernel", "initrd"] {
+        let want = format!("pxe: 10.204.0.2 reached {stage}");
+        assert!(
+            server.output().contains(&want),
+            "no `{want}` line:\n{}",
+            server.output()
+        );
+    }
+}
+
+#[test]
+fn dhcp_lease_and_offer_on_the_status_page() {
+    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
+        return;
+    }
+    if !require_tool("udhcpc", "udhcpc") {
+        return;
+    }
+    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    let ns = NetNs::create(&format!("bl-admdhcp-{}", std::process::id()));
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "set", "v1", "up"]);
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
+    let args: Vec<String> = [
+        "serve",
+        "--lun",
+        "ram:4M",
+        "--net-interface",
+        "v0",
+        "--net-address",
+        "10.205.0.1/24",
+        "--pxe-interface",
+        "v0",
+        "--http-port",
+        "0",
+        "--boot-dir",
+        fixtures.to_str().unwrap(),
+        "--cmdline-default",
+        "root=UUID=1 ro",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server =
+        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.205.")));
+    let line = server
+        .log
+        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
+        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
+    let admin = line[line.find("http://").unwrap() + 7..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // A plain DHCP client: gets the pool's one address; its script does nothing.
+    let out = run_tool(
+        ns.command("udhcpc").args([
+            "-i",
+            "v1",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "2",
+            "-s",
+            "/bin/true",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.success(),
+        "udhcpc: {}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        server.output()
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&curl(&ns, &[&format!("http://{admin}/status.json")])).unwrap();
+    let leases = j["dhcp_leases"].as_array().unwrap();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["addr"] == "10.205.0.2" && l["bound"] == true),
+        "{j:#}"
+    );
+    let client = j["pxe_clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["ip"] == "10.205.0.2"))
+        .unwrap_or_else(|| panic!("no client 10.205.0.2: {j:#}"));
+    assert_eq!(client["stage"], "DHCP offer", "{j:#}");
+    assert!(
+        client["mac"].as_str().is_some_and(|m| m.len() == 17),
+        "{j:#}"
+    );
+    let metrics = curl(&ns, &[&format!("http://{admin}/metrics")]);
+    assert!(
+        metrics.contains("bootlun_dhcp_leases{state=\"bound\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        server.output().contains("reached DHCP offer"),
+        "{}",
+        server.output()
+    );
+}
