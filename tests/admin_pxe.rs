@@ -138,6 +138,15 @@ fn pxe_clients_and_transfers_on_the_status_page() {
         metrics.contains("bootlun_pxe_clients{stage=\"initrd\"} 1"),
         "{metrics}"
     );
+    // Running totals: the three files, served over HTTP.
+    assert!(
+        metrics.contains("bootlun_pxe_files_total{protocol=\"http\",result=\"served\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("bootlun_pxe_sent_bytes_total{protocol=\"http\"} 0\n"),
+        "{metrics}"
+    );
     for stage in ["menu", "kernel", "initrd"] {
         let want = format!("pxe: 10.204.0.2 reached {stage}");
         assert!(
@@ -240,6 +249,10 @@ fn dhcp_lease_and_offer_on_the_status_page() {
         "{j:#}"
     );
     let metrics = curl(&ns, &[&format!("http://{admin}/metrics")]);
+    assert!(
+        !metrics.contains("bootlun_dhcp_offers_total 0\n"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("bootlun_dhcp_leases{state=\"bound\"} 1"),
         "{metrics}"

@@ -730,7 +730,7 @@ fn linux_kernel_initiator_in_a_vm() {
     );
     let logouts = blog
         .lines()
-        .filter(|l| l.contains(": logout (reason 0)"))
+        .filter(|l| l.contains(": logout of initiator ") && l.contains(" (reason 0)"))
         .count();
     assert!(
         logouts >= 5,

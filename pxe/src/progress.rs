@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -182,8 +183,43 @@ fn advance(st: &mut State, find: impl Fn(&Client) -> bool, new: Client, reset: b
     st.clients.push_back(new);
 }
 
+/// Running totals since start, for `/metrics` (counters never go down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub dhcp_offers: u64,
+    pub tftp_ok: u64,
+    pub tftp_failed: u64,
+    pub tftp_bytes: u64,
+    pub http_ok: u64,
+    pub http_failed: u64,
+    pub http_bytes: u64,
+}
+
+static DHCP_OFFERS: AtomicU64 = AtomicU64::new(0);
+static TFTP_OK: AtomicU64 = AtomicU64::new(0);
+static TFTP_FAILED: AtomicU64 = AtomicU64::new(0);
+static TFTP_BYTES: AtomicU64 = AtomicU64::new(0);
+static HTTP_OK: AtomicU64 = AtomicU64::new(0);
+static HTTP_FAILED: AtomicU64 = AtomicU64::new(0);
+static HTTP_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// DHCP offers made and files served (or refused) since start.
+pub fn totals() -> Totals {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Totals {
+        dhcp_offers: l(&DHCP_OFFERS),
+        tftp_ok: l(&TFTP_OK),
+        tftp_failed: l(&TFTP_FAILED),
+        tftp_bytes: l(&TFTP_BYTES),
+        http_ok: l(&HTTP_OK),
+        http_failed: l(&HTTP_FAILED),
+        http_bytes: l(&HTTP_BYTES),
+    }
+}
+
 /// DHCP offered `ip` (None: proxyDHCP, no address) to `mac`.
 pub fn dhcp_offer(mac: &[u8], ip: Option<IpAddr>, detail: &str) {
+    DHCP_OFFERS.fetch_add(1, Ordering::Relaxed);
     let mac = mac_text(mac);
     let new = Client {
         mac: Some(mac.clone()),
@@ -206,6 +242,14 @@ pub fn dhcp_offer(mac: &[u8], ip: Option<IpAddr>, detail: &str) {
 
 /// `file` was served to `peer` (status 200 for a completed transfer).
 pub fn file_served(protocol: &'static str, peer: IpAddr, file: &str, bytes: u64, status: u16) {
+    let ok = (200..300).contains(&status);
+    let (done, failed, sent) = if protocol == "tftp" {
+        (&TFTP_OK, &TFTP_FAILED, &TFTP_BYTES)
+    } else {
+        (&HTTP_OK, &HTTP_FAILED, &HTTP_BYTES)
+    };
+    if ok { done } else { failed }.fetch_add(1, Ordering::Relaxed);
+    sent.fetch_add(bytes, Ordering::Relaxed);
     let mut st = lock();
     if st.transfers.len() >= MAX_TRANSFERS {
         st.transfers.pop_front();
@@ -276,6 +320,9 @@ mod tests {
         assert_eq!(c.stage, Stage::Kernel);
         assert_eq!(c.mac.as_deref(), Some("02:00:00:00:77:01"));
         assert!(transfers.iter().any(|t| t.peer == ip && t.status == 404));
+        let t = totals();
+        assert!(t.dhcp_offers >= 1 && t.tftp_ok >= 1 && t.http_ok >= 2 && t.http_failed >= 1);
+        assert!(t.tftp_bytes >= 100 && t.http_bytes >= 110);
         dhcp_offer(&mac, Some(ip), "again");
         let (clients, _) = snapshot();
         let c = clients.iter().find(|c| c.ip == Some(ip)).unwrap();

@@ -286,6 +286,48 @@ pub(crate) fn render(s: &Snapshot) -> String {
             let n = s.dhcp_leases.iter().filter(|l| l.bound == bound).count();
             o.sample("bootlun_dhcp_leases", &[("state", state)], n);
         }
+        let t = bootlun_pxe::progress::totals();
+        o.family(
+            "bootlun_dhcp_offers_total",
+            "counter",
+            "DHCP and proxyDHCP offers made.",
+        );
+        o.sample("bootlun_dhcp_offers_total", &[], t.dhcp_offers);
+        o.family(
+            "bootlun_pxe_files_total",
+            "counter",
+            "Files requested over TFTP and HTTP, served or refused.",
+        );
+        for (proto, ok, failed) in [
+            ("tftp", t.tftp_ok, t.tftp_failed),
+            ("http", t.http_ok, t.http_failed),
+        ] {
+            o.sample(
+                "bootlun_pxe_files_total",
+                &[("protocol", proto), ("result", "served")],
+                ok,
+            );
+            o.sample(
+                "bootlun_pxe_files_total",
+                &[("protocol", proto), ("result", "refused")],
+                failed,
+            );
+        }
+        o.family(
+            "bootlun_pxe_sent_bytes_total",
+            "counter",
+            "Bytes of files sent over TFTP and HTTP.",
+        );
+        o.sample(
+            "bootlun_pxe_sent_bytes_total",
+            &[("protocol", "tftp")],
+            t.tftp_bytes,
+        );
+        o.sample(
+            "bootlun_pxe_sent_bytes_total",
+            &[("protocol", "http")],
+            t.http_bytes,
+        );
         o.family(
             "bootlun_pxe_recent_transfers",
             "gauge",
