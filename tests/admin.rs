@@ -107,21 +107,6 @@ fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) ->
     }
 }
 
-fn qemu(args: &[&str]) {
-    let out = run_tool(
-        Command::new("qemu-img").args(args),
-        Duration::from_secs(180),
-    );
-    assert!(
-        out.success(),
-        "qemu-img {} failed ({}); the iscsi driver comes with the Debian package qemu-block-extra\n{}\n{}",
-        args.join(" "),
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-}
-
 #[test]
 fn metrics_count_the_bytes_qemu_img_moved() {
     if !require_tool("qemu-img", "qemu-utils") {
@@ -151,25 +136,7 @@ fn metrics_count_the_bytes_qemu_img_moved() {
     std::fs::write(&src, pseudo_random_bytes(SIZE, 0xad31)).unwrap();
     let back = dir.join("back.raw");
     let url = server.url(0);
-    qemu(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &src.to_string_lossy(),
-        &url,
-    ]);
-    qemu(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &url,
-        &back.to_string_lossy(),
-    ]);
+    qemu_img_write_and_read_back(&src, &url, &back);
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
 
     let after = scrape(admin);

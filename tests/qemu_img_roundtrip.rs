@@ -7,11 +7,8 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 const SIZE: usize = 64 << 20;
-const QEMU_LIMIT: Duration = Duration::from_secs(180);
 
 fn checksum(path: &Path) -> (u32, Vec<u8>) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -39,20 +36,6 @@ fn assert_same(what: &str, expected: &Path, actual: &Path) {
         let first = da.iter().zip(&db).position(|(x, y)| x != y).unwrap();
         panic!("{what}: data differs from the source (first difference at byte {first}; crc32c {a:08x} vs {b:08x})");
     }
-}
-
-fn qemu(args: &[&str]) {
-    let out = run_tool(Command::new("qemu-img").args(args), QEMU_LIMIT);
-    if !out.success() {
-        panic!(
-            "qemu-img {} failed ({}); the iscsi driver comes with the Debian package qemu-block-extra\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            args.join(" "),
-            out.status,
-            out.stdout,
-            out.stderr
-        );
-    }
-    println!("qemu-img {} ... ok in {:?}", args.join(" "), out.elapsed);
 }
 
 fn image_opts(server: &Server, lun: u32) -> String {
@@ -84,32 +67,14 @@ fn qemu_img_roundtrip_plain_and_crc32c_on_ram_and_file_luns() {
 
         // Plain: URL syntax both ways.
         let back = dir.join(&format!("back-plain-{i}.raw"));
-        qemu(&[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &src_plain.to_string_lossy(),
-            &url,
-        ]);
-        qemu(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            &back.to_string_lossy(),
-        ]);
+        qemu_img_write_and_read_back(&src_plain, &url, &back);
         assert_same(&format!("{name}, no digest"), &src_plain, &back);
         std::fs::remove_file(&back).unwrap();
 
         // CRC32C header digests: image-opts for the destination, then the source.
         let opts = image_opts(&server, lun);
         let back = dir.join(&format!("back-digest-{i}.raw"));
-        qemu(&[
+        qemu_img(&[
             "convert",
             "-n",
             "-f",
@@ -118,7 +83,7 @@ fn qemu_img_roundtrip_plain_and_crc32c_on_ram_and_file_luns() {
             "--target-image-opts",
             &opts,
         ]);
-        qemu(&[
+        qemu_img(&[
             "convert",
             "--image-opts",
             &opts,
@@ -161,25 +126,7 @@ fn qemu_img_roundtrip_in_every_poll_mode() {
         let server = Server::start(&["ram:16M"], extra);
         let url = server.url(0);
         let back = dir.join("back.raw");
-        qemu(&[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &src.to_string_lossy(),
-            &url,
-        ]);
-        qemu(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            &back.to_string_lossy(),
-        ]);
+        qemu_img_write_and_read_back(&src, &url, &back);
         assert_same(&extra.join(" "), &src, &back);
         std::fs::remove_file(&back).unwrap();
     }

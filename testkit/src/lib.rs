@@ -368,3 +368,45 @@ impl LogBuf {
         self.0.wait_for(limit, pred).map(|(_, l)| l)
     }
 }
+
+/// Run `qemu-img ARGS` (bounded to 3 minutes); a failure panics with its
+/// output, naming the package that brings the iscsi driver.
+pub fn qemu_img(args: &[&str]) {
+    let out = run_tool(
+        std::process::Command::new("qemu-img").args(args),
+        Duration::from_secs(180),
+    );
+    assert!(
+        out.success(),
+        "qemu-img {} failed ({}); the iscsi driver comes with the Debian package qemu-block-extra\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    println!("qemu-img {} ... ok in {:?}", args.join(" "), out.elapsed);
+}
+
+/// Write the raw image `src` to `url` (an `iscsi://` LUN) with
+/// `qemu-img convert`, then read the LUN back into `back`.
+pub fn qemu_img_write_and_read_back(src: &Path, url: &str, back: &Path) {
+    qemu_img(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        &src.to_string_lossy(),
+        url,
+    ]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        url,
+        &back.to_string_lossy(),
+    ]);
+}
