@@ -318,10 +318,12 @@ fn pid1_shell_reaping_and_poweroff() {
     p.expect("press Enter for a rescue shell");
     p.expect("STATUS-LINE");
 
-    // `bootlun shutdown` from a second shell: SIGUSR2 to PID 1.
+    // `bootlun shutdown` from a second shell: SIGUSR2 to PID 1. The test
+    // binary is PID 1's own executable: its path may be hidden by the
+    // file systems PID 1 mounted (a checkout under /tmp is).
     p.send("\n");
     p.expect("starting a rescue shell");
-    p.send("BOOTLUN_INIT_HELPER=shutdown \"$BOOTLUN_TEST_EXE\" --exact shutdown_helper --include-ignored --nocapture --test-threads=1 >/dev/null; echo SHUTDOWN-RC=$?\n");
+    p.send("BOOTLUN_INIT_HELPER=shutdown /proc/1/exe --exact shutdown_helper --include-ignored --nocapture --test-threads=1 >/dev/null; echo SHUTDOWN-RC=$?\n");
     p.expect("shutting down: poweroff request (SIGUSR2)");
     p.expect("target stopped, LUNs flushed");
     p.expect("stopping the remaining processes");
