@@ -532,6 +532,15 @@ fn chromium_shows_the_session_and_live_throughput() {
         dom.contains("class=\"session\"") && dom.contains(&initiator),
         "no session row for {initiator}:\n{dom}"
     );
+    // The LUN and reactor tables were redrawn from /status.json too.
+    for table in ["luns-body", "reactors-body"] {
+        let redrawn = format!("id=\"{table}\" data-live=\"1\"");
+        assert!(dom.contains(&redrawn), "{table} not redrawn:\n{dom}");
+    }
+    assert!(
+        dom.contains("<tr class=\"lun\"><td class=\"n\">0</td>"),
+        "no LUN 0 row:\n{dom}"
+    );
     let rate = dom
         .split("id=\"tp-b\">")
         .nth(1)

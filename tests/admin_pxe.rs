@@ -263,3 +263,133 @@ fn dhcp_lease_and_offer_on_the_status_page() {
         server.output()
     );
 }
+
+/// A TFTP client in the namespace fetches 64 KiB in 512-byte blocks,
+/// acknowledges two blocks and stops: the status page lists the transfer
+/// as under way with the 1024 bytes acknowledged, and drops it from the
+/// list once the client sends ERROR.
+#[test]
+fn a_tftp_transfer_under_way_shows_its_progress() {
+    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
+        return;
+    }
+    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    // The client has a namespace of its own: replies from the server's
+    // interface-bound socket must cross the veth pair.
+    let client_ns = NetNs::create(&format!("bl-admtftpc-{}", std::process::id()));
+    let ns = NetNs::create(&format!("bl-admtftp-{}", std::process::id()));
+    ns.ip(&[
+        "link",
+        "add",
+        "v0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "v1",
+        "netns",
+        &client_ns.name,
+    ]);
+    client_ns.ip(&["addr", "add", "10.206.0.2/24", "dev", "v1"]);
+    client_ns.ip(&["link", "set", "v1", "up"]);
+    let ipxe = TempDir::new("admtftp");
+    std::fs::write(ipxe.path().join("undionly.kpxe"), vec![0x5a; 65536]).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
+    let args: Vec<String> = [
+        "serve",
+        "--lun",
+        "ram:4M",
+        "--net-interface",
+        "v0",
+        "--net-address",
+        "10.206.0.1/24",
+        "--pxe-interface",
+        "v0",
+        "--dhcp-mode",
+        "off",
+        "--http-port",
+        "0",
+        "--boot-dir",
+        fixtures.to_str().unwrap(),
+        "--ipxe-dir",
+        ipxe.path().to_str().unwrap(),
+        "--cmdline-default",
+        "root=UUID=1 ro",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server =
+        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.206.")));
+    let line = server
+        .log
+        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
+        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
+    let admin = line[line.find("http://").unwrap() + 7..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let sock = client_ns.enter(|| std::net::UdpSocket::bind("10.206.0.2:0").unwrap());
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut rrq = b"\x00\x01undionly.kpxe\0octet\0blksize\0512\0".to_vec();
+    sock.send_to(&rrq, "10.206.0.1:69").unwrap();
+    rrq.clear();
+    let mut buf = [0u8; 1024];
+    let (n, tid) = sock.recv_from(&mut buf).expect("OACK");
+    assert_eq!(&buf[..2], b"\x00\x06", "OACK expected: {:?}", &buf[..n]);
+    for ack in 0u16..=2 {
+        sock.send_to(&[0, 4, (ack >> 8) as u8, ack as u8], tid)
+            .unwrap();
+        let (n, _) = sock.recv_from(&mut buf).expect("DATA");
+        assert_eq!(&buf[..4], &[0, 3, 0, ack as u8 + 1], "block {}", ack + 1);
+        assert_eq!(n, 4 + 512);
+    }
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&curl(&ns, &[&format!("http://{admin}/status.json")])).unwrap()
+    };
+    let mine = |j: &serde_json::Value| -> Option<serde_json::Value> {
+        j["pxe_transfers"].as_array().and_then(|v| {
+            v.iter()
+                .find(|t| t["peer"] == "10.206.0.2" && t["protocol"] == "tftp")
+                .cloned()
+        })
+    };
+    let j = status();
+    let t = mine(&j).unwrap_or_else(|| panic!("no transfer listed: {j:#}"));
+    assert_eq!(t["in_progress"], true, "{t:#}");
+    assert_eq!(t["file"], "undionly.kpxe", "{t:#}");
+    assert_eq!(t["bytes"], 1024, "{t:#}");
+    assert_eq!(t["total"], 65536, "{t:#}");
+    let page = curl(&ns, &[&format!("http://{admin}/")]);
+    assert!(
+        page.contains("1.0 KiB of 64.0 KiB") && page.contains("sending 1%"),
+        "{page}"
+    );
+    // The client gives up: the transfer is listed as failed, with why.
+    sock.send_to(b"\x00\x05\x00\x00stop\0", tid).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let t = loop {
+        let j = status();
+        if let Some(t) = mine(&j).filter(|t| t["in_progress"] == false) {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still under way: {j:#}"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(t["error"], "client sent error 0: stop", "{t:#}");
+    assert_eq!(t["bytes"], 1024, "{t:#}");
+    let metrics = curl(&ns, &[&format!("http://{admin}/metrics")]);
+    assert!(
+        metrics.contains("bootlun_pxe_files_total{protocol=\"tftp\",result=\"failed\"} 1"),
+        "{metrics}"
+    );
+}

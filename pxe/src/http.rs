@@ -604,6 +604,8 @@ struct Conn {
     peer: SocketAddr,
     rbuf: Vec<u8>,
     out: Option<(Response, usize, String)>,
+    /// The file body being sent, as the status page lists it.
+    active: Option<crate::progress::ActiveTransfer>,
     close_after: bool,
     last: Instant,
     head_since: Option<Instant>,
@@ -696,6 +698,7 @@ fn run(mut poll: Poll, mut listener: TcpListener, mut cfg: HttpConfig, stop: Arc
                                     peer,
                                     rbuf: Vec::new(),
                                     out: None,
+                                    active: None,
                                     close_after: false,
                                     last: Instant::now(),
                                     head_since: None,
@@ -782,6 +785,9 @@ fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: 
                 Ok(true) => {
                     c.last = Instant::now();
                     let (resp, _, summary) = c.out.take().expect("checked");
+                    if let Some(mut a) = c.active.take() {
+                        a.done();
+                    }
                     tracing::info!("http: {} \"{}\" {}", c.peer, summary, resp.status);
                     if let Some(path) = summary.strip_prefix("GET ") {
                         crate::progress::file_served(
@@ -800,6 +806,9 @@ fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: 
                 }
                 Ok(false) => {
                     c.last = Instant::now();
+                    if let Some(a) = &c.active {
+                        a.set_sent(a.total().saturating_sub(resp.body.remaining()));
+                    }
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -829,6 +838,17 @@ fn drive(c: &mut Conn, router: &mut Router, refresh: Option<&Refresh>, scratch: 
                         Some(Instant::now())
                     };
                     c.close_after = close;
+                    c.active = match (&resp.body, summary.strip_prefix("GET ")) {
+                        (OutBody::File(..), Some(path)) => {
+                            Some(crate::progress::ActiveTransfer::begin(
+                                "http",
+                                c.peer.ip(),
+                                path,
+                                resp.body.remaining(),
+                            ))
+                        }
+                        _ => None,
+                    };
                     c.out = Some((resp, 0, summary));
                     continue;
                 }

@@ -65,8 +65,10 @@ pub struct Transfer {
     pub peer: IpAddr,
     pub file: String,
     pub bytes: u64,
-    /// HTTP status, or 200 for a completed TFTP transfer.
+    /// HTTP status, or 200 for a completed TFTP transfer (0: see `error`).
     pub status: u16,
+    /// Why it failed, when no HTTP status says it.
+    pub error: Option<String>,
     pub unix: u64,
 }
 
@@ -82,17 +84,123 @@ pub struct LeaseRow {
     pub expires_in_secs: Option<u64>,
 }
 
+/// A file being sent right now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Active {
+    /// `tftp` or `http`.
+    pub protocol: &'static str,
+    pub peer: IpAddr,
+    pub file: String,
+    /// Bytes the client has acknowledged (TFTP) or the socket took (HTTP).
+    pub sent: u64,
+    /// Bytes to send in all.
+    pub total: u64,
+    pub started_unix: u64,
+}
+
 struct State {
     clients: VecDeque<Client>,
     transfers: VecDeque<Transfer>,
     leases: Vec<LeaseRow>,
+    /// Transfers under way, by the id their [`ActiveTransfer`] holds.
+    active: Vec<(u64, Active)>,
+    next_active: u64,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     clients: VecDeque::new(),
     transfers: VecDeque::new(),
     leases: Vec::new(),
+    active: Vec::new(),
+    next_active: 0,
 });
+
+/// Transfers under way listed at most (a flood of requests shows the first).
+const MAX_ACTIVE: usize = 64;
+
+/// A transfer in progress as the status page shows it; it leaves the list
+/// when dropped, however the transfer ended.
+#[derive(Debug)]
+pub struct ActiveTransfer(Option<u64>, u64);
+
+impl ActiveTransfer {
+    /// Start listing a transfer of `total` bytes of `file` to `peer`.
+    pub fn begin(protocol: &'static str, peer: IpAddr, file: &str, total: u64) -> ActiveTransfer {
+        let mut st = lock();
+        if st.active.len() >= MAX_ACTIVE {
+            return ActiveTransfer(None, total);
+        }
+        let id = st.next_active;
+        st.next_active += 1;
+        st.active.push((
+            id,
+            Active {
+                protocol,
+                peer,
+                file: file.to_string(),
+                sent: 0,
+                total,
+                started_unix: now(),
+            },
+        ));
+        ActiveTransfer(Some(id), total)
+    }
+
+    /// The size given to [`ActiveTransfer::begin`].
+    pub fn total(&self) -> u64 {
+        self.1
+    }
+
+    /// `sent` bytes of the file have gone out so far.
+    pub fn set_sent(&self, sent: u64) {
+        let Some(id) = self.0 else { return };
+        if let Some((_, a)) = lock().active.iter_mut().find(|(i, _)| *i == id) {
+            a.sent = sent.min(a.total);
+        }
+    }
+}
+
+impl ActiveTransfer {
+    fn take(&mut self) -> Option<Active> {
+        let id = self.0.take()?;
+        let mut st = lock();
+        let at = st.active.iter().position(|(i, _)| *i == id)?;
+        Some(st.active.remove(at).1)
+    }
+
+    /// It ended as it should; the caller reports it with [`file_served`].
+    pub fn done(&mut self) {
+        self.take();
+    }
+
+    /// It ended without the client asking for more, which is no failure
+    /// (a TFTP `tsize` probe).
+    pub fn cancel(&mut self) {
+        self.take();
+    }
+
+    /// It failed: listed among recent transfers with `reason`.
+    pub fn fail(&mut self, reason: &str) {
+        if let Some(a) = self.take() {
+            file_failed(a.protocol, a.peer, &a.file, a.sent, reason);
+        }
+    }
+}
+
+impl Drop for ActiveTransfer {
+    /// Dropped while under way: the connection or transfer went away.
+    fn drop(&mut self) {
+        if let Some(a) = self.take() {
+            let reason = format!("stopped after {} of {} bytes", a.sent, a.total);
+            file_failed(a.protocol, a.peer, &a.file, a.sent, &reason);
+        }
+    }
+}
+
+/// Transfers under way, oldest first.
+pub fn active() -> Vec<Active> {
+    lock().active.iter().map(|(_, a)| a.clone()).collect()
+}
 
 /// The DHCP server's live leases (replaces the previous list).
 pub fn set_leases(rows: Vec<LeaseRow>) {
@@ -240,8 +348,24 @@ pub fn dhcp_offer(mac: &[u8], ip: Option<IpAddr>, detail: &str) {
     );
 }
 
+/// `file` was not (completely) served to `peer`, for `reason`.
+pub fn file_failed(protocol: &'static str, peer: IpAddr, file: &str, bytes: u64, reason: &str) {
+    record(protocol, peer, file, bytes, 0, Some(reason));
+}
+
 /// `file` was served to `peer` (status 200 for a completed transfer).
 pub fn file_served(protocol: &'static str, peer: IpAddr, file: &str, bytes: u64, status: u16) {
+    record(protocol, peer, file, bytes, status, None);
+}
+
+fn record(
+    protocol: &'static str,
+    peer: IpAddr,
+    file: &str,
+    bytes: u64,
+    status: u16,
+    error: Option<&str>,
+) {
     let ok = (200..300).contains(&status);
     let (done, failed, sent) = if protocol == "tftp" {
         (&TFTP_OK, &TFTP_FAILED, &TFTP_BYTES)
@@ -260,6 +384,7 @@ pub fn file_served(protocol: &'static str, peer: IpAddr, file: &str, bytes: u64,
         file: file.to_string(),
         bytes,
         status,
+        error: error.map(str::to_string),
         unix: now(),
     });
     if !(200..300).contains(&status) {
@@ -289,6 +414,33 @@ pub fn snapshot() -> (Vec<Client>, Vec<Transfer>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_active_transfer_is_listed_until_dropped() {
+        let peer: IpAddr = "127.0.0.9".parse().unwrap();
+        let mine = |v: Vec<Active>| v.into_iter().find(|a| a.peer == peer);
+        let t = ActiveTransfer::begin("tftp", peer, "/vmlinuz", 1000);
+        assert_eq!(mine(active()).map(|a| (a.sent, a.total)), Some((0, 1000)));
+        t.set_sent(400);
+        assert_eq!(mine(active()).map(|a| a.sent), Some(400));
+        t.set_sent(5000);
+        assert_eq!(mine(active()).map(|a| a.sent), Some(1000));
+        drop(t);
+        assert!(mine(active()).is_none());
+        let (_, recent) = snapshot();
+        let last = recent.iter().rev().find(|r| r.peer == peer).unwrap();
+        assert_eq!(last.status, 0);
+        assert_eq!(
+            last.error.as_deref(),
+            Some("stopped after 1000 of 1000 bytes")
+        );
+
+        let mut t = ActiveTransfer::begin("tftp", peer, "/probe", 10);
+        t.cancel();
+        drop(t);
+        let (_, again) = snapshot();
+        assert_eq!(again.iter().filter(|r| r.peer == peer).count(), 1);
+    }
 
     #[test]
     fn file_names_map_to_stages() {

@@ -389,6 +389,8 @@ struct Transfer {
     stalled: bool,
     deadline: Instant,
     started: Instant,
+    /// This transfer's row on the status page.
+    progress: crate::progress::ActiveTransfer,
     /// Scratch for the DATA packet being built. Not `Bytes`: a block is
     /// read from the file again when it must be resent, so no packet
     /// outlives its send, and one reused allocation serves them all.
@@ -478,6 +480,7 @@ impl Transfer {
                         self.name,
                         self.size
                     );
+                    self.progress.done();
                     crate::progress::file_served(
                         "tftp",
                         self.peer.ip(),
@@ -490,6 +493,7 @@ impl Transfer {
                 self.base = n + 1;
                 self.next = n + 1;
                 self.retries = 0;
+                self.progress.set_sent(n * self.blksize as u64);
                 self.send_window(now)?;
                 Ok(Step::Continue)
             }
@@ -502,12 +506,15 @@ impl Transfer {
                         self.peer,
                         self.name
                     );
+                    self.progress.cancel();
                 } else {
                     tracing::info!(
                         "tftp: {} aborted {}: error {arg}: {msg}",
                         self.peer,
                         self.name
                     );
+                    self.progress
+                        .fail(&format!("client sent error {arg}: {msg}"));
                 }
                 Ok(Step::Done)
             }
@@ -534,6 +541,10 @@ impl Transfer {
                 self.name,
                 self.base
             );
+            self.progress.fail(&format!(
+                "no ACK for block {} after {MAX_RETRIES} retransmissions",
+                self.base
+            ));
             return Ok(Step::Done);
         }
         if let Some(o) = &self.oack {
@@ -641,6 +652,7 @@ impl Server {
                     "failed"
                 };
                 tracing::info!("tftp: {peer}: read of {:?} {what}: {e}", req.filename);
+                crate::progress::file_failed("tftp", peer.ip(), &req.filename, 0, &e.to_string());
                 self.send_error(peer, &e);
                 return;
             }
@@ -653,10 +665,12 @@ impl Server {
             );
             return;
         }
+        let req_name = req.filename.clone();
         match self.start(req, pkt, path, peer, now) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!("tftp: {peer}: cannot start transfer: {e}");
+                crate::progress::file_failed("tftp", peer.ip(), &req_name, 0, &e.to_string());
                 let code = if e.kind() == io::ErrorKind::PermissionDenied {
                     code::ACCESS
                 } else {
@@ -694,6 +708,8 @@ impl Server {
             if neg.oack.is_empty() { "" } else { ", OACK" }
         );
         let blksize = neg.blksize as usize;
+        let progress =
+            crate::progress::ActiveTransfer::begin("tftp", peer.ip(), &req.filename, size);
         let mut t = Transfer {
             sock,
             peer,
@@ -712,6 +728,7 @@ impl Server {
             stalled: false,
             deadline: now,
             started: now,
+            progress,
             buf: Vec::with_capacity(4 + blksize),
         };
         if neg.oack.is_empty() {
@@ -750,6 +767,7 @@ impl Server {
                 }
                 Err(e) => {
                     tracing::info!("tftp: {} transfer of {} ended: {e}", t.peer, t.name);
+                    t.progress.fail(&e.to_string());
                     self.finish(token);
                     break;
                 }
@@ -1303,6 +1321,12 @@ mod tests {
             stalled: false,
             deadline: now,
             started: now,
+            progress: crate::progress::ActiveTransfer::begin(
+                "tftp",
+                client.local_addr().unwrap().ip(),
+                "f",
+                2000,
+            ),
             buf: Vec::new(),
         };
         let mut buf = [0u8; 600];

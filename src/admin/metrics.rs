@@ -296,7 +296,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         o.family(
             "bootlun_pxe_files_total",
             "counter",
-            "Files requested over TFTP and HTTP, served or refused.",
+            "Files requested over TFTP and HTTP: served, or failed (refused, or broken off before the end).",
         );
         for (proto, ok, failed) in [
             ("tftp", t.tftp_ok, t.tftp_failed),
@@ -309,7 +309,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
             );
             o.sample(
                 "bootlun_pxe_files_total",
-                &[("protocol", proto), ("result", "refused")],
+                &[("protocol", proto), ("result", "failed")],
                 failed,
             );
         }

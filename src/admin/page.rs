@@ -44,6 +44,31 @@ pub(crate) fn human_secs(s: u64) -> String {
     }
 }
 
+/// `3.0 MiB`, or `3.0 MiB of 12.0 MiB` while it is being sent.
+fn transfer_bytes(t: &super::status::PxeTransferRow) -> String {
+    if t.in_progress {
+        format!("{} of {}", human_bytes(t.bytes), human_bytes(t.total))
+    } else {
+        human_bytes(t.bytes)
+    }
+}
+
+/// The HTTP status (200 for a finished TFTP transfer), or `sending 25%`.
+fn transfer_status(t: &super::status::PxeTransferRow) -> String {
+    if t.in_progress {
+        let pct = if t.total == 0 {
+            0
+        } else {
+            t.bytes * 100 / t.total
+        };
+        format!("sending {pct}%")
+    } else if let Some(e) = &t.error {
+        format!("failed: {e}")
+    } else {
+        t.status.to_string()
+    }
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"
@@ -123,11 +148,25 @@ list.forEach(function(s){var tr=document.createElement('tr');tr.className='sessi
 s.initiator_max_recv_dsl+' / '+s.target_max_recv_dsl+', burst '+s.first_burst_length+' / '+s.max_burst_length,
 s.uptime_secs+'s',hb(s.read_bytes),hb(s.write_bytes),s.commands].forEach(function(t,i){tr.appendChild(cell(String(t),i>=6));});
 tb.appendChild(tr);});}
+function hs(s){return s<60?s+'s':s<3600?Math.floor(s/60)+'m'+('0'+s%60).slice(-2)+'s':Math.floor(s/3600)+'h'+('0'+Math.floor(s%3600/60)).slice(-2)+'m';}
+function fill(id,rows,cols,empty,cls){var tb=document.getElementById(id);if(!tb)return;
+while(tb.firstChild)tb.removeChild(tb.firstChild);tb.setAttribute('data-live','1');
+if(!rows.length&&empty){var tr=document.createElement('tr');var td=cell(empty);td.colSpan=cols;td.className='muted';tr.appendChild(td);tb.appendChild(tr);return;}
+rows.forEach(function(r){var tr=document.createElement('tr');if(cls)tr.className=cls(r);
+r.cells.forEach(function(c){tr.appendChild(cell(String(c[0]),c[1]));});tb.appendChild(tr);});}
+function yn(b){return b?'yes':'no';}
+function tables(d){
+fill('luns-body',d.luns.map(function(l){return{cells:[[l.lun,1],[l.backend+(l.sanitize_percent!=null?' (sanitize '+l.sanitize_percent+'%)':'')],[hb(l.size_bytes),1],[l.block_size,1],[yn(l.read_only)],[l.write_cache?'write-back':'write-through'],[yn(l.thin)],[hb(l.read_bytes),1],[hb(l.write_bytes),1],[l.read_cmds+l.write_cmds,1],[l.errors,1]]};}),11,null,function(){return 'lun';});
+fill('reactors-body',d.reactors.map(function(r){var p=r.busy_polls+r.idle_polls;return{cells:[[r.reactor,1],[r.core,1],[r.connections_open+' open / '+r.connections_total+' total',1],[hb(r.read_bytes),1],[hb(r.write_bytes),1],[r.busy_polls+' / '+r.idle_polls,1],[p?(r.busy_polls*100/p).toFixed(1)+'%':'-',1],[r.sleeps,1],[r.spin_window_us+' \u00b5s',1]]};}),9,null,function(){return 'reactor';});
+if(!d.pxe)return;
+fill('clients-body',d.pxe_clients.map(function(c){return{cells:[[c.mac||'-'],[c.ip||'-'],[c.stage],[c.detail]]};}),4,'no client seen yet',function(){return 'pxe-client';});
+fill('leases-body',d.dhcp_leases.map(function(l){return{cells:[[l.client],[l.addr],[l.bound?'bound':'offered'],[l.expires_in_secs==null?'never':hs(l.expires_in_secs)]]};}),4,'none',function(){return 'lease';});
+fill('transfers-body',d.pxe_transfers.slice().reverse().map(function(t){return{a:t.in_progress,cells:[[t.protocol],[t.peer],[t.file],[t.in_progress?hb(t.bytes)+' of '+hb(t.total):hb(t.bytes),1],[t.in_progress?'sending '+(t.total?Math.floor(t.bytes*100/t.total):0)+'%':t.error?'failed: '+t.error:t.status,1]]};}),5,'none yet',function(r){return r.a?'transfer active':'transfer';});}
 function tick(){var x=new XMLHttpRequest();x.open('GET','/status.json');x.onload=function(){
 if(x.status!==200)return;var d;try{d=JSON.parse(x.responseText);}catch(e){return;}var h=d.history;
 draw('tp',h.read_bytes_per_sec,h.write_bytes_per_sec,'read','write',function(v){return hb(v)+'/s';});
 draw('io',h.read_iops,h.write_iops,'read','write',function(v){return v+' IOPS';});
-sessions(d.sessions);var st=document.getElementById('live');if(st){st.textContent='live, updated '+new Date().toLocaleTimeString();st.setAttribute('data-live','1');}};
+sessions(d.sessions);tables(d);var st=document.getElementById('live');if(st){st.textContent='live, updated '+new Date().toLocaleTimeString();st.setAttribute('data-live','1');}};
 x.send();}
 tick();setInterval(tick,1000);})();"#;
 
@@ -163,7 +202,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "IOPS",
     ));
 
-    o.push_str("<h2>LUNs</h2><div class=\"tw\"><table><thead><tr><th>LUN</th><th>backend</th><th>size</th><th>block</th><th>read-only</th><th>write cache</th><th>thin</th><th>read</th><th>written</th><th>commands</th><th>errors</th></tr></thead><tbody>\n");
+    o.push_str("<h2>LUNs</h2><div class=\"tw\"><table><thead><tr><th>LUN</th><th>backend</th><th>size</th><th>block</th><th>read-only</th><th>write cache</th><th>thin</th><th>read</th><th>written</th><th>commands</th><th>errors</th></tr></thead><tbody id=\"luns-body\">\n");
     for l in &s.luns {
         let sanitize = l
             .sanitize_percent
@@ -214,7 +253,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     o.push_str("</tbody></table></div>\n");
 
-    o.push_str("<h2>Reactors</h2><div class=\"tw\"><table><thead><tr><th>reactor</th><th>core</th><th>connections</th><th>read</th><th>written</th><th>polls busy / idle</th><th>busy share</th><th>sleeps</th><th>spin window</th></tr></thead><tbody>\n");
+    o.push_str("<h2>Reactors</h2><div class=\"tw\"><table><thead><tr><th>reactor</th><th>core</th><th>connections</th><th>read</th><th>written</th><th>polls busy / idle</th><th>busy share</th><th>sleeps</th><th>spin window</th></tr></thead><tbody id=\"reactors-body\">\n");
     for r in &s.reactors {
         let polls = r.busy_polls + r.idle_polls;
         let share = if polls == 0 {
@@ -224,7 +263,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         };
         let _ = writeln!(
             o,
-            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} open / {} total</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{share}</td><td class=\"n\">{}</td><td class=\"n\">{} µs</td></tr>",
+            "<tr class=\"reactor\"><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} open / {} total</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} / {}</td><td class=\"n\">{share}</td><td class=\"n\">{}</td><td class=\"n\">{} µs</td></tr>",
             r.reactor,
             r.core,
             r.connections_open,
@@ -263,7 +302,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
                 );
             }
             o.push_str("</tbody></table></div>\n");
-            o.push_str("<p>Clients (DHCP offer → iPXE → menu → kernel → initrd → iSCSI login):</p><div class=\"tw\"><table><thead><tr><th>MAC</th><th>address</th><th>stage reached</th><th>last step</th></tr></thead><tbody>\n");
+            o.push_str("<p>Clients (DHCP offer → iPXE → menu → kernel → initrd → iSCSI login):</p><div class=\"tw\"><table><thead><tr><th>MAC</th><th>address</th><th>stage reached</th><th>last step</th></tr></thead><tbody id=\"clients-body\">\n");
             if s.pxe_clients.is_empty() {
                 o.push_str("<tr><td colspan=\"4\" class=\"muted\">no client seen yet</td></tr>\n");
             }
@@ -277,7 +316,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
                     e(&c.detail)
                 );
             }
-            o.push_str("</tbody></table></div>\n<p>DHCP leases:</p><div class=\"tw\"><table><thead><tr><th>client</th><th>address</th><th>state</th><th>expires in</th></tr></thead><tbody>\n");
+            o.push_str("</tbody></table></div>\n<p>DHCP leases:</p><div class=\"tw\"><table><thead><tr><th>client</th><th>address</th><th>state</th><th>expires in</th></tr></thead><tbody id=\"leases-body\">\n");
             if s.dhcp_leases.is_empty() {
                 o.push_str("<tr><td colspan=\"4\" class=\"muted\">none</td></tr>\n");
             }
@@ -293,19 +332,20 @@ pub(crate) fn render(s: &Snapshot) -> String {
                         .unwrap_or_else(|| "never".into())
                 );
             }
-            o.push_str("</tbody></table></div>\n<p>Recent transfers:</p><div class=\"tw\"><table><thead><tr><th>protocol</th><th>client</th><th>file</th><th>bytes</th><th>status</th></tr></thead><tbody>\n");
+            o.push_str("</tbody></table></div>\n<p>Recent transfers:</p><div class=\"tw\"><table><thead><tr><th>protocol</th><th>client</th><th>file</th><th>bytes</th><th>status</th></tr></thead><tbody id=\"transfers-body\">\n");
             if s.pxe_transfers.is_empty() {
                 o.push_str("<tr><td colspan=\"5\" class=\"muted\">none yet</td></tr>\n");
             }
             for t in s.pxe_transfers.iter().rev() {
                 let _ = writeln!(
                     o,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    if t.in_progress { "transfer active" } else { "transfer" },
                     e(&t.protocol),
                     e(&t.peer),
                     e(&t.file),
-                    human_bytes(t.bytes),
-                    t.status
+                    transfer_bytes(t),
+                    transfer_status(t)
                 );
             }
             o.push_str("</tbody></table></div>\n");

@@ -156,8 +156,18 @@ pub(crate) struct PxeTransferRow {
     pub(crate) protocol: String,
     pub(crate) peer: String,
     pub(crate) file: String,
+    /// Bytes sent (so far, while `in_progress`).
     pub(crate) bytes: u64,
+    /// Size of the file (or range) being sent; 0 for a finished transfer.
+    #[serde(default)]
+    pub(crate) total: u64,
+    /// Still being sent: `status` is 0 until it ends.
+    #[serde(default)]
+    pub(crate) in_progress: bool,
+    /// HTTP status, 200 for a whole TFTP transfer, 0 when `error` says why not.
     pub(crate) status: u16,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
     pub(crate) unix: u64,
 }
 
@@ -451,6 +461,7 @@ fn pxe_progress(sessions: &[SessionRow]) -> (Vec<PxeClientRow>, Vec<PxeTransferR
             }
         })
         .collect();
+    // Finished transfers oldest first, then those under way.
     let transfers = transfers
         .into_iter()
         .map(|t| PxeTransferRow {
@@ -458,9 +469,27 @@ fn pxe_progress(sessions: &[SessionRow]) -> (Vec<PxeClientRow>, Vec<PxeTransferR
             peer: t.peer.to_string(),
             file: t.file,
             bytes: t.bytes,
+            total: 0,
+            in_progress: false,
             status: t.status,
+            error: t.error,
             unix: t.unix,
         })
+        .chain(
+            bootlun_pxe::progress::active()
+                .into_iter()
+                .map(|a| PxeTransferRow {
+                    protocol: a.protocol.to_string(),
+                    peer: a.peer.to_string(),
+                    file: a.file,
+                    bytes: a.sent,
+                    total: a.total,
+                    in_progress: true,
+                    status: 0,
+                    error: None,
+                    unix: a.started_unix,
+                }),
+        )
         .collect();
     (clients, transfers)
 }
