@@ -108,6 +108,20 @@ const WANTED_MODULES: &[&str] = &[
 const INIT: &str = include_str!("vm/init.sh");
 
 /// sg3-utils programs copied into the guest.
+/// Host programs perf/initiator/run.sh needs besides busybox and iscsiadm.
+const FIO_TOOLS: &[&str] = &["bash", "fio", "jq", "iscsi-inq"];
+
+/// The host's `name` on PATH; panics naming the package when missing.
+fn which(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|f| f.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} not found on PATH (see .ci/packages.txt)"))
+}
+
 const SG_TOOLS: &[&str] = &[
     "sg_inq",
     "sg_vpd",
@@ -295,6 +309,17 @@ fn build_initramfs(
         );
     }
 
+    // perf/initiator/run.sh as users run it, with the host's bash, fio,
+    // jq and iscsi-inq (the host is Debian too; their libraries come along).
+    for tool in FIO_TOOLS {
+        let host = which(tool);
+        program(&mut c, &format!("usr/bin/{tool}"), &host, &[]);
+    }
+    let initiator_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/initiator");
+    for f in ["run.sh", "read.fio", "write.fio"] {
+        c.host_file(&format!("perf/initiator/{f}"), 0o755, &initiator_dir.join(f));
+    }
+
     for m in &order {
         c.file(&format!("lib/modules/{m}.ko"), 0o644, &mods.bytes(m));
     }
@@ -308,7 +333,8 @@ fn build_initramfs(
          SMALL_SECTOR={SMALL_SECTOR}\nLARGE_OFF={LARGE_OFF}\nPAR_OFF={PAR_OFF}\n\
          BUFFERED_OFF={BUFFERED_OFF}\nPAR_LEN={PAR_LEN}\nFILE_LUN_BYTES={FILE_LUN_BYTES}\n\
          RECOVERY_OFF={RECOVERY_OFF}\nDIGEST_OFF={DIGEST_OFF}\nNULL_LUN_BYTES={NULL_LUN_BYTES}\nTWO_OFF={TWO_OFF}\nABORT_OFF={ABORT_OFF}\n\
-         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\nTARGET_CHAP_USER={TARGET_CHAP_USER}\n"
+         CHAP_USER={CHAP_USER}\nCHAP_SECRET={CHAP_SECRET}\nTARGET_CHAP_USER={TARGET_CHAP_USER}\n\
+         TARGET_CHAP_SECRET={TARGET_CHAP_SECRET}\n"
     );
     c.file("etc/vmtest.conf", 0o644, conf.as_bytes());
     // iscsid only serves peers whose uid has a name.
@@ -431,6 +457,10 @@ fn linux_kernel_initiator_in_a_vm() {
         ("apt-get", "apt"),
         ("dpkg-deb", "dpkg"),
         ("ldd", "libc-bin"),
+        ("bash", "bash"),
+        ("fio", "fio"),
+        ("jq", "jq"),
+        ("iscsi-inq", "libiscsi-bin"),
     ] {
         if !common::require_tool(bin, pkg) {
             return;
@@ -570,7 +600,7 @@ fn linux_kernel_initiator_in_a_vm() {
                 "-accel",
                 "tcg",
                 "-m",
-                "512",
+                "1024",
                 "-smp",
                 "1",
                 "-nographic",
@@ -690,6 +720,35 @@ fn linux_kernel_initiator_in_a_vm() {
             if let Some(i) = l.find(tag) {
                 let what = if tag.contains("OK") { "OK " } else { "" };
                 eprintln!("  {:7.2}s  {what}{}", t.as_secs_f64(), &l[i + tag.len()..]);
+            }
+        }
+    }
+
+    // perf/initiator/run.sh: one row per job and engine, each with I/O done.
+    let fio = tagged(&serial_text, "BOOTLUN-VM-FIO ");
+    eprintln!("--- perf/initiator/run.sh in the guest (TCG: bound by emulation) ---");
+    for l in &fio {
+        eprintln!("  {l}");
+    }
+    let initiator_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/initiator");
+    for file in ["read.fio", "write.fio"] {
+        let text = std::fs::read_to_string(initiator_dir.join(file)).unwrap();
+        let jobs = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'))
+            .filter(|j| *j != "global");
+        for job in jobs {
+            for engine in ["io_uring", "libaio"] {
+                let iops = fio.iter().find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 6 && f[0] == job && f[1] == engine)
+                        .then(|| f[2].parse::<u64>().unwrap_or(0))
+                });
+                assert!(
+                    iops.is_some_and(|n| n > 0),
+                    "run.sh printed no I/O for {job} with {engine}:\n{}",
+                    fio.join("\n")
+                );
             }
         }
     }

@@ -8,7 +8,9 @@
 #
 # PORTAL is ADDRESS[:PORT] (port 3260 if omitted). The write jobs overwrite
 # the LUN, so they run only with ALLOW_WRITE=1. Environment: RUNTIME
-# (seconds per job, 10), ENGINES ("io_uring libaio"), ALLOW_WRITE (0).
+# (seconds per job, 10), ENGINES ("io_uring libaio"), ALLOW_WRITE (0);
+# CHAP_USER and CHAP_SECRET when the target asks for CHAP (`serve --chap`),
+# plus TARGET_CHAP_USER and TARGET_CHAP_SECRET for mutual CHAP.
 #
 # Needs root, open-iscsi (iscsiadm and the iscsi_tcp module), fio,
 # libiscsi-bin (iscsi-inq, to read the LUN's identity before login) and jq.
@@ -23,6 +25,14 @@ lun=${3:-0}
 RUNTIME=${RUNTIME:-10}
 ENGINES=${ENGINES:-io_uring libaio}
 ALLOW_WRITE=${ALLOW_WRITE:-0}
+CHAP_USER=${CHAP_USER:-}
+CHAP_SECRET=${CHAP_SECRET:-}
+TARGET_CHAP_USER=${TARGET_CHAP_USER:-}
+TARGET_CHAP_SECRET=${TARGET_CHAP_SECRET:-}
+if [[ -n $CHAP_USER && -z $CHAP_SECRET ]] || [[ -z $CHAP_USER && -n $CHAP_SECRET ]]; then
+    echo "set both CHAP_USER and CHAP_SECRET, or neither" >&2
+    exit 2
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 
 need() { # BIN PACKAGE
@@ -44,11 +54,17 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # it, as device/wwid). Matching on the identity, not on "the newest sdX",
 # cannot pick a local disk or another session's LUN.
 url="iscsi://$portal/$iqn/$lun"
+shown_url=$url
+if [[ -n $CHAP_USER ]]; then
+    # libiscsi takes CHAP credentials in the URL: iscsi://USER%SECRET@...
+    url="iscsi://$CHAP_USER%$CHAP_SECRET@$portal/$iqn/$lun"
+    shown_url="iscsi://$CHAP_USER%<secret>@$portal/$iqn/$lun"
+fi
 t10=$(timeout 30 iscsi-inq -e 1 -c 131 "$url" 2>/dev/null |
     awk '/^Designator Type:\(1\)/ { t = 1; next } t && /^Designator:\[/ {
         sub(/^Designator:\[/, ""); sub(/\]$/, ""); print; exit }')
 if [[ -z $t10 ]]; then
-    echo "$url: no T10 vendor designator in VPD page 83h (iscsi-inq -e 1 -c 131 $url)" >&2
+    echo "$shown_url: no T10 vendor designator in VPD page 83h (iscsi-inq -e 1 -c 131 $shown_url)" >&2
     exit 1
 fi
 log "LUN $lun of $iqn at $portal identifies as '$t10'"
@@ -67,7 +83,25 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "discovery and login"
-timeout 60 iscsiadm -m discovery -t sendtargets -p "$portal" >/dev/null
+if [[ -n $CHAP_USER ]]; then
+    # The discovery session logs in with CHAP too.
+    timeout 60 iscsiadm -m discoverydb -t sendtargets -p "$portal" -o new >/dev/null
+    for kv in authmethod=CHAP username="$CHAP_USER" password="$CHAP_SECRET"; do
+        timeout 60 iscsiadm -m discoverydb -t sendtargets -p "$portal" -o update \
+            -n "discovery.sendtargets.auth.${kv%%=*}" -v "${kv#*=}" >/dev/null
+    done
+    timeout 60 iscsiadm -m discoverydb -t sendtargets -p "$portal" --discover >/dev/null
+    auth=(authmethod=CHAP username="$CHAP_USER" password="$CHAP_SECRET")
+    if [[ -n $TARGET_CHAP_USER ]]; then
+        auth+=(username_in="$TARGET_CHAP_USER" password_in="$TARGET_CHAP_SECRET")
+    fi
+    for kv in "${auth[@]}"; do
+        timeout 60 iscsiadm -m node -T "$iqn" -p "$portal" -o update \
+            -n "node.session.auth.${kv%%=*}" -v "${kv#*=}" >/dev/null
+    done
+else
+    timeout 60 iscsiadm -m discovery -t sendtargets -p "$portal" >/dev/null
+fi
 timeout 60 iscsiadm -m node -T "$iqn" -p "$portal" --login >/dev/null
 logged_in=1
 
@@ -75,7 +109,9 @@ dev=""
 for ((i = 0; i < 300; i++)); do # up to 30 s for the SCSI scan
     for p in /sys/block/sd*/device/vpd_pg83; do
         [[ -r $p ]] || continue
-        if grep -qaF -- "$t10" "$p"; then
+        # The page is binary: drop its zero bytes before matching.
+        page=$(tr -d '\000' <"$p")
+        if [[ $page == *"$t10"* ]]; then
             dev=/dev/$(basename "$(dirname "$(dirname "$p")")")
             break 2
         fi

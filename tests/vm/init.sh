@@ -459,6 +459,24 @@ sed 's/^/BOOTLUN-VM-ISCSID /' /tmp/iscsid.log
 dmesg | grep -E 'sd [0-9]|scsi|iSCSI|iscsi|\[sd[a-z]\]|connection[0-9]|session[0-9]|EXT4-fs' | sed 's/^/BOOTLUN-VM-DMESG /'
 dmesg | grep -iE 'error|fail|warn|timed out|reset|abort|sense' | grep -vE 'tsc: Fast TSC|MMCONFIG|Mode Sense:' | sed 's/^/BOOTLUN-VM-DMESG-ISSUE /'
 mark logged-out
+
+# 16. fio from the initiator, as users run it: perf/initiator/run.sh does
+# its own discovery and login (CHAP and mutual CHAP), finds the RAM LUN by
+# its identity, runs the read and write jobs with io_uring and libaio, and
+# logs out. Its figures are bound by emulation; the host checks each job
+# moved data.
+iscsiadm -m node -o delete >/dev/null 2>&1
+if env PATH=/bin:/sbin:/usr/bin CHAP_USER=$CHAP_USER CHAP_SECRET=$CHAP_SECRET \
+    TARGET_CHAP_USER=$TARGET_CHAP_USER TARGET_CHAP_SECRET=$TARGET_CHAP_SECRET \
+    RUNTIME=1 ALLOW_WRITE=1 /usr/bin/bash /perf/initiator/run.sh \
+    $PORTAL_IP:$PORTAL_PORT $TARGET 0 >/tmp/fio.txt 2>&1; then
+    sed 's/^/BOOTLUN-VM-FIO /' /tmp/fio.txt
+else
+    sed 's/^/BOOTLUN-VM-FIO /' /tmp/fio.txt
+    fail fio
+fi
+wait_no_disks fio
+mark fio
 echo "BOOTLUN-VM-OK uptime=$(up)"
 poweroff -f
 sleep 60
