@@ -3,6 +3,7 @@
 
 use bootlun_engine::{
     open_backend, parse_core_list, parse_size, Engine, EngineConfig, LunSpec, PollMode,
+    ZeroCopySend,
 };
 use bootlun_frontends::iscsi::negotiate::{Acl, ChapSecret, Limits};
 use bootlun_frontends::iscsi::{IscsiService, Lun, TargetShared};
@@ -145,6 +146,13 @@ pub(crate) struct ServeArgs {
     /// [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) sqpoll: Option<bool>,
+    /// Send Data-In with zero-copy sendmsg (the NIC reads the I/O buffers;
+    /// no copy into socket buffers): auto uses it for sends of 32 KiB and
+    /// more to peers not on this machine, and drops it for a connection
+    /// once the kernel reports it had to copy anyway; on uses it for every
+    /// such send; off never [default: auto].
+    #[arg(long, value_name = "auto|on|off")]
+    pub(crate) zero_copy_send: Option<String>,
     /// Log filter (error, warn, info, debug, trace) [default: info, or RUST_LOG].
     #[arg(long)]
     pub(crate) log: Option<String>,
@@ -235,6 +243,7 @@ impl ServeArgs {
             max_sessions,
             sanitize_rate,
             sqpoll,
+            zero_copy_send,
             log,
             log_format,
             net_interface,
@@ -624,6 +633,7 @@ pub(crate) struct Checked {
     cores: Vec<usize>,
     available: usize,
     poll: PollMode,
+    zero_copy_send: ZeroCopySend,
     buffer_size: usize,
     buffers: usize,
     queue_depth: u32,
@@ -690,6 +700,10 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
         Some(p) => p.parse().map_err(Usage)?,
         None => PollMode::Adaptive,
     };
+    let zero_copy_send: ZeroCopySend = match &args.zero_copy_send {
+        Some(z) => z.parse().map_err(Usage)?,
+        None => ZeroCopySend::Auto,
+    };
     let buffer_size = match &args.buffer_size {
         Some(s) => parse_size(s).map_err(|e| Usage(format!("--buffer-size {e}")))? as usize,
         None => 1 << 20,
@@ -746,6 +760,7 @@ pub(crate) fn check(args: &ServeArgs) -> Result<Checked, Failure> {
         cores,
         available,
         poll,
+        zero_copy_send,
         buffer_size,
         buffers,
         queue_depth,
@@ -769,6 +784,7 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         cores,
         available,
         poll,
+        zero_copy_send,
         buffer_size,
         buffers,
         queue_depth,
@@ -879,6 +895,7 @@ pub(crate) fn start(args: ServeArgs) -> Result<Running, Failure> {
         buffer_size,
         ring_entries: 1024,
         sqpoll: args.sqpoll.unwrap_or(false).then_some(1000),
+        zero_copy_send,
     };
     let engine = Engine::start(
         cfg,

@@ -193,6 +193,7 @@ pub(crate) fn example() -> String {
             "cores" => "\"0-1\"".into(),
             "poll" => "\"adaptive\"".into(),
             "poll-spin-us" => "50".into(),
+            "zero-copy-send" => "\"auto\"".into(),
             "buffers" => "128".into(),
             "buffer-size" => "\"1M\"".into(),
             "queue-depth" => "128".into(),

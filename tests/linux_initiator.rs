@@ -317,7 +317,11 @@ fn build_initramfs(
     }
     let initiator_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/initiator");
     for f in ["run.sh", "read.fio", "write.fio"] {
-        c.host_file(&format!("perf/initiator/{f}"), 0o755, &initiator_dir.join(f));
+        c.host_file(
+            &format!("perf/initiator/{f}"),
+            0o755,
+            &initiator_dir.join(f),
+        );
     }
 
     for m in &order {

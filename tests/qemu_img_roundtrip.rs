@@ -131,3 +131,42 @@ fn qemu_img_roundtrip_in_every_poll_mode() {
         std::fs::remove_file(&back).unwrap();
     }
 }
+
+/// Data-In with zero-copy sendmsg moves the same bytes. `on` uses it even
+/// on loopback (where the kernel copies anyway and says so): the exit
+/// summary counts the zero-copy sends; `auto` never uses it on loopback.
+#[test]
+fn qemu_img_roundtrip_with_zero_copy_send() {
+    if !require_tool("qemu-img", "qemu-utils") {
+        return;
+    }
+    if target_kind() != TargetKind::Bootlun {
+        return;
+    }
+    let dir = TempDir::new("qemu-img-zc");
+    let src = dir.join("src.raw");
+    std::fs::write(&src, pseudo_random_bytes(16 << 20, 0x5eed_0004)).unwrap();
+    for (mode, used) in [("on", true), ("auto", false)] {
+        let mut server = Server::start(&["ram:16M"], &["--zero-copy-send", mode]);
+        let back = dir.join("back.raw");
+        qemu_img_write_and_read_back(&src, &server.url(0), &back);
+        assert_same(&format!("--zero-copy-send {mode}"), &src, &back);
+        std::fs::remove_file(&back).unwrap();
+        let status = server.stop();
+        assert_eq!(status.code(), Some(0), "{}", server.output());
+        let out = server.output();
+        let sends: u64 = out
+            .lines()
+            .filter_map(|l| {
+                let rest = &l[l.find("zero-copy sends ")? + "zero-copy sends ".len()..];
+                rest.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum();
+        println!("--zero-copy-send {mode}: {sends} zero-copy sends");
+        if used {
+            assert!(sends > 0, "no zero-copy send with {mode}:\n{out}");
+        } else {
+            assert_eq!(sends, 0, "zero-copy sends on loopback with {mode}:\n{out}");
+        }
+    }
+}

@@ -30,6 +30,35 @@ impl std::str::FromStr for PollMode {
     }
 }
 
+/// Whether sends go out with zero-copy `sendmsg` (IORING_OP_SENDMSG_ZC):
+/// the NIC reads Data-In straight from the pool buffers instead of the
+/// kernel copying them into socket buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopySend {
+    /// Zero-copy for large sends to peers that are not on this machine;
+    /// a connection goes back to plain `sendmsg` once the kernel reports
+    /// that it copied anyway (loopback, a NIC without scatter-gather).
+    #[default]
+    Auto,
+    /// Zero-copy for every large send, whatever the kernel reports.
+    On,
+    /// Plain `sendmsg` always.
+    Off,
+}
+
+impl std::str::FromStr for ZeroCopySend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ZeroCopySend::Auto),
+            "on" => Ok(ZeroCopySend::On),
+            "off" => Ok(ZeroCopySend::Off),
+            _ => Err(format!("--zero-copy-send {s}: expected auto, on or off")),
+        }
+    }
+}
+
 /// Parse a core list such as `0,1`, `0-3` or `0-1,4`. Every core must exist
 /// on this machine (`available` cores, numbered from 0).
 pub fn parse_core_list(s: &str, available: usize) -> Result<Vec<usize>, String> {
@@ -123,6 +152,17 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn zero_copy_modes() {
+        assert_eq!("auto".parse::<ZeroCopySend>().unwrap(), ZeroCopySend::Auto);
+        assert_eq!("on".parse::<ZeroCopySend>().unwrap(), ZeroCopySend::On);
+        assert_eq!("off".parse::<ZeroCopySend>().unwrap(), ZeroCopySend::Off);
+        assert!("yes"
+            .parse::<ZeroCopySend>()
+            .unwrap_err()
+            .contains("--zero-copy-send yes: expected auto, on or off"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod stats;
 
 pub use backend::{open_backend, BackendInfo, BlockBackend, LunSpec, Prep};
 pub use bufpool::{BufId, BufPool, PoolBuf};
-pub use config::{parse_core_list, parse_size, PollMode};
+pub use config::{parse_core_list, parse_size, PollMode, ZeroCopySend};
 pub use ops::{IoOps, Issued};
 pub use reactor::{Connection, Engine, EngineConfig, Io, Service};
 pub use stats::{ReactorStats, Stats};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BlockBackend, IoBuf, Prep};
 use crate::bufpool::{BufPool, PoolBuf};
-use crate::config::PollMode;
+use crate::config::{PollMode, ZeroCopySend};
 use crate::ops::{IoOps, Issued};
 use crate::stats::{ReactorStats, Stats};
 
@@ -45,6 +45,8 @@ pub struct EngineConfig {
     /// spins a core of its own per reactor: for machines with cores to
     /// spare.
     pub sqpoll: Option<u32>,
+    /// Zero-copy sends (see [`ZeroCopySend`]).
+    pub zero_copy_send: ZeroCopySend,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             buffer_size: 1 << 20,
             ring_entries: 1024,
             sqpoll: None,
+            zero_copy_send: ZeroCopySend::Auto,
         }
     }
 }
@@ -106,6 +109,16 @@ pub struct Io<'a> {
 const KIND_PLAIN: u64 = 0;
 const KIND_SEND: u64 = 1;
 const KIND_TIMEOUT: u64 = 2;
+/// A zero-copy send: a result CQE flagged MORE, then a notification CQE
+/// once the kernel no longer reads the buffers.
+const KIND_SEND_ZC: u64 = 3;
+/// Smallest send worth zero-copy: below it, pinning pages and the extra
+/// notification cost more than the copy saves.
+const ZC_MIN: usize = 32 * 1024;
+/// IORING_SEND_ZC_REPORT_USAGE and IORING_NOTIF_USAGE_ZC_COPIED (the
+/// io-uring crate keeps its `sys` constants private).
+const ZC_REPORT_USAGE: u16 = 1 << 3;
+const ZC_COPIED: u32 = 1 << 31;
 /// Connection slots are 24 bits of the user data.
 const MAX_SLOTS: usize = 1 << 24;
 
@@ -120,6 +133,14 @@ struct SlotOwned {
     iov: Vec<libc::iovec>,
     send_busy: bool,
     timers: Vec<(u32, Box<types::Timespec>)>,
+    /// Large sends of this connection go out zero-copy.
+    zc: bool,
+    /// Ask the kernel to report copies (it knows the flag).
+    zc_report: bool,
+    /// The result of the zero-copy send whose notification is awaited:
+    /// the connection hears it only with the notification, when its
+    /// buffers are free again.
+    zc_res: i32,
 }
 
 impl SlotOwned {
@@ -130,6 +151,9 @@ impl SlotOwned {
             iov: Vec::new(),
             send_busy: false,
             timers: Vec::new(),
+            zc: false,
+            zc_report: false,
+            zc_res: 0,
         })
     }
 }
@@ -242,13 +266,26 @@ impl IoOps for Io<'_> {
         own.msg.msg_iov = own.iov.as_mut_ptr();
         own.msg.msg_iovlen = own.iov.len();
         own.send_busy = true;
-        let e = opcode::SendMsg::new(types::Fd(fd), &own.msg as *const _)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build();
+        let zc = own.zc && iov.iter().map(|v| v.iov_len).sum::<usize>() >= ZC_MIN;
+        let (e, kind) = if zc {
+            self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
+            let e = opcode::SendMsgZc::new(types::Fd(fd), &own.msg as *const _)
+                .ioprio(if own.zc_report { ZC_REPORT_USAGE } else { 0 })
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            (e, KIND_SEND_ZC)
+        } else {
+            let e = opcode::SendMsg::new(types::Fd(fd), &own.msg as *const _)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            (e, KIND_SEND)
+        };
         // SAFETY: the msghdr and iovec array live in the slot's boxed
-        // state, untouched until the completion clears `send_busy`; the
-        // bytes they point at are the caller's contract.
-        unsafe { self.push(e, KIND_SEND, tag) };
+        // state, untouched until the completion clears `send_busy` (for a
+        // zero-copy send, the notification); the bytes they point at are
+        // the caller's contract, and the caller hears of a zero-copy send
+        // only once the kernel has let go of them.
+        unsafe { self.push(e, kind, tag) };
     }
 
     fn disk_read(
@@ -420,6 +457,40 @@ impl Engine {
         // Unblock the acceptor so it sees the stop flag.
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(200));
     }
+}
+
+/// Does the kernel take IORING_SEND_ZC_REPORT_USAGE (Linux 6.2)? A
+/// zero-copy send on fd -1 with the flag fails in preparation with EINVAL
+/// when the flag is unknown, and later with EBADF when it is known.
+fn probe_zc_report_usage(ring: &mut IoUring) -> bool {
+    // SAFETY: plain data; all zeros is an empty msghdr.
+    let msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    let e = opcode::SendMsgZc::new(types::Fd(-1), &*msg as *const _)
+        .ioprio(ZC_REPORT_USAGE)
+        .build()
+        .user_data(WAKE - 1);
+    // SAFETY: `msg` outlives the wait below for every CQE of this entry.
+    if unsafe { ring.submission().push(&e) }.is_err() {
+        return false;
+    }
+    let mut known = false;
+    // At most two CQEs (a result flagged MORE, then a notification).
+    for _ in 0..2 {
+        if ring.submit_and_wait(1).is_err() {
+            break;
+        }
+        let Some(cqe) = ring.completion().next() else {
+            break;
+        };
+        if !io_uring::cqueue::notif(cqe.flags()) {
+            known = cqe.result() != -libc::EINVAL;
+        }
+        if !io_uring::cqueue::more(cqe.flags()) {
+            break;
+        }
+    }
+    drop(msg);
+    known
 }
 
 fn wake(efd: RawFd) {
@@ -774,6 +845,11 @@ struct Reactor {
     stop: Arc<AtomicBool>,
     poll: PollMode,
     spin: Duration,
+    zero_copy_send: ZeroCopySend,
+    /// The kernel has IORING_OP_SENDMSG_ZC.
+    zc_supported: bool,
+    /// ... and reports whether it copied after all (Linux 6.2).
+    zc_report: bool,
     /// The ring runs completion work only when asked for events: a spin
     /// must ask too (IORING_ENTER_GETEVENTS), or it would never see one.
     defer_taskrun: bool,
@@ -843,6 +919,22 @@ impl Reactor {
             pool.count(),
             pool.buf_size()
         );
+        let zc_supported = {
+            let mut probe = io_uring::Probe::new();
+            ring.submitter().register_probe(&mut probe).is_ok()
+                && probe.is_supported(opcode::SendMsgZc::CODE)
+        };
+        let mut ring = ring;
+        let zc_report = zc_supported && probe_zc_report_usage(&mut ring);
+        if !zc_supported && cfg.zero_copy_send != ZeroCopySend::Off && id == 0 {
+            let level_on = cfg.zero_copy_send == ZeroCopySend::On;
+            let msg = "this kernel has no zero-copy sendmsg (IORING_OP_SENDMSG_ZC, Linux 6.1): sending with plain sendmsg";
+            if level_on {
+                tracing::warn!("--zero-copy-send on: {msg}");
+            } else {
+                tracing::debug!("{msg}");
+            }
+        }
         Ok(Reactor {
             id,
             parts: Parts {
@@ -857,6 +949,9 @@ impl Reactor {
             stop,
             poll: cfg.poll,
             spin: cfg.spin,
+            zero_copy_send: cfg.zero_copy_send,
+            zc_supported,
+            zc_report,
             defer_taskrun,
         })
     }
@@ -901,7 +996,7 @@ impl Reactor {
     fn run<S: Service>(&mut self, svc: &S) {
         let mut slots: Vec<Slot<S::Conn>> = Vec::new();
         let mut free_slots: Vec<u32> = Vec::new();
-        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(1024);
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         let mut spinner = Spinner::new(self.spin, Instant::now());
         let adaptive = self.poll == PollMode::Adaptive;
         let mut stopping = false;
@@ -930,6 +1025,13 @@ impl Reactor {
             }
             // New connections from the acceptor.
             while let Ok((stream, peer)) = self.incoming.try_recv() {
+                let zc = self.zc_supported
+                    && match self.zero_copy_send {
+                        ZeroCopySend::On => true,
+                        ZeroCopySend::Off => false,
+                        // On loopback the kernel copies anyway.
+                        ZeroCopySend::Auto => !peer.ip().is_loopback(),
+                    };
                 let conn = Box::new(svc.connect(stream, peer, self.id));
                 let idx = match free_slots.pop() {
                     Some(i) => {
@@ -953,6 +1055,8 @@ impl Reactor {
                     }
                 };
                 let s = &mut slots[idx as usize];
+                s.own.zc = zc;
+                s.own.zc_report = self.zc_report;
                 let mut io = io(
                     &mut self.parts,
                     rstats,
@@ -1003,7 +1107,7 @@ impl Reactor {
             });
             cqes.clear();
             for cqe in self.parts.ring.completion() {
-                cqes.push((cqe.user_data(), cqe.result()));
+                cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
             }
             let found = !cqes.is_empty();
             if spin {
@@ -1014,7 +1118,7 @@ impl Reactor {
                 };
                 c.fetch_add(1, Ordering::Relaxed);
             }
-            for &(ud, res) in &cqes {
+            for &(ud, mut res, flags) in &cqes {
                 if ud == WAKE {
                     self.arm_wake();
                     continue;
@@ -1026,13 +1130,34 @@ impl Reactor {
                     debug_assert!(false, "completion for slot {idx} that never existed");
                     continue;
                 };
+                if kind == KIND_SEND_ZC {
+                    if io_uring::cqueue::more(flags) {
+                        // The send's result; its buffers are still the
+                        // kernel's until the notification.
+                        s.own.zc_res = res;
+                        continue;
+                    }
+                    if io_uring::cqueue::notif(flags) {
+                        if res as u32 & ZC_COPIED != 0 {
+                            rstats.zc_copied.fetch_add(1, Ordering::Relaxed);
+                            if s.own.zc && self.zero_copy_send == ZeroCopySend::Auto {
+                                s.own.zc = false;
+                                tracing::debug!(
+                                    "reactor {}: the kernel copied a zero-copy send; this connection sends with plain sendmsg from now on",
+                                    self.id
+                                );
+                            }
+                        }
+                        res = s.own.zc_res;
+                    }
+                }
                 debug_assert!(
                     s.inflight > 0,
                     "completion for slot {idx} with nothing in flight"
                 );
                 s.inflight -= 1;
                 match kind {
-                    KIND_SEND => s.own.send_busy = false,
+                    KIND_SEND | KIND_SEND_ZC => s.own.send_busy = false,
                     KIND_TIMEOUT => {
                         if let Some(p) = s.own.timers.iter().position(|(t, _)| *t == tag) {
                             s.own.timers.swap_remove(p);

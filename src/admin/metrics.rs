@@ -157,7 +157,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     o.sample("bootlun_sessions", &[], s.sessions.len());
 
     type RField = fn(&super::status::ReactorRow) -> u64;
-    let reactor_families: [(&str, &str, &str, RField); 10] = [
+    let reactor_families: [(&str, &str, &str, RField); 12] = [
         (
             "bootlun_reactor_connections",
             "gauge",
@@ -211,6 +211,18 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "counter",
             "Times the reactor slept waiting for completions.",
             |r| r.sleeps,
+        ),
+        (
+            "bootlun_reactor_zero_copy_sends_total",
+            "counter",
+            "Sends that went out with zero-copy sendmsg (--zero-copy-send).",
+            |r| r.zero_copy_sends,
+        ),
+        (
+            "bootlun_reactor_zero_copy_copied_total",
+            "counter",
+            "Zero-copy sends the kernel reported it copied anyway.",
+            |r| r.zero_copy_copied,
         ),
         (
             "bootlun_reactor_spin_window_microseconds",

@@ -259,6 +259,11 @@ pub(crate) struct ReactorRow {
     pub(crate) busy_polls: u64,
     pub(crate) idle_polls: u64,
     pub(crate) spin_window_us: u64,
+    /// Sends that went out zero-copy, and those the kernel copied anyway.
+    #[serde(default)]
+    pub(crate) zero_copy_sends: u64,
+    #[serde(default)]
+    pub(crate) zero_copy_copied: u64,
 }
 
 /// Per-second rates over the last five minutes, oldest first.
@@ -391,6 +396,8 @@ impl Source {
                 busy_polls: r.busy_polls.load(Relaxed),
                 idle_polls: r.idle_polls.load(Relaxed),
                 spin_window_us: r.spin_window_ns.load(Relaxed) / 1000,
+                zero_copy_sends: r.zc_sends.load(Relaxed),
+                zero_copy_copied: r.zc_copied.load(Relaxed),
             })
             .collect();
         let history = {
