@@ -178,6 +178,9 @@ pub struct Task {
     pub job: Option<Box<crate::scsi::Job>>,
     /// When the command arrived (for the latency histograms).
     pub started: std::time::Instant,
+    /// Its latency, once measured for the LUN's histogram, so that the
+    /// reactor's histogram reuses it instead of reading the clock again.
+    pub latency: Option<std::time::Duration>,
 }
 
 impl Task {
@@ -229,6 +232,7 @@ impl Task {
             cdb: [0; 16],
             job: None,
             started: std::time::Instant::now(),
+            latency: None,
         }
     }
 

@@ -689,7 +689,9 @@ impl Conn {
         let last_chunk = t.data_in(mrdsl, max_burst, &mut segs);
         if last_chunk {
             lun.read_cmds.fetch_add(1, Relaxed);
-            lun.read_latency.record(t.started.elapsed());
+            let d = t.started.elapsed();
+            t.latency = Some(d);
+            lun.read_latency.record(d);
             if let Some(s) = &self.session {
                 s.commands.fetch_add(1, Relaxed);
             }
@@ -748,7 +750,11 @@ impl Conn {
         if t.kind == Kind::Write {
             if let Some(l) = self.sh.luns.get(t.lun) {
                 l.counters.write_cmds.fetch_add(1, Relaxed);
-                l.counters.write_latency.record(t.started.elapsed());
+                let d = t.started.elapsed();
+                l.counters.write_latency.record(d);
+                if let Some(t) = self.tasks.get_mut(id) {
+                    t.latency = Some(d);
+                }
             }
         }
         if let Some(s) = &self.session {
@@ -780,7 +786,8 @@ impl Conn {
     pub(super) fn retire(&mut self, io: &mut impl IoOps, id: TaskId) {
         if let Some(t) = self.tasks.get(id) {
             if !t.finished {
-                io.stats().record_latency(t.started.elapsed());
+                io.stats()
+                    .record_latency(t.latency.unwrap_or_else(|| t.started.elapsed()));
             }
         }
         self.tasks.retire(id);
