@@ -22,6 +22,52 @@ fn curl(ns: &NetNs, args: &[&str]) -> String {
     out.stdout
 }
 
+/// bootlun in `ns` on v0 with `{net}.1/24`, PXE on v0 (HTTP on a free
+/// port, the Debian fixture boot tree) and its admin page on a free
+/// loopback port; `extra` flags are added. Returns the server and the
+/// admin page's ADDR:PORT.
+fn serve_pxe(ns: &NetNs, net: &str, extra: &[&str]) -> (Server, String) {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
+    let address = format!("{net}.1/24");
+    let args: Vec<String> = [
+        "serve",
+        "--lun",
+        "ram:4M",
+        "--net-interface",
+        "v0",
+        "--net-address",
+        &address,
+        "--pxe-interface",
+        "v0",
+        "--http-port",
+        "0",
+        "--boot-dir",
+        fixtures.to_str().unwrap(),
+        "--cmdline-default",
+        "root=UUID=1 ro",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    let prefix = format!("{net}.");
+    let server = ns
+        .enter(move || Server::bootlun_on(&args, move |a| a.ip().to_string().starts_with(&prefix)));
+    let line = server
+        .log
+        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
+        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
+    let admin = line[line.find("http://").unwrap() + 7..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    (server, admin)
+}
+
 #[test]
 fn pxe_clients_and_transfers_on_the_status_page() {
     if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
@@ -34,34 +80,7 @@ fn pxe_clients_and_transfers_on_the_status_page() {
     ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
     ns.ip(&["addr", "add", "10.204.0.2/24", "dev", "v1"]);
     ns.ip(&["link", "set", "v1", "up"]);
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
-    let args: Vec<String> = [
-        "serve",
-        "--lun",
-        "ram:4M",
-        "--net-interface",
-        "v0",
-        "--net-address",
-        "10.204.0.1/24",
-        "--pxe-interface",
-        "v0",
-        "--dhcp-mode",
-        "off",
-        "--http-port",
-        "0",
-        "--boot-dir",
-        fixtures.to_str().unwrap(),
-        "--cmdline-default",
-        "root=UUID=1 ro",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let server =
-        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.204.")));
+    let (server, admin) = serve_pxe(&ns, "10.204.0", &["--dhcp-mode", "off"]);
     let find = |what: &str| -> String {
         let line = server
             .log
@@ -73,7 +92,6 @@ fn pxe_clients_and_transfers_on_the_status_page() {
             .unwrap()
             .to_string()
     };
-    let admin = find("admin page on http://");
     let http = find("http: serving on ");
 
     for path in [
@@ -171,41 +189,7 @@ fn dhcp_lease_and_offer_on_the_status_page() {
     let ns = NetNs::create(&format!("bl-admdhcp-{}", std::process::id()));
     ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
     ns.ip(&["link", "set", "v1", "up"]);
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
-    let args: Vec<String> = [
-        "serve",
-        "--lun",
-        "ram:4M",
-        "--net-interface",
-        "v0",
-        "--net-address",
-        "10.205.0.1/24",
-        "--pxe-interface",
-        "v0",
-        "--http-port",
-        "0",
-        "--boot-dir",
-        fixtures.to_str().unwrap(),
-        "--cmdline-default",
-        "root=UUID=1 ro",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let server =
-        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.205.")));
-    let line = server
-        .log
-        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
-        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
-    let admin = line[line.find("http://").unwrap() + 7..]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (server, admin) = serve_pxe(&ns, "10.205.0", &[]);
     // A plain DHCP client: gets the pool's one address; its script does nothing.
     let out = run_tool(
         ns.command("udhcpc").args([
@@ -296,45 +280,12 @@ fn a_tftp_transfer_under_way_shows_its_progress() {
     client_ns.ip(&["link", "set", "v1", "up"]);
     let ipxe = TempDir::new("admtftp");
     std::fs::write(ipxe.path().join("undionly.kpxe"), vec![0x5a; 65536]).unwrap();
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/tests/fixtures/debian");
-    let args: Vec<String> = [
-        "serve",
-        "--lun",
-        "ram:4M",
-        "--net-interface",
-        "v0",
-        "--net-address",
-        "10.206.0.1/24",
-        "--pxe-interface",
-        "v0",
-        "--dhcp-mode",
-        "off",
-        "--http-port",
-        "0",
-        "--boot-dir",
-        fixtures.to_str().unwrap(),
-        "--ipxe-dir",
-        ipxe.path().to_str().unwrap(),
-        "--cmdline-default",
-        "root=UUID=1 ro",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let server =
-        ns.enter(move || Server::bootlun_on(&args, |a| a.ip().to_string().starts_with("10.206.")));
-    let line = server
-        .log
-        .wait_for(LIMIT, |l| l.contains("admin page on http://"))
-        .unwrap_or_else(|| panic!("no admin line:\n{}", server.output()));
-    let admin = line[line.find("http://").unwrap() + 7..]
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ipxe_dir = ipxe.path().to_str().unwrap().to_string();
+    let (_server, admin) = serve_pxe(
+        &ns,
+        "10.206.0",
+        &["--dhcp-mode", "off", "--ipxe-dir", &ipxe_dir],
+    );
     let sock = client_ns.enter(|| std::net::UdpSocket::bind("10.206.0.2:0").unwrap());
     sock.set_read_timeout(Some(LIMIT)).unwrap();
     let mut rrq = b"\x00\x01undionly.kpxe\0octet\0blksize\0512\0".to_vec();

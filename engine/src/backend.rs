@@ -683,6 +683,18 @@ impl Drop for Aligned {
     }
 }
 
+/// A read or write done on the spot, as a completion would report it:
+/// bytes moved, or a negative errno.
+fn inline_result(n: isize) -> Prep {
+    Prep::Done(if n < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        n as i32
+    })
+}
+
 fn check_len(n: isize, want: usize) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -755,13 +767,7 @@ impl BlockBackend for FileBackend {
             // length given.
             let n =
                 unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, 0) };
-            return Prep::Done(if n < 0 {
-                -io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            } else {
-                n as i32
-            });
+            return inline_result(n);
         }
         let fd = types::Fd(self.file.as_raw_fd());
         Prep::Submit(match buf.index {
@@ -789,13 +795,7 @@ impl BlockBackend for FileBackend {
             let n = unsafe {
                 libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, flags)
             };
-            return Prep::Done(if n < 0 {
-                -io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            } else {
-                n as i32
-            });
+            return inline_result(n);
         }
         let fd = types::Fd(self.file.as_raw_fd());
         Prep::Submit(match buf.index {
