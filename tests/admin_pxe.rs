@@ -288,9 +288,8 @@ fn a_tftp_transfer_under_way_shows_its_progress() {
     );
     let sock = client_ns.enter(|| std::net::UdpSocket::bind("10.206.0.2:0").unwrap());
     sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut rrq = b"\x00\x01undionly.kpxe\0octet\0blksize\0512\0".to_vec();
-    sock.send_to(&rrq, "10.206.0.1:69").unwrap();
-    rrq.clear();
+    let rrq = b"\x00\x01undionly.kpxe\x00octet\x00blksize\x00512\x00";
+    sock.send_to(rrq, "10.206.0.1:69").unwrap();
     let mut buf = [0u8; 1024];
     let (n, tid) = sock.recv_from(&mut buf).expect("OACK");
     assert_eq!(&buf[..2], b"\x00\x06", "OACK expected: {:?}", &buf[..n]);
