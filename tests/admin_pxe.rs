@@ -264,20 +264,8 @@ fn a_tftp_transfer_under_way_shows_its_progress() {
     // interface-bound socket must cross the veth pair.
     let client_ns = NetNs::create(&format!("bl-admtftpc-{}", std::process::id()));
     let ns = NetNs::create(&format!("bl-admtftp-{}", std::process::id()));
-    ns.ip(&[
-        "link",
-        "add",
-        "v0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v1",
-        "netns",
-        &client_ns.name,
-    ]);
-    client_ns.ip(&["addr", "add", "10.206.0.2/24", "dev", "v1"]);
-    client_ns.ip(&["link", "set", "v1", "up"]);
+    // bootlun gives v0 its address (--net-address).
+    ns.veth_to(&client_ns, ("v0", None), ("v1", Some("10.206.0.2/24")));
     let ipxe = TempDir::new("admtftp");
     std::fs::write(ipxe.path().join("undionly.kpxe"), vec![0x5a; 65536]).unwrap();
     let ipxe_dir = ipxe.path().to_str().unwrap().to_string();

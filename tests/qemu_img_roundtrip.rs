@@ -188,22 +188,11 @@ fn zero_copy_send_auto_falls_back_when_the_kernel_copies() {
     let pid = std::process::id();
     let client_ns = NetNs::create(&format!("bl-zcc-{pid}"));
     let ns = NetNs::create(&format!("bl-zcs-{pid}"));
-    ns.ip(&[
-        "link",
-        "add",
-        "v0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v1",
-        "netns",
-        &client_ns.name,
-    ]);
-    ns.ip(&["addr", "add", "10.207.0.1/24", "dev", "v0"]);
-    ns.ip(&["link", "set", "v0", "up"]);
-    client_ns.ip(&["addr", "add", "10.207.0.2/24", "dev", "v1"]);
-    client_ns.ip(&["link", "set", "v1", "up"]);
+    ns.veth_to(
+        &client_ns,
+        ("v0", Some("10.207.0.1/24")),
+        ("v1", Some("10.207.0.2/24")),
+    );
     let args = [
         "serve",
         "--listen",
@@ -222,40 +211,7 @@ fn zero_copy_send_auto_falls_back_when_the_kernel_copies() {
     let back = dir.join("back.raw");
     std::fs::write(&src, pseudo_random_bytes(16 << 20, 0x5eed_0005)).unwrap();
     let url = server.url(0);
-    for args in [
-        [
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &url,
-        ],
-        [
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-            "",
-        ],
-    ] {
-        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
-        let out = run_tool(
-            client_ns.command("qemu-img").args(&args),
-            std::time::Duration::from_secs(180),
-        );
-        assert!(
-            out.success(),
-            "qemu-img {args:?}: {}\n{}",
-            out.stderr,
-            server.output()
-        );
-    }
+    qemu_img_write_and_read_back_as(|| client_ns.command("qemu-img"), &src, &url, &back);
     assert_same("--zero-copy-send auto across a veth pair", &src, &back);
     let status = server.stop();
     assert_eq!(status.code(), Some(0), "{}", server.output());

@@ -102,6 +102,8 @@ pub struct Io<'a> {
     slot: u32,
     inflight: &'a mut u32,
     own: &'a mut SlotOwned,
+    /// Zero-copy sends ask the kernel to report copies.
+    zc_report: bool,
 }
 
 /// Operation kinds the engine itself must know about at completion time,
@@ -135,8 +137,6 @@ struct SlotOwned {
     timers: Vec<(u32, Box<types::Timespec>)>,
     /// Large sends of this connection go out zero-copy.
     zc: bool,
-    /// Ask the kernel to report copies (it knows the flag).
-    zc_report: bool,
     /// The result of the zero-copy send whose notification is awaited:
     /// the connection hears it only with the notification, when its
     /// buffers are free again.
@@ -152,7 +152,6 @@ impl SlotOwned {
             send_busy: false,
             timers: Vec::new(),
             zc: false,
-            zc_report: false,
             zc_res: 0,
         })
     }
@@ -270,7 +269,7 @@ impl IoOps for Io<'_> {
         let (e, kind) = if zc {
             self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
             let e = opcode::SendMsgZc::new(types::Fd(fd), &own.msg as *const _)
-                .ioprio(if own.zc_report { ZC_REPORT_USAGE } else { 0 })
+                .ioprio(if self.zc_report { ZC_REPORT_USAGE } else { 0 })
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build();
             (e, KIND_SEND_ZC)
@@ -355,6 +354,7 @@ fn io<'a>(
         slot,
         inflight,
         own,
+        zc_report: p.zc_report,
     }
 }
 
@@ -363,6 +363,9 @@ struct Parts {
     ring: IoUring,
     pool: BufPool,
     buf_waiters: VecDeque<u32>,
+    /// The kernel reports whether a zero-copy send was copied after all
+    /// (IORING_SEND_ZC_REPORT_USAGE, Linux 6.2).
+    zc_report: bool,
 }
 
 const WAKE: u64 = u64::MAX;
@@ -848,8 +851,6 @@ struct Reactor {
     zero_copy_send: ZeroCopySend,
     /// The kernel has IORING_OP_SENDMSG_ZC.
     zc_supported: bool,
-    /// ... and reports whether it copied after all (Linux 6.2).
-    zc_report: bool,
     /// The ring runs completion work only when asked for events: a spin
     /// must ask too (IORING_ENTER_GETEVENTS), or it would never see one.
     defer_taskrun: bool,
@@ -941,6 +942,7 @@ impl Reactor {
                 ring,
                 pool,
                 buf_waiters: VecDeque::new(),
+                zc_report,
             },
             wake_fd,
             wake_buf: Box::new(0),
@@ -951,7 +953,6 @@ impl Reactor {
             spin: cfg.spin,
             zero_copy_send: cfg.zero_copy_send,
             zc_supported,
-            zc_report,
             defer_taskrun,
         })
     }
@@ -1056,7 +1057,6 @@ impl Reactor {
                 };
                 let s = &mut slots[idx as usize];
                 s.own.zc = zc;
-                s.own.zc_report = self.zc_report;
                 let mut io = io(
                     &mut self.parts,
                     rstats,

@@ -372,10 +372,13 @@ impl LogBuf {
 /// Run `qemu-img ARGS` (bounded to 3 minutes); a failure panics with its
 /// output, naming the package that brings the iscsi driver.
 pub fn qemu_img(args: &[&str]) {
-    let out = run_tool(
-        std::process::Command::new("qemu-img").args(args),
-        Duration::from_secs(180),
-    );
+    qemu_img_as(std::process::Command::new("qemu-img"), args);
+}
+
+/// [`qemu_img`] with `qemu-img` started by `cmd` (for example
+/// [`NetNs::command`], to run it inside a namespace).
+pub fn qemu_img_as(mut cmd: std::process::Command, args: &[&str]) {
+    let out = run_tool(cmd.args(args), Duration::from_secs(180));
     assert!(
         out.success(),
         "qemu-img {} failed ({}); the iscsi driver comes with the Debian package qemu-block-extra\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -390,23 +393,20 @@ pub fn qemu_img(args: &[&str]) {
 /// Write the raw image `src` to `url` (an `iscsi://` LUN) with
 /// `qemu-img convert`, then read the LUN back into `back`.
 pub fn qemu_img_write_and_read_back(src: &Path, url: &str, back: &Path) {
-    qemu_img(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &src.to_string_lossy(),
-        url,
-    ]);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        url,
-        &back.to_string_lossy(),
-    ]);
+    qemu_img_write_and_read_back_as(|| std::process::Command::new("qemu-img"), src, url, back);
+}
+
+/// [`qemu_img_write_and_read_back`] with each `qemu-img` started by `cmd`.
+pub fn qemu_img_write_and_read_back_as(
+    cmd: impl Fn() -> std::process::Command,
+    src: &Path,
+    url: &str,
+    back: &Path,
+) {
+    let (src, back) = (src.to_string_lossy(), back.to_string_lossy());
+    qemu_img_as(
+        cmd(),
+        &["convert", "-n", "-f", "raw", "-O", "raw", &src, url],
+    );
+    qemu_img_as(cmd(), &["convert", "-f", "raw", "-O", "raw", url, &back]);
 }

@@ -94,6 +94,22 @@ impl NetNs {
         );
     }
 
+    /// A veth pair from `here` in this namespace to `there` in `peer`, both
+    /// up, each side given its address when one is named. Its two ends
+    /// lie in different namespaces, so traffic between them really crosses
+    /// the pair (neither side sees the other's address as local).
+    pub fn veth_to(&self, peer: &NetNs, here: (&str, Option<&str>), there: (&str, Option<&str>)) {
+        self.ip(&[
+            "link", "add", here.0, "type", "veth", "peer", "name", there.0, "netns", &peer.name,
+        ]);
+        for (ns, (dev, cidr)) in [(self, here), (peer, there)] {
+            if let Some(c) = cidr {
+                ns.ip(&["addr", "add", c, "dev", dev]);
+            }
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+    }
+
     /// A command running `prog` inside the namespace (`ip netns exec`
     /// execs it, so the child's PID is the program's).
     pub fn command(&self, prog: impl AsRef<Path>) -> Command {
