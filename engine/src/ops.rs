@@ -46,8 +46,10 @@ pub trait IoOps {
     /// anyone else, until the completion for `tag` arrives.
     unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, tag: u32);
 
-    /// Receive exactly `len` bytes (`MSG_WAITALL`; fewer only on error or
-    /// end of stream) from `fd` into pool buffer `buf` at byte `off`.
+    /// Receive `len` bytes from `fd` into pool buffer `buf` at byte `off`,
+    /// in one completion when it can (the reactor waits until they are
+    /// all queued); a short completion is the caller's to re-post for the
+    /// rest.
     /// Panics if the range does not fit the buffer. The caller keeps `buf`
     /// (and does not look at that range) until the completion arrives.
     fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32);

@@ -49,6 +49,10 @@ struct MockIo {
     sent: Vec<u8>,
     disk: Vec<u8>,
     waits_for_buffers: bool,
+    /// Complete each pool receive with at most this many bytes, as the
+    /// reactor may (0: all of them).
+    recv_pool_max: usize,
+    recv_pools: usize,
 }
 
 impl IoOps for MockIo {
@@ -72,6 +76,7 @@ impl IoOps for MockIo {
         });
     }
     fn recv_pool(&mut self, _fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
+        self.recv_pools += 1;
         let ptr = self.pool.ptr(buf).wrapping_add(off as usize);
         self.ops.push(Op::RecvPool {
             ptr,
@@ -182,6 +187,8 @@ impl H {
             sent: Vec::new(),
             disk: vec![0; DISK],
             waits_for_buffers: false,
+            recv_pool_max: 0,
+            recv_pools: 0,
         };
         let mut h = H {
             conn,
@@ -215,6 +222,10 @@ impl H {
                         progress = true;
                     }
                     Op::RecvPool { ptr, len, tag } if self.inbox.len() >= len => {
+                        let len = match self.io.recv_pool_max {
+                            0 => len,
+                            m => len.min(m),
+                        };
                         for i in 0..len {
                             // SAFETY: inside the task's pool buffer.
                             unsafe { *ptr.add(i) = self.inbox.pop_front().unwrap() };
@@ -430,6 +441,28 @@ fn large_writes_span_several_chunks_and_bursts() {
     }
     assert_eq!(sent, 40960);
     assert_eq!(&h.io.disk[..40960], &data[..]);
+}
+
+#[test]
+fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
+    let mut h = H::new(shared(1), 8, 128 * 1024);
+    h.logged_in(&[
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("FirstBurstLength", "131072"),
+        ("MaxBurstLength", "262144"),
+    ]);
+    // 100 KiB of immediate data: the staging receive takes the first
+    // 64 KiB, the rest goes straight into the task's buffer, 10000 bytes
+    // per completion.
+    h.io.recv_pool_max = 10000;
+    let data: Vec<u8> = (0..102400u32).map(|i| (i % 251) as u8).collect();
+    h.cmd(&write10(0, 200), 0, 102400, &data);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(RSP, 0)]);
+    assert!(h.io.recv_pools >= 3, "{} direct receives", h.io.recv_pools);
+    assert_eq!(&h.io.disk[..102400], &data[..]);
+    session_still_works(&mut h);
 }
 
 /// The sense key, ASC and ASCQ of a CHECK CONDITION response's data.
