@@ -95,6 +95,18 @@ fn which(bin: &str) -> bool {
 
 /// Run a client to completion within `limit`, output (stdout + stderr) to
 /// `out`; killed (by its PID) if it overruns.
+/// User and system CPU seconds of every child reaped so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 fn run_bounded(cmd: &mut Command, out: &Path, limit: Duration) -> Result<String, String> {
     let f = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
@@ -520,6 +532,17 @@ struct Workload {
     iops_metric: bool,
 }
 
+/// Workloads picked with `--only`; unset means all of them.
+static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn selected(w: &Workload) -> bool {
+    ONLY.get().is_none_or(|k| k.iter().any(|k| k == w.key))
+}
+
+fn selected_workloads() -> impl Iterator<Item = &'static Workload> {
+    WORKLOADS.iter().filter(|w| selected(w))
+}
+
 const WORKLOADS: &[Workload] = &[
     Workload {
         key: "rr4k-d1",
@@ -579,6 +602,9 @@ struct Sample {
     cpu_per_gb: f64,
     /// Target CPU use during the run, in cores.
     cpu_cores: f64,
+    /// The client's own CPU use during the run, in cores: near 1.0 means
+    /// the single-threaded client, not the target, set the pace.
+    client_cores: f64,
     /// Mean latency by Little's law (depth / IOPS), microseconds: neither
     /// client reports percentiles.
     lat_us: f64,
@@ -593,6 +619,9 @@ struct Opts {
 fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample, String> {
     let out = ctx.work.join(format!("{}-{}.out", t.name, w.key));
     let cpu0 = cpu_seconds(t.pid()).ok_or("target process is gone")?;
+    // The client is the only child reaped during the run, so the
+    // children's CPU time grows by exactly its share.
+    let client0 = children_cpu_seconds();
     let start = Instant::now();
     let (ops, secs) = match w.tool {
         Tool::Perf { random } => {
@@ -678,6 +707,7 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
             f64::NAN
         },
         cpu_cores: cpu / wall,
+        client_cores: (children_cpu_seconds() - client0) / wall,
         lat_us: w.depth as f64 / iops * 1e6,
     })
 }
@@ -797,7 +827,7 @@ fn report(
         let _ = write!(s, "---:|");
     }
     let _ = writeln!(s, "---:|---:|");
-    for w in WORKLOADS {
+    for w in selected_workloads() {
         let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
         let _ = write!(s, "| {} | {unit} |", w.label);
         for n in names {
@@ -821,27 +851,28 @@ fn report(
         let rc = b.map(|b| b.cpu_per_gb / least_cpu).unwrap_or(f64::NAN);
         let _ = writeln!(s, " {} | {} |", fmt_num(r), fmt_num(rc));
     }
-    let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran.\n");
+    let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
     let _ = writeln!(
         s,
-        "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores |"
+        "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores | client cores |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
-    for w in WORKLOADS {
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for w in selected_workloads() {
         for n in names {
             if let Some(x) = table.get(&(n.clone(), w.key)) {
                 let _ = writeln!(
                     s,
-                    "| {} | {n} | {} | {} | {} | {} | {} |",
+                    "| {} | {n} | {} | {} | {} | {} | {} | {} |",
                     w.key,
                     fmt_num(x.mbs),
                     fmt_num(x.iops),
                     fmt_num(x.lat_us),
                     fmt_num(x.cpu_per_gb),
-                    fmt_num(x.cpu_cores)
+                    fmt_num(x.cpu_cores),
+                    fmt_num(x.client_cores)
                 );
             } else {
-                let _ = writeln!(s, "| {} | {n} | FAIL | | | | |", w.key);
+                let _ = writeln!(s, "| {} | {n} | FAIL | | | | | |", w.key);
             }
         }
     }
@@ -974,9 +1005,11 @@ fn svg(names: &[String], table: &Table) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bootlun-perf compare [--quick] [--no-sweep] [--bootlun-args \"FLAGS\"]\n\
+        "usage: bootlun-perf compare [--quick] [--no-sweep] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
          \n  --quick         1 round, short runs (under 3 minutes)\
          \n  --no-sweep      skip the bootlun reactors x poll sweep\
+         \n  --only KEYS     run only these workloads (comma-separated, e.g. sw128k-d32,sw4k-d32);\
+         \n                  skips ceilings and sweep, prints the table, leaves perf/RESULTS.md alone\
          \n  --bootlun-args  extra `bootlun serve` flags for the comparison\
          \n\nenvironment: BOOTLUN_BIN (use this binary instead of building one), ROUNDS, SECONDS"
     );
@@ -997,6 +1030,25 @@ fn main() {
             "--quick" => quick = true,
             "--no-sweep" => sweep_on = false,
             "--bootlun-args" => extra_args = it.next().cloned().unwrap_or_else(|| usage()),
+            "--only" => {
+                let keys: Vec<String> = it
+                    .next()
+                    .unwrap_or_else(|| usage())
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .collect();
+                for k in &keys {
+                    if !WORKLOADS.iter().any(|w| w.key == k) {
+                        let all: Vec<&str> = WORKLOADS.iter().map(|w| w.key).collect();
+                        eprintln!(
+                            "--only {k}: no such workload; choose from {}",
+                            all.join(", ")
+                        );
+                        std::process::exit(2);
+                    }
+                }
+                let _ = ONLY.set(keys);
+            }
             _ => usage(),
         }
     }
@@ -1127,7 +1179,7 @@ fn compare_in(
         for k in 0..n {
             // Rotate the order each round.
             let t = &mut targets[(k + round) % n];
-            for w in WORKLOADS {
+            for w in selected_workloads() {
                 if stop.load(Ordering::Relaxed) {
                     log("interrupted");
                     break 'rounds;
@@ -1177,6 +1229,13 @@ fn compare_in(
     // Ceilings: the network path alone, and the client against a target
     // that does no I/O.
     let mut ceilings = Vec::new();
+    let only = ONLY.get().is_some();
+    if only {
+        let md = report(&names, &table, &[], &[], &[], &[]);
+        println!("{md}");
+        log("--only: perf/RESULTS.md left as it was");
+        return Ok(());
+    }
     match iperf_ceiling(ctx, if quick { 2 } else { 5 }) {
         Ok(mbs) => ceilings.push(format!(
             "iperf3, one TCP stream on loopback: {} MB/s",
@@ -1187,13 +1246,14 @@ fn compare_in(
     if !stop.load(Ordering::Relaxed) {
         match start_bootlun(ctx, "bootlun-null", PORT_NULL, "null:1G", &extra) {
             Ok(t) => {
-                for w in [&WORKLOADS[1], &WORKLOADS[4]] {
+                for w in [&WORKLOADS[1], &WORKLOADS[2], &WORKLOADS[3], &WORKLOADS[4]] {
                     match run_workload(ctx, &t, w, &o) {
                         Ok(s) => ceilings.push(format!(
-                            "client ceiling, bootlun `null:` LUN, {}: {} IOPS, {} MB/s",
+                            "client ceiling, bootlun `null:` LUN, {}: {} IOPS, {} MB/s, client {} cores",
                             w.label,
                             fmt_num(s.iops),
-                            fmt_num(s.mbs)
+                            fmt_num(s.mbs),
+                            fmt_num(s.client_cores)
                         )),
                         Err(e) => ceilings.push(format!("null: LUN {}: FAILED {e}", w.key)),
                     }
