@@ -14,6 +14,8 @@
 //! It talks only to 127.0.0.1 and stops only the processes it started, by
 //! PID.
 
+mod recv;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -1005,7 +1007,7 @@ fn svg(names: &[String], table: &Table) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bootlun-perf compare [--quick] [--no-sweep] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
+        "usage: bootlun-perf recv   (direct vs multishot receive, writes perf/RECEIVE.md)\n       bootlun-perf compare [--quick] [--no-sweep] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
          \n  --quick         1 round, short runs (under 3 minutes)\
          \n  --no-sweep      skip the bootlun reactors x poll sweep\
          \n  --only KEYS     run only these workloads (comma-separated, e.g. sw128k-d32,sw4k-d32);\
@@ -1018,6 +1020,31 @@ fn usage() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("recv") {
+        let rounds = env_num("ROUNDS", 3) as usize;
+        let secs = env_num("SECONDS", 3) as f64;
+        match recv::main(rounds.max(1), secs) {
+            Ok(table) => {
+                let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                let md = format!(
+                    "# Receive paths: direct vs multishot with a provided-buffer ring\n\n\
+                     Written by `cargo run --release -p bootlun-perf -- recv` ({rounds} alternating \
+                     round(s) of {secs} s, median shown; loopback, sender pinned to core 1, \
+                     receiver to core 0). See `perf/src/recv.rs` for what each mode does.\n\n{table}"
+                );
+                if let Err(e) = std::fs::write(root.join("RECEIVE.md"), md) {
+                    log(format!("perf/RECEIVE.md: {e}"));
+                    std::process::exit(1);
+                }
+                log("wrote perf/RECEIVE.md");
+            }
+            Err(e) => {
+                log(format!("FAILED: {e}"));
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if args.first().map(String::as_str) != Some("compare") {
         usage();
     }
