@@ -171,6 +171,11 @@ pub struct Conn {
     /// until the recv ends.
     direct_off: u32,
     direct_task: Option<TaskId>,
+    /// A data segment just went straight into a task buffer: the next
+    /// receive takes only a header, so that if the next PDU is large too
+    /// its data lands in its buffer from the first byte, never copied out
+    /// of the staging buffer.
+    header_next: bool,
     /// Pool buffers this connection's tasks hold (bounded by `buf_limit`,
     /// so one connection cannot starve the reactor's others).
     bufs_held: usize,
@@ -255,6 +260,7 @@ impl Conn {
             data_crc: 0,
             direct_off: 0,
             direct_task: None,
+            header_next: false,
             bufs_held: 0,
             txq: VecDeque::with_capacity(256),
             tx_fly: Vec::with_capacity(SEND_BATCH),

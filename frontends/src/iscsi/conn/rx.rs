@@ -16,7 +16,10 @@ impl Conn {
             self.rx_end -= self.rx_start;
             self.rx_start = 0;
         }
-        let room = RX_CAP - self.rx_end;
+        let mut room = RX_CAP - self.rx_end;
+        if std::mem::take(&mut self.header_next) && self.rx_start == self.rx_end {
+            room = BHS_LEN + if self.hd { DIGEST_LEN } else { 0 };
+        }
         let ptr = self.rx[self.rx_end..].as_mut_ptr();
         // SAFETY: `rx` is a boxed slice owned by the connection and never
         // reallocated; the reactor drops a connection only once nothing is
@@ -186,6 +189,7 @@ impl Conn {
             return;
         };
         io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
+        self.header_next = true;
         self.direct_task = Some(task);
         self.direct_off = off;
         self.rx_busy = true;

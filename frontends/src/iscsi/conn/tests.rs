@@ -53,6 +53,8 @@ struct MockIo {
     /// reactor may (0: all of them).
     recv_pool_max: usize,
     recv_pools: usize,
+    /// Length of every pool receive posted.
+    recv_pool_lens: Vec<usize>,
 }
 
 impl IoOps for MockIo {
@@ -77,6 +79,7 @@ impl IoOps for MockIo {
     }
     fn recv_pool(&mut self, _fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
         self.recv_pools += 1;
+        self.recv_pool_lens.push(len as usize);
         let ptr = self.pool.ptr(buf).wrapping_add(off as usize);
         self.ops.push(Op::RecvPool {
             ptr,
@@ -189,6 +192,7 @@ impl H {
             waits_for_buffers: false,
             recv_pool_max: 0,
             recv_pools: 0,
+            recv_pool_lens: Vec::new(),
         };
         let mut h = H {
             conn,
@@ -462,6 +466,39 @@ fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
     assert_eq!(summary(&p), vec![(RSP, 0)]);
     assert!(h.io.recv_pools >= 3, "{} direct receives", h.io.recv_pools);
     assert_eq!(&h.io.disk[..102400], &data[..]);
+    session_still_works(&mut h);
+}
+
+#[test]
+fn after_a_large_segment_the_next_one_lands_in_its_buffer_from_the_first_byte() {
+    let mut h = H::new(shared(1), 8, 128 * 1024);
+    h.logged_in(&[
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("FirstBurstLength", "131072"),
+        ("MaxBurstLength", "262144"),
+    ]);
+    let a: Vec<u8> = (0..102400u32).map(|i| (i % 253) as u8).collect();
+    h.cmd(&write10(0, 200), 0, 102400, &a);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    // The receive waiting now takes one header, no more.
+    let waiting: Vec<usize> =
+        h.io.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Recv { len, .. } => Some(*len),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(waiting, vec![BHS_LEN]);
+    // So all of the next command's 100 KiB goes straight into its buffer.
+    let b: Vec<u8> = (0..102400u32).map(|i| (i % 241) as u8).collect();
+    h.io.recv_pool_lens.clear();
+    h.cmd(&write10(200, 200), 0, 102400, &b);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    assert_eq!(h.io.recv_pool_lens, vec![102400]);
+    assert_eq!(&h.io.disk[..102400], &a[..]);
+    assert_eq!(&h.io.disk[102400..204800], &b[..]);
     session_still_works(&mut h);
 }
 
