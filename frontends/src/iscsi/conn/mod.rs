@@ -3,7 +3,9 @@
 //! Receive: PDUs are read into a per-connection staging buffer. A header is
 //! parsed there; a large data segment for a WRITE goes straight into the
 //! task's registered pool buffer with a second recv (zero copy); the
-//! bytes that were already in staging are copied. Small data segments
+//! bytes that were already in staging are copied. After such a direct
+//! receive the next staging receive takes only a header, so a stream of
+//! large writes is never copied out of staging. Small data segments
 //! (login text, NOP data, small writes) are copied.
 //!
 //! Send: responses are queued as [`Tx`] items (inline header, data that
