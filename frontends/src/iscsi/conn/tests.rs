@@ -447,8 +447,8 @@ fn large_writes_span_several_chunks_and_bursts() {
     assert_eq!(&h.io.disk[..40960], &data[..]);
 }
 
-#[test]
-fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
+/// Logged in with 128 KiB buffers and up to 128 KiB of immediate data.
+fn immediate_data_session() -> H {
     let mut h = H::new(shared(1), 8, 128 * 1024);
     h.logged_in(&[
         ("InitialR2T", "No"),
@@ -456,6 +456,12 @@ fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
         ("FirstBurstLength", "131072"),
         ("MaxBurstLength", "262144"),
     ]);
+    h
+}
+
+#[test]
+fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
+    let mut h = immediate_data_session();
     // 100 KiB of immediate data: the staging receive takes the first
     // 64 KiB, the rest goes straight into the task's buffer, 10000 bytes
     // per completion.
@@ -471,13 +477,7 @@ fn a_direct_receive_that_completes_short_is_posted_again_for_the_rest() {
 
 #[test]
 fn after_a_large_segment_the_next_one_lands_in_its_buffer_from_the_first_byte() {
-    let mut h = H::new(shared(1), 8, 128 * 1024);
-    h.logged_in(&[
-        ("InitialR2T", "No"),
-        ("ImmediateData", "Yes"),
-        ("FirstBurstLength", "131072"),
-        ("MaxBurstLength", "262144"),
-    ]);
+    let mut h = immediate_data_session();
     let a: Vec<u8> = (0..102400u32).map(|i| (i % 253) as u8).collect();
     h.cmd(&write10(0, 200), 0, 102400, &a);
     assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
