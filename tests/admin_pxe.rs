@@ -68,12 +68,19 @@ fn serve_pxe(ns: &NetNs, net: &str, extra: &[&str]) -> (Server, String) {
     (server, admin)
 }
 
+/// Root, ip and curl, and the bootlun binary under test (these tests
+/// drive its PXE services and admin page).
+fn can_run() -> bool {
+    require_root()
+        && require_tool("ip", "iproute2")
+        && require_tool("curl", "curl")
+        && bootlun_cli_available()
+        && target_kind() == TargetKind::Bootlun
+}
+
 #[test]
 fn pxe_clients_and_transfers_on_the_status_page() {
-    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
-        return;
-    }
-    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+    if !can_run() {
         return;
     }
     let ns = NetNs::create(&format!("bl-admpxe-{}", std::process::id()));
@@ -177,13 +184,7 @@ fn pxe_clients_and_transfers_on_the_status_page() {
 
 #[test]
 fn dhcp_lease_and_offer_on_the_status_page() {
-    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
-        return;
-    }
-    if !require_tool("udhcpc", "udhcpc") {
-        return;
-    }
-    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+    if !can_run() || !require_tool("udhcpc", "udhcpc") {
         return;
     }
     let ns = NetNs::create(&format!("bl-admdhcp-{}", std::process::id()));
@@ -254,10 +255,7 @@ fn dhcp_lease_and_offer_on_the_status_page() {
 /// list once the client sends ERROR.
 #[test]
 fn a_tftp_transfer_under_way_shows_its_progress() {
-    if !require_root() || !require_tool("ip", "iproute2") || !require_tool("curl", "curl") {
-        return;
-    }
-    if !bootlun_cli_available() || target_kind() != TargetKind::Bootlun {
+    if !can_run() {
         return;
     }
     // The client has a namespace of its own: replies from the server's
