@@ -291,7 +291,7 @@ impl IoOps for Io<'_> {
         // the whole segment is queued, instead of once per arriving
         // segment (each wake-up is an IPI paid by the sender). On
         // loopback this cut the initiator's CPU per GB of 128 KiB writes
-        // by about a tenth. Not with MSG_WAITALL: after a short read the
+        // by 7 % (perf/README.md). Not with MSG_WAITALL: after a short read the
         // ring would wait for `len` bytes again, more than can still
         // come, and hang; a short completion is re-posted by the caller
         // for the rest, with the mark lowered to match.
