@@ -291,10 +291,10 @@ impl IoOps for Io<'_> {
         // the whole segment is queued, instead of once per arriving
         // segment (each wake-up is an IPI paid by the sender). On
         // loopback this cut the initiator's CPU per GB of 128 KiB writes
-        // by 7 % (perf/README.md). Not with MSG_WAITALL: after a short read the
-        // ring would wait for `len` bytes again, more than can still
-        // come, and hang; a short completion is re-posted by the caller
-        // for the rest, with the mark lowered to match.
+        // by 7 % (perf/README.md). Not with MSG_WAITALL: after a short
+        // read the ring would wait for `len` bytes again, more than can
+        // still come, and hang; a short completion is re-posted by the
+        // caller for the rest, with the mark lowered to match.
         let e = if len >= LOWAT_MIN && self.set_lowat(fd, len) {
             opcode::Recv::new(types::Fd(fd), b.ptr(), len)
                 .ioprio(RECVSEND_POLL_FIRST)

@@ -878,9 +878,11 @@ fn report(
             }
         }
     }
-    let _ = writeln!(s, "\n## Ceilings (same run)\n");
-    for c in ceilings {
-        let _ = writeln!(s, "- {c}");
+    if !ceilings.is_empty() {
+        let _ = writeln!(s, "\n## Ceilings (same run)\n");
+        for c in ceilings {
+            let _ = writeln!(s, "- {c}");
+        }
     }
     if !sweep.is_empty() {
         let _ = writeln!(s, "\n## Core sweep (bootlun, file LUN)\n");
