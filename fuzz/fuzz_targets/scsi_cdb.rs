@@ -39,6 +39,9 @@ fn allocation_length(cdb: &[u8]) -> Option<usize> {
         0x5a => be(7, 2),        // MODE SENSE(10)
         0xa0 | 0xa3 => be(6, 4), // REPORT LUNS, MAINTENANCE IN
         0x9e => be(10, 4),       // SERVICE ACTION IN(16)
+        0x5e | 0x37 => be(7, 2), // PERSISTENT RESERVE IN, READ DEFECT DATA(10)
+        0xb7 => be(6, 4),        // READ DEFECT DATA(12)
+        0x84 => be(10, 4),       // RECEIVE COPY RESULTS
         0x25 => 8,               // READ CAPACITY(10)
         _ => 0,                  // everything else returns no parameter data
     })
