@@ -63,6 +63,19 @@ pub trait IoOps {
     /// the completion for `tag` arrives.
     unsafe fn send(&mut self, fd: RawFd, iov: &[libc::iovec], tag: u32);
 
+    /// Where `len` bytes at byte `offset` of `backend` can be sent from in
+    /// place, without a read into a pool buffer (see
+    /// [`BlockBackend::mapped`]); `None`: read them with
+    /// [`disk_read`](Self::disk_read).
+    fn disk_mapped(
+        &mut self,
+        backend: &dyn BlockBackend,
+        offset: u64,
+        len: u32,
+    ) -> Option<*const u8> {
+        backend.mapped(offset, len)
+    }
+
     /// Read `len` bytes at byte `offset` of `backend` into pool buffer `buf`.
     fn disk_read(
         &mut self,

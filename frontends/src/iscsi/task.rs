@@ -160,6 +160,9 @@ pub struct Task {
     pub burst: u32,
     /// PDUs pointing into this task's buffer not yet sent.
     pub sends: u32,
+    /// The current read chunk is sent from the LU's mapped memory, here,
+    /// instead of a pool buffer (see `BlockBackend::mapped`).
+    pub mapped: Option<*const u8>,
     pub io_busy: bool,
     pub waiting_buf: bool,
     /// The status has been queued (or the task was aborted): only waiting
@@ -223,6 +226,7 @@ impl Task {
             data_sn: 0,
             burst: 0,
             sends: 0,
+            mapped: None,
             io_busy: false,
             waiting_buf: false,
             finished: false,

@@ -391,6 +391,9 @@ impl Conn {
             Kind::Job => return,
             Kind::Flush => {}
             Kind::Read if !has_buf => {
+                if self.read_mapped(io, id) {
+                    return;
+                }
                 if !self.can_take(io, 1) {
                     return self.park_for_buffer(io, id);
                 }
@@ -424,6 +427,31 @@ impl Conn {
             io.disk_read(backend, b, t.read_len(), t.disk_offset(), tag)
         };
         self.disk_issued(io, id, issued);
+    }
+
+    /// The next chunk of read `id`, when the LU's data is mapped: queue its
+    /// Data-In straight from the mapping, with no pool buffer and no copy.
+    /// False: read it into a buffer instead.
+    fn read_mapped(&mut self, io: &mut impl IoOps, id: TaskId) -> bool {
+        // A data digest is computed here, in user space, which must not
+        // read the mapping (a page past the end of a shrunk file is SIGBUS
+        // here, where a send only fails with EFAULT).
+        if self.dd {
+            return false;
+        }
+        let buf_size = io.pool().buf_size() as u32;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        t.set_chunk(t.done, buf_size);
+        let backend = &*self.sh.luns[t.lun].backend;
+        let Some(p) = io.disk_mapped(backend, t.disk_offset(), t.read_len()) else {
+            return false;
+        };
+        t.mapped = Some(p);
+        io.stats().read_ops.fetch_add(1, Relaxed);
+        self.queue_data_in(io, id);
+        true
     }
 
     pub(super) fn disk_issued(&mut self, io: &mut impl IoOps, id: TaskId, issued: Issued) {
@@ -677,8 +705,11 @@ impl Conn {
         let Some(t) = self.tasks.get_mut(id) else {
             return;
         };
-        let Some(buf) = t.buf.as_ref() else { return };
-        let base = io.pool().ptr(buf);
+        let base: *const u8 = match (t.mapped.take(), t.buf.as_ref()) {
+            (Some(p), _) => p,
+            (None, Some(buf)) => io.pool().ptr(buf),
+            (None, None) => return,
+        };
         let n = t.chunk_len as u64;
         io.stats().read_bytes.fetch_add(n, Relaxed);
         let lun = &self.sh.luns[t.lun].counters;

@@ -112,7 +112,9 @@ enum TxData {
     Owned(Bytes),
     /// A slice of a task's pool buffer (disk data): pool memory is
     /// registered with the ring and handed back to the pool, not freed,
-    /// so it cannot be an owned `Bytes`.
+    /// so it cannot be an owned `Bytes`. Or a slice of a LU's mapped
+    /// memory (`Task::mapped`), which only the kernel reads: never with a
+    /// data digest, which user space would compute over it.
     Buf {
         ptr: *const u8,
         len: u32,

@@ -55,6 +55,10 @@ struct MockIo {
     recv_pools: usize,
     /// Length of every pool receive posted.
     recv_pool_lens: Vec<usize>,
+    /// Offer `disk` as the LU's mapped memory for reads of 64 KiB and up,
+    /// as a memory-backed LU does.
+    mapped: bool,
+    disk_reads: usize,
 }
 
 impl IoOps for MockIo {
@@ -98,6 +102,11 @@ impl IoOps for MockIo {
         }
         self.ops.push(Op::Done { tag, res: n as i32 });
     }
+    fn disk_mapped(&mut self, _b: &dyn BlockBackend, offset: u64, len: u32) -> Option<*const u8> {
+        let end = offset as usize + len as usize;
+        (self.mapped && len >= 65536 && end <= self.disk.len())
+            .then(|| self.disk[offset as usize..].as_ptr())
+    }
     fn disk_read(
         &mut self,
         _b: &dyn BlockBackend,
@@ -106,6 +115,7 @@ impl IoOps for MockIo {
         offset: u64,
         tag: u32,
     ) -> Issued {
+        self.disk_reads += 1;
         let ptr = self.pool.ptr(buf);
         self.ops.push(Op::Disk {
             tag,
@@ -193,6 +203,8 @@ impl H {
             recv_pool_max: 0,
             recv_pools: 0,
             recv_pool_lens: Vec::new(),
+            mapped: false,
+            disk_reads: 0,
         };
         let mut h = H {
             conn,
@@ -410,6 +422,33 @@ fn login_write_read_round_trip() {
     assert_eq!((last[0] & 0x3f, last[1] & 0x81), (0x25, 0x81));
     assert!(h.conn.tasks.is_empty());
     assert_eq!(h.io.pool.available(), 8);
+}
+
+#[test]
+fn reads_of_a_mapped_lu_are_sent_from_the_mapping_without_a_buffer() {
+    let mut h = H::new(shared(1), 8, 64 * 1024);
+    h.io.mapped = true;
+    h.logged_in(&[]);
+    let data: Vec<u8> = (0..196608u32).map(|i| (i * 13 + i / 512) as u8).collect();
+    h.io.disk[512..512 + data.len()].copy_from_slice(&data);
+    // 192 KiB from block 1: three 64 KiB chunks, each sent in place.
+    h.cmd(&read10(1, 384), 196608, 0, &[]);
+    let p = h.take_pdus();
+    let got: Vec<u8> = p.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(got, data);
+    let last = &p.last().unwrap().0;
+    assert_eq!((last[0] & 0x3f, last[1] & 0x81), (0x25, 0x81));
+    assert_eq!(h.io.disk_reads, 0, "a mapped read went through a buffer");
+    assert!(h.conn.tasks.is_empty());
+    assert_eq!(h.io.pool.available(), 8);
+    // Below 64 KiB the LU is read into a buffer, as before.
+    h.cmd(&read10(1, 8), 4096, 0, &[]);
+    let p = h.take_pdus();
+    assert_eq!(
+        p.iter().flat_map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+        data[..4096]
+    );
+    assert_eq!(h.io.disk_reads, 1);
 }
 
 #[test]

@@ -169,17 +169,26 @@ impl Conn {
             hdr[BHS_LEN..].copy_from_slice(&digest_bytes(digest(&[&bhs])));
             hlen += DIGEST_LEN;
         }
-        let payload: &[u8] = match &data {
-            TxData::None => &[],
-            TxData::Owned(v) => v,
-            // SAFETY: `ptr..ptr+len` lies in a pool buffer of the task
-            // this PDU belongs to, held until the PDU is sent.
-            TxData::Buf { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len as usize) },
+        let len = match &data {
+            TxData::None => 0,
+            TxData::Owned(v) => v.len(),
+            TxData::Buf { len, .. } => *len as usize,
         };
-        let pad = pad_len(payload.len());
+        let pad = pad_len(len);
         let mut trailer = [0u8; 8];
         let mut tlen = pad;
-        if self.dd && !payload.is_empty() {
+        if self.dd && len > 0 {
+            let payload: &[u8] = match &data {
+                TxData::None => &[],
+                TxData::Owned(v) => v,
+                // SAFETY: `ptr..ptr+len` lies in a pool buffer of the task
+                // this PDU belongs to, held until the PDU is sent. (Never
+                // in a LU's mapping: reads do not use it with a data
+                // digest, so user space never reads mapped memory.)
+                TxData::Buf { ptr, len } => unsafe {
+                    std::slice::from_raw_parts(*ptr, *len as usize)
+                },
+            };
             let crc = digest(&[payload, &[0u8; 3][..pad]]);
             trailer[pad..pad + 4].copy_from_slice(&digest_bytes(crc));
             tlen += DIGEST_LEN;
@@ -252,6 +261,13 @@ impl Conn {
     pub(super) fn send_done(&mut self, io: &mut impl IoOps, res: i32) {
         self.tx_busy = false;
         if res < 0 {
+            if res == -libc::EFAULT {
+                // Only mapped LU memory can fault (pool buffers and owned
+                // bytes stay put): a backing file shrank under its mapping.
+                for l in &self.sh.luns {
+                    l.backend.mapping_faulted();
+                }
+            }
             self.close(&format!(
                 "send failed: {}",
                 std::io::Error::from_raw_os_error(-res)
