@@ -256,5 +256,10 @@ fn header_and_data_digests_protect_every_pdu() {
         "bad-digest data reached the disk"
     );
     assert!(server.is_running());
+    // With a data digest, reads go through a buffer, never straight from
+    // the ram: LU's mapping (the digest is computed in user space).
     server.stop();
+    let out = server.output();
+    assert!(out.contains("reads in place "), "no exit summary:\n{out}");
+    assert_eq!(summary_count(&out, "reads in place "), 0, "{out}");
 }

@@ -157,7 +157,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     o.sample("bootlun_sessions", &[], s.sessions.len());
 
     type RField = fn(&super::status::ReactorRow) -> u64;
-    let reactor_families: [(&str, &str, &str, RField); 12] = [
+    let reactor_families: [(&str, &str, &str, RField); 13] = [
         (
             "bootlun_reactor_connections",
             "gauge",
@@ -223,6 +223,12 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "counter",
             "Zero-copy sends the kernel reported it copied anyway.",
             |r| r.zero_copy_copied,
+        ),
+        (
+            "bootlun_reactor_reads_in_place_total",
+            "counter",
+            "Read chunks sent straight from a memory-backed LU's mapping, with no copy into an I/O buffer.",
+            |r| r.reads_in_place,
         ),
         (
             "bootlun_reactor_spin_window_microseconds",

@@ -264,6 +264,9 @@ pub(crate) struct ReactorRow {
     pub(crate) zero_copy_sends: u64,
     #[serde(default)]
     pub(crate) zero_copy_copied: u64,
+    /// Read chunks sent straight from a memory-backed LU's mapping.
+    #[serde(default)]
+    pub(crate) reads_in_place: u64,
 }
 
 /// Per-second rates over the last five minutes, oldest first.
@@ -398,6 +401,7 @@ impl Source {
                 spin_window_us: r.spin_window_ns.load(Relaxed) / 1000,
                 zero_copy_sends: r.zc_sends.load(Relaxed),
                 zero_copy_copied: r.zc_copied.load(Relaxed),
+                reads_in_place: r.mapped_reads.load(Relaxed),
             })
             .collect();
         let history = {

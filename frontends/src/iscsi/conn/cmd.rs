@@ -450,6 +450,7 @@ impl Conn {
         };
         t.mapped = Some(p);
         io.stats().read_ops.fetch_add(1, Relaxed);
+        io.stats().mapped_reads.fetch_add(1, Relaxed);
         self.queue_data_in(io, id);
         true
     }
