@@ -1,5 +1,6 @@
-//! `bootlun-perf compare [--quick]`: bootlun against tgt and istgt on this
-//! machine, over loopback, on identical 1 GiB /dev/shm file LUNs.
+//! `bootlun-perf compare [--quick] [--loop]`: bootlun against tgt and istgt
+//! on this machine, over loopback, on identical 1 GiB /dev/shm file LUNs
+//! (with `--loop`, a loop device over each file: the block-device path).
 //!
 //! The peers are tuned the way their users would tune them (glibc malloc
 //! thresholds raised for both, tgt's aio backing store and larger session
@@ -157,7 +158,7 @@ struct Target {
     port: u16,
     iqn: String,
     lun: u32,
-    shm: Option<PathBuf>,
+    lun_store: Option<Backing>,
     /// tgtd ignores SIGTERM; nothing of ours needs flushing on tmpfs.
     kill_signal: i32,
 }
@@ -185,9 +186,8 @@ impl Target {
             }
             let _ = self.child.wait();
         }
-        if let Some(p) = self.shm.take() {
-            let _ = std::fs::remove_file(p);
-        }
+        // After the daemon: a loop device in use would not detach.
+        self.lun_store = None;
     }
 }
 
@@ -197,7 +197,72 @@ impl Drop for Target {
     }
 }
 
-fn make_lun(path: &Path) -> Result<(), String> {
+/// `--loop`: every target's LUN is a loop device over its file.
+static LOOP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn loop_devices() -> bool {
+    LOOP.get().copied().unwrap_or(false)
+}
+
+/// A target's LUN: a /dev/shm file, and with `--loop` the loop device set
+/// up over it. Dropping it detaches the device and removes the file.
+struct Backing {
+    file: PathBuf,
+    dev: Option<String>,
+}
+
+impl Backing {
+    /// What the target is told to export.
+    fn path(&self) -> String {
+        self.dev
+            .clone()
+            .unwrap_or_else(|| self.file.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dev {
+            let st = Command::new("losetup").args(["-d", d]).status();
+            if !matches!(st, Ok(s) if s.success()) {
+                log(format!("losetup -d {d} failed; detach it by hand"));
+            }
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A fresh, fully allocated 1 GiB file at `path`, behind a loop device
+/// with `--loop`.
+fn make_lun(path: &Path) -> Result<Backing, String> {
+    make_file(path)?;
+    let mut b = Backing {
+        file: path.to_path_buf(),
+        dev: None,
+    };
+    if loop_devices() {
+        // Direct I/O: the loop driver hands each request to the file as
+        // one read or write, as a disk takes a request. Without it, it
+        // copies page by page through a second page cache, and any
+        // target that does not use O_DIRECT is served from that cache.
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup -f --show {}: {} (--loop needs root and loop devices)",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        b.dev = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    Ok(b)
+}
+
+fn make_file(path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     f.set_len(LUN_BYTES)
@@ -258,11 +323,12 @@ fn start_bootlun(
     if port_busy(port) {
         return Err(format!("port {port} is in use; stop what listens there"));
     }
-    let shm = if lun.starts_with('/') {
-        make_lun(Path::new(lun))?;
-        Some(PathBuf::from(lun))
+    let (lun_store, lun) = if lun.starts_with('/') {
+        let b = make_lun(Path::new(lun))?;
+        let p = b.path();
+        (Some(b), p)
     } else {
-        None
+        (None, lun.to_string())
     };
     let logp = ctx.work.join(format!("{name}.log"));
     let f = File::create(&logp).map_err(|e| e.to_string())?;
@@ -272,7 +338,7 @@ fn start_bootlun(
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--lun",
-            lun,
+            &lun,
         ])
         .args(extra)
         .stdin(Stdio::null())
@@ -291,7 +357,7 @@ fn start_bootlun(
         port,
         iqn: BOOTLUN_IQN.into(),
         lun: 0,
-        shm,
+        lun_store,
         kill_signal: libc::SIGTERM,
     };
     if let Err(e) = r {
@@ -312,8 +378,8 @@ fn start_tgt(ctx: &Ctx) -> Result<Target, String> {
             return Err(format!("port {p} is in use; stop what listens there"));
         }
     }
-    let shm = PathBuf::from(format!("/dev/shm/{}-tgt.img", ctx.tag));
-    make_lun(&shm)?;
+    let store = make_lun(&PathBuf::from(format!("/dev/shm/{}-tgt.img", ctx.tag)))?;
+    let lun_path = store.path();
     let logp = ctx.work.join("tgtd.log");
     let f = File::create(&logp).map_err(|e| e.to_string())?;
     let child = Command::new("tgtd")
@@ -354,7 +420,7 @@ fn start_tgt(ctx: &Ctx) -> Result<Target, String> {
         port: PORT_TGT,
         iqn: TGT_IQN.into(),
         lun: 1,
-        shm: Some(shm.clone()),
+        lun_store: Some(store),
         kill_signal: libc::SIGKILL,
     };
     let r = wait_until("tgtd", &mut t.child, &logp, || {
@@ -401,7 +467,7 @@ fn start_tgt(ctx: &Ctx) -> Result<Target, String> {
             "--bstype",
             "aio",
             "--backing-store",
-            &shm.to_string_lossy(),
+            &lun_path,
         ])
     })
     .and_then(|()| {
@@ -425,7 +491,7 @@ fn start_tgt(ctx: &Ctx) -> Result<Target, String> {
 
 /// istgt's sample configuration (doc/istgt.conf) with our portal, no
 /// authentication and one 1 GiB file LUN.
-fn istgt_config(ctx: &Ctx, shm: &Path) -> String {
+fn istgt_config(ctx: &Ctx, lun: &str) -> String {
     let w = ctx.work.display();
     format!(
         r#"[Global]
@@ -469,7 +535,7 @@ fn istgt_config(ctx: &Ctx, shm: &Path) -> String {
   QueueDepth 32
   LUN0 Storage {} 1GB
 "#,
-        shm.display()
+        lun
     )
 }
 
@@ -479,10 +545,9 @@ fn start_istgt(ctx: &Ctx) -> Result<Target, String> {
             return Err(format!("port {p} is in use; stop what listens there"));
         }
     }
-    let shm = PathBuf::from(format!("/dev/shm/{}-istgt.img", ctx.tag));
-    make_lun(&shm)?;
+    let store = make_lun(&PathBuf::from(format!("/dev/shm/{}-istgt.img", ctx.tag)))?;
     let conf = ctx.work.join("istgt.conf");
-    std::fs::write(&conf, istgt_config(ctx, &shm)).map_err(|e| e.to_string())?;
+    std::fs::write(&conf, istgt_config(ctx, &store.path())).map_err(|e| e.to_string())?;
     std::fs::write(ctx.work.join("istgt-auth.conf"), "").map_err(|e| e.to_string())?;
     let logp = ctx.work.join("istgt.log");
     let f = File::create(&logp).map_err(|e| e.to_string())?;
@@ -505,7 +570,7 @@ fn start_istgt(ctx: &Ctx) -> Result<Target, String> {
         port: PORT_ISTGT,
         iqn: format!("{ISTGT_BASE}:disk1"),
         lun: 0,
-        shm: Some(shm),
+        lun_store: Some(store),
         kill_signal: libc::SIGTERM,
     };
     if let Err(e) = wait_until("istgt", &mut t.child, &logp, || port_busy(PORT_ISTGT)) {
@@ -1009,9 +1074,11 @@ fn svg(names: &[String], table: &Table) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bootlun-perf recv   (direct vs multishot receive, writes perf/RECEIVE.md)\n       bootlun-perf compare [--quick] [--no-sweep] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
+        "usage: bootlun-perf recv   (direct vs multishot receive, writes perf/RECEIVE.md)\n       bootlun-perf compare [--quick] [--no-sweep] [--loop] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
          \n  --quick         1 round, short runs (under 3 minutes)\
          \n  --no-sweep      skip the bootlun reactors x poll sweep\
+         \n  --loop          each LUN is a loop device over its /dev/shm file (the block-device\
+         \n                  path; needs root); writes perf/RESULTS-loop.md and perf/results-loop.svg\
          \n  --only KEYS     run only these workloads (comma-separated, e.g. sw128k-d32,sw4k-d32);\
          \n                  skips ceilings and sweep, prints the table, leaves perf/RESULTS.md alone\
          \n  --bootlun-args  extra `bootlun serve` flags for the comparison\
@@ -1058,6 +1125,9 @@ fn main() {
         match a.as_str() {
             "--quick" => quick = true,
             "--no-sweep" => sweep_on = false,
+            "--loop" => {
+                let _ = LOOP.set(true);
+            }
             "--bootlun-args" => extra_args = it.next().cloned().unwrap_or_else(|| usage()),
             "--only" => {
                 let keys: Vec<String> = it
@@ -1112,6 +1182,9 @@ fn compare(quick: bool, sweep_on: bool, extra: &str) -> Result<(), String> {
         if !which(bin) {
             missing.push(format!("{bin} (apt-get install {pkg})"));
         }
+    }
+    if loop_devices() && !which("losetup") {
+        missing.push("losetup (apt-get install mount)".to_string());
     }
     if !missing.is_empty() {
         return Err(format!("missing: {}", missing.join(", ")));
@@ -1344,9 +1417,19 @@ fn compare_in(
     notes.insert(
         0,
         format!(
-            "Run {} on {} cores, loopback, 1 GiB /dev/shm file per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
-            if quick { "`compare --quick`" } else { "`compare`" },
+            "Run {} on {} cores, loopback, {} per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
+            match (quick, loop_devices()) {
+                (false, false) => "`compare`",
+                (true, false) => "`compare --quick`",
+                (false, true) => "`compare --loop`",
+                (true, true) => "`compare --quick --loop`",
+            },
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            if loop_devices() {
+                "a loop device over a 1 GiB /dev/shm file"
+            } else {
+                "1 GiB /dev/shm file"
+            },
             o.seconds,
             loadavg(),
             started.elapsed().as_secs()
@@ -1365,10 +1448,14 @@ fn compare_in(
     let md = report(&names, &table, &notes, &ceilings, &sweep, &sweep_w);
     println!("{md}");
     let perf_dir = ctx.root.join("perf");
-    std::fs::write(perf_dir.join("RESULTS.md"), &md)
-        .map_err(|e| format!("perf/RESULTS.md: {e}"))?;
-    std::fs::write(perf_dir.join("results.svg"), svg(&names, &table))
-        .map_err(|e| format!("perf/results.svg: {e}"))?;
-    log("wrote perf/RESULTS.md and perf/results.svg");
+    let (md_name, svg_name) = if loop_devices() {
+        ("RESULTS-loop.md", "results-loop.svg")
+    } else {
+        ("RESULTS.md", "results.svg")
+    };
+    std::fs::write(perf_dir.join(md_name), &md).map_err(|e| format!("perf/{md_name}: {e}"))?;
+    std::fs::write(perf_dir.join(svg_name), svg(&names, &table))
+        .map_err(|e| format!("perf/{svg_name}: {e}"))?;
+    log(format!("wrote perf/{md_name} and perf/{svg_name}"));
     Ok(())
 }
