@@ -724,9 +724,7 @@ impl Mapping {
             ok: std::sync::atomic::AtomicBool::new(true),
         })
     }
-}
 
-impl Mapping {
     /// Every page of bytes `[start, end)` is in memory (mincore).
     fn resident(&self, start: u64, end: u64) -> bool {
         const PAGE: u64 = 4096;
