@@ -178,6 +178,22 @@ fn set_lowat(fd: i32, n: usize) {
     };
 }
 
+/// One completion (user data, result, flags).
+type Cqe = (u64, i32, u32);
+
+/// Submit, wait for at least one completion, and copy every completion out
+/// into `cqes` (the handlers push new entries, so the queue cannot be
+/// walked while they run; the vector is reused, not allocated per wake-up).
+fn wait(ring: &mut IoUring, cqes: &mut Vec<Cqe>) -> std::io::Result<()> {
+    ring.submit_and_wait(1)?;
+    cqes.clear();
+    cqes.extend(
+        ring.completion()
+            .map(|c| (c.user_data(), c.result(), c.flags())),
+    );
+    Ok(())
+}
+
 fn ring() -> std::io::Result<IoUring> {
     IoUring::builder()
         .setup_single_issuer()
@@ -194,9 +210,7 @@ fn receive(
     let fd = sock.as_raw_fd();
     let mut ring = ring()?;
     let mut p = Parser::new(dsl);
-    // Completions are copied out before they are handled (the handlers
-    // push new entries); the vector is reused, not allocated per wake-up.
-    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(64);
+    let mut cqes: Vec<Cqe> = Vec::with_capacity(64);
     let cpu0 = thread_cpu();
     match mode {
         Mode::Direct | Mode::DirectWaitall => {
@@ -220,12 +234,7 @@ fn receive(
             post_staging(&mut ring, &mut staging, &mut lowat, STAGING);
             let mut direct_len;
             while !stop.load(Ordering::Relaxed) {
-                ring.submit_and_wait(1)?;
-                cqes.clear();
-                cqes.extend(
-                    ring.completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
+                wait(&mut ring, &mut cqes)?;
                 for &(ud, res, _) in &cqes {
                     if res <= 0 {
                         return Ok((p.pdus, thread_cpu() - cpu0, p.bad));
@@ -319,12 +328,7 @@ fn receive(
             };
             arm(&mut ring);
             'outer: while !stop.load(Ordering::Relaxed) {
-                ring.submit_and_wait(1)?;
-                cqes.clear();
-                cqes.extend(
-                    ring.completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
+                wait(&mut ring, &mut cqes)?;
                 for &(_, res, flags) in &cqes {
                     if res == -libc::ENOBUFS {
                         arm(&mut ring);
