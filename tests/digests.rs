@@ -242,7 +242,9 @@ fn header_and_data_digests_protect_every_pdu() {
 
     // A corrupted data digest on the immediate data: the target must not
     // answer GOOD; it rejects the PDU or drops the connection.
-    let bad = pseudo_random_bytes(8192, 9);
+    // 64 KiB: as large as a write the target would otherwise store in
+    // place, as it arrives; with a digest it must be checked first.
+    let bad = pseudo_random_bytes(65536, 9);
     match c.write10(2000, &bad, true) {
         Ok(status) => assert_ne!(status, 0, "a WRITE with a bad data digest was accepted"),
         Err(_) => {} // connection closed
@@ -252,14 +254,16 @@ fn header_and_data_digests_protect_every_pdu() {
     let mut c2 = Client::connect(server.port());
     c2.login();
     assert!(
-        c2.read10(2000, 8192).iter().all(|&b| b == 0),
+        c2.read10(2000, 65536).iter().all(|&b| b == 0),
         "bad-digest data reached the disk"
     );
     assert!(server.is_running());
-    // With a data digest, reads go through a buffer, never straight from
-    // the ram: LU's mapping (the digest is computed in user space).
+    // With a data digest, reads and writes go through buffers, never
+    // straight from or into the ram: LU's mapping (the digest is computed
+    // in user space, and checked before the data may land).
     server.stop();
     let out = server.output();
     assert!(out.contains("reads in place "), "no exit summary:\n{out}");
     assert_eq!(summary_count(&out, "reads in place "), 0, "{out}");
+    assert_eq!(summary_count(&out, "writes in place "), 0, "{out}");
 }

@@ -132,11 +132,12 @@ fn qemu_img_roundtrip_in_every_poll_mode() {
     }
 }
 
-/// Large reads of a `ram:` LU are sent straight from its mapping (the exit
-/// summary counts them), and read back the bytes written; with a data
-/// digest they go through a buffer again.
+/// Large writes of a `ram:` LU are received straight into its mapping and
+/// large reads are sent from it (the exit summary counts both), and the
+/// bytes read back are the bytes written; with a data digest both go
+/// through buffers again (tests/digests.rs).
 #[test]
-fn reads_of_a_ram_lun_are_sent_in_place() {
+fn reads_and_writes_of_a_ram_lun_are_in_place() {
     if !require_tool("qemu-img", "qemu-utils") {
         return;
     }
@@ -152,8 +153,14 @@ fn reads_of_a_ram_lun_are_sent_in_place() {
     assert_same("reads in place", &src, &back);
     assert_eq!(server.stop().code(), Some(0), "{}", server.output());
     let n = summary_count(&server.output(), "reads in place ");
-    println!("{n} reads in place");
+    let w = summary_count(&server.output(), "writes in place ");
+    println!("{n} reads in place, {w} writes in place");
     assert!(n > 0, "no read was sent in place:\n{}", server.output());
+    assert!(
+        w > 0,
+        "no write was received in place:\n{}",
+        server.output()
+    );
 }
 
 /// Data-In with zero-copy sendmsg moves the same bytes. `on` uses it even

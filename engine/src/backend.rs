@@ -108,7 +108,7 @@ pub trait BlockBackend: Send + Sync {
     }
     fn prep_read(&self, buf: IoBuf, offset: u64) -> Prep;
     /// Where bytes `[offset, offset + len)` can be sent from in place: a
-    /// read-only shared mapping of a LU whose data lives in memory (a
+    /// shared mapping of a LU whose data lives in memory (a
     /// `ram:` memfd, a file on tmpfs or ramfs). A read of such a LU is a
     /// memory copy into a pool buffer and a second copy into the socket;
     /// sending from the mapping skips the first (a profile of 1 MiB reads
@@ -121,8 +121,25 @@ pub trait BlockBackend: Send + Sync {
     fn mapped(&self, _offset: u64, _len: u32) -> Option<*const u8> {
         None
     }
-    /// A send from [`mapped`](Self::mapped) memory failed with EFAULT: the
-    /// file shrank under the mapping. Later reads copy again.
+    /// Where bytes `[offset, offset + len)` of a writable memory-backed LU
+    /// can be received in place: the same mapping, writable. A write of
+    /// such a LU is a copy from the socket into a pool buffer and a second
+    /// copy into the file; receiving into the mapping skips one, and the
+    /// `pwritev2` with it (a profile of 128 KiB writes to a tmpfs file put
+    /// 45 % of the target's CPU in that call). The bytes are on the medium
+    /// as the receive completes, so the caller uses this only where that
+    /// is allowed: not for atomic writes, not before a data digest is
+    /// checked. `None`: receive into a buffer and
+    /// [`prep_write`](Self::prep_write).
+    ///
+    /// As with [`mapped`](Self::mapped), only the kernel writes it: a
+    /// receive past the end of a shrunk file fails with EFAULT.
+    fn mapped_mut(&self, _offset: u64, _len: u32) -> Option<*mut u8> {
+        None
+    }
+    /// A send from (or a receive into) [`mapped`](Self::mapped) memory
+    /// failed with EFAULT: the file shrank under the mapping. Later reads
+    /// and writes copy again.
     fn mapping_faulted(&self) {}
     fn prep_write(&self, buf: IoBuf, offset: u64, fua: bool) -> Prep;
     fn prep_flush(&self) -> Prep;
@@ -281,7 +298,7 @@ pub fn open_backend(spec: &LunSpec, index: usize) -> Result<Arc<dyn BlockBackend
             let file = unsafe { File::from_raw_fd(fd) };
             file.set_len(*size)
                 .map_err(|e| format!("--lun {}: cannot size memory: {e}", spec.text))?;
-            let map = Mapping::new(&file, *size);
+            let map = Mapping::new(&file, *size, !spec.read_only);
             Ok(Arc::new(FileBackend {
                 file,
                 store: Store::Memory,
@@ -410,7 +427,7 @@ fn open_path(spec: &LunSpec, p: &PathBuf) -> Result<Arc<dyn BlockBackend>, Strin
     let map = inline_io
         .then(|| file.metadata().ok())
         .flatten()
-        .and_then(|m| Mapping::new(&file, size.min(m.len())));
+        .and_then(|m| Mapping::new(&file, size.min(m.len()), !spec.read_only));
     Ok(Arc::new(FileBackend {
         file,
         store,
@@ -673,7 +690,7 @@ struct FileBackend {
     /// worker with a third of the target's CPU. `prep_read` and
     /// `prep_write` copy on the reactor instead.
     inline_io: bool,
-    /// With `inline_io`: the data mapped read-only (see `mapped`).
+    /// With `inline_io`: the data mapped (see `mapped` and `mapped_mut`).
     map: Option<Mapping>,
 }
 
@@ -682,33 +699,40 @@ struct FileBackend {
 /// measured no faster than copying (the per-command costs dominate).
 const MAPPED_MIN: u32 = 64 * 1024;
 
-/// A read-only shared mapping of a whole memory-backed LU.
+/// A shared mapping of a whole memory-backed LU: read-only, or read-write
+/// when the LU is writable.
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
+    writable: bool,
     /// Cleared once a send from the mapping faulted.
     ok: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: the mapping is read-only and shared; the pointer is only handed
-// to the kernel (sends), never dereferenced here, and unmapped once, when
-// the backend is dropped.
+// SAFETY: the mapping is shared; the pointer is only handed to the kernel
+// (sends from it, receives into it), never dereferenced in user space, and
+// unmapped once, when the backend is dropped.
 unsafe impl Send for Mapping {}
 // SAFETY: as above; `ok` is atomic.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Map `len` bytes of `file` read-only; `None` if the kernel refuses
-    /// (the LU then reads with copies, as before).
-    fn new(file: &File, len: u64) -> Option<Mapping> {
+    /// Map `len` bytes of `file`, `writable` or read-only; `None` if the
+    /// kernel refuses (the LU then reads and writes with copies).
+    fn new(file: &File, len: u64, writable: bool) -> Option<Mapping> {
         let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
-        // SAFETY: a fresh shared read-only mapping of a descriptor we own;
-        // the result is checked, and nothing else is placed at that address.
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of a descriptor we own; the result
+        // is checked, and nothing else is placed at that address.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
@@ -718,9 +742,11 @@ impl Mapping {
             tracing::debug!("mmap of a memory LU failed: {}", io::Error::last_os_error());
             return None;
         }
+        populate(file, ptr, len, writable);
         Some(Mapping {
             ptr,
             len,
+            writable,
             ok: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -751,6 +777,73 @@ impl Mapping {
         }
         true
     }
+}
+
+/// Fill the page tables of a fresh mapping of `file` (`len` bytes at
+/// `ptr`) for every page the file holds, so that sends from it and
+/// receives into it take no page faults. Without this every first touch
+/// of a page faults, one 4 KiB page at a time for writes: in a run of
+/// 128 KiB writes over a 1 GiB tmpfs file, 11 % of the target's CPU, and
+/// the writes ran slower than with copies. With it the same run used 25 %
+/// less CPU than copying (perf/README.md). It costs about 0.25 s per GiB
+/// at start. Holes are left alone: populating them would allocate their
+/// pages. A kernel without MADV_POPULATE_* (before 5.14) faults on demand.
+fn populate(file: &File, ptr: *mut libc::c_void, len: usize, writable: bool) {
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    const STEP: u64 = 1 << 30;
+    let advice = if writable {
+        MADV_POPULATE_WRITE
+    } else {
+        MADV_POPULATE_READ
+    };
+    let fd = file.as_raw_fd();
+    let end = len as u64;
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let mut done = 0u64;
+    let mut pos = 0u64;
+    while pos < end {
+        // SAFETY: plain lseek calls on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 || data as u64 >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
+        let mut at = data as u64;
+        while at < hole {
+            let n = (hole - at).min(STEP);
+            // SAFETY: `at..at+n` lies inside the mapping (`hole` <= `len`);
+            // populating only fills page tables, it changes no data.
+            let r =
+                unsafe { libc::madvise(ptr.wrapping_byte_add(at as usize), n as usize, advice) };
+            if r != 0 {
+                tracing::debug!(
+                    "madvise(MADV_POPULATE) of a memory LU: {}",
+                    io::Error::last_os_error()
+                );
+                return;
+            }
+            at += n;
+            done += n;
+            if logged.elapsed() >= std::time::Duration::from_secs(2) {
+                logged = std::time::Instant::now();
+                tracing::info!("mapping a memory LU: {} of {} MiB", done >> 20, end >> 20);
+            }
+        }
+        pos = hole;
+    }
+    tracing::debug!(
+        "mapped {} MiB of a memory LU in {:?}",
+        done >> 20,
+        started.elapsed()
+    );
 }
 
 impl Drop for Mapping {
@@ -910,11 +1003,25 @@ impl BlockBackend for FileBackend {
         }
         Some((m.ptr as *const u8).wrapping_add(offset as usize))
     }
+    fn mapped_mut(&self, offset: u64, len: u32) -> Option<*mut u8> {
+        let m = self.map.as_ref()?;
+        let end = offset.checked_add(len as u64)?;
+        if !m.writable
+            || self.info.read_only
+            || end > m.len as u64
+            || !m.ok.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        // A hole is fine here: the receive's page fault allocates the page,
+        // as a write would.
+        Some((m.ptr as *mut u8).wrapping_add(offset as usize))
+    }
     fn mapping_faulted(&self) {
         if let Some(m) = &self.map {
             if m.ok.swap(false, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(
-                    "{}: the backing file shrank under its mapping; reads now copy",
+                    "{}: the backing file shrank under its mapping (or its file system is full); reads and writes now copy",
                     self.info.describe
                 );
             }
@@ -1225,6 +1332,78 @@ mod tests {
         // Other backends are never mapped.
         let n = open_backend(&LunSpec::parse("null:1M").unwrap(), 0).unwrap();
         assert!(n.mapped(0, 65536).is_none());
+    }
+
+    #[test]
+    fn a_writable_memory_lu_is_received_into_in_place() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let b = open_backend(&LunSpec::parse("ram:1M").unwrap(), 0).unwrap();
+        // Holes too: a receive's fault allocates the page, as a write does.
+        let p = b
+            .mapped_mut(65536, 131072)
+            .expect("a ram: LU is writable in place");
+        let data: Vec<u8> = (0..131072u32).map(|i| (i % 241) as u8).collect();
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        tx.write_all(&data).unwrap();
+        let mut got = 0;
+        while got < data.len() {
+            // SAFETY: the rest of the 128 KiB the mapping gave; the kernel
+            // writes it, as the reactor's receive does.
+            let n = unsafe {
+                libc::recv(
+                    rx.as_raw_fd(),
+                    p.add(got) as *mut libc::c_void,
+                    data.len() - got,
+                    0,
+                )
+            };
+            assert!(
+                n > 0,
+                "recv into the mapping: {}",
+                io::Error::last_os_error()
+            );
+            got += n as usize;
+        }
+        let mut back = vec![0u8; data.len()];
+        b.read_at(&mut back, 65536).unwrap();
+        assert_eq!(back, data);
+        // Past the end, after a fault, read-only and other backends: no.
+        assert!(b.mapped_mut((1 << 20) - 4096, 8192).is_none());
+        b.mapping_faulted();
+        assert!(b.mapped_mut(0, 65536).is_none());
+        let ro = open_backend(&LunSpec::parse("ram:1M,ro").unwrap(), 0).unwrap();
+        assert!(ro.mapped_mut(0, 65536).is_none());
+        let n = open_backend(&LunSpec::parse("null:1M").unwrap(), 0).unwrap();
+        assert!(n.mapped_mut(0, 65536).is_none());
+    }
+
+    #[test]
+    fn a_tmpfs_lu_is_mapped_without_filling_its_holes() {
+        let shm = std::path::Path::new("/dev/shm");
+        assert!(shm.is_dir(), "/dev/shm (a tmpfs) is needed for this test");
+        let img = shm.join(format!("bootlun-engine-holes-{}.img", std::process::id()));
+        let f = File::create(&img).unwrap();
+        f.set_len(64 << 20).unwrap();
+        // 1 MiB of data at 8 MiB, the rest holes.
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![7u8; 1 << 20], 8 << 20).unwrap();
+        drop(f);
+        let spec = LunSpec::parse(img.to_str().unwrap()).unwrap();
+        let b = open_backend(&spec, 0).unwrap();
+        assert!(
+            b.mapped(8 << 20, 1 << 20).is_some(),
+            "data is mapped for reads"
+        );
+        assert!(
+            b.mapped_mut(0, 1 << 20).is_some(),
+            "the LU is mapped for writes"
+        );
+        // Opening it (and filling the page tables of its data) allocated
+        // nothing: still 1 MiB on disk.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&img).unwrap());
+        drop(b);
+        let _ = std::fs::remove_file(&img);
+        assert_eq!(blocks * 512, 1 << 20, "holes were filled");
     }
 
     #[test]

@@ -54,6 +54,16 @@ pub trait IoOps {
     /// (and does not look at that range) until the completion arrives.
     fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32);
 
+    /// Receive `len` bytes from `fd` straight into a LU's writable mapping
+    /// (see [`BlockBackend::mapped_mut`]), in one completion when it can,
+    /// as [`recv_pool`](Self::recv_pool) does. A receive past the end of a
+    /// shrunk file completes with `-EFAULT` (or short, before it).
+    ///
+    /// # Safety
+    /// `dst..dst+len` must come from `mapped_mut` of a backend that
+    /// outlives the completion for `tag`.
+    unsafe fn recv_mapped(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32);
+
     /// Send the bytes the iovecs describe on `fd`, with one `sendmsg`. At
     /// most one send per connection is in flight. The iovec array itself is
     /// copied; a short send is the caller's to resubmit.
@@ -74,6 +84,33 @@ pub trait IoOps {
         len: u32,
     ) -> Option<*const u8> {
         backend.mapped(offset, len)
+    }
+
+    /// Where `len` bytes at byte `offset` of `backend` can be received in
+    /// place, with no pool buffer and no disk write (see
+    /// [`BlockBackend::mapped_mut`]); `None`: receive into a buffer and
+    /// [`disk_write`](Self::disk_write) it.
+    fn disk_mapped_mut(
+        &mut self,
+        backend: &dyn BlockBackend,
+        offset: u64,
+        len: u32,
+    ) -> Option<*mut u8> {
+        backend.mapped_mut(offset, len)
+    }
+
+    /// Write `data` at byte `offset` of `backend` now, with a copy on this
+    /// thread: the pieces of a write received in place that arrived in
+    /// the staging buffer with a header (only for a backend that has a
+    /// [`disk_mapped_mut`](Self::disk_mapped_mut) mapping, whose data
+    /// lives in memory, so this never waits for a device).
+    fn disk_write_now(
+        &mut self,
+        backend: &dyn BlockBackend,
+        data: &[u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        backend.write_at(data, offset, false)
     }
 
     /// Read `len` bytes at byte `offset` of `backend` into pool buffer `buf`.

@@ -197,6 +197,37 @@ impl Io<'_> {
 
     /// Set `fd`'s SO_RCVLOWAT to `n` unless it already is; false if the
     /// kernel refused (the receive then falls back to MSG_WAITALL).
+    /// Receive `len` bytes into `dst`, in one completion when it can.
+    ///
+    /// A large receive waits for all of its bytes in one piece: the
+    /// socket's low-water mark is raised to `len` and the ring polls
+    /// before it reads, so the kernel wakes this reactor once, when the
+    /// whole segment is queued, instead of once per arriving segment
+    /// (each wake-up is an IPI paid by the sender). On loopback this cut
+    /// the initiator's CPU per GB of 128 KiB writes by 7 %
+    /// (perf/README.md). Not with MSG_WAITALL: after a short read the ring
+    /// would wait for `len` bytes again, more than can still come, and
+    /// hang; a short completion is re-posted by the caller for the rest,
+    /// with the mark lowered to match.
+    ///
+    /// # Safety
+    /// `dst..dst+len` stays valid, and untouched by user space, until the
+    /// completion for `tag` arrives.
+    unsafe fn recv_whole(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+        let e = if len >= LOWAT_MIN && self.set_lowat(fd, len) {
+            opcode::Recv::new(types::Fd(fd), dst, len)
+                .ioprio(RECVSEND_POLL_FIRST)
+                .build()
+        } else {
+            opcode::Recv::new(types::Fd(fd), dst, len)
+                .flags(libc::MSG_WAITALL)
+                .build()
+        };
+        // SAFETY: the entry points only at `dst..dst+len`, which our
+        // caller keeps valid until the completion.
+        unsafe { self.push(e, KIND_PLAIN, tag) };
+    }
+
     fn set_lowat(&mut self, fd: RawFd, n: u32) -> bool {
         if self.own.lowat == n {
             return true;
@@ -285,31 +316,16 @@ impl IoOps for Io<'_> {
 
     fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
         let b = self.io_buf(buf, off, len);
-        // A large receive waits for all of its bytes in one piece: the
-        // socket's low-water mark is raised to `len` and the ring polls
-        // before it reads, so the kernel wakes this reactor once, when
-        // the whole segment is queued, instead of once per arriving
-        // segment (each wake-up is an IPI paid by the sender). On
-        // loopback this cut the initiator's CPU per GB of 128 KiB writes
-        // by 7 % (perf/README.md). Not with MSG_WAITALL: after a short
-        // read the ring would wait for `len` bytes again, more than can
-        // still come, and hang; a short completion is re-posted by the
-        // caller for the rest, with the mark lowered to match.
-        let e = if len >= LOWAT_MIN && self.set_lowat(fd, len) {
-            opcode::Recv::new(types::Fd(fd), b.ptr(), len)
-                .ioprio(RECVSEND_POLL_FIRST)
-                .build()
-        } else {
-            opcode::Recv::new(types::Fd(fd), b.ptr(), len)
-                .flags(libc::MSG_WAITALL)
-                .build()
-        };
-        // SAFETY: the entry points at `b`, which `io_buf` checked lies
-        // inside one buffer of this reactor's pool; the pool is dropped
-        // after the ring (field order of `Parts`), and the caller holds
-        // the `PoolBuf`, so the buffer is not handed out again before the
-        // completion.
-        unsafe { self.push(e, KIND_PLAIN, tag) };
+        // SAFETY: `b` lies inside one buffer of this reactor's pool
+        // (`io_buf` checked); the pool is dropped after the ring (field
+        // order of `Parts`), and the caller holds the `PoolBuf`, so the
+        // buffer is not handed out again before the completion.
+        unsafe { self.recv_whole(fd, b.ptr(), len, tag) };
+    }
+
+    unsafe fn recv_mapped(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+        // SAFETY: the caller's contract (`IoOps::recv_mapped`).
+        unsafe { self.recv_whole(fd, dst, len, tag) };
     }
 
     unsafe fn send(&mut self, fd: RawFd, iov: &[libc::iovec], tag: u32) {

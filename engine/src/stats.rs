@@ -31,6 +31,10 @@ pub struct ReactorStats {
     /// Read chunks sent straight from a memory-backed LU's mapping, with
     /// no copy into an I/O buffer (see `BlockBackend::mapped`).
     pub mapped_reads: AtomicU64,
+    /// Receives of write data straight into a memory-backed LU's mapping,
+    /// with no pool buffer and no disk write (see
+    /// `BlockBackend::mapped_mut`).
+    pub mapped_writes: AtomicU64,
     /// Command latency, from the command's arrival to its status being
     /// queued: bucket `i` counts latencies below [`LATENCY_BOUNDS_US`]`[i]`
     /// (and not below the bound before); the last bucket counts the rest.
@@ -111,7 +115,7 @@ impl Stats {
         let mut s = String::new();
         for (i, r) in self.reactors.iter().enumerate() {
             s.push_str(&format!(
-                "reactor {i} (core {}): conns {} open / {} total, reads {} ({} B), writes {} ({} B), buffer waits {}, polls {} busy / {} idle, sleeps {}, spin window {} us, zero-copy sends {} ({} copied), reads in place {}, latency p50 {} p99 {}\n",
+                "reactor {i} (core {}): conns {} open / {} total, reads {} ({} B), writes {} ({} B), buffer waits {}, polls {} busy / {} idle, sleeps {}, spin window {} us, zero-copy sends {} ({} copied), reads in place {}, writes in place {}, latency p50 {} p99 {}\n",
                 r.core.load(Relaxed),
                 r.connections_open.load(Relaxed),
                 r.connections_total.load(Relaxed),
@@ -127,6 +131,7 @@ impl Stats {
                 r.zc_sends.load(Relaxed),
                 r.zc_copied.load(Relaxed),
                 r.mapped_reads.load(Relaxed),
+                r.mapped_writes.load(Relaxed),
                 fmt_us(r.latency_quantile_us(0.5)),
                 fmt_us(r.latency_quantile_us(0.99)),
             ));

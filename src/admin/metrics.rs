@@ -157,7 +157,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     o.sample("bootlun_sessions", &[], s.sessions.len());
 
     type RField = fn(&super::status::ReactorRow) -> u64;
-    let reactor_families: [(&str, &str, &str, RField); 13] = [
+    let reactor_families: [(&str, &str, &str, RField); 14] = [
         (
             "bootlun_reactor_connections",
             "gauge",
@@ -229,6 +229,12 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "counter",
             "Read chunks sent straight from a memory-backed LU's mapping, with no copy into an I/O buffer.",
             |r| r.reads_in_place,
+        ),
+        (
+            "bootlun_reactor_writes_in_place_total",
+            "counter",
+            "Receives of write data straight into a memory-backed LU's mapping, with no I/O buffer and no disk write.",
+            |r| r.writes_in_place,
         ),
         (
             "bootlun_reactor_spin_window_microseconds",

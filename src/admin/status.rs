@@ -267,6 +267,9 @@ pub(crate) struct ReactorRow {
     /// Read chunks sent straight from a memory-backed LU's mapping.
     #[serde(default)]
     pub(crate) reads_in_place: u64,
+    /// Receives of write data straight into a memory-backed LU's mapping.
+    #[serde(default)]
+    pub(crate) writes_in_place: u64,
 }
 
 /// Per-second rates over the last five minutes, oldest first.
@@ -402,6 +405,7 @@ impl Source {
                 zero_copy_sends: r.zc_sends.load(Relaxed),
                 zero_copy_copied: r.zc_copied.load(Relaxed),
                 reads_in_place: r.mapped_reads.load(Relaxed),
+                writes_in_place: r.mapped_writes.load(Relaxed),
             })
             .collect();
         let history = {

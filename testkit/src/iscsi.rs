@@ -397,6 +397,75 @@ impl IscsiConn {
         Err("too many PDUs for one command".into())
     }
 
+    /// Runs a SCSI command that writes `data`: no immediate data, every
+    /// byte sent in answer to the target's R2Ts (Data-Out PDUs no longer
+    /// than its MaxRecvDataSegmentLength), then the status.
+    pub fn scsi_write(&mut self, lun: u32, cdb: &[u8], data: &[u8]) -> Result<ScsiResult, String> {
+        let bhs = self.scsi_bhs(lun, cdb, 0, data.len() as u32);
+        let itt = self.itt;
+        self.send_pdu(bhs, &[])
+            .map_err(|e| format!("sending SCSI command: {e}"))?;
+        self.itt = self.itt.wrapping_add(1);
+        self.cmdsn = self.cmdsn.wrapping_add(1);
+        for _ in 0..10_000 {
+            let pdu = self
+                .recv_pdu()
+                .map_err(|e| format!("waiting for R2T or SCSI response: {e:?}"))?;
+            match pdu.opcode() {
+                OP_R2T => {
+                    let (ttt, off, len) = (pdu.u32_at(20), pdu.u32_at(40), pdu.u32_at(44));
+                    let end = off as usize + len as usize;
+                    if end > data.len() {
+                        return Err(format!("R2T for bytes {off}..{end} of {}", data.len()));
+                    }
+                    let seg = self.target_mrdsl.max(512) as usize;
+                    let mut at = off as usize;
+                    let mut data_sn = 0u32;
+                    while at < end {
+                        let n = seg.min(end - at);
+                        let mut b = [0u8; BHS_LEN];
+                        b[0] = 0x05;
+                        b[1] = if at + n == end { 0x80 } else { 0 };
+                        b[8..16].copy_from_slice(&bhs[8..16]);
+                        b[16..20].copy_from_slice(&itt.to_be_bytes());
+                        b[20..24].copy_from_slice(&ttt.to_be_bytes());
+                        b[28..32].copy_from_slice(&self.exp_statsn.to_be_bytes());
+                        b[36..40].copy_from_slice(&data_sn.to_be_bytes());
+                        b[40..44].copy_from_slice(&(at as u32).to_be_bytes());
+                        self.send_pdu(b, &data[at..at + n])
+                            .map_err(|e| format!("Data-Out: {e}"))?;
+                        at += n;
+                        data_sn += 1;
+                    }
+                }
+                OP_SCSI_RSP => {
+                    self.exp_statsn = pdu.u32_at(24).wrapping_add(1);
+                    if pdu.bhs[2] != 0 {
+                        return Err(format!("iSCSI response code {:#04x}", pdu.bhs[2]));
+                    }
+                    let sense = if pdu.data.len() > 2 {
+                        let n = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
+                        pdu.data[2..(2 + n).min(pdu.data.len())].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(ScsiResult {
+                        status: pdu.bhs[3],
+                        data: Vec::new(),
+                        sense,
+                    });
+                }
+                OP_REJECT => return Err("target sent Reject".into()),
+                op => {
+                    return Err(format!(
+                        "unexpected opcode {op:#04x} while waiting for R2T or SCSI response"
+                    ))
+                }
+            }
+        }
+        Err("too many PDUs for one command".into())
+    }
+
     /// TEST UNIT READY, retried over unit attentions (bounded).
     pub fn test_unit_ready(&mut self, lun: u32) -> Result<(), String> {
         let mut last = None;

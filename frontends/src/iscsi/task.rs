@@ -163,6 +163,13 @@ pub struct Task {
     /// The current read chunk is sent from the LU's mapped memory, here,
     /// instead of a pool buffer (see `BlockBackend::mapped`).
     pub mapped: Option<*const u8>,
+    /// A write whose data is received straight into its LU's mapping
+    /// (`BlockBackend::mapped_mut`): it holds no pool buffer, and its
+    /// chunks need no disk write.
+    pub in_place: bool,
+    /// Such a write's data could not all be stored (a staged piece's
+    /// write failed): it ends with CHECK CONDITION once its data is in.
+    pub place_failed: bool,
     pub io_busy: bool,
     pub waiting_buf: bool,
     /// The status has been queued (or the task was aborted): only waiting
@@ -227,6 +234,8 @@ impl Task {
             burst: 0,
             sends: 0,
             mapped: None,
+            in_place: false,
+            place_failed: false,
             io_busy: false,
             waiting_buf: false,
             finished: false,
@@ -237,6 +246,15 @@ impl Task {
             job: None,
             started: std::time::Instant::now(),
             latency: None,
+        }
+    }
+
+    /// Pool buffers this task holds once it runs.
+    pub fn buffers(&self) -> usize {
+        if self.in_place {
+            0
+        } else {
+            self.kind.buffers()
         }
     }
 
@@ -266,6 +284,18 @@ impl Task {
     /// only (an overflowing EDTL can end mid-block).
     pub fn write_len(&self) -> u32 {
         self.chunk_len - self.chunk_len % self.bs
+    }
+
+    /// The part of data bytes `[start, start + len)` that lands on the
+    /// medium in the current chunk: its medium byte offset, where that
+    /// part begins within the given range, and its length. `None` when
+    /// none of it does.
+    pub fn medium_range(&self, start: u64, len: u64) -> Option<(u64, u64, u64)> {
+        let ws = self.chunk_start as u64;
+        let we = ws + self.write_len() as u64;
+        let s = start.max(ws);
+        let e = (start + len).min(we);
+        (s < e).then(|| (self.lba * self.bs as u64 + s, s - start, e - s))
     }
 
     /// A write's command PDU arrived with `dsl` bytes of immediate data:

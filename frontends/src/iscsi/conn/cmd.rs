@@ -154,7 +154,8 @@ impl Conn {
             }
             Outcome::Write { lba, blocks, fua } => {
                 let wanted = blocks as u64 * bs as u64;
-                self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
+                let kind = Kind::Write;
+                self.start_data_out_task(io, bhs, kind, lba, fua, bs, wanted, edtl, dsl, true)
             }
             Outcome::WriteAtomic { lba, blocks, fua } => {
                 // One buffer, one disk write: larger cannot be atomic here.
@@ -164,7 +165,9 @@ impl Conn {
                     self.scratch = scratch;
                     return Sink::Discard;
                 }
-                self.start_data_out_task(io, bhs, Kind::Write, lba, fua, bs, wanted, edtl, dsl)
+                // Not in place: an atomic write is all or nothing.
+                let kind = Kind::Write;
+                self.start_data_out_task(io, bhs, kind, lba, fua, bs, wanted, edtl, dsl, false)
             }
             Outcome::Verify {
                 lba,
@@ -182,6 +185,7 @@ impl Conn {
                     wanted,
                     edtl,
                     dsl,
+                    false,
                 )
             }
             Outcome::Verify { bytchk: false, .. } => {
@@ -227,6 +231,7 @@ impl Conn {
                     len as u64,
                     edtl,
                     dsl,
+                    false,
                 );
                 if let Some(t) = self.tasks.find(itt).and_then(|id| self.tasks.get_mut(id)) {
                     copy_cdb(&mut t.cdb, cmd.cdb());
@@ -282,6 +287,7 @@ impl Conn {
         wanted: u64,
         edtl: u32,
         dsl: usize,
+        place: bool,
     ) -> Sink {
         let itt = bhs.itt();
         // With EDTL below what the CDB describes (overflow) only the whole
@@ -289,6 +295,7 @@ impl Conn {
         // (underflow) the extra data is dropped. Both report a residual.
         let lun = bhs.lun() as usize;
         let mut t = Task::new(itt, lun, bhs.lun_raw(), kind, lba, fua, bs, wanted, edtl);
+        t.in_place = place && self.may_place(io, &t);
         let too_short = t.xfer < bs;
         t.begin_unsolicited(
             self.params.initial_r2t,
@@ -301,7 +308,7 @@ impl Conn {
             self.finish_good(io, id);
             return Sink::Discard;
         }
-        if !self.can_take(io, kind.buffers()) {
+        if !self.can_take(io, self.tasks.get(id).map_or(0, Task::buffers)) {
             if unsol_limit > 0 {
                 // Data is on its way and there is nowhere to put it.
                 io.stats().buffer_waits.fetch_add(1, Relaxed);
@@ -319,6 +326,24 @@ impl Conn {
         } else {
             Sink::Discard
         }
+    }
+
+    /// Whether write `t` can be received straight into its LU's mapping
+    /// (see `BlockBackend::mapped_mut`): a LU whose data lives in memory,
+    /// a transfer of at least `PLACE_MIN`, and no data digest (the data
+    /// must be checked before it may land on the medium, and user space
+    /// must not read the mapping to check it).
+    fn may_place(&self, io: &mut impl IoOps, t: &Task) -> bool {
+        if self.dd || t.kind != Kind::Write || t.xfer < PLACE_MIN {
+            return false;
+        }
+        let Some(lu) = self.sh.luns.get(t.lun) else {
+            return false;
+        };
+        let Some(start) = t.lba.checked_mul(t.bs as u64) else {
+            return false;
+        };
+        io.disk_mapped_mut(&*lu.backend, start, t.xfer).is_some()
     }
 
     /// A write or verify task got its buffers: ask for the data.
@@ -366,6 +391,10 @@ impl Conn {
         };
         debug_assert!(t.buf.is_none(), "task given buffers twice");
         t.waiting_buf = false;
+        if t.in_place {
+            t.set_chunk(0, buf_size);
+            return;
+        }
         t.buf = io.pool_mut().alloc();
         if t.kind == Kind::VerifyCompare {
             t.cmp_buf = io.pool_mut().alloc();
@@ -386,7 +415,7 @@ impl Conn {
         if t.finished || t.io_busy {
             return;
         }
-        let (kind, has_buf) = (t.kind, t.buf.is_some());
+        let (kind, has_buf, nbuf) = (t.kind, t.buf.is_some() || t.in_place, t.buffers());
         match kind {
             Kind::Job => return,
             Kind::Flush => {}
@@ -402,7 +431,7 @@ impl Conn {
             Kind::Read => {}
             Kind::Write | Kind::VerifyCompare | Kind::Param => {
                 if !has_buf {
-                    if !self.can_take(io, kind.buffers()) {
+                    if !self.can_take(io, nbuf) {
                         return self.park_for_buffer(io, id);
                     }
                     self.start_data_out(io, id);
@@ -504,6 +533,17 @@ impl Conn {
         let len = t.write_len();
         if len == 0 {
             return self.next_chunk(io, id);
+        }
+        if t.in_place {
+            // The data is on the medium already: received into the
+            // mapping, or written as it came (`Conn::place`). The LU lives
+            // in memory, so there is nothing to make durable for FUA.
+            if t.place_failed {
+                return self.finish_check(io, id, Sense::write_error());
+            }
+            t.io_busy = true;
+            io.stats().write_ops.fetch_add(1, Relaxed);
+            return self.disk_done(io, id, len as i32);
         }
         let (off, fua) = (t.disk_offset(), t.fua);
         let backend = &*self.sh.luns[t.lun].backend;

@@ -16,7 +16,10 @@
 //! Commands: each SCSI command that touches the medium becomes a
 //! [`Task`] owning one pool buffer for its lifetime, processed in chunks of
 //! one buffer (reads: disk read, then Data-In; writes: unsolicited data and
-//! R2T-driven Data-Out, then disk write). The session has one connection
+//! R2T-driven Data-Out, then disk write). On a LU whose data lives in
+//! memory, large reads are sent from its mapping and large writes are
+//! received into it (`Task::mapped`, `Task::in_place`): no buffer, no disk
+//! I/O. The session has one connection
 //! (MaxConnections=1) and ErrorRecoveryLevel 0: a protocol violation
 //! gets a Reject and the connection is closed, except a Data-Out with the
 //! wrong DataSN or offset, which ends only its task (CHECK CONDITION, as
@@ -57,6 +60,12 @@ const RX_CAP: usize = 64 * 1024;
 /// Data still to come beyond this size is received straight into the
 /// task's buffer instead of through the staging buffer.
 const DIRECT_MIN: usize = 8 * 1024;
+/// Writes of at least this much to a LU whose data lives in memory are
+/// received straight into its mapping (`Task::in_place`). Smaller ones
+/// keep the buffer and one disk write per chunk: their data mostly arrives
+/// with the header, in the staging buffer, and each staged piece of a
+/// placed write is written with a system call of its own.
+const PLACE_MIN: u32 = 64 * 1024;
 /// Stop reading new PDUs while this many responses wait to be sent.
 const TXQ_MAX: usize = 4096;
 const SEND_BATCH: usize = 64;
@@ -454,10 +463,23 @@ impl Conn {
                 self.rx_busy = false;
                 let target_task = self.direct_task.take();
                 if self.closing {
+                } else if res == -libc::EFAULT && self.placing(target_task) {
+                    // The receive reached past the end of the LU's mapped
+                    // file (it shrank, or its file system is full): the
+                    // bytes stay queued in the socket. Stop receiving into
+                    // the mapping; the rest of this data comes through
+                    // the staging buffer and is written with copies.
+                    if let Some(t) = target_task.and_then(|t| self.tasks.get(t)) {
+                        self.sh.luns[t.lun].backend.mapping_faulted();
+                    }
+                    self.process_rx(io);
                 } else if res <= 0 {
                     self.close("peer closed the connection during data");
                 } else if let Rx::Data { got, .. } = self.rx_state {
                     self.keepalive.heard();
+                    if self.placing(target_task) {
+                        io.stats().mapped_writes.fetch_add(1, Relaxed);
+                    }
                     let (off, n) = (self.direct_off as usize, res as usize);
                     if self.dd {
                         let buf = target_task

@@ -108,14 +108,17 @@ impl Conn {
                             if self.dd {
                                 self.data_crc = crc32c::crc32c_append(self.data_crc, bytes);
                             }
-                            deliver(
-                                &self.tasks,
-                                &mut self.pdu_data,
-                                io.pool_mut(),
-                                sink,
-                                got,
-                                bytes,
-                            );
+                            if !self.place(io, sink, got, s, e) {
+                                let bytes: &[u8] = &self.rx[s..e];
+                                deliver(
+                                    &self.tasks,
+                                    &mut self.pdu_data,
+                                    io.pool_mut(),
+                                    sink,
+                                    got,
+                                    bytes,
+                                );
+                            }
                             self.rx_start += n;
                         }
                         let got = got + n;
@@ -174,12 +177,34 @@ impl Conn {
             trailer,
         };
         if got < total {
-            if let Some((id, off)) = self.direct_target(sink, got, total) {
-                self.recv_direct(io, id, off, total - got);
-                return true;
+            match self.direct_target(io, sink, got, total) {
+                Some(Direct::Pool { id, off }) => {
+                    self.recv_direct(io, id, off, total - got);
+                    return true;
+                }
+                Some(Direct::Mapped { id, dst }) => {
+                    let len = (total - got) as u32;
+                    // SAFETY: `dst` came from `mapped_mut` of the task's
+                    // backend, which the target's LU table keeps for the
+                    // life of every connection.
+                    unsafe { io.recv_mapped(self.fd, dst, len, TAG_RECV_DIRECT) };
+                    self.header_next = true;
+                    self.direct_task = Some(id);
+                    self.direct_off = 0;
+                    self.rx_busy = true;
+                    return true;
+                }
+                None => {}
             }
         }
         false
+    }
+
+    /// Whether task `id` is a write received straight into its LU's
+    /// mapping.
+    pub(super) fn placing(&self, id: Option<TaskId>) -> bool {
+        id.and_then(|id| self.tasks.get(id))
+            .is_some_and(|t| t.in_place)
     }
 
     /// Receive the next `len` bytes of the data segment straight into task
@@ -195,15 +220,17 @@ impl Conn {
         self.rx_busy = true;
     }
 
-    /// Where a direct recv of the rest of a data segment may land (task and
-    /// offset in its buffer), if the sink is a task buffer that covers all
-    /// of it.
+    /// Where a direct recv of the rest of a data segment may land, if the
+    /// sink is a task whose current chunk covers all of it: the task's
+    /// buffer, or, for a write received in place, the LU's mapping (only
+    /// within the blocks that reach the medium).
     pub(super) fn direct_target(
         &mut self,
+        io: &mut impl IoOps,
         sink: Sink,
         got: usize,
         total: usize,
-    ) -> Option<(TaskId, u32)> {
+    ) -> Option<Direct> {
         if total - got < DIRECT_MIN {
             return None;
         }
@@ -213,11 +240,73 @@ impl Conn {
         let t = self.tasks.get(id)?;
         let start = off as u64 + got as u64;
         let end = off as u64 + total as u64;
+        if t.in_place {
+            if !self.may_land(t) {
+                return None;
+            }
+            let len = end - start;
+            let (at, skip, n) = t.medium_range(start, len)?;
+            if skip != 0 || n != len {
+                return None;
+            }
+            let backend = &*self.sh.luns.get(t.lun)?.backend;
+            let dst = io.disk_mapped_mut(backend, at, n as u32)?;
+            return Some(Direct::Mapped { id, dst });
+        }
         if start < t.chunk_start as u64 || end > (t.chunk_start + t.chunk_len) as u64 {
             return None;
         }
         t.buf.as_ref()?;
-        Some((id, start as u32 - t.chunk_start))
+        Some(Direct::Pool {
+            id,
+            off: start as u32 - t.chunk_start,
+        })
+    }
+
+    /// Staged bytes `rx[s..e]`, at byte `at` of the current data segment,
+    /// for a write received in place: write them to the medium now (the
+    /// LU lives in memory, so this is a copy, as a receive into the
+    /// mapping would be). False: the sink is not such a write.
+    fn place(&mut self, io: &mut impl IoOps, sink: Sink, at: usize, s: usize, e: usize) -> bool {
+        let Sink::Task { id, off } = sink else {
+            return false;
+        };
+        let Some(t) = self.tasks.get(id).filter(|t| t.in_place) else {
+            return false;
+        };
+        if !self.may_land(t) {
+            return true;
+        }
+        let start = off as u64 + at as u64;
+        let Some((pos, skip, n)) = t.medium_range(start, (e - s) as u64) else {
+            return true;
+        };
+        let from = s + skip as usize;
+        let bytes = &self.rx[from..from + n as usize];
+        let Some(lu) = self.sh.luns.get(t.lun) else {
+            return true;
+        };
+        if let Err(err) = io.disk_write_now(&*lu.backend, bytes, pos) {
+            tracing::warn!("connection {}: write failed: {err}", self.peer);
+            if let Some(t) = self.tasks.get_mut(id) {
+                t.place_failed = true;
+            }
+        }
+        true
+    }
+
+    /// Whether data for write `t`, received in place, may still land on
+    /// the medium: not once the task has ended, nor once a reset of its
+    /// LU (from any session) has aborted it. In a buffer such data is
+    /// dropped before the disk write; in place it must not be stored.
+    fn may_land(&self, t: &Task) -> bool {
+        !t.finished
+            && !t.aborted
+            && self
+                .sh
+                .luns
+                .get(t.lun)
+                .is_some_and(|l| l.info.state.epoch() == t.epoch)
     }
 
     // ------------------------------------------------------------------
@@ -300,6 +389,14 @@ impl Conn {
             }
         }
     }
+}
+
+/// Where the rest of a data segment is received directly.
+pub(super) enum Direct {
+    /// Task `id`'s pool buffer, at byte `off`.
+    Pool { id: TaskId, off: u32 },
+    /// The LU's mapping, at `dst`, for write `id` received in place.
+    Mapped { id: TaskId, dst: *mut u8 },
 }
 
 /// Store received data bytes `[at, at+len)` of the current PDU where `sink`

@@ -25,6 +25,12 @@ enum Op {
         len: usize,
         tag: u32,
     },
+    /// A receive straight into the mapped LU (`disk`).
+    RecvMapped {
+        ptr: *mut u8,
+        len: usize,
+        tag: u32,
+    },
     Disk {
         tag: u32,
         write: bool,
@@ -56,9 +62,15 @@ struct MockIo {
     /// Length of every pool receive posted.
     recv_pool_lens: Vec<usize>,
     /// Offer `disk` as the LU's mapped memory for reads of 64 KiB and up,
-    /// as a memory-backed LU does.
+    /// and for writes, as a memory-backed LU does.
     mapped: bool,
     disk_reads: usize,
+    disk_writes: usize,
+    /// Complete the next receive into the mapping with -EFAULT, as when
+    /// the file shrank under it.
+    mapped_fault: bool,
+    /// Bytes written with `disk_write_now` (staged pieces of a placed write).
+    written_now: usize,
 }
 
 impl IoOps for MockIo {
@@ -91,6 +103,21 @@ impl IoOps for MockIo {
             tag,
         });
     }
+    unsafe fn recv_mapped(&mut self, _fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+        if std::mem::take(&mut self.mapped_fault) {
+            self.mapped = false;
+            self.ops.push(Op::Done {
+                tag,
+                res: -libc::EFAULT,
+            });
+            return;
+        }
+        self.ops.push(Op::RecvMapped {
+            ptr: dst,
+            len: len as usize,
+            tag,
+        });
+    }
     unsafe fn send(&mut self, _fd: RawFd, iov: &[libc::iovec], tag: u32) {
         let mut n = 0;
         for v in iov {
@@ -106,6 +133,21 @@ impl IoOps for MockIo {
         let end = offset as usize + len as usize;
         (self.mapped && len >= 65536 && end <= self.disk.len())
             .then(|| self.disk[offset as usize..].as_ptr())
+    }
+    fn disk_mapped_mut(&mut self, _b: &dyn BlockBackend, offset: u64, len: u32) -> Option<*mut u8> {
+        let end = offset as usize + len as usize;
+        (self.mapped && end <= self.disk.len()).then(|| self.disk[offset as usize..].as_mut_ptr())
+    }
+    fn disk_write_now(
+        &mut self,
+        _b: &dyn BlockBackend,
+        data: &[u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let o = offset as usize;
+        self.disk[o..o + data.len()].copy_from_slice(data);
+        self.written_now += data.len();
+        Ok(())
     }
     fn disk_read(
         &mut self,
@@ -135,6 +177,7 @@ impl IoOps for MockIo {
         _fua: bool,
         tag: u32,
     ) -> Issued {
+        self.disk_writes += 1;
         let ptr = self.pool.ptr(buf);
         self.ops.push(Op::Disk {
             tag,
@@ -205,6 +248,9 @@ impl H {
             recv_pool_lens: Vec::new(),
             mapped: false,
             disk_reads: 0,
+            disk_writes: 0,
+            mapped_fault: false,
+            written_now: 0,
         };
         let mut h = H {
             conn,
@@ -237,7 +283,9 @@ impl H {
                         self.conn.on_complete(&mut self.io, tag, n as i32);
                         progress = true;
                     }
-                    Op::RecvPool { ptr, len, tag } if self.inbox.len() >= len => {
+                    Op::RecvPool { ptr, len, tag } | Op::RecvMapped { ptr, len, tag }
+                        if self.inbox.len() >= len =>
+                    {
                         let len = match self.io.recv_pool_max {
                             0 => len,
                             m => len.min(m),
@@ -449,6 +497,62 @@ fn reads_of_a_mapped_lu_are_sent_from_the_mapping_without_a_buffer() {
         data[..4096]
     );
     assert_eq!(h.io.disk_reads, 1);
+}
+
+#[test]
+fn writes_to_a_mapped_lu_are_received_into_the_mapping_without_a_buffer() {
+    let mut h = immediate_data_session();
+    h.io.mapped = true;
+    // 192 KiB at block 1: 100 KiB immediate (the first 64 KiB staged, the
+    // rest received into the mapping), unsolicited Data-Out up to the
+    // first burst, then R2T-driven Data-Out.
+    let data: Vec<u8> = (0..196608u32).map(|i| (i * 7 + i / 509) as u8).collect();
+    let itt = h.cmd(&write10(1, 384), 0, 196608, &data[..102400]);
+    assert_eq!(h.io.pool.available(), 8, "a placed write took a buffer");
+    h.data_out(itt, RESERVED_TAG, 0, 102400, true, &data[102400..131072]);
+    let mut sent = 131072;
+    for _ in 0..8 {
+        let p = h.take_pdus();
+        if p.iter().any(|(b, _)| b[0] & 0x3f == RSP) {
+            assert_eq!(summary(&p).last(), Some(&(RSP, 0)));
+            break;
+        }
+        let r = p.iter().find(|(b, _)| b[0] & 0x3f == R2T).expect("an R2T");
+        let (ttt, off, len) = (be32(&r.0[20..]), be32(&r.0[40..]), be32(&r.0[44..]));
+        assert_eq!(off, sent);
+        let end = (off + len) as usize;
+        h.data_out(itt, ttt, 0, off, true, &data[off as usize..end]);
+        sent = end as u32;
+    }
+    assert_eq!(sent, 196608);
+    assert_eq!(&h.io.disk[512..512 + data.len()], &data[..]);
+    assert_eq!(
+        h.io.disk_writes, 0,
+        "a placed write went through a disk write"
+    );
+    assert!(h.io.written_now > 0 && h.io.written_now < 102400);
+    assert!(h.io.stats.mapped_writes.load(Relaxed) >= 2);
+    assert!(h.conn.tasks.is_empty());
+    // Small writes keep the buffer path.
+    h.cmd(&write10(1, 8), 0, 4096, &data[..4096]);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    assert_eq!(h.io.disk_writes, 1);
+    session_still_works(&mut h);
+}
+
+#[test]
+fn a_placed_write_that_faults_is_finished_with_copies() {
+    let mut h = immediate_data_session();
+    h.io.mapped = true;
+    h.io.mapped_fault = true;
+    // The receive into the mapping fails (a shrunk file): the rest of the
+    // segment comes through staging and is written as it arrives.
+    let data: Vec<u8> = (0..131072u32).map(|i| (i * 3 + i / 511) as u8).collect();
+    h.cmd(&write10(0, 256), 0, 131072, &data);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    assert_eq!(&h.io.disk[..data.len()], &data[..]);
+    assert_eq!(h.io.written_now, data.len());
+    session_still_works(&mut h);
 }
 
 #[test]
@@ -882,6 +986,26 @@ fn lu_reset_aborts_and_raises_unit_attention_on_every_session() {
         h.cmd(&TUR, 0, 0, &[]);
         assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
     }
+}
+
+#[test]
+fn a_placed_write_aborted_by_a_reset_stores_nothing() {
+    let (mut a, mut b) = two_paths();
+    a.io.mapped = true;
+    // A 64 KiB write, received in place, waits for its data when B resets
+    // the LU: the data that then comes must not reach the medium.
+    let w = a.cmd(&write10(0, 128), 0, 65536, &[]);
+    let p = a.take_pdus();
+    assert_eq!(summary(&p), vec![(R2T, 0)]);
+    let (ttt, len) = (be32(&p[0].0[20..]), be32(&p[0].0[44..]) as usize);
+    assert!(len >= 16384, "R2T for {len} bytes");
+    tmf(&mut b, 5); // LOGICAL UNIT RESET
+    a.data_out(w, ttt, 0, 0, true, &vec![9; len]);
+    assert!(a.take_pdus().is_empty(), "status for an aborted write");
+    assert!(
+        a.io.disk[..len].iter().all(|&x| x == 0),
+        "aborted write reached the medium"
+    );
 }
 
 #[test]
