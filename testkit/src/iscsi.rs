@@ -321,6 +321,26 @@ impl IscsiConn {
         b
     }
 
+    /// The outcome a SCSI Response PDU carries (`data`: the Data-In
+    /// gathered before it), its sense data unwrapped.
+    fn scsi_response(&mut self, pdu: &Pdu, data: Vec<u8>) -> Result<ScsiResult, String> {
+        self.exp_statsn = pdu.u32_at(24).wrapping_add(1);
+        if pdu.bhs[2] != 0 {
+            return Err(format!("iSCSI response code {:#04x}", pdu.bhs[2]));
+        }
+        let sense = if pdu.data.len() > 2 {
+            let n = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
+            pdu.data[2..(2 + n).min(pdu.data.len())].to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(ScsiResult {
+            status: pdu.bhs[3],
+            data,
+            sense,
+        })
+    }
+
     /// Runs a SCSI command without data-out and collects Data-In and status.
     pub fn scsi_command(
         &mut self,
@@ -354,23 +374,7 @@ impl IscsiConn {
                         });
                     }
                 }
-                OP_SCSI_RSP => {
-                    self.exp_statsn = pdu.u32_at(24).wrapping_add(1);
-                    if pdu.bhs[2] != 0 {
-                        return Err(format!("iSCSI response code {:#04x}", pdu.bhs[2]));
-                    }
-                    let sense = if pdu.data.len() > 2 {
-                        let n = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
-                        pdu.data[2..(2 + n).min(pdu.data.len())].to_vec()
-                    } else {
-                        Vec::new()
-                    };
-                    return Ok(ScsiResult {
-                        status: pdu.bhs[3],
-                        data,
-                        sense,
-                    });
-                }
+                OP_SCSI_RSP => return self.scsi_response(&pdu, data),
                 OP_NOP_IN => {
                     // Answer target pings so the session stays up.
                     let ttt = pdu.u32_at(20);
@@ -438,23 +442,7 @@ impl IscsiConn {
                         data_sn += 1;
                     }
                 }
-                OP_SCSI_RSP => {
-                    self.exp_statsn = pdu.u32_at(24).wrapping_add(1);
-                    if pdu.bhs[2] != 0 {
-                        return Err(format!("iSCSI response code {:#04x}", pdu.bhs[2]));
-                    }
-                    let sense = if pdu.data.len() > 2 {
-                        let n = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
-                        pdu.data[2..(2 + n).min(pdu.data.len())].to_vec()
-                    } else {
-                        Vec::new()
-                    };
-                    return Ok(ScsiResult {
-                        status: pdu.bhs[3],
-                        data: Vec::new(),
-                        sense,
-                    });
-                }
+                OP_SCSI_RSP => return self.scsi_response(&pdu, Vec::new()),
                 OP_REJECT => return Err("target sent Reject".into()),
                 op => {
                     return Err(format!(
