@@ -705,7 +705,7 @@ struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
     writable: bool,
-    /// Cleared once a send from the mapping faulted.
+    /// Cleared once a send from the mapping, or a receive into it, faulted.
     ok: std::sync::atomic::AtomicBool,
 }
 

@@ -195,8 +195,6 @@ impl Io<'_> {
         self.reactor
     }
 
-    /// Set `fd`'s SO_RCVLOWAT to `n` unless it already is; false if the
-    /// kernel refused (the receive then falls back to MSG_WAITALL).
     /// Receive `len` bytes into `dst`, in one completion when it can.
     ///
     /// A large receive waits for all of its bytes in one piece: the
@@ -228,6 +226,8 @@ impl Io<'_> {
         unsafe { self.push(e, KIND_PLAIN, tag) };
     }
 
+    /// Set `fd`'s SO_RCVLOWAT to `n` unless it already is; false if the
+    /// kernel refused (the receive then falls back to MSG_WAITALL).
     fn set_lowat(&mut self, fd: RawFd, n: u32) -> bool {
         if self.own.lowat == n {
             return true;
