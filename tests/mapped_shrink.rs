@@ -39,7 +39,9 @@ fn session(addr: SocketAddr) -> IscsiConn {
 fn a_tmpfs_lun_that_shrinks_while_served_reads_zeros_past_its_new_end_and_takes_writes() {
     let shm = std::path::Path::new("/dev/shm");
     assert!(shm.is_dir(), "/dev/shm (a tmpfs) is needed for this test");
-    let img = shm.join(format!("bootlun-test-shrink-{}.img", std::process::id()));
+    // On tmpfs, and removed however the test ends.
+    let dir = TempDir::new_in(shm, "shrink");
+    let img = dir.join("lun.img");
     let data = pseudo_random_bytes(16 << 20, 0x5eed_0006);
     std::fs::write(&img, &data).unwrap();
     let mut server = Server::start(&[img.to_str().unwrap()], &[]);
@@ -126,5 +128,4 @@ fn a_tmpfs_lun_that_shrinks_while_served_reads_zeros_past_its_new_end_and_takes_
         out.contains("the backing file shrank"),
         "no receive into the mapping faulted after the shrink:\n{out}"
     );
-    let _ = std::fs::remove_file(&img);
 }

@@ -73,7 +73,14 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("bootlun-test-{tag}-{}", unique_suffix()));
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A directory under `base` (for example `/dev/shm`, for files that
+    /// must live on tmpfs), removed with everything in it when dropped,
+    /// panics included.
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
+        let path = base.join(format!("bootlun-test-{tag}-{}", unique_suffix()));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
         TempDir { path }
