@@ -880,12 +880,7 @@ impl Conn {
         let Some(t) = self.tasks.get(id) else {
             return false;
         };
-        let stale = !t.finished
-            && self
-                .sh
-                .luns
-                .get(t.lun)
-                .is_some_and(|l| l.info.state.epoch() != t.epoch);
+        let stale = !t.finished && self.reset_since(t);
         if stale {
             tracing::debug!(
                 "connection {}: ITT {:#x} aborted by a reset of LUN {}",

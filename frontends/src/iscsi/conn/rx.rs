@@ -177,24 +177,9 @@ impl Conn {
             trailer,
         };
         if got < total {
-            match self.direct_target(io, sink, got, total) {
-                Some(Direct::Pool { id, off }) => {
-                    self.recv_direct(io, id, off, total - got);
-                    return true;
-                }
-                Some(Direct::Mapped { id, dst }) => {
-                    let len = (total - got) as u32;
-                    // SAFETY: `dst` came from `mapped_mut` of the task's
-                    // backend, which the target's LU table keeps for the
-                    // life of every connection.
-                    unsafe { io.recv_mapped(self.fd, dst, len, TAG_RECV_DIRECT) };
-                    self.header_next = true;
-                    self.direct_task = Some(id);
-                    self.direct_off = 0;
-                    self.rx_busy = true;
-                    return true;
-                }
-                None => {}
+            if let Some(d) = self.direct_target(io, sink, got, total) {
+                self.recv_direct(io, d, total - got);
+                return true;
             }
         }
         false
@@ -207,13 +192,25 @@ impl Conn {
             .is_some_and(|t| t.in_place)
     }
 
-    /// Receive the next `len` bytes of the data segment straight into task
-    /// `task`'s pool buffer at byte `off`.
-    pub(super) fn recv_direct(&mut self, io: &mut impl IoOps, task: TaskId, off: u32, len: usize) {
-        let Some(buf) = self.tasks.get(task).and_then(|t| t.buf.as_ref()) else {
-            return;
+    /// Receive the next `len` bytes of the data segment straight where
+    /// `to` says: a task's pool buffer, or its LU's mapping.
+    pub(super) fn recv_direct(&mut self, io: &mut impl IoOps, to: Direct, len: usize) {
+        let (task, off) = match to {
+            Direct::Pool { id, off } => {
+                let Some(buf) = self.tasks.get(id).and_then(|t| t.buf.as_ref()) else {
+                    return;
+                };
+                io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
+                (id, off)
+            }
+            Direct::Mapped { id, dst } => {
+                // SAFETY: `dst` came from `mapped_mut` of the task's
+                // backend, which the target's LU table keeps for the life
+                // of every connection.
+                unsafe { io.recv_mapped(self.fd, dst, len as u32, TAG_RECV_DIRECT) };
+                (id, 0)
+            }
         };
-        io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
         self.header_next = true;
         self.direct_task = Some(task);
         self.direct_off = off;
@@ -300,13 +297,16 @@ impl Conn {
     /// LU (from any session) has aborted it. In a buffer such data is
     /// dropped before the disk write; in place it must not be stored.
     fn may_land(&self, t: &Task) -> bool {
-        !t.finished
-            && !t.aborted
-            && self
-                .sh
-                .luns
-                .get(t.lun)
-                .is_some_and(|l| l.info.state.epoch() == t.epoch)
+        !t.finished && !t.aborted && !self.reset_since(t)
+    }
+
+    /// A reset or CLEAR TASK SET of task `t`'s LU (from any session) came
+    /// after it started: its LU's task epoch moved on.
+    pub(super) fn reset_since(&self, t: &Task) -> bool {
+        self.sh
+            .luns
+            .get(t.lun)
+            .is_some_and(|l| l.info.state.epoch() != t.epoch)
     }
 
     // ------------------------------------------------------------------
