@@ -105,7 +105,7 @@ pub(crate) struct ServeArgs {
     /// busy, adaptive or interrupt [default: adaptive].
     #[arg(long)]
     pub(crate) poll: Option<String>,
-    /// Adaptive polling: microseconds to spin before sleeping [default: 50].
+    /// Adaptive polling: longest spin after the last completion, in microseconds [default: 50].
     #[arg(long)]
     pub(crate) poll_spin_us: Option<u64>,
     /// I/O buffers per reactor [default: 1/128 of RAM over the reactors, 128 to 256].

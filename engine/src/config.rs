@@ -11,7 +11,9 @@ pub enum PollMode {
     /// latency, one core fully used per reactor.
     Busy,
     /// Spin for a bounded time after the last completion, then block in the
-    /// kernel until the next one.
+    /// kernel until the next one; spin at all only while short epochs
+    /// measure that spinning moves at least 25 % more commands per second
+    /// for at most 10 % more CPU per command (as at queue depth 1).
     #[default]
     Adaptive,
     /// Always block in the kernel while there is nothing to do.

@@ -1369,7 +1369,9 @@ fn compare_in(
     }
 
     // Core sweep: reactors × poll mode.
-    let sweep_w = [WORKLOADS[1], WORKLOADS[4]];
+    // Depth 1, where adaptive polling should spin; depth 32 and large
+    // reads, where it should not.
+    let sweep_w = [WORKLOADS[0], WORKLOADS[1], WORKLOADS[4]];
     let mut sweep = Vec::new();
     if sweep_on {
         let lun = format!("/dev/shm/{}-sweep.img", ctx.tag);
