@@ -28,6 +28,6 @@ pub mod stats;
 pub use backend::{open_backend, BackendInfo, BlockBackend, LunSpec, Prep};
 pub use bufpool::{BufId, BufPool, PoolBuf};
 pub use config::{parse_core_list, parse_size, PollMode, ZeroCopySend};
-pub use ops::{IoOps, Issued};
+pub use ops::{IoOps, Issued, Spill};
 pub use reactor::{Connection, Engine, EngineConfig, Io, Service};
 pub use stats::{ReactorStats, Stats};

@@ -27,6 +27,38 @@ pub enum Issued {
     Done(i32),
 }
 
+/// Memory a direct receive (`recv_pool`, `recv_mapped`) may also fill,
+/// after its `len` bytes, with what follows them on the socket if that
+/// has arrived already: the next PDU's header, so that a stream of large
+/// Data-Out PDUs takes one receive each instead of two. The receive still
+/// waits only for its `len` bytes; it never waits for the spill.
+#[derive(Debug, Clone, Copy)]
+pub struct Spill {
+    ptr: *mut u8,
+    len: u32,
+}
+
+impl Spill {
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid, and must not be read or written by
+    /// anyone else, until the completion of the receive it is given to.
+    pub unsafe fn new(ptr: *mut u8, len: u32) -> Spill {
+        Spill { ptr, len }
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// What a connection may do on its reactor.
 pub trait IoOps {
     /// The reactor's buffer pool (shared by all its connections).
@@ -49,20 +81,36 @@ pub trait IoOps {
     /// Receive `len` bytes from `fd` into pool buffer `buf` at byte `off`,
     /// in one completion when it can (the reactor waits until they are
     /// all queued); a short completion is the caller's to re-post for the
-    /// rest.
+    /// rest. A result above `len` counts bytes that went on into `spill`.
     /// Panics if the range does not fit the buffer. The caller keeps `buf`
     /// (and does not look at that range) until the completion arrives.
-    fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32);
+    fn recv_pool(
+        &mut self,
+        fd: RawFd,
+        buf: &PoolBuf,
+        off: u32,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    );
 
     /// Receive `len` bytes from `fd` straight into a LU's writable mapping
     /// (see [`BlockBackend::mapped_mut`]), in one completion when it can,
-    /// as [`recv_pool`](Self::recv_pool) does. A receive past the end of a
-    /// shrunk file completes with `-EFAULT` (or short, before it).
+    /// as [`recv_pool`](Self::recv_pool) does, spill included. A receive
+    /// past the end of a shrunk file completes with `-EFAULT` (or short,
+    /// before it).
     ///
     /// # Safety
     /// `dst..dst+len` must come from `mapped_mut` of a backend that
     /// outlives the completion for `tag`.
-    unsafe fn recv_mapped(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32);
+    unsafe fn recv_mapped(
+        &mut self,
+        fd: RawFd,
+        dst: *mut u8,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    );
 
     /// Send the bytes the iovecs describe on `fd`, with one `sendmsg`. At
     /// most one send per connection is in flight. The iovec array itself is

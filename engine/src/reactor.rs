@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{BlockBackend, IoBuf, Prep};
 use crate::bufpool::{BufPool, PoolBuf};
 use crate::config::{PollMode, ZeroCopySend};
-use crate::ops::{IoOps, Issued};
+use crate::ops::{IoOps, Issued, Spill};
 use crate::stats::{ReactorStats, Stats};
 
 /// Engine sizing and behaviour.
@@ -149,6 +149,10 @@ struct SlotOwned {
     /// The socket's SO_RCVLOWAT as last set (1, the kernel default, until
     /// a large direct receive raises it).
     lowat: u32,
+    /// The msghdr and iovecs of a direct receive with a spill (one
+    /// receive per connection is in flight at a time).
+    rmsg: libc::msghdr,
+    riov: [libc::iovec; 2],
 }
 
 impl SlotOwned {
@@ -162,6 +166,12 @@ impl SlotOwned {
             zc: false,
             zc_res: 0,
             lowat: 1,
+            // SAFETY: as `msg`.
+            rmsg: unsafe { std::mem::zeroed() },
+            riov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
         })
     }
 }
@@ -208,21 +218,61 @@ impl Io<'_> {
     /// hang; a short completion is re-posted by the caller for the rest,
     /// with the mark lowered to match.
     ///
+    /// With a `spill`, the same receive (a `recvmsg` with a second iovec)
+    /// also takes what already follows the `len` bytes, up to the spill's
+    /// size: the next PDU's header. The mark stays at `len`, so it never
+    /// waits for those bytes, and a stream of equal Data-Out segments
+    /// needs neither a second receive nor a `setsockopt` per PDU. (A small
+    /// receive waits with MSG_WAITALL, which would wait for the spill
+    /// too, so it takes none.)
+    ///
     /// # Safety
     /// `dst..dst+len` stays valid, and untouched by user space, until the
     /// completion for `tag` arrives.
-    unsafe fn recv_whole(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+    unsafe fn recv_whole(
+        &mut self,
+        fd: RawFd,
+        dst: *mut u8,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    ) {
         let e = if len >= LOWAT_MIN && self.set_lowat(fd, len) {
-            opcode::Recv::new(types::Fd(fd), dst, len)
-                .ioprio(RECVSEND_POLL_FIRST)
-                .build()
+            match spill.filter(|s| !s.is_empty()) {
+                Some(sp) => {
+                    let own = &mut *self.own;
+                    own.riov = [
+                        libc::iovec {
+                            iov_base: dst.cast(),
+                            iov_len: len as usize,
+                        },
+                        libc::iovec {
+                            iov_base: sp.ptr().cast(),
+                            iov_len: sp.len() as usize,
+                        },
+                    ];
+                    // SAFETY: plain data, all zeros is an empty msghdr.
+                    own.rmsg = unsafe { std::mem::zeroed() };
+                    own.rmsg.msg_iov = own.riov.as_mut_ptr();
+                    own.rmsg.msg_iovlen = 2;
+                    opcode::RecvMsg::new(types::Fd(fd), &mut own.rmsg as *mut _)
+                        .ioprio(RECVSEND_POLL_FIRST)
+                        .build()
+                }
+                None => opcode::Recv::new(types::Fd(fd), dst, len)
+                    .ioprio(RECVSEND_POLL_FIRST)
+                    .build(),
+            }
         } else {
             opcode::Recv::new(types::Fd(fd), dst, len)
                 .flags(libc::MSG_WAITALL)
                 .build()
         };
-        // SAFETY: the entry points only at `dst..dst+len`, which our
-        // caller keeps valid until the completion.
+        // SAFETY: the entry points at `dst..dst+len`, which our caller
+        // keeps valid until the completion, and maybe at the slot's boxed
+        // msghdr and iovecs (untouched until then: one receive per slot
+        // is in flight) and the spill, whose constructor's contract keeps
+        // it valid until then too.
         unsafe { self.push(e, KIND_PLAIN, tag) };
     }
 
@@ -314,18 +364,33 @@ impl IoOps for Io<'_> {
         unsafe { self.push(e, KIND_PLAIN, tag) };
     }
 
-    fn recv_pool(&mut self, fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
+    fn recv_pool(
+        &mut self,
+        fd: RawFd,
+        buf: &PoolBuf,
+        off: u32,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    ) {
         let b = self.io_buf(buf, off, len);
         // SAFETY: `b` lies inside one buffer of this reactor's pool
         // (`io_buf` checked); the pool is dropped after the ring (field
         // order of `Parts`), and the caller holds the `PoolBuf`, so the
         // buffer is not handed out again before the completion.
-        unsafe { self.recv_whole(fd, b.ptr(), len, tag) };
+        unsafe { self.recv_whole(fd, b.ptr(), len, spill, tag) };
     }
 
-    unsafe fn recv_mapped(&mut self, fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+    unsafe fn recv_mapped(
+        &mut self,
+        fd: RawFd,
+        dst: *mut u8,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    ) {
         // SAFETY: the caller's contract (`IoOps::recv_mapped`).
-        unsafe { self.recv_whole(fd, dst, len, tag) };
+        unsafe { self.recv_whole(fd, dst, len, spill, tag) };
     }
 
     unsafe fn send(&mut self, fd: RawFd, iov: &[libc::iovec], tag: u32) {

@@ -1,12 +1,17 @@
 //! `bootlun-perf recv`: ways a reactor can take iSCSI data off a socket,
 //! measured side by side on one loopback connection.
 //!
-//! - **direct** (what the engine does): a 64 KiB staging receive for
-//!   headers and small segments; the rest of a large data segment is
+//! - **direct + spill** (what the engine does): a 64 KiB staging receive
+//!   for headers and small segments; the rest of a large data segment is
 //!   received straight into the task's buffer, behind a raised
-//!   SO_RCVLOWAT and a poll-first receive, so it is never copied again;
-//!   after such a receive the next one takes only a header, so the next
-//!   large segment goes straight into its buffer from its first byte.
+//!   SO_RCVLOWAT and a poll-first receive, so it is never copied again.
+//!   The same receive (a `recvmsg` with a second iovec) takes the next
+//!   header too if it has arrived, so a stream of large segments needs
+//!   one receive per PDU and no `setsockopt` between them; if the header
+//!   is not all there, the next receive takes only the rest of it.
+//! - **direct, header first**: as the engine did before the spill: after
+//!   a direct receive, a header-sized staging receive (with the low-water
+//!   mark lowered for it), then the next direct one.
 //! - **direct, MSG_WAITALL**: as the engine did before: no low-water mark
 //!   (the receive wakes for every arriving piece) and a full staging
 //!   receive after a direct one (the next segment's first bytes are
@@ -43,6 +48,9 @@ const BGID: u16 = 7;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
+    DirectSpill,
+    /// The engine's direct receive before the spill: a separate
+    /// header-sized receive after each direct one.
     Direct,
     /// The engine's direct receive before SO_RCVLOWAT: MSG_WAITALL.
     DirectWaitall,
@@ -213,9 +221,21 @@ fn receive(
     let mut cqes: Vec<Cqe> = Vec::with_capacity(64);
     let cpu0 = thread_cpu();
     match mode {
-        Mode::Direct | Mode::DirectWaitall => {
-            let today = mode == Mode::Direct;
+        Mode::DirectSpill | Mode::Direct | Mode::DirectWaitall => {
+            let lowat_mode = mode != Mode::DirectWaitall;
+            let spill_mode = mode == Mode::DirectSpill;
             let mut staging = vec![0u8; STAGING];
+            let mut spill = Box::new([0u8; BHS]);
+            // The direct receive's recvmsg arguments (spill mode), boxed so
+            // they stay put while the kernel reads them.
+            let mut msg: Box<(libc::msghdr, [libc::iovec; 2])> = Box::new((
+                // SAFETY: plain data; all zeros is an empty msghdr.
+                unsafe { std::mem::zeroed() },
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+            ));
             let mut lowat = 1usize;
             // user_data 1: staging receive; 2: direct receive.
             let post_staging =
@@ -241,14 +261,23 @@ fn receive(
                     }
                     let n = res as usize;
                     if ud == 2 {
-                        p.got += n;
+                        let data = n.min(p.dsl - p.got);
+                        p.got += data;
                         if p.got == p.dsl {
                             p.end_pdu();
-                            let next = if today { BHS } else { STAGING };
-                            post_staging(&mut ring, &mut staging, &mut lowat, next);
-                            continue;
+                            // What came past the data: the next header, or
+                            // part of it.
+                            p.feed(&spill[..n - data]);
+                            if p.in_data && p.dsl - p.got >= DIRECT_MIN {
+                                direct_len = p.dsl - p.got;
+                            } else {
+                                let next = if lowat_mode { BHS - p.hdr_got } else { STAGING };
+                                post_staging(&mut ring, &mut staging, &mut lowat, next);
+                                continue;
+                            }
+                        } else {
+                            direct_len = p.dsl - p.got;
                         }
-                        direct_len = p.dsl - p.got;
                     } else {
                         // Parse and place what arrived; a large
                         // remainder of the last PDU goes direct.
@@ -262,23 +291,40 @@ fn receive(
                     }
                     if direct_len >= DIRECT_MIN {
                         let t = &mut p.tasks[p.task];
-                        let r = opcode::Recv::new(
-                            types::Fd(fd),
-                            t[p.got..].as_mut_ptr(),
-                            direct_len as u32,
-                        );
-                        let r = if today {
-                            if lowat != direct_len {
-                                set_lowat(fd, direct_len);
-                                lowat = direct_len;
-                            }
-                            r.ioprio(1) // IORING_RECVSEND_POLL_FIRST
+                        let dst = t[p.got..].as_mut_ptr();
+                        if lowat_mode && lowat != direct_len {
+                            set_lowat(fd, direct_len);
+                            lowat = direct_len;
+                        }
+                        let e = if spill_mode {
+                            let m = &mut *msg;
+                            m.1 = [
+                                libc::iovec {
+                                    iov_base: dst.cast(),
+                                    iov_len: direct_len,
+                                },
+                                libc::iovec {
+                                    iov_base: spill.as_mut_ptr().cast(),
+                                    iov_len: BHS,
+                                },
+                            ];
+                            m.0.msg_iov = m.1.as_mut_ptr();
+                            m.0.msg_iovlen = 2;
+                            opcode::RecvMsg::new(types::Fd(fd), &mut m.0 as *mut _)
+                                .ioprio(1) // IORING_RECVSEND_POLL_FIRST
+                                .build()
                         } else {
-                            r.flags(libc::MSG_WAITALL)
+                            let r = opcode::Recv::new(types::Fd(fd), dst, direct_len as u32);
+                            if lowat_mode {
+                                r.ioprio(1).build()
+                            } else {
+                                r.flags(libc::MSG_WAITALL).build()
+                            }
                         };
-                        let e = r.build().user_data(2);
-                        // SAFETY: the task buffer is not touched until
-                        // this completion arrives.
+                        let e = e.user_data(2);
+                        // SAFETY: the task buffer, the spill and the boxed
+                        // msghdr are not touched until this completion
+                        // arrives.
                         unsafe { ring.submission().push(&e).expect("queue has room") };
                     } else {
                         post_staging(&mut ring, &mut staging, &mut lowat, STAGING);
@@ -425,13 +471,15 @@ pub fn main(rounds: usize, secs: f64) -> Result<String, String> {
     );
     for dsl in [4096usize, 128 * 1024] {
         let mut res: Vec<(Mode, Vec<Result1>)> = vec![
+            (Mode::DirectSpill, Vec::new()),
             (Mode::Direct, Vec::new()),
             (Mode::DirectWaitall, Vec::new()),
             (Mode::Multishot, Vec::new()),
         ];
+        let modes = res.len();
         for r in 0..rounds {
-            for k in 0..3 {
-                let i = (k + r) % 3;
+            for k in 0..modes {
+                let i = (k + r) % modes;
                 let mode = res[i].0;
                 let x = run_one(mode, dsl, secs)?;
                 eprintln!(
@@ -454,8 +502,10 @@ pub fn main(rounds: usize, secs: f64) -> Result<String, String> {
                 "| {} KiB | {} | {:.2} | {:.3} | {:.3} |",
                 dsl / 1024,
                 match mode {
-                    Mode::Direct => "direct, SO_RCVLOWAT + header first (today)",
-                    Mode::DirectWaitall => "direct, MSG_WAITALL (before)",
+                    Mode::DirectSpill =>
+                        "direct, SO_RCVLOWAT + next header in the same receive (today)",
+                    Mode::Direct => "direct, SO_RCVLOWAT + header first (before)",
+                    Mode::DirectWaitall => "direct, MSG_WAITALL (before that)",
                     Mode::Multishot => "multishot, provided-buffer ring",
                 },
                 median(&mut g),

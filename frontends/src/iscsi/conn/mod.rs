@@ -37,7 +37,7 @@
 //! queue and responses). Every I/O goes through [`IoOps`], so `tests`
 //! drives whole connections in process with byte PDUs.
 
-use bootlun_engine::{BufPool, Connection, Io, IoOps, Issued};
+use bootlun_engine::{BufPool, Connection, Io, IoOps, Issued, Spill};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -184,10 +184,13 @@ pub struct Conn {
     /// until the recv ends.
     direct_off: u32,
     direct_task: Option<TaskId>,
+    /// How many bytes of data the direct recv in flight asked for; what it
+    /// got beyond them went on into the staging buffer (its spill).
+    direct_len: u32,
     /// A data segment just went straight into a task buffer: the next
-    /// receive takes only a header, so that if the next PDU is large too
-    /// its data lands in its buffer from the first byte, never copied out
-    /// of the staging buffer.
+    /// receive takes no more than the next header, so that if the next PDU
+    /// is large too its data lands in its buffer from the first byte, never
+    /// copied out of the staging buffer.
     header_next: bool,
     /// Pool buffers this connection's tasks hold (bounded by `buf_limit`,
     /// so one connection cannot starve the reactor's others).
@@ -198,6 +201,8 @@ pub struct Conn {
     iov: Vec<libc::iovec>,
     iov_pos: usize,
     tx_busy: bool,
+    /// Inside an entry point: PDUs queue up and are sent at its end.
+    tx_hold: bool,
     close_after_send: bool,
     // tasks
     tasks: TaskTable,
@@ -273,6 +278,7 @@ impl Conn {
             data_crc: 0,
             direct_off: 0,
             direct_task: None,
+            direct_len: 0,
             header_next: false,
             bufs_held: 0,
             txq: VecDeque::with_capacity(256),
@@ -280,6 +286,7 @@ impl Conn {
             iov: Vec::with_capacity(SEND_BATCH * 3),
             iov_pos: 0,
             tx_busy: false,
+            tx_hold: false,
             close_after_send: false,
             tasks: TaskTable::default(),
             buf_waiters: VecDeque::new(),
@@ -438,7 +445,17 @@ impl Conn {
         self.flush_tx(io);
     }
 
+    /// A completion. What it makes the connection send (responses, R2Ts,
+    /// Data-In) goes out together at its end, in one `sendmsg`, rather
+    /// than the first PDU alone and the rest after that send completes.
     pub fn on_complete(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
+        self.tx_hold = true;
+        self.dispatch(io, tag, res);
+        self.tx_hold = false;
+        self.flush_tx(io);
+    }
+
+    fn dispatch(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
         match tag & TAG_KIND {
             TAG_RECV => {
                 self.rx_busy = false;
@@ -480,6 +497,11 @@ impl Conn {
                     if self.placing(target_task) {
                         io.stats().mapped_writes.fetch_add(1, Relaxed);
                     }
+                    // Bytes past the data went on into the staging buffer
+                    // (the spill: the trailer and the next header).
+                    let n = (res as u32).min(self.direct_len);
+                    self.rx_end += (res as u32 - n) as usize;
+                    let res = n as i32;
                     let (off, n) = (self.direct_off as usize, res as usize);
                     if self.dd {
                         let buf = target_task
@@ -556,7 +578,10 @@ impl Conn {
 
     pub fn on_buffers_available(&mut self, io: &mut impl IoOps) {
         if !self.closing {
+            self.tx_hold = true;
             self.run_buffer_waiters(io);
+            self.tx_hold = false;
+            self.flush_tx(io);
         }
     }
 

@@ -17,8 +17,10 @@ impl Conn {
             self.rx_start = 0;
         }
         let mut room = RX_CAP - self.rx_end;
-        if std::mem::take(&mut self.header_next) && self.rx_start == self.rx_end {
-            room = BHS_LEN + if self.hd { DIGEST_LEN } else { 0 };
+        if std::mem::take(&mut self.header_next) {
+            if let Some(gap) = self.header_gap() {
+                room = room.min(gap);
+            }
         }
         let ptr = self.rx[self.rx_end..].as_mut_ptr();
         // SAFETY: `rx` is a boxed slice owned by the connection and never
@@ -27,6 +29,26 @@ impl Conn {
         // touching `rx[rx_end..]` until the receive completes.
         unsafe { io.recv(self.fd, ptr, room as u32, TAG_RECV) };
         self.rx_busy = true;
+    }
+
+    /// How many more bytes the staging buffer needs to hold the whole next
+    /// header (with what is left of the current PDU before it), if any.
+    fn header_gap(&self) -> Option<usize> {
+        let avail = self.rx_end - self.rx_start;
+        let hd = if self.hd { DIGEST_LEN } else { 0 };
+        let need = match self.rx_state {
+            Rx::Header => match Bhs::parse(&self.rx[self.rx_start..self.rx_end]) {
+                Ok(bhs) => self.header_len(&bhs),
+                Err(_) => BHS_LEN + hd,
+            },
+            Rx::Data {
+                total,
+                got,
+                trailer,
+                ..
+            } => total - got + trailer + BHS_LEN + hd,
+        };
+        need.checked_sub(avail).filter(|&n| n > 0)
     }
 
     pub(super) fn header_len(&self, bhs: &Bhs<'_>) -> usize {
@@ -194,27 +216,60 @@ impl Conn {
 
     /// Receive the next `len` bytes of the data segment straight where
     /// `to` says: a task's pool buffer, or its LU's mapping.
+    ///
+    /// The same receive may take the rest of the PDU (padding, digest) and
+    /// the next header into the staging buffer, if they have arrived.
     pub(super) fn recv_direct(&mut self, io: &mut impl IoOps, to: Direct, len: usize) {
+        let spill = self.spill(len);
         let (task, off) = match to {
             Direct::Pool { id, off } => {
                 let Some(buf) = self.tasks.get(id).and_then(|t| t.buf.as_ref()) else {
                     return;
                 };
-                io.recv_pool(self.fd, buf, off, len as u32, TAG_RECV_DIRECT);
+                io.recv_pool(self.fd, buf, off, len as u32, spill, TAG_RECV_DIRECT);
                 (id, off)
             }
             Direct::Mapped { id, dst } => {
                 // SAFETY: `dst` came from `mapped_mut` of the task's
                 // backend, which the target's LU table keeps for the life
                 // of every connection.
-                unsafe { io.recv_mapped(self.fd, dst, len as u32, TAG_RECV_DIRECT) };
+                unsafe { io.recv_mapped(self.fd, dst, len as u32, spill, TAG_RECV_DIRECT) };
                 (id, 0)
             }
         };
+        self.direct_len = len as u32;
         self.header_next = true;
         self.direct_task = Some(task);
         self.direct_off = off;
         self.rx_busy = true;
+    }
+
+    /// The staging buffer's room for what follows the last `len` bytes of
+    /// the current data segment, up to the end of the next header; only
+    /// when the staging buffer is empty, as it is when a direct receive
+    /// starts.
+    fn spill(&mut self, len: usize) -> Option<Spill> {
+        let Rx::Data {
+            total,
+            got,
+            trailer,
+            ..
+        } = self.rx_state
+        else {
+            return None;
+        };
+        if self.rx_start != self.rx_end || got + len != total {
+            return None;
+        }
+        self.rx_start = 0;
+        self.rx_end = 0;
+        let n = trailer + BHS_LEN + if self.hd { DIGEST_LEN } else { 0 };
+        // SAFETY: `rx` is a boxed slice owned by the connection and never
+        // reallocated (n is far below RX_CAP); the reactor drops a
+        // connection only once nothing is in flight, and `rx_busy`, set
+        // with the receive, keeps the rest of the code from touching `rx`
+        // until it completes.
+        Some(unsafe { Spill::new(self.rx.as_mut_ptr(), n as u32) })
     }
 
     /// Where a direct recv of the rest of a data segment may land, if the

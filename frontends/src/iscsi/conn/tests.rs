@@ -23,12 +23,14 @@ enum Op {
     RecvPool {
         ptr: *mut u8,
         len: usize,
+        spill: Option<Spill>,
         tag: u32,
     },
     /// A receive straight into the mapped LU (`disk`).
     RecvMapped {
         ptr: *mut u8,
         len: usize,
+        spill: Option<Spill>,
         tag: u32,
     },
     Disk {
@@ -71,6 +73,13 @@ struct MockIo {
     mapped_fault: bool,
     /// Bytes written with `disk_write_now` (staged pieces of a placed write).
     written_now: usize,
+    /// Bytes that direct receives took past their data (their spills).
+    spilled: usize,
+    /// `send` calls (each one `sendmsg`).
+    sends: usize,
+    /// Disk reads and writes finish on the spot, as the reactor's
+    /// `preadv2`/`pwritev2` of a LU in memory do.
+    inline_disk: bool,
 }
 
 impl IoOps for MockIo {
@@ -93,17 +102,33 @@ impl IoOps for MockIo {
             tag,
         });
     }
-    fn recv_pool(&mut self, _fd: RawFd, buf: &PoolBuf, off: u32, len: u32, tag: u32) {
+    fn recv_pool(
+        &mut self,
+        _fd: RawFd,
+        buf: &PoolBuf,
+        off: u32,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    ) {
         self.recv_pools += 1;
         self.recv_pool_lens.push(len as usize);
         let ptr = self.pool.ptr(buf).wrapping_add(off as usize);
         self.ops.push(Op::RecvPool {
             ptr,
             len: len as usize,
+            spill,
             tag,
         });
     }
-    unsafe fn recv_mapped(&mut self, _fd: RawFd, dst: *mut u8, len: u32, tag: u32) {
+    unsafe fn recv_mapped(
+        &mut self,
+        _fd: RawFd,
+        dst: *mut u8,
+        len: u32,
+        spill: Option<Spill>,
+        tag: u32,
+    ) {
         if std::mem::take(&mut self.mapped_fault) {
             self.mapped = false;
             self.ops.push(Op::Done {
@@ -115,10 +140,12 @@ impl IoOps for MockIo {
         self.ops.push(Op::RecvMapped {
             ptr: dst,
             len: len as usize,
+            spill,
             tag,
         });
     }
     unsafe fn send(&mut self, _fd: RawFd, iov: &[libc::iovec], tag: u32) {
+        self.sends += 1;
         let mut n = 0;
         for v in iov {
             // SAFETY: the connection keeps what the iovecs point at alive
@@ -159,6 +186,13 @@ impl IoOps for MockIo {
     ) -> Issued {
         self.disk_reads += 1;
         let ptr = self.pool.ptr(buf);
+        if self.inline_disk {
+            let o = offset as usize;
+            // SAFETY: `len` bytes of a pool buffer the task holds.
+            let b = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
+            b.copy_from_slice(&self.disk[o..o + len as usize]);
+            return Issued::Done(len as i32);
+        }
         self.ops.push(Op::Disk {
             tag,
             write: false,
@@ -179,6 +213,13 @@ impl IoOps for MockIo {
     ) -> Issued {
         self.disk_writes += 1;
         let ptr = self.pool.ptr(buf);
+        if self.inline_disk {
+            let o = offset as usize;
+            // SAFETY: `len` bytes of a pool buffer the task holds.
+            let b = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
+            self.disk[o..o + len as usize].copy_from_slice(b);
+            return Issued::Done(len as i32);
+        }
         self.ops.push(Op::Disk {
             tag,
             write: true,
@@ -225,6 +266,10 @@ struct H {
     conn: Conn,
     io: MockIo,
     inbox: VecDeque<u8>,
+    /// `send` only queues bytes; the test pumps them in one go.
+    batch: bool,
+    /// Staging receives completed.
+    staged_recvs: usize,
     _peer: UnixStream,
     /// Leave disk operations in flight.
     hold_disk: bool,
@@ -251,11 +296,16 @@ impl H {
             disk_writes: 0,
             mapped_fault: false,
             written_now: 0,
+            spilled: 0,
+            sends: 0,
+            inline_disk: false,
         };
         let mut h = H {
             conn,
             io,
             inbox: VecDeque::new(),
+            batch: false,
+            staged_recvs: 0,
             _peer: b,
             hold_disk: false,
             itt: 1,
@@ -280,21 +330,45 @@ impl H {
                             // SAFETY: the connection gave `len` bytes at `ptr`.
                             unsafe { *ptr.add(i) = self.inbox.pop_front().unwrap() };
                         }
+                        self.staged_recvs += 1;
                         self.conn.on_complete(&mut self.io, tag, n as i32);
                         progress = true;
                     }
-                    Op::RecvPool { ptr, len, tag } | Op::RecvMapped { ptr, len, tag }
-                        if self.inbox.len() >= len =>
-                    {
-                        let len = match self.io.recv_pool_max {
-                            0 => len,
-                            m => len.min(m),
+                    Op::RecvPool {
+                        ptr,
+                        len,
+                        spill,
+                        tag,
+                    }
+                    | Op::RecvMapped {
+                        ptr,
+                        len,
+                        spill,
+                        tag,
+                    } if self.inbox.len() >= len => {
+                        let (len, spill) = match self.io.recv_pool_max {
+                            0 => (len, spill),
+                            m if m >= len => (len, spill),
+                            m => (m, None),
                         };
                         for i in 0..len {
                             // SAFETY: inside the task's pool buffer.
                             unsafe { *ptr.add(i) = self.inbox.pop_front().unwrap() };
                         }
-                        self.conn.on_complete(&mut self.io, tag, len as i32);
+                        // What follows the data, as far as it has arrived
+                        // and fits, goes on into the spill.
+                        let mut extra = 0;
+                        if let Some(sp) = spill {
+                            extra = (sp.len() as usize).min(self.inbox.len());
+                            self.io.spilled += extra;
+                            for i in 0..extra {
+                                // SAFETY: the spill's constructor keeps it
+                                // valid until this completion.
+                                unsafe { *sp.ptr().add(i) = self.inbox.pop_front().unwrap() };
+                            }
+                        }
+                        self.conn
+                            .on_complete(&mut self.io, tag, (len + extra) as i32);
                         progress = true;
                     }
                     Op::Disk {
@@ -333,10 +407,19 @@ impl H {
         let mut b = *bhs;
         b[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
         self.inbox.extend(b);
+        if self.conn.hd {
+            self.inbox.extend(crc32c::crc32c(&b).to_le_bytes());
+        }
         self.inbox.extend(data);
-        self.inbox
-            .extend(std::iter::repeat_n(0, pad_len(data.len())));
-        self.pump();
+        let pad = vec![0; pad_len(data.len())];
+        self.inbox.extend(&pad);
+        if self.conn.dd && !data.is_empty() {
+            let crc = crc32c::crc32c_append(crc32c::crc32c(data), &pad);
+            self.inbox.extend(crc.to_le_bytes());
+        }
+        if !self.batch {
+            self.pump();
+        }
     }
 
     /// The target's PDUs sent so far: (header, data).
@@ -346,9 +429,21 @@ impl H {
         let mut p = 0;
         while p + BHS_LEN <= s.len() {
             let h: [u8; BHS_LEN] = s[p..p + BHS_LEN].try_into().unwrap();
+            p += BHS_LEN;
+            // Digests start after the login (whose last response is
+            // already in `sent` when they are switched on).
+            let digests = h[0] & 0x3f != 0x23;
+            if self.conn.hd && digests {
+                let got = u32::from_le_bytes(s[p..p + 4].try_into().unwrap());
+                assert_eq!(got, crc32c::crc32c(&h), "header digest");
+                p += 4;
+            }
             let dsl = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
-            let d = s[p + BHS_LEN..p + BHS_LEN + dsl].to_vec();
-            p += BHS_LEN + dsl + pad_len(dsl);
+            let d = s[p..p + dsl].to_vec();
+            p += dsl + pad_len(dsl);
+            if self.conn.dd && digests && dsl > 0 {
+                p += 4;
+            }
             out.push((h, d));
         }
         out
@@ -369,7 +464,8 @@ impl H {
             ("DataDigest", "None"),
             ("MaxRecvDataSegmentLength", "262144"),
         ];
-        for (k, v) in keys.iter().chain(extra) {
+        let given = |k: &str| extra.iter().any(|(e, _)| *e == k);
+        for (k, v) in keys.iter().filter(|(k, _)| !given(k)).chain(extra) {
             text.push_str(&format!("{k}={v}\0"));
         }
         let mut b = [0u8; BHS_LEN];
@@ -643,6 +739,78 @@ fn after_a_large_segment_the_next_one_lands_in_its_buffer_from_the_first_byte() 
     assert_eq!(&h.io.disk[..102400], &a[..]);
     assert_eq!(&h.io.disk[102400..204800], &b[..]);
     session_still_works(&mut h);
+}
+
+#[test]
+fn back_to_back_large_segments_take_one_receive_each() {
+    for (mapped, digests) in [(false, false), (true, false), (false, true)] {
+        let mut h = H::new(shared(1), 8, 128 * 1024);
+        let d = if digests { "CRC32C" } else { "None" };
+        h.logged_in(&[
+            ("InitialR2T", "No"),
+            ("ImmediateData", "Yes"),
+            ("FirstBurstLength", "131072"),
+            ("MaxBurstLength", "262144"),
+            ("HeaderDigest", d),
+            ("DataDigest", d),
+        ]);
+        assert_eq!((h.conn.hd, h.conn.dd), (digests, digests));
+        h.io.mapped = mapped;
+        let seg = |k: u32| -> Vec<u8> { (0..102400u32).map(|i| (i * k % 251) as u8).collect() };
+        h.cmd(&write10(0, 200), 0, 102400, &seg(3));
+        assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+        // Two more large writes and a small one, all queued on the socket
+        // before the target looks.
+        h.batch = true;
+        h.cmd(&write10(200, 200), 0, 102400, &seg(5));
+        h.cmd(&write10(400, 200), 0, 102400, &seg(7));
+        h.cmd(&write10(600, 1), 0, 512, &[0x77; 512]);
+        h.batch = false;
+        let (staged, spilled) = (h.staged_recvs, h.io.spilled);
+        h.io.recv_pool_lens.clear();
+        h.pump();
+        assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0); 3]);
+        // Each large segment's receive brought the next header with it:
+        // the only staging receives are the one that was waiting for the
+        // first header and the one for the small write's data.
+        // (With digests, each spill is the data digest, the next header
+        // and its digest.)
+        let per = if digests { BHS_LEN + 8 } else { BHS_LEN };
+        assert_eq!(h.io.spilled - spilled, 2 * per, "{mapped} {digests}");
+        assert_eq!(h.staged_recvs - staged, 2, "{mapped} {digests}");
+        if !mapped {
+            assert_eq!(h.io.recv_pool_lens, vec![102400, 102400]);
+        }
+        assert_eq!(&h.io.disk[102400..204800], &seg(5)[..]);
+        assert_eq!(&h.io.disk[204800..307200], &seg(7)[..]);
+        assert!(h.io.disk[307200..307712].iter().all(|&b| b == 0x77));
+        session_still_works(&mut h);
+    }
+}
+
+#[test]
+fn commands_that_arrive_together_are_answered_in_one_send() {
+    // Buffers for all sixteen at once.
+    let mut h = H::new(shared(1), 32, 64 * 1024);
+    h.logged_in(&[("InitialR2T", "No"), ("ImmediateData", "Yes")]);
+    h.io.inline_disk = true;
+    // Eight 4 KiB writes and eight 4 KiB reads in one receive.
+    h.batch = true;
+    for i in 0..8 {
+        h.cmd(&write10(i * 8, 8), 0, 4096, &[i as u8 + 1; 4096]);
+    }
+    for i in 0..8 {
+        h.cmd(&read10(i * 8, 8), 4096, 0, &[]);
+    }
+    h.batch = false;
+    let sends = h.io.sends;
+    h.pump();
+    let p = h.take_pdus();
+    assert_eq!(p.len(), 16, "{:?}", summary(&p));
+    assert_eq!(h.io.sends - sends, 1, "one sendmsg for all sixteen");
+    for (i, (_, d)) in p[8..].iter().enumerate() {
+        assert_eq!(d, &vec![i as u8 + 1; 4096]);
+    }
 }
 
 /// The sense key, ASC and ASCQ of a CHECK CONDITION response's data.

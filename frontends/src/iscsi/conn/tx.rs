@@ -206,7 +206,7 @@ impl Conn {
     }
 
     pub(super) fn flush_tx(&mut self, io: &mut impl IoOps) {
-        if self.tx_busy || self.txq.is_empty() || self.closing {
+        if self.tx_busy || self.tx_hold || self.txq.is_empty() || self.closing {
             return;
         }
         self.tx_fly.clear();
