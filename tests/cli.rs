@@ -113,13 +113,9 @@ fn bad_config_file_exits_2_naming_the_key() {
     assert_rejected(&["serve", "--config", &cfg], "poll");
 }
 
-fn iscsi_ls(
-    server: &Server,
-) -> (
-    Vec<String>,
-    std::collections::HashMap<u32, (String, Option<String>)>,
-    String,
-) {
+/// `iscsi-ls -s` against `server`: its targets, its LUNs and its whole
+/// output.
+fn iscsi_ls(server: &Server) -> (Vec<String>, testkit::LunListing, String) {
     let out = run_tool(
         Command::new("iscsi-ls").args(["-s", &server.portal_url()]),
         Duration::from_secs(60),
@@ -129,10 +125,7 @@ fn iscsi_ls(
     (t, l, out.stdout)
 }
 
-fn size_of(
-    luns: &std::collections::HashMap<u32, (String, Option<String>)>,
-    lun: u32,
-) -> Option<String> {
+fn size_of(luns: &testkit::LunListing, lun: u32) -> Option<String> {
     luns.get(&lun).and_then(|(_, s)| s.clone())
 }
 

@@ -245,9 +245,9 @@ fn header_and_data_digests_protect_every_pdu() {
     // 64 KiB: as large as a write the target would otherwise store in
     // place, as it arrives; with a digest it must be checked first.
     let bad = pseudo_random_bytes(65536, 9);
-    match c.write10(2000, &bad, true) {
-        Ok(status) => assert_ne!(status, 0, "a WRITE with a bad data digest was accepted"),
-        Err(_) => {} // connection closed
+    // An error is a closed connection, which is fine too.
+    if let Ok(status) = c.write10(2000, &bad, true) {
+        assert_ne!(status, 0, "a WRITE with a bad data digest was accepted");
     }
     // The target still serves a new session, and the bad write left the
     // blocks untouched (still zero).

@@ -143,7 +143,7 @@ fn synced_writes_survive_sigkill() {
     c.test_unit_ready(0).unwrap();
     let (_, bs) = c.read_capacity16(0).unwrap();
     assert!(
-        bs as usize <= BLOCK && BLOCK % bs as usize == 0,
+        bs as usize <= BLOCK && BLOCK.is_multiple_of(bs as usize),
         "block size {bs}"
     );
 
@@ -202,7 +202,7 @@ fn synced_writes_survive_sigkill() {
         // block holds write `n` or a newer one of the same slot.
         let got = u32::from_le_bytes(r.data[..4].try_into().unwrap()) as u64;
         let whole = r.data == pattern(got, slot);
-        if !whole || got < n || (got - n) % SLOTS as u64 != 0 {
+        if !whole || got < n || !(got - n).is_multiple_of(SLOTS as u64) {
             lost.push((slot, n, got));
         }
     }

@@ -566,7 +566,7 @@ fn linux_kernel_initiator_in_a_vm() {
     let listen = format!("{HOST_IP}:{PORT}");
     let mut bootlun = Spawned::spawn(
         "bootlun",
-        ns.command(&common::bootlun_bin())
+        ns.command(common::bootlun_bin())
             .args([
                 "serve",
                 "--listen",

@@ -56,11 +56,7 @@ fn transfer_bytes(t: &super::status::PxeTransferRow) -> String {
 /// The HTTP status (200 for a finished TFTP transfer), or `sending 25%`.
 fn transfer_status(t: &super::status::PxeTransferRow) -> String {
     if t.in_progress {
-        let pct = if t.total == 0 {
-            0
-        } else {
-            t.bytes * 100 / t.total
-        };
+        let pct = (t.bytes * 100).checked_div(t.total).unwrap_or(0);
         format!("sending {pct}%")
     } else if let Some(e) = &t.error {
         format!("failed: {e}")

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use crate::vm::Capture;
 
-/// (column, predicate on a console line). The first matching line counts.
-const BOOT_STAGES: &[(&str, fn(&str) -> bool)] = &[
+/// A column and its predicate on a console line.
+type Stage = (&'static str, fn(&str) -> bool);
+
+/// The first matching line counts.
+const BOOT_STAGES: &[Stage] = &[
     ("dhcp", |l| {
         (l.contains("DHCP") || l.contains("Configuring")) && l.contains("ok")
     }),

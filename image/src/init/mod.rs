@@ -305,6 +305,10 @@ fn present_block_devices() -> String {
     }
 }
 
+/// The "still missing" hook of [`wait_for_devices_with`]: it is handed
+/// the progress callback to report through.
+pub type Again<'a> = dyn FnMut(&mut dyn FnMut(&str)) + 'a;
+
 /// [`wait_for_devices`] with another resolver, poll interval and
 /// "still missing" hook (tests). `again` runs every couple of seconds
 /// while something is missing.
@@ -314,7 +318,7 @@ pub fn wait_for_devices_with(
     say: &mut dyn FnMut(&str),
     resolve: &mut dyn FnMut(&str) -> Result<Option<PathBuf>, String>,
     interval: Duration,
-    again: &mut dyn FnMut(&mut dyn FnMut(&str)),
+    again: &mut Again<'_>,
 ) -> Result<Vec<PathBuf>, String> {
     let start = Instant::now();
     let deadline = start + timeout;

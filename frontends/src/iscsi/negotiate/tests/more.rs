@@ -588,6 +588,12 @@ mod security {
         }
     }
 
+    /// A login's negotiator and its last step.
+    type ChapOutcome = (
+        Negotiator,
+        Result<(bool, Vec<(String, String)>), LoginFailure>,
+    );
+
     /// Run a one-way CHAP login with algorithm `code` against `limits`,
     /// answering with `user`/`secret`. Returns the final step.
     fn chap_login(
@@ -596,10 +602,7 @@ mod security {
         code: u64,
         user: &str,
         secret: &[u8],
-    ) -> (
-        Negotiator,
-        Result<(bool, Vec<(String, String)>), LoginFailure>,
-    ) {
+    ) -> ChapOutcome {
         let mut n = Negotiator::new(limits);
         let alg = chap::ChapAlgorithm::from_code(code).expect("known");
         let challenge: Vec<u8> = (1..=alg.digest_len() as u8).collect();
