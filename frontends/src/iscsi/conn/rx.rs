@@ -35,24 +35,28 @@ impl Conn {
     /// header (with what is left of the current PDU before it), if any.
     fn header_gap(&self) -> Option<usize> {
         let avail = self.rx_end - self.rx_start;
-        let hd = if self.hd { DIGEST_LEN } else { 0 };
         let need = match self.rx_state {
             Rx::Header => match Bhs::parse(&self.rx[self.rx_start..self.rx_end]) {
                 Ok(bhs) => self.header_len(&bhs),
-                Err(_) => BHS_LEN + hd,
+                Err(_) => self.bhs_len(),
             },
             Rx::Data {
                 total,
                 got,
                 trailer,
                 ..
-            } => total - got + trailer + BHS_LEN + hd,
+            } => total - got + trailer + self.bhs_len(),
         };
         need.checked_sub(avail).filter(|&n| n > 0)
     }
 
+    /// A header without AHS, with its digest if there is one.
+    fn bhs_len(&self) -> usize {
+        BHS_LEN + if self.hd { DIGEST_LEN } else { 0 }
+    }
+
     pub(super) fn header_len(&self, bhs: &Bhs<'_>) -> usize {
-        BHS_LEN + bhs.ahs_len() + if self.hd { DIGEST_LEN } else { 0 }
+        self.bhs_len() + bhs.ahs_len()
     }
 
     /// Largest data segment we accept now.
@@ -263,7 +267,7 @@ impl Conn {
         }
         self.rx_start = 0;
         self.rx_end = 0;
-        let n = trailer + BHS_LEN + if self.hd { DIGEST_LEN } else { 0 };
+        let n = trailer + self.bhs_len();
         // SAFETY: `rx` is a boxed slice owned by the connection and never
         // reallocated (n is far below RX_CAP); the reactor drops a
         // connection only once nothing is in flight, and `rx_busy`, set
