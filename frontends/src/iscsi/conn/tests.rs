@@ -573,6 +573,7 @@ fn summary(p: &[([u8; BHS_LEN], Vec<u8>)]) -> Vec<(u8, u8)> {
 
 const R2T: u8 = 0x31;
 const RSP: u8 = 0x21;
+const DATA_IN: u8 = 0x25;
 
 #[test]
 fn login_write_read_round_trip() {
@@ -1387,12 +1388,24 @@ fn request_sense_reports_and_clears_the_unit_attention() {
     );
 }
 
-/// Writes of every size and shape, several at once, with the byte stream
-/// cut at random (see `H::chop`): immediate data of any length, the rest
-/// of the first burst as unsolicited Data-Out in pieces of any size, the
-/// rest by R2T; with and without digests, into buffers and into the
-/// mapping. Every write is answered GOOD, lands exactly where it should,
-/// and reads back as written; no task or buffer is left behind.
+/// Writes of every size and shape, several at once and among reads, with
+/// the byte stream cut at random (see `H::chop`): immediate data of any
+/// length, the rest of the first burst as unsolicited Data-Out in pieces
+/// of any size, the rest by R2T; with and without digests, into buffers
+/// and into the mapping. Every command is answered GOOD, every write lands
+/// exactly where it should, every read returns what the disk held; no task
+/// or buffer is left behind.
+/// A command of `writes_land_whole_however_the_stream_is_cut` in flight.
+struct InFlight {
+    itt: u32,
+    /// Byte offset on the disk.
+    at: usize,
+    /// What a write sends, or what a read must return.
+    data: Vec<u8>,
+    /// A read's data so far; None for a write.
+    read: Option<Vec<u8>>,
+}
+
 #[test]
 fn writes_land_whole_however_the_stream_is_cut() {
     const REGION: usize = 256 * 1024;
@@ -1428,11 +1441,24 @@ fn writes_land_whole_however_the_stream_is_cut() {
         };
         for round in 0..3 {
             h.batch = true;
-            let mut open: Vec<(u32, usize, Vec<u8>)> = Vec::new();
+            let mut open: Vec<InFlight> = Vec::new();
             for r in 0..DISK / REGION {
                 let blocks = 1 + h.rand() as usize % (REGION / 512);
                 let len = blocks * 512;
                 let at = r * REGION + h.rand() as usize % (REGION / 512 - blocks + 1) * 512;
+                if h.rand().is_multiple_of(3) {
+                    // A read of a region no write touches this round.
+                    let cdb = read10((at / 512) as u32, blocks as u16);
+                    let itt = h.cmd(&cdb, len as u32, 0, &[]);
+                    let data = model[at..at + len].to_vec();
+                    open.push(InFlight {
+                        itt,
+                        at,
+                        data,
+                        read: Some(vec![0; len]),
+                    });
+                    continue;
+                }
                 let (k, salt) = (h.rand() | 1, h.rand());
                 let data: Vec<u8> = (0..len as u64)
                     .map(|i| ((i * k + salt) % 251) as u8)
@@ -1442,28 +1468,43 @@ fn writes_land_whole_however_the_stream_is_cut() {
                 let cdb = write10((at / 512) as u32, blocks as u16);
                 let itt = h.cmd(&cdb, 0, len as u32, &data[..imm]);
                 data_outs(&mut h, itt, RESERVED_TAG, &data, imm, unsolicited);
-                open.push((itt, at, data));
+                open.push(InFlight {
+                    itt,
+                    at,
+                    data,
+                    read: None,
+                });
             }
             h.pump();
             for _ in 0..64 {
                 if open.is_empty() {
                     break;
                 }
-                for (b, _) in h.take_pdus() {
+                for (b, d) in h.take_pdus() {
                     let itt = be32(&b[16..]);
                     let i = open
                         .iter()
-                        .position(|o| o.0 == itt)
-                        .expect("a PDU for a write in flight");
-                    match b[0] & 0x3f {
-                        RSP => {
-                            assert_eq!(b[3], 0, "seed {seed} round {round}: write not GOOD");
-                            let (_, at, data) = open.remove(i);
-                            model[at..at + data.len()].copy_from_slice(&data);
+                        .position(|o| o.itt == itt)
+                        .expect("a PDU for a command in flight");
+                    let op = b[0] & 0x3f;
+                    if op == DATA_IN {
+                        let off = be32(&b[40..]) as usize;
+                        let got = open[i].read.as_mut().expect("Data-In for a write");
+                        got[off..off + d.len()].copy_from_slice(&d);
+                    }
+                    match op {
+                        RSP | DATA_IN if op == RSP || b[1] & 0x01 != 0 => {
+                            assert_eq!(b[3], 0, "seed {seed} round {round}: not GOOD");
+                            let InFlight { at, data, read, .. } = open.remove(i);
+                            match read {
+                                Some(got) => assert!(got == data, "seed {seed}: read differs"),
+                                None => model[at..at + data.len()].copy_from_slice(&data),
+                            }
                         }
+                        DATA_IN => {}
                         R2T => {
                             let (ttt, off, len) = (be32(&b[20..]), be32(&b[40..]), be32(&b[44..]));
-                            let data = open[i].2.clone();
+                            let data = open[i].data.clone();
                             let (from, to) = (off as usize, (off + len) as usize);
                             r2ts += 1;
                             data_outs(&mut h, itt, ttt, &data, from, to);
@@ -1475,7 +1516,7 @@ fn writes_land_whole_however_the_stream_is_cut() {
             }
             assert!(
                 open.is_empty(),
-                "seed {seed} round {round}: writes never answered"
+                "seed {seed} round {round}: commands never answered"
             );
             assert!(
                 h.io.disk == model,
