@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` in Prometheus text format counts what a
 //! client moved, `/status.json` lists the logged-in session, basic auth,
-//! hostile requests, and `bootlun status`.
+//! hostile requests, `bootlun status`, and reactors that spin only as
+//! `--poll` says.
 
 mod common;
 
@@ -607,4 +608,81 @@ fn admin_flag_errors_name_the_flag() {
         "{}",
         server.output()
     );
+}
+
+/// How reactors wait, as `/status.json` counts it: with `--poll busy` a
+/// reactor spins while it has a connection, and only then; with `--poll
+/// interrupt` it never spins; with the default (adaptive) a reactor
+/// without a connection never spins either. Spinning is counted as polls
+/// (`busy_polls`, `idle_polls`); the status reads in between give a
+/// spinning reactor all the time it needs to show up there.
+#[test]
+fn reactors_spin_only_as_the_poll_mode_says() {
+    let polls = |j: &serde_json::Value| -> u64 {
+        j["reactors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["busy_polls"].as_u64().unwrap() + r["idle_polls"].as_u64().unwrap())
+            .sum()
+    };
+    for (mode, spins) in [
+        ("busy", Some(true)),
+        ("interrupt", Some(false)),
+        ("adaptive", None),
+    ] {
+        let Some((server, admin)) = start(&["ram:4M"], &["--poll", mode]) else {
+            return;
+        };
+        for _ in 0..20 {
+            status_json(admin);
+        }
+        assert_eq!(
+            polls(&status_json(admin)),
+            0,
+            "--poll {mode}: spun with no connection"
+        );
+
+        let name = initiator_name(&format!("poll-{mode}"));
+        let mut conn = IscsiConn::connect(server.addr);
+        conn.login(&name, &server.iqn).unwrap();
+        conn.test_unit_ready(0).unwrap();
+        for _ in 0..20 {
+            status_json(admin);
+        }
+        let open = polls(&status_json(admin));
+        if let Some(spins) = spins {
+            assert_eq!(
+                open > 0,
+                spins,
+                "--poll {mode}: {open} polls with a connection"
+            );
+        }
+
+        conn.logout();
+        drop(conn);
+        let deadline = Instant::now() + WAIT;
+        let closed = loop {
+            let j = status_json(admin);
+            let live: u64 = j["reactors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["connections_open"].as_u64().unwrap())
+                .sum();
+            if live == 0 {
+                break polls(&j);
+            }
+            assert!(Instant::now() < deadline, "connection still open: {j:#}");
+            std::thread::yield_now();
+        };
+        for _ in 0..20 {
+            status_json(admin);
+        }
+        assert_eq!(
+            polls(&status_json(admin)),
+            closed,
+            "--poll {mode}: spun after its connection closed"
+        );
+    }
 }
