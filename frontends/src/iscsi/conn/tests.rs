@@ -725,13 +725,22 @@ fn large_writes_span_several_chunks_and_bursts() {
 
 /// Logged in with 128 KiB buffers and up to 128 KiB of immediate data.
 fn immediate_data_session() -> H {
+    immediate_data_session_with(false)
+}
+
+/// The same, with header and data digests if `digests`.
+fn immediate_data_session_with(digests: bool) -> H {
     let mut h = H::new(shared(1), 8, 128 * 1024);
+    let d = if digests { "CRC32C" } else { "None" };
     h.logged_in(&[
         ("InitialR2T", "No"),
         ("ImmediateData", "Yes"),
         ("FirstBurstLength", "131072"),
         ("MaxBurstLength", "262144"),
+        ("HeaderDigest", d),
+        ("DataDigest", d),
     ]);
+    assert_eq!((h.conn.hd, h.conn.dd), (digests, digests));
     h
 }
 
@@ -781,17 +790,7 @@ fn after_a_large_segment_the_next_one_lands_in_its_buffer_from_the_first_byte() 
 #[test]
 fn back_to_back_large_segments_take_one_receive_each() {
     for (mapped, digests) in [(false, false), (true, false), (false, true)] {
-        let mut h = H::new(shared(1), 8, 128 * 1024);
-        let d = if digests { "CRC32C" } else { "None" };
-        h.logged_in(&[
-            ("InitialR2T", "No"),
-            ("ImmediateData", "Yes"),
-            ("FirstBurstLength", "131072"),
-            ("MaxBurstLength", "262144"),
-            ("HeaderDigest", d),
-            ("DataDigest", d),
-        ]);
-        assert_eq!((h.conn.hd, h.conn.dd), (digests, digests));
+        let mut h = immediate_data_session_with(digests);
         h.io.mapped = mapped;
         let seg = |k: u32| -> Vec<u8> { (0..102400u32).map(|i| (i * k % 251) as u8).collect() };
         h.cmd(&write10(0, 200), 0, 102400, &seg(3));
@@ -1414,17 +1413,7 @@ fn writes_land_whole_however_the_stream_is_cut() {
     // spills, receives into the mapping, direct receives cut short.
     let (mut r2ts, mut spilled, mut mapped, mut short) = (0, 0, 0, 0);
     for seed in 1..=40u64 {
-        let mut h = H::new(shared(1), 8, 128 * 1024);
-        let digests = seed % 3 == 0;
-        let d = if digests { "CRC32C" } else { "None" };
-        h.logged_in(&[
-            ("InitialR2T", "No"),
-            ("ImmediateData", "Yes"),
-            ("FirstBurstLength", "131072"),
-            ("MaxBurstLength", "262144"),
-            ("HeaderDigest", d),
-            ("DataDigest", d),
-        ]);
+        let mut h = immediate_data_session_with(seed % 3 == 0);
         h.io.mapped = seed % 2 == 0;
         h.chop = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut model = vec![0u8; DISK];
