@@ -1387,13 +1387,6 @@ fn request_sense_reports_and_clears_the_unit_attention() {
     );
 }
 
-/// Writes of every size and shape, several at once and among reads, with
-/// the byte stream cut at random (see `H::chop`): immediate data of any
-/// length, the rest of the first burst as unsolicited Data-Out in pieces
-/// of any size, the rest by R2T; with and without digests, into buffers
-/// and into the mapping. Every command is answered GOOD, every write lands
-/// exactly where it should, every read returns what the disk held; no task
-/// or buffer is left behind.
 /// A command of `writes_land_whole_however_the_stream_is_cut` in flight.
 struct InFlight {
     itt: u32,
@@ -1405,6 +1398,13 @@ struct InFlight {
     read: Option<Vec<u8>>,
 }
 
+/// Writes of every size and shape, several at once and among reads, with
+/// the byte stream cut at random (see `H::chop`): immediate data of any
+/// length, the rest of the first burst as unsolicited Data-Out in pieces
+/// of any size, the rest by R2T; with and without digests, into buffers
+/// and into the mapping. Every command is answered GOOD, every write lands
+/// exactly where it should, every read returns what the disk held; no task
+/// or buffer is left behind.
 #[test]
 fn writes_land_whole_however_the_stream_is_cut() {
     const REGION: usize = 256 * 1024;
