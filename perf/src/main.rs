@@ -597,7 +597,13 @@ struct Workload {
     depth: u32,
     /// Headline metric: IOPS (small blocks) or MB/s.
     iops_metric: bool,
+    /// The ratio to the best peer that issue 9 asks for, if it names one.
+    ratio_target: Option<f64>,
 }
+
+/// Target CPU seconds per GB, as a share of the lowest peer's, that issue 9
+/// asks for on every workload.
+const CPU_RATIO_TARGET: f64 = 0.5;
 
 /// Workloads picked with `--only`; unset means all of them.
 static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -618,6 +624,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 4096,
         depth: 1,
         iops_metric: true,
+        ratio_target: None,
     },
     Workload {
         key: "rr4k-d32",
@@ -626,6 +633,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 4096,
         depth: 32,
         iops_metric: true,
+        ratio_target: Some(2.0),
     },
     Workload {
         key: "sw4k-d32",
@@ -634,6 +642,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 4096,
         depth: 32,
         iops_metric: true,
+        ratio_target: Some(1.25),
     },
     Workload {
         key: "sw128k-d32",
@@ -642,6 +651,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 131072,
         depth: 32,
         iops_metric: false,
+        ratio_target: Some(1.25),
     },
     Workload {
         key: "sr128k-d32",
@@ -650,6 +660,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 131072,
         depth: 32,
         iops_metric: false,
+        ratio_target: Some(1.25),
     },
     Workload {
         key: "sr1m-d8",
@@ -658,6 +669,7 @@ const WORKLOADS: &[Workload] = &[
         bs: 1 << 20,
         depth: 8,
         iops_metric: false,
+        ratio_target: None,
     },
 ];
 
@@ -882,18 +894,18 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "\nHeadline per workload (median of the rounds); `ratio` is bootlun / best peer (higher is better; for CPU s/GB lower is better, so the ratio there is bootlun / lowest peer).\n"
+        "\nHeadline per workload (median of the rounds); `ratio` is bootlun / best peer (higher is better; for CPU s/GB lower is better, so the ratio there is bootlun / lowest peer). `goal` is what issue 9 asks for (✓ met, ✗ missed, – none set).\n"
     );
     let _ = write!(s, "| workload | unit |");
     for n in names {
         let _ = write!(s, " {n} |");
     }
-    let _ = writeln!(s, " ratio | CPU s/GB ratio |");
+    let _ = writeln!(s, " ratio | goal | CPU s/GB ratio | goal |");
     let _ = write!(s, "|---|---|");
     for _ in names {
         let _ = write!(s, "---:|");
     }
-    let _ = writeln!(s, "---:|---:|");
+    let _ = writeln!(s, "---:|---|---:|---|");
     for w in selected_workloads() {
         let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
         let _ = write!(s, "| {} | {unit} |", w.label);
@@ -916,7 +928,20 @@ fn report(
         let least_cpu = peers.iter().map(|x| x.cpu_per_gb).fold(f64::NAN, f64::min);
         let r = b.map(|b| headline(w, b) / best).unwrap_or(f64::NAN);
         let rc = b.map(|b| b.cpu_per_gb / least_cpu).unwrap_or(f64::NAN);
-        let _ = writeln!(s, " {} | {} |", fmt_num(r), fmt_num(rc));
+        let goal = |v: f64, want: Option<f64>, at_least: bool| match want {
+            None => "–".to_string(),
+            Some(t) if v.is_nan() => format!("{} {t} ✗", if at_least { "≥" } else { "≤" }),
+            Some(t) if at_least => format!("≥ {t} {}", if v >= t { "✓" } else { "✗" }),
+            Some(t) => format!("≤ {t} {}", if v <= t { "✓" } else { "✗" }),
+        };
+        let _ = writeln!(
+            s,
+            " {} | {} | {} | {} |",
+            fmt_num(r),
+            goal(r, w.ratio_target, true),
+            fmt_num(rc),
+            goal(rc, Some(CPU_RATIO_TARGET), false)
+        );
     }
     let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
     let _ = writeln!(
@@ -1460,4 +1485,47 @@ fn compare_in(
         .map_err(|e| format!("perf/{svg_name}: {e}"))?;
     log(format!("wrote perf/{md_name} and perf/{svg_name}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(iops: f64, cpu_per_gb: f64) -> Sample {
+        Sample {
+            iops,
+            mbs: iops * 4096.0 / 1e6,
+            cpu_per_gb,
+            cpu_cores: 1.0,
+            client_cores: 1.0,
+            lat_us: 1.0,
+        }
+    }
+
+    /// The headline row says whether each ratio meets the issue's goal.
+    #[test]
+    fn headline_rows_mark_the_goals_met_and_missed() {
+        let names = vec!["bootlun".to_string(), "tgt".to_string()];
+        let mut table = Table::new();
+        // rr4k-d32: 1.9x (goal 2.0, missed) at 0.4x the CPU (met).
+        table.insert(("bootlun".into(), "rr4k-d32"), sample(190.0, 0.4));
+        table.insert(("tgt".into(), "rr4k-d32"), sample(100.0, 1.0));
+        // sw4k-d32: 1.3x (goal 1.25, met) at 0.6x the CPU (missed).
+        table.insert(("bootlun".into(), "sw4k-d32"), sample(130.0, 0.6));
+        table.insert(("tgt".into(), "sw4k-d32"), sample(100.0, 1.0));
+        let md = report(&names, &table, &[], &[], &[], &[]);
+        let row = |label: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {label}")))
+                .unwrap_or_else(|| panic!("no row {label}:\n{md}"))
+                .to_string()
+        };
+        let rr = row("4 KiB random read, depth 32");
+        assert!(rr.contains("| 1.90 | ≥ 2 ✗ | 0.40 | ≤ 0.5 ✓ |"), "{rr}");
+        let sw = row("4 KiB seq write, depth 32");
+        assert!(sw.contains("| 1.30 | ≥ 1.25 ✓ | 0.60 | ≤ 0.5 ✗ |"), "{sw}");
+        // No goal for the ratio at depth 1; no sample: the goal is missed.
+        let d1 = row("4 KiB random read, depth 1");
+        assert!(d1.contains("| - | – | - | ≤ 0.5 ✗ |"), "{d1}");
+    }
 }
