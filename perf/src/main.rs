@@ -928,11 +928,17 @@ fn report(
         let least_cpu = peers.iter().map(|x| x.cpu_per_gb).fold(f64::NAN, f64::min);
         let r = b.map(|b| headline(w, b) / best).unwrap_or(f64::NAN);
         let rc = b.map(|b| b.cpu_per_gb / least_cpu).unwrap_or(f64::NAN);
+        // A missing sample (NaN) compares false either way: missed.
         let goal = |v: f64, want: Option<f64>, at_least: bool| match want {
             None => "–".to_string(),
-            Some(t) if v.is_nan() => format!("{} {t} ✗", if at_least { "≥" } else { "≤" }),
-            Some(t) if at_least => format!("≥ {t} {}", if v >= t { "✓" } else { "✗" }),
-            Some(t) => format!("≤ {t} {}", if v <= t { "✓" } else { "✗" }),
+            Some(t) => {
+                let (sign, met) = if at_least {
+                    ("≥", v >= t)
+                } else {
+                    ("≤", v <= t)
+                };
+                format!("{sign} {t} {}", if met { "✓" } else { "✗" })
+            }
         };
         let _ = writeln!(
             s,
