@@ -707,7 +707,19 @@ struct Mapping {
     writable: bool,
     /// Cleared once a send from the mapping, or a receive into it, faulted.
     ok: std::sync::atomic::AtomicBool,
+    /// One bit per [`GRANULE`] of the mapping: every page of it was found
+    /// in memory, so a read there needs no `mincore`. A profile of 128 KiB
+    /// reads had 3.6 % of the target's CPU in that call, each read asking
+    /// again about pages that never go away. Bits are cleared when the LU
+    /// gives space back (UNMAP, WRITE SAME with unmap, zeroing). A bit
+    /// that goes stale anyway (another process punched a hole) costs only
+    /// memory: a send from the hole faults in a page of zeros, which is
+    /// what a read of it returns.
+    known: Box<[std::sync::atomic::AtomicU64]>,
 }
+
+/// The size of the pieces whose residency [`Mapping`] remembers.
+const GRANULE: u64 = MAPPED_MIN as u64;
 
 // SAFETY: the mapping is shared; the pointer is only handed to the kernel
 // (sends from it, receives into it), never dereferenced in user space, and
@@ -743,16 +755,58 @@ impl Mapping {
             return None;
         }
         populate(file, ptr, len, writable);
+        let granules = (len as u64).div_ceil(GRANULE);
         Some(Mapping {
             ptr,
             len,
             writable,
             ok: std::sync::atomic::AtomicBool::new(true),
+            known: (0..granules.div_ceil(64))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         })
     }
 
-    /// Every page of bytes `[start, end)` is in memory (mincore).
+    /// Every page of bytes `[start, end)` (inside the mapping, `start <
+    /// end`) is in memory: from the granules already known to be, or
+    /// else from `mincore` over the whole granules, which are then known.
     fn resident(&self, start: u64, end: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (first, last) = (start / GRANULE, (end - 1) / GRANULE);
+        let bit = |g: u64| (&self.known[(g / 64) as usize], 1u64 << (g % 64));
+        if (first..=last).all(|g| {
+            let (w, b) = bit(g);
+            w.load(Relaxed) & b != 0
+        }) {
+            return true;
+        }
+        let whole_end = ((last + 1) * GRANULE).min(self.len as u64);
+        if self.resident_pages(first * GRANULE, whole_end) {
+            for g in first..=last {
+                let (w, b) = bit(g);
+                w.fetch_or(b, Relaxed);
+            }
+            return true;
+        }
+        // A hole somewhere in the granules: maybe not in the range itself.
+        self.resident_pages(start, end)
+    }
+
+    /// Forget what is known about the granules that bytes `[start, end)`
+    /// touch: they may have lost pages.
+    fn forget(&self, start: u64, end: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let end = end.min(self.len as u64);
+        if start >= end {
+            return;
+        }
+        for g in start / GRANULE..=(end - 1) / GRANULE {
+            self.known[(g / 64) as usize].fetch_and(!(1u64 << (g % 64)), Relaxed);
+        }
+    }
+
+    /// Every page of bytes `[start, end)` is in memory (mincore).
+    fn resident_pages(&self, start: u64, end: u64) -> bool {
         const PAGE: u64 = 4096;
         const STEP: u64 = 256;
         let mut vec = [0u8; STEP as usize];
@@ -932,6 +986,10 @@ impl FileBackend {
                 len as libc::off_t,
             )
         };
+        // Punching or zeroing may free pages (even when it fails part-way).
+        if let Some(m) = &self.map {
+            m.forget(offset, offset.saturating_add(len));
+        }
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -1332,6 +1390,31 @@ mod tests {
         // Other backends are never mapped.
         let n = open_backend(&LunSpec::parse("null:1M").unwrap(), 0).unwrap();
         assert!(n.mapped(0, 65536).is_none());
+    }
+
+    #[test]
+    fn what_is_known_to_be_in_memory_is_forgotten_when_space_is_given_back() {
+        let b = open_backend(&LunSpec::parse("ram:1M").unwrap(), 0).unwrap();
+        // Data from 4 KiB on: the first 64 KiB piece has a hole at its
+        // start, so the check of whole pieces fails and the range itself
+        // is asked about.
+        b.write_at(&[5u8; 262144], 4096, false).unwrap();
+        assert!(b.mapped(0, 65536).is_none());
+        assert!(b.mapped(4096, 65536).is_some());
+        // Whole pieces, now known to be in memory.
+        assert!(b.mapped(65536, 131072).is_some());
+        assert!(b.mapped(65536, 131072).is_some());
+        // UNMAP of one page of them: not sent in place any more (a send
+        // would fill the hole again), while the piece after stays.
+        b.discard(65536 + 8192, 4096).unwrap();
+        assert!(b.mapped(65536, 131072).is_none());
+        assert!(b.mapped(131072, 65536).is_some());
+        // Zeroing gives pages back too.
+        b.write_zeroes(131072, 65536).unwrap();
+        assert!(b.mapped(131072, 65536).is_none());
+        // Written again, the range is sent in place again.
+        b.write_at(&[6u8; 131072], 65536, false).unwrap();
+        assert!(b.mapped(65536, 131072).is_some());
     }
 
     #[test]
