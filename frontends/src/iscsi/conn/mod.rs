@@ -69,6 +69,9 @@ const PLACE_MIN: u32 = 64 * 1024;
 /// Stop reading new PDUs while this many responses wait to be sent.
 const TXQ_MAX: usize = 4096;
 const SEND_BATCH: usize = 64;
+/// A send of fewer data bytes than this goes to the ring before the
+/// receive posted with it (see `post_recv`).
+const SEND_AFTER_RECV: usize = 64 * 1024;
 
 const TAG_RECV: u32 = 1 << 28;
 const TAG_RECV_DIRECT: u32 = 2 << 28;
@@ -203,6 +206,9 @@ pub struct Conn {
     tx_busy: bool,
     /// Inside an entry point: PDUs queue up and are sent at its end.
     tx_hold: bool,
+    /// A receive into the staging buffer was asked for inside an entry
+    /// point; it is posted after that entry point's send (see `post_recv`).
+    rx_wanted: bool,
     close_after_send: bool,
     // tasks
     tasks: TaskTable,
@@ -287,6 +293,7 @@ impl Conn {
             iov_pos: 0,
             tx_busy: false,
             tx_hold: false,
+            rx_wanted: false,
             close_after_send: false,
             tasks: TaskTable::default(),
             buf_waiters: VecDeque::new(),
@@ -453,6 +460,7 @@ impl Conn {
         self.dispatch(io, tag, res);
         self.tx_hold = false;
         self.flush_tx(io);
+        self.post_wanted_recv(io);
     }
 
     fn dispatch(&mut self, io: &mut impl IoOps, tag: u32, res: i32) {
@@ -582,6 +590,7 @@ impl Conn {
             self.run_buffer_waiters(io);
             self.tx_hold = false;
             self.flush_tx(io);
+            self.post_wanted_recv(io);
         }
     }
 

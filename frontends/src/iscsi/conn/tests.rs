@@ -77,6 +77,8 @@ struct MockIo {
     spilled: usize,
     /// `send` calls (each one `sendmsg`).
     sends: usize,
+    /// The order of staging receives (`r`) and sends (`s`) posted.
+    order: Vec<u8>,
     /// Direct receives the test completed short.
     short_direct: usize,
     /// Disk reads and writes finish on the spot, as the reactor's
@@ -98,6 +100,7 @@ impl IoOps for MockIo {
         self.waits_for_buffers = true;
     }
     unsafe fn recv(&mut self, _fd: RawFd, buf: *mut u8, len: u32, tag: u32) {
+        self.order.push(b'r');
         self.ops.push(Op::Recv {
             ptr: buf,
             len: len as usize,
@@ -148,6 +151,7 @@ impl IoOps for MockIo {
     }
     unsafe fn send(&mut self, _fd: RawFd, iov: &[libc::iovec], tag: u32) {
         self.sends += 1;
+        self.order.push(b's');
         let mut n = 0;
         for v in iov {
             // SAFETY: the connection keeps what the iovecs point at alive
@@ -306,6 +310,7 @@ impl H {
             written_now: 0,
             spilled: 0,
             sends: 0,
+            order: Vec::new(),
             short_direct: 0,
             inline_disk: false,
         };
@@ -742,6 +747,30 @@ fn immediate_data_session_with(digests: bool) -> H {
     ]);
     assert_eq!((h.conn.hd, h.conn.dd), (digests, digests));
     h
+}
+
+#[test]
+fn a_small_answer_goes_to_the_ring_before_the_next_receive_and_a_large_one_after() {
+    let mut h = immediate_data_session();
+    h.io.inline_disk = true;
+    // A 4 KiB write answered in the completion that brought it: the
+    // response first, so that its segment acknowledges the write and the
+    // receive after it has no ACK of its own to send.
+    let data = vec![7u8; 4096];
+    h.io.order.clear();
+    h.cmd(&write10(0, 8), 0, 4096, &data);
+    assert_eq!(summary(&h.take_pdus()), vec![(RSP, 0)]);
+    assert_eq!(String::from_utf8_lossy(&h.io.order), "sr");
+    // 128 KiB of Data-In: the receive first.
+    h.io.mapped = true;
+    h.io.order.clear();
+    h.cmd(&read10(0, 256), 131072, 0, &[]);
+    let p = h.take_pdus();
+    assert_eq!(summary(&p), vec![(DATA_IN, 0)]);
+    assert_eq!(p[0].1.len(), 131072);
+    assert_eq!(String::from_utf8_lossy(&h.io.order), "rs");
+    assert_eq!(&h.io.disk[..4096], &data[..]);
+    session_still_works(&mut h);
 }
 
 #[test]
