@@ -805,7 +805,45 @@ fn median(v: &mut [Sample]) -> Option<Sample> {
     })
 }
 
-fn iperf_ceiling(ctx: &Ctx, secs: u64) -> Result<f64, String> {
+/// What one iperf3 stream on loopback did: MB/s, and the CPU seconds
+/// per GB its sender and its receiver spent (`None` when iperf3 did not
+/// say). A bare sender and receiver are about the least any target can
+/// spend per byte here: writing data to a socket, or reading it from one,
+/// costs that much in the kernel however little the program does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Iperf {
+    mbs: f64,
+    sender_s_gb: Option<f64>,
+    receiver_s_gb: Option<f64>,
+}
+
+/// Parse the output of `iperf3 -c ... -f m -V`: the receiver's summary
+/// line and the "CPU Utilization" line (per cent of one core over the
+/// run, so per GB it is `pct / 100 * 1000 / MB/s`).
+fn parse_iperf(text: &str) -> Option<Iperf> {
+    let mbs = text
+        .lines()
+        .filter(|l| l.contains("receiver") && l.contains("Mbits/sec"))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|x| *x == "Mbits/sec")?;
+            f.get(i.checked_sub(1)?)?.parse::<f64>().ok()
+        })?
+        / 8.0;
+    let cpu = text.lines().find(|l| l.starts_with("CPU Utilization:"));
+    let pct = |key: &str| -> Option<f64> {
+        let rest = cpu?.split(key).nth(1)?;
+        let v: f64 = rest.split('%').next()?.trim().parse().ok()?;
+        (mbs > 0.0).then(|| v / 100.0 * 1000.0 / mbs)
+    };
+    Some(Iperf {
+        mbs,
+        sender_s_gb: pct("local/sender"),
+        receiver_s_gb: pct("remote/receiver"),
+    })
+}
+
+fn iperf_ceiling(ctx: &Ctx, secs: u64) -> Result<Iperf, String> {
     if !which("iperf3") {
         return Err("iperf3 not installed (apt-get install iperf3)".into());
     }
@@ -832,6 +870,7 @@ fn iperf_ceiling(ctx: &Ctx, secs: u64) -> Result<f64, String> {
             "m",
             "-t",
             &secs.to_string(),
+            "-V",
         ]);
         // The readiness probe was a connection too; the server may still
         // be closing it, and answers "busy" meanwhile: retry a little.
@@ -841,14 +880,7 @@ fn iperf_ceiling(ctx: &Ctx, secs: u64) -> Result<f64, String> {
             std::thread::sleep(Duration::from_millis(300));
             run_bounded(&mut c, &out, limit)
         })?;
-        text.lines()
-            .filter(|l| l.contains("receiver"))
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let i = f.iter().position(|x| *x == "Mbits/sec")?;
-                f.get(i.checked_sub(1)?)?.parse::<f64>().ok()
-            })
-            .map(|mbit| mbit / 8.0)
+        parse_iperf(&text)
             .ok_or_else(|| format!("no receiver line from iperf3: {}", tail(&text, 4)))
     });
     // Our own child, by PID.
@@ -1370,10 +1402,15 @@ fn compare_in(
         return Ok(());
     }
     match iperf_ceiling(ctx, if quick { 2 } else { 5 }) {
-        Ok(mbs) => ceilings.push(format!(
-            "iperf3, one TCP stream on loopback: {} MB/s",
-            fmt_num(mbs)
-        )),
+        Ok(ip) => {
+            let cpu = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+            ceilings.push(format!(
+                "iperf3, one TCP stream on loopback: {} MB/s; CPU s/GB of a bare sender {}, of a bare receiver {}",
+                fmt_num(ip.mbs),
+                cpu(ip.sender_s_gb),
+                cpu(ip.receiver_s_gb)
+            ))
+        }
         Err(e) => ceilings.push(format!("iperf3: {e}")),
     }
     if !stop.load(Ordering::Relaxed) {
@@ -1509,6 +1546,23 @@ mod tests {
     }
 
     /// The headline row says whether each ratio meets the issue's goal.
+    #[test]
+    fn iperf_output_gives_mb_per_s_and_cpu_per_gb() {
+        let text = "\
+[  5]   0.00-3.00   sec  11.4 GBytes  32707 Mbits/sec   69             sender
+[  5]   0.00-3.00   sec  11.4 GBytes  32706 Mbits/sec                  receiver
+CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u/43.0%s)
+";
+        let ip = parse_iperf(text).unwrap();
+        assert!((ip.mbs - 4088.25).abs() < 1e-9);
+        assert!((ip.sender_s_gb.unwrap() - 0.972 * 1000.0 / 4088.25).abs() < 1e-9);
+        assert!((ip.receiver_s_gb.unwrap() - 0.445 * 1000.0 / 4088.25).abs() < 1e-9);
+        // Without -V there is no CPU line; a run with no summary is no result.
+        let ip = parse_iperf(text.lines().take(2).collect::<Vec<_>>().join("\n").as_str()).unwrap();
+        assert_eq!((ip.sender_s_gb, ip.receiver_s_gb), (None, None));
+        assert_eq!(parse_iperf("iperf3: error - the server is busy"), None);
+    }
+
     #[test]
     fn headline_rows_mark_the_goals_met_and_missed() {
         let names = vec!["bootlun".to_string(), "tgt".to_string()];
