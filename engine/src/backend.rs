@@ -712,9 +712,10 @@ struct Mapping {
     /// reads had 3.6 % of the target's CPU in that call, each read asking
     /// again about pages that never go away. Bits are cleared when the LU
     /// gives space back (UNMAP, WRITE SAME with unmap, zeroing). A bit
-    /// that goes stale anyway (another process punched a hole) costs only
-    /// memory: a send from the hole faults in a page of zeros, which is
-    /// what a read of it returns.
+    /// that goes stale anyway (another process punched a hole, or a
+    /// discard ran between another reactor's `mincore` and its setting
+    /// the bit) costs only memory: a send from the hole faults in a page
+    /// of zeros, which is what a read of it returns.
     known: Box<[std::sync::atomic::AtomicU64]>,
 }
 

@@ -807,9 +807,12 @@ fn median(v: &mut [Sample]) -> Option<Sample> {
 
 /// What one iperf3 stream on loopback did: MB/s, and the CPU seconds
 /// per GB its sender and its receiver spent (`None` when iperf3 did not
-/// say). A bare sender and receiver are about the least any target can
-/// spend per byte here: writing data to a socket, or reading it from one,
-/// costs that much in the kernel however little the program does.
+/// say): what moving bytes through a loopback socket costs the kernel
+/// alone, for a program that does nothing else. The receiver's figure
+/// bounds a target's writes from below. The sender's runs the receiver's
+/// TCP input too (loopback does that on the sending core) and sends as
+/// fast as the stream goes, so a target sending in larger batches can
+/// spend less.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Iperf {
     mbs: f64,
