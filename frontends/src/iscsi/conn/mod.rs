@@ -133,6 +133,17 @@ enum TxData {
     },
 }
 
+impl TxData {
+    /// The data segment's length in bytes (no padding, no digest).
+    fn len(&self) -> usize {
+        match self {
+            TxData::None => 0,
+            TxData::Owned(v) => v.len(),
+            TxData::Buf { len, .. } => *len as usize,
+        }
+    }
+}
+
 /// One PDU waiting to be sent.
 struct Tx {
     hdr: [u8; BHS_LEN + DIGEST_LEN],

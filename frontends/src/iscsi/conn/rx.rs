@@ -52,11 +52,7 @@ impl Conn {
     fn queued_data(&self, cap: usize) -> usize {
         let mut n = 0;
         for t in self.txq.iter().take(SEND_BATCH) {
-            n += match &t.data {
-                TxData::None => 0,
-                TxData::Owned(v) => v.len(),
-                TxData::Buf { len, .. } => *len as usize,
-            };
+            n += t.data.len();
             if n >= cap {
                 break;
             }

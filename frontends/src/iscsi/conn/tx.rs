@@ -169,11 +169,7 @@ impl Conn {
             hdr[BHS_LEN..].copy_from_slice(&digest_bytes(digest(&[&bhs])));
             hlen += DIGEST_LEN;
         }
-        let len = match &data {
-            TxData::None => 0,
-            TxData::Owned(v) => v.len(),
-            TxData::Buf { len, .. } => *len as usize,
-        };
+        let len = data.len();
         let pad = pad_len(len);
         let mut trailer = [0u8; 8];
         let mut tlen = pad;
