@@ -1,6 +1,7 @@
-//! `bootlun-perf compare [--quick] [--loop]`: bootlun against tgt and istgt
-//! on this machine, over loopback, on identical 1 GiB /dev/shm file LUNs
-//! (with `--loop`, a loop device over each file: the block-device path).
+//! `bootlun-perf compare [--quick] [--loop] [--clients N]`: bootlun against
+//! tgt and istgt on this machine, over loopback, on identical 1 GiB
+//! /dev/shm file LUNs (with `--loop`, a loop device over each file: the
+//! block-device path; with `--clients N`, N clients at once in every run).
 //!
 //! The peers are tuned the way their users would tune them (glibc malloc
 //! thresholds raised for both, tgt's aio backing store and larger session
@@ -111,39 +112,93 @@ fn children_cpu_seconds() -> f64 {
 }
 
 fn run_bounded(cmd: &mut Command, out: &Path, limit: Duration) -> Result<String, String> {
-    let f = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let f2 = f.try_clone().map_err(|e| e.to_string())?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(f)
-        .stderr(f2)
-        .spawn()
-        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e.to_string()),
+    let mut texts = run_all_bounded(vec![(cmd, out.to_path_buf())], limit)?;
+    Ok(texts.pop().unwrap_or_default())
+}
+
+/// Runs the commands side by side, each with its output in its file, and
+/// returns each one's output (`\r` made `\n`) once all have exited. Any
+/// still running after `limit` is killed (by its PID), and so is every
+/// other, if one of them cannot be started.
+fn run_all_bounded(
+    cmds: Vec<(&mut Command, PathBuf)>,
+    limit: Duration,
+) -> Result<Vec<String>, String> {
+    struct Running {
+        child: Child,
+        name: String,
+        out: PathBuf,
+        status: Option<std::process::ExitStatus>,
+    }
+    let mut runs: Vec<Running> = Vec::with_capacity(cmds.len());
+    let kill_all = |runs: &mut Vec<Running>| {
+        for r in runs.iter_mut().filter(|r| r.status.is_none()) {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
         }
     };
-    let mut text = String::new();
-    let _ = File::open(out).and_then(|mut f| f.read_to_string(&mut text));
-    let text = text.replace('\r', "\n");
-    match status {
-        Some(s) if s.success() => Ok(text),
-        Some(s) => Err(format!("{:?} {s}: {}", cmd.get_program(), tail(&text, 8))),
-        None => Err(format!(
-            "{:?} still running after {} s; killed",
-            cmd.get_program(),
-            limit.as_secs()
-        )),
+    for (cmd, out) in cmds {
+        let started = File::create(&out)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .map_err(|e| format!("{}: {e}", out.display()))
+            .and_then(|(f, f2)| {
+                cmd.stdin(Stdio::null())
+                    .stdout(f)
+                    .stderr(f2)
+                    .spawn()
+                    .map_err(|e| format!("{:?}: {e}", cmd.get_program()))
+            });
+        match started {
+            Ok(child) => runs.push(Running {
+                child,
+                name: format!("{:?}", cmd.get_program()),
+                out,
+                status: None,
+            }),
+            Err(e) => {
+                kill_all(&mut runs);
+                return Err(e);
+            }
+        }
     }
+    let start = Instant::now();
+    while runs.iter().any(|r| r.status.is_none()) {
+        if start.elapsed() > limit {
+            kill_all(&mut runs);
+            let name = runs
+                .iter()
+                .find(|r| r.status.is_none())
+                .map(|r| r.name.clone());
+            return Err(format!(
+                "{} still running after {} s; killed",
+                name.unwrap_or_default(),
+                limit.as_secs()
+            ));
+        }
+        for r in runs.iter_mut().filter(|r| r.status.is_none()) {
+            match r.child.try_wait() {
+                Ok(s) => r.status = s,
+                Err(e) => {
+                    let e = format!("{}: {e}", r.name);
+                    kill_all(&mut runs);
+                    return Err(e);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut texts = Vec::with_capacity(runs.len());
+    for r in &runs {
+        let mut text = String::new();
+        let _ = File::open(&r.out).and_then(|mut f| f.read_to_string(&mut text));
+        let text = text.replace('\r', "\n");
+        match r.status {
+            Some(s) if s.success() => texts.push(text),
+            Some(s) => return Err(format!("{} {s}: {}", r.name, tail(&text, 8))),
+            None => return Err(format!("{}: no exit status", r.name)),
+        }
+    }
+    Ok(texts)
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -608,6 +663,14 @@ const CPU_RATIO_TARGET: f64 = 0.5;
 /// Workloads picked with `--only`; unset means all of them.
 static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
+/// Clients per workload run (`--clients N`), side by side, each its own
+/// initiator and session; unset means one.
+static CLIENTS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn clients() -> u32 {
+    CLIENTS.get().copied().unwrap_or(1)
+}
+
 fn selected(w: &Workload) -> bool {
     ONLY.get().is_none_or(|k| k.iter().any(|k| k == w.key))
 }
@@ -696,10 +759,16 @@ struct Opts {
 }
 
 fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample, String> {
-    let out = ctx.work.join(format!("{}-{}.out", t.name, w.key));
+    let n = clients();
+    let outs: Vec<PathBuf> = (1..=n)
+        .map(|i| ctx.work.join(format!("{}-{}-{i}.out", t.name, w.key)))
+        .collect();
+    // With several clients each is its own initiator (its own session),
+    // and each writes its own part of the LUN.
+    let initiator = |i: u32| format!("iqn.2026-11.org.bootlun:perf-client-{i}");
     let cpu0 = cpu_seconds(t.pid()).ok_or("target process is gone")?;
-    // The client is the only child reaped during the run, so the
-    // children's CPU time grows by exactly its share.
+    // The clients are the only children reaped during the run, so the
+    // children's CPU time grows by exactly their share.
     let client0 = children_cpu_seconds();
     let start = Instant::now();
     let (ops, secs) = match w.tool {
@@ -708,29 +777,43 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
             // blocks for a file LUN, which the readcapacity check confirms.
             let blocks = w.bs / 512;
             let url = format!("iscsi://127.0.0.1:{}/{}/{}", t.port, t.iqn, t.lun);
-            let mut c = Command::new("iscsi-perf");
-            if random {
-                c.arg("-r");
+            let mut cmds: Vec<Command> = (1..=n)
+                .map(|i| {
+                    let mut c = Command::new("iscsi-perf");
+                    if n > 1 {
+                        c.args(["-i", &initiator(i)]);
+                    }
+                    if random {
+                        c.arg("-r");
+                    }
+                    c.args([
+                        "-m",
+                        &w.depth.to_string(),
+                        "-b",
+                        &blocks.to_string(),
+                        "-t",
+                        &o.seconds.to_string(),
+                        &url,
+                    ]);
+                    c
+                })
+                .collect();
+            let texts = run_all_bounded(
+                cmds.iter_mut().zip(outs.iter().cloned()).collect(),
+                Duration::from_secs(o.seconds + 60),
+            )?;
+            let mut iops = 0.0;
+            for text in &texts {
+                iops += text
+                    .rsplit("iops average ")
+                    .next()
+                    .filter(|_| text.contains("iops average "))
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or_else(|| {
+                        format!("iscsi-perf printed no 'iops average': {}", tail(text, 5))
+                    })?;
             }
-            c.args([
-                "-m",
-                &w.depth.to_string(),
-                "-b",
-                &blocks.to_string(),
-                "-t",
-                &o.seconds.to_string(),
-                &url,
-            ]);
-            let text = run_bounded(&mut c, &out, Duration::from_secs(o.seconds + 60))?;
-            let iops: f64 = text
-                .rsplit("iops average ")
-                .next()
-                .filter(|_| text.contains("iops average "))
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    format!("iscsi-perf printed no 'iops average': {}", tail(&text, 5))
-                })?;
             let secs = start
                 .elapsed()
                 .as_secs_f64()
@@ -745,29 +828,60 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
                 o.bench_bytes_128k
             };
             let count = (bytes / w.bs as u64).max(1);
-            let opts = format!(
-                "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={},lun={}",
-                t.port, t.iqn, t.lun
-            );
-            let mut c = Command::new("qemu-img");
-            c.args([
-                "bench",
-                "--image-opts",
-                "-w",
-                "-c",
-                &count.to_string(),
-                "-d",
-                &w.depth.to_string(),
-            ])
-            .args(["-s", &w.bs.to_string(), "-S", &w.bs.to_string(), &opts]);
-            let text = run_bounded(&mut c, &out, Duration::from_secs(300))?;
-            let secs: f64 = text
-                .split("Run completed in ")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("qemu-img bench printed no run time: {}", tail(&text, 5)))?;
-            (count as f64, secs.max(0.001))
+            let mut cmds: Vec<Command> = (1..=n)
+                .map(|i| {
+                    let mut opts = format!(
+                        "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={},lun={}",
+                        t.port, t.iqn, t.lun
+                    );
+                    if n > 1 {
+                        opts.push_str(&format!(",initiator-name={}", initiator(i)));
+                    }
+                    // Client i starts at its own share of the LUN (bench
+                    // wraps at the end), on a block boundary.
+                    let offset =
+                        (LUN_BYTES / n as u64 * (i - 1) as u64) / w.bs as u64 * w.bs as u64;
+                    let mut c = Command::new("qemu-img");
+                    c.args([
+                        "bench",
+                        "--image-opts",
+                        "-w",
+                        "-c",
+                        &count.to_string(),
+                        "-d",
+                        &w.depth.to_string(),
+                        "-o",
+                        &offset.to_string(),
+                    ])
+                    .args([
+                        "-s",
+                        &w.bs.to_string(),
+                        "-S",
+                        &w.bs.to_string(),
+                        &opts,
+                    ]);
+                    c
+                })
+                .collect();
+            let texts = run_all_bounded(
+                cmds.iter_mut().zip(outs.iter().cloned()).collect(),
+                Duration::from_secs(300),
+            )?;
+            // Every client moved `count` blocks; the rate is over the
+            // slowest one's run.
+            let mut secs: f64 = 0.001;
+            for text in &texts {
+                let s: f64 = text
+                    .split("Run completed in ")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        format!("qemu-img bench printed no run time: {}", tail(text, 5))
+                    })?;
+                secs = secs.max(s);
+            }
+            ((count * n as u64) as f64, secs)
         }
     };
     let cpu1 = cpu_seconds(t.pid()).ok_or("target process died during the run")?;
@@ -787,7 +901,7 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
         },
         cpu_cores: cpu / wall,
         client_cores: (children_cpu_seconds() - client0) / wall,
-        lat_us: w.depth as f64 / iops * 1e6,
+        lat_us: (w.depth * clients()) as f64 / iops * 1e6,
     })
 }
 
@@ -921,26 +1035,50 @@ fn report(
     ceilings: &[String],
     sweep: &[(String, Vec<Option<Sample>>)],
     sweep_w: &[Workload],
+    clients: u32,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# bootlun vs tuned peers\n");
     for n in notes {
         let _ = writeln!(s, "{n}  ");
     }
+    // Issue 9 sets its goals for one client per target.
+    let goals = clients == 1;
     let _ = writeln!(
         s,
-        "\nHeadline per workload (median of the rounds); `ratio` is bootlun / best peer (higher is better; for CPU s/GB lower is better, so the ratio there is bootlun / lowest peer). `goal` is what issue 9 asks for (✓ met, ✗ missed, – none set).\n"
+        "\nHeadline per workload (median of the rounds); `ratio` is bootlun / best peer (higher is better; for CPU s/GB lower is better, so the ratio there is bootlun / lowest peer). {}\n",
+        if goals {
+            "`goal` is what issue 9 asks for (✓ met, ✗ missed, – none set)."
+        } else {
+            "Issue 9 sets its goals for one client, so none are marked here."
+        }
     );
     let _ = write!(s, "| workload | unit |");
     for n in names {
         let _ = write!(s, " {n} |");
     }
-    let _ = writeln!(s, " ratio | goal | CPU s/GB ratio | goal |");
+    let _ = writeln!(
+        s,
+        "{}",
+        if goals {
+            " ratio | goal | CPU s/GB ratio | goal |"
+        } else {
+            " ratio | CPU s/GB ratio |"
+        }
+    );
     let _ = write!(s, "|---|---|");
     for _ in names {
         let _ = write!(s, "---:|");
     }
-    let _ = writeln!(s, "---:|---|---:|---|");
+    let _ = writeln!(
+        s,
+        "{}",
+        if goals {
+            "---:|---|---:|---|"
+        } else {
+            "---:|---:|"
+        }
+    );
     for w in selected_workloads() {
         let unit = if w.iops_metric { "IOPS" } else { "MB/s" };
         let _ = write!(s, "| {} | {unit} |", w.label);
@@ -975,16 +1113,24 @@ fn report(
                 format!("{sign} {t} {}", if met { "✓" } else { "✗" })
             }
         };
-        let _ = writeln!(
-            s,
-            " {} | {} | {} | {} |",
-            fmt_num(r),
-            goal(r, w.ratio_target, true),
-            fmt_num(rc),
-            goal(rc, Some(CPU_RATIO_TARGET), false)
-        );
+        if goals {
+            let _ = writeln!(
+                s,
+                " {} | {} | {} | {} |",
+                fmt_num(r),
+                goal(r, w.ratio_target, true),
+                fmt_num(rc),
+                goal(rc, Some(CPU_RATIO_TARGET), false)
+            );
+        } else {
+            let _ = writeln!(s, " {} | {} |", fmt_num(r), fmt_num(rc));
+        }
     }
-    let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
+    if goals {
+        let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
+    } else {
+        let _ = writeln!(s, "\nDetail: MB/s and IOPS of the {n} clients together, mean latency (µs, {n} × depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the clients ran, and the clients' CPU in cores, summed (each client is one thread).\n", n = clients);
+    }
     let _ = writeln!(
         s,
         "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores | client cores |"
@@ -1050,6 +1196,22 @@ fn report(
         }
     }
     s
+}
+
+/// `perf/RESULTS*.md` and `perf/results*.svg` of a run: `-loop` for loop
+/// devices, `-clientsN` for N clients at once.
+fn result_names(on_loop: bool, clients: u32) -> (String, String) {
+    let mut suffix = String::new();
+    if on_loop {
+        suffix.push_str("-loop");
+    }
+    if clients > 1 {
+        suffix.push_str(&format!("-clients{clients}"));
+    }
+    (
+        format!("RESULTS{suffix}.md"),
+        format!("results{suffix}.svg"),
+    )
 }
 
 /// Bars per workload, each target's headline relative to the best of the
@@ -1140,11 +1302,14 @@ fn svg(names: &[String], table: &Table) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bootlun-perf recv   (direct vs multishot receive, writes perf/RECEIVE.md)\n       bootlun-perf compare [--quick] [--no-sweep] [--loop] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
+        "usage: bootlun-perf recv   (direct vs multishot receive, writes perf/RECEIVE.md)\n       bootlun-perf compare [--quick] [--no-sweep] [--loop] [--clients N] [--only KEYS] [--bootlun-args \"FLAGS\"]\n\
          \n  --quick         1 round, short runs (under 3 minutes)\
          \n  --no-sweep      skip the bootlun reactors x poll sweep\
          \n  --loop          each LUN is a loop device over its /dev/shm file (the block-device\
          \n                  path; needs root); writes perf/RESULTS-loop.md and perf/results-loop.svg\
+         \n  --clients N     N clients side by side in every run (1-8; default 1), each its own\
+         \n                  initiator and session at the workload's depth; writes\
+         \n                  perf/RESULTS-clientsN.md (RESULTS-loop-clientsN.md with --loop)\
          \n  --only KEYS     run only these workloads (comma-separated, e.g. sw128k-d32,sw4k-d32);\
          \n                  skips ceilings and sweep, prints the table, leaves perf/RESULTS.md alone\
          \n  --bootlun-args  extra `bootlun serve` flags for the comparison\
@@ -1193,6 +1358,17 @@ fn main() {
             "--no-sweep" => sweep_on = false,
             "--loop" => {
                 let _ = LOOP.set(true);
+            }
+            "--clients" => {
+                let n = it
+                    .next()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|n| (1..=8).contains(n))
+                    .unwrap_or_else(|| {
+                        eprintln!("--clients takes a number from 1 to 8");
+                        std::process::exit(2)
+                    });
+                let _ = CLIENTS.set(n);
             }
             "--bootlun-args" => extra_args = it.next().cloned().unwrap_or_else(|| usage()),
             "--only" => {
@@ -1385,7 +1561,10 @@ fn compare_in(
     }
     drop(targets);
     if stop.load(Ordering::Relaxed) {
-        return Err("interrupted: perf/RESULTS.md left as it was".into());
+        return Err(format!(
+            "interrupted: perf/{} left as it was",
+            result_names(loop_devices(), clients()).0
+        ));
     }
     let mut table = Table::new();
     for (k, mut v) in samples {
@@ -1399,9 +1578,12 @@ fn compare_in(
     let mut ceilings = Vec::new();
     let only = ONLY.get().is_some();
     if only {
-        let md = report(&names, &table, &[], &[], &[], &[]);
+        let md = report(&names, &table, &[], &[], &[], &[], clients());
         println!("{md}");
-        log("--only: perf/RESULTS.md left as it was");
+        log(format!(
+            "--only: perf/{} left as it was",
+            result_names(loop_devices(), clients()).0
+        ));
         return Ok(());
     }
     match iperf_ceiling(ctx, if quick { 2 } else { 5 }) {
@@ -1490,12 +1672,13 @@ fn compare_in(
     notes.insert(
         0,
         format!(
-            "Run {} on {} cores, loopback, {} per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
-            match (quick, loop_devices()) {
-                (false, false) => "`compare`",
-                (true, false) => "`compare --quick`",
-                (false, true) => "`compare --loop`",
-                (true, true) => "`compare --quick --loop`",
+            "Run `compare{}{}{}` on {} cores, loopback, {} per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
+            if quick { " --quick" } else { "" },
+            if loop_devices() { " --loop" } else { "" },
+            if clients() > 1 {
+                format!(" --clients {}", clients())
+            } else {
+                String::new()
             },
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             if loop_devices() {
@@ -1508,26 +1691,42 @@ fn compare_in(
             started.elapsed().as_secs()
         ),
     );
+    if clients() > 1 {
+        notes.insert(
+            1,
+            format!(
+                "{n} clients side by side in every run, each its own initiator (`iqn.2026-11.org.bootlun:perf-client-N`) and session at the workload's depth; IOPS and MB/s are their sum (qemu-img bench: every client writes the same amount from its own 1/{n} of the LUN, timed by the slowest).",
+                n = clients()
+            ),
+        );
+    }
     notes.insert(
-        1,
+        if clients() > 1 { 2 } else { 1 },
         format!(
             "Peers tuned: GLIBC_TUNABLES={GLIBC_TUNING}; tgt --bstype aio, MaxRecv/MaxXmitDataSegmentLength 262144, FirstBurstLength 262144, MaxBurstLength 1048576, MaxOutstandingR2T 16, LUN 1; istgt sample config with the same limits. bootlun flags: `{}`.",
             if extra.is_empty() { "(defaults)".to_string() } else { extra.join(" ") }
         ),
     );
     if stop.load(Ordering::Relaxed) {
-        return Err("interrupted: perf/RESULTS.md left as it was".into());
+        return Err(format!(
+            "interrupted: perf/{} left as it was",
+            result_names(loop_devices(), clients()).0
+        ));
     }
-    let md = report(&names, &table, &notes, &ceilings, &sweep, &sweep_w);
+    let md = report(
+        &names,
+        &table,
+        &notes,
+        &ceilings,
+        &sweep,
+        &sweep_w,
+        clients(),
+    );
     println!("{md}");
     let perf_dir = ctx.root.join("perf");
-    let (md_name, svg_name) = if loop_devices() {
-        ("RESULTS-loop.md", "results-loop.svg")
-    } else {
-        ("RESULTS.md", "results.svg")
-    };
-    std::fs::write(perf_dir.join(md_name), &md).map_err(|e| format!("perf/{md_name}: {e}"))?;
-    std::fs::write(perf_dir.join(svg_name), svg(&names, &table))
+    let (md_name, svg_name) = result_names(loop_devices(), clients());
+    std::fs::write(perf_dir.join(&md_name), &md).map_err(|e| format!("perf/{md_name}: {e}"))?;
+    std::fs::write(perf_dir.join(&svg_name), svg(&names, &table))
         .map_err(|e| format!("perf/{svg_name}: {e}"))?;
     log(format!("wrote perf/{md_name} and perf/{svg_name}"));
     Ok(())
@@ -1576,7 +1775,7 @@ CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u
         // sw4k-d32: 1.3x (goal 1.25, met) at 0.6x the CPU (missed).
         table.insert(("bootlun".into(), "sw4k-d32"), sample(130.0, 0.6));
         table.insert(("tgt".into(), "sw4k-d32"), sample(100.0, 1.0));
-        let md = report(&names, &table, &[], &[], &[], &[]);
+        let md = report(&names, &table, &[], &[], &[], &[], 1);
         let row = |label: &str| {
             md.lines()
                 .find(|l| l.starts_with(&format!("| {label}")))
@@ -1590,5 +1789,40 @@ CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u
         // No goal for the ratio at depth 1; no sample: the goal is missed.
         let d1 = row("4 KiB random read, depth 1");
         assert!(d1.contains("| - | – | - | ≤ 0.5 ✗ |"), "{d1}");
+    }
+
+    /// With several clients at once the table has no goal columns (issue
+    /// 9 sets them for one client), and the run writes files of its own.
+    #[test]
+    fn runs_with_several_clients_mark_no_goals_and_keep_their_own_files() {
+        let names = vec!["bootlun".to_string(), "tgt".to_string()];
+        let mut table = Table::new();
+        table.insert(("bootlun".into(), "rr4k-d32"), sample(300.0, 0.3));
+        table.insert(("tgt".into(), "rr4k-d32"), sample(100.0, 1.0));
+        let md = report(&names, &table, &[], &[], &[], &[], 2);
+        let rr = md
+            .lines()
+            .find(|l| l.starts_with("| 4 KiB random read, depth 32"))
+            .unwrap_or_else(|| panic!("no row:\n{md}"));
+        assert!(rr.ends_with("| 3.00 | 0.30 |"), "{rr}");
+        assert!(!md.contains('✓') && !md.contains('✗'), "{md}");
+        assert!(md.contains("of the 2 clients together"), "{md}");
+        let names = |l, c| result_names(l, c);
+        assert_eq!(names(false, 1), ("RESULTS.md".into(), "results.svg".into()));
+        assert_eq!(
+            names(true, 1),
+            ("RESULTS-loop.md".into(), "results-loop.svg".into())
+        );
+        assert_eq!(
+            names(false, 2),
+            ("RESULTS-clients2.md".into(), "results-clients2.svg".into())
+        );
+        assert_eq!(
+            names(true, 3),
+            (
+                "RESULTS-loop-clients3.md".into(),
+                "results-loop-clients3.svg".into()
+            )
+        );
     }
 }
