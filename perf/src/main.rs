@@ -1825,4 +1825,49 @@ CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u
             )
         );
     }
+
+    /// Clients run side by side: every output comes back (with `\r` made
+    /// `\n`), a failing one fails the run, and one that outlives the limit
+    /// is killed rather than waited for.
+    #[test]
+    fn clients_run_side_by_side_and_none_outlives_its_limit() {
+        let dir = std::env::temp_dir().join(format!("bootlun-perf-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        let (mut a, mut b) = (sh("printf 'one\\rtwo'"), sh("echo three"));
+        let texts = run_all_bounded(
+            vec![(&mut a, dir.join("a.out")), (&mut b, dir.join("b.out"))],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(texts, vec!["one\ntwo".to_string(), "three\n".to_string()]);
+
+        let (mut ok, mut bad) = (sh("true"), sh("echo no >&2; exit 3"));
+        let e = run_all_bounded(
+            vec![
+                (&mut ok, dir.join("ok.out")),
+                (&mut bad, dir.join("bad.out")),
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(e.contains("exit status: 3") && e.contains("no"), "{e}");
+
+        // `exec` makes the shell the sleeper, so the kill reaches it.
+        let (mut quick, mut slow) = (sh("true"), sh("exec sleep 600"));
+        let e = run_all_bounded(
+            vec![
+                (&mut quick, dir.join("q.out")),
+                (&mut slow, dir.join("s.out")),
+            ],
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.contains("still running after 0 s; killed"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
