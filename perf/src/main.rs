@@ -1807,18 +1807,20 @@ CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u
         assert!(rr.ends_with("| 3.00 | 0.30 |"), "{rr}");
         assert!(!md.contains('✓') && !md.contains('✗'), "{md}");
         assert!(md.contains("of the 2 clients together"), "{md}");
-        let names = |l, c| result_names(l, c);
-        assert_eq!(names(false, 1), ("RESULTS.md".into(), "results.svg".into()));
         assert_eq!(
-            names(true, 1),
+            result_names(false, 1),
+            ("RESULTS.md".into(), "results.svg".into())
+        );
+        assert_eq!(
+            result_names(true, 1),
             ("RESULTS-loop.md".into(), "results-loop.svg".into())
         );
         assert_eq!(
-            names(false, 2),
+            result_names(false, 2),
             ("RESULTS-clients2.md".into(), "results-clients2.svg".into())
         );
         assert_eq!(
-            names(true, 3),
+            result_names(true, 3),
             (
                 "RESULTS-loop-clients3.md".into(),
                 "results-loop-clients3.svg".into()
