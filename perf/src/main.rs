@@ -67,20 +67,24 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// User + system CPU seconds of a whole process (all threads) so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// User and system CPU seconds of a whole process (all threads) so far.
+fn cpu_times(pid: u32) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (ut, st) = parse_stat_times(&s)?;
+    // SAFETY: sysconf takes no pointers.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = if tck > 0 { tck as f64 } else { 100.0 };
+    Some((ut as f64 / tck, st as f64 / tck))
+}
+
+/// utime and stime (clock ticks) from a `/proc/PID/stat` line.
+fn parse_stat_times(s: &str) -> Option<(u64, u64)> {
     // The command name may contain spaces and parentheses: fields start
     // after the last ')'. utime and stime are fields 14 and 15 of the line,
     // i.e. 12 and 13 after the state field.
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ut: f64 = f.get(11)?.parse().ok()?;
-    let st: f64 = f.get(12)?.parse().ok()?;
-    // SAFETY: sysconf takes no pointers.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let tck = if tck > 0 { tck as f64 } else { 100.0 };
-    Some((ut + st) / tck)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 fn port_busy(port: u16) -> bool {
@@ -750,6 +754,9 @@ struct Sample {
     /// Mean latency by Little's law (depth / IOPS), microseconds: neither
     /// client reports percentiles.
     lat_us: f64,
+    /// The share of the target's CPU time spent in user space; the rest
+    /// is the kernel's (system calls, TCP, io_uring, the page cache).
+    user_share: f64,
 }
 
 struct Opts {
@@ -766,7 +773,7 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
     // With several clients each is its own initiator (its own session),
     // and each writes its own part of the LUN.
     let initiator = |i: u32| format!("iqn.2026-11.org.bootlun:perf-client-{i}");
-    let cpu0 = cpu_seconds(t.pid()).ok_or("target process is gone")?;
+    let (user0, sys0) = cpu_times(t.pid()).ok_or("target process is gone")?;
     // The clients are the only children reaped during the run, so the
     // children's CPU time grows by exactly their share.
     let client0 = children_cpu_seconds();
@@ -884,13 +891,14 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
             ((count * n as u64) as f64, secs)
         }
     };
-    let cpu1 = cpu_seconds(t.pid()).ok_or("target process died during the run")?;
+    let (user1, sys1) = cpu_times(t.pid()).ok_or("target process died during the run")?;
     let bytes = ops * w.bs as f64;
     let iops = ops / secs;
     // CPU is counted over the client's whole run (login included): the
     // target worked for all of it.
     let wall = start.elapsed().as_secs_f64().max(0.001);
-    let cpu = cpu1 - cpu0;
+    let user = user1 - user0;
+    let cpu = user + (sys1 - sys0);
     Ok(Sample {
         iops,
         mbs: bytes / secs / 1e6,
@@ -902,6 +910,7 @@ fn run_workload(ctx: &Ctx, t: &Target, w: &Workload, o: &Opts) -> Result<Sample,
         cpu_cores: cpu / wall,
         client_cores: (children_cpu_seconds() - client0) / wall,
         lat_us: (w.depth * clients()) as f64 / iops * 1e6,
+        user_share: if cpu > 0.0 { user / cpu } else { f64::NAN },
     })
 }
 
@@ -1018,6 +1027,33 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
+/// The ceiling line of a workload against bootlun's `null:` LUN, which
+/// does no I/O: the most the client reaches, and what the target spends
+/// on the protocol and the sockets alone, against the lowest peer's CPU
+/// per GB on the real LUN (`least_peer`). When that ratio is already
+/// above the CPU goal, no work on the I/O path can meet it.
+fn null_ceiling(w: &Workload, s: &Sample, least_peer: f64) -> String {
+    format!(
+        "client ceiling, bootlun `null:` LUN, {}: {} IOPS, {} MB/s, client {} cores; target {} CPU s/GB ({}× the lowest peer's on the real LUN), {} % of it in user space",
+        w.label,
+        fmt_num(s.iops),
+        fmt_num(s.mbs),
+        fmt_num(s.client_cores),
+        fmt_num(s.cpu_per_gb),
+        fmt_num(s.cpu_per_gb / least_peer),
+        pct(s.user_share)
+    )
+}
+
+/// A share as whole per cent, "-" when unknown.
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.0}", x * 100.0)
+    } else {
+        "-".into()
+    }
+}
+
 fn headline(w: &Workload, s: &Sample) -> f64 {
     if w.iops_metric {
         s.iops
@@ -1027,6 +1063,17 @@ fn headline(w: &Workload, s: &Sample) -> f64 {
 }
 
 type Table = BTreeMap<(String, &'static str), Sample>;
+
+/// The lowest CPU s/GB any peer (not bootlun) spent on a workload, NaN
+/// without a peer sample.
+fn least_peer_cpu(names: &[String], table: &Table, key: &str) -> f64 {
+    names
+        .iter()
+        .filter(|n| *n != "bootlun")
+        .filter_map(|n| table.iter().find(|((t, k), _)| t == n && *k == key))
+        .map(|(_, x)| x.cpu_per_gb)
+        .fold(f64::NAN, f64::min)
+}
 
 fn report(
     names: &[String],
@@ -1098,7 +1145,7 @@ fn report(
             .iter()
             .map(|x| headline(w, x))
             .fold(f64::NAN, f64::max);
-        let least_cpu = peers.iter().map(|x| x.cpu_per_gb).fold(f64::NAN, f64::min);
+        let least_cpu = least_peer_cpu(names, table, w.key);
         let r = b.map(|b| headline(w, b) / best).unwrap_or(f64::NAN);
         let rc = b.map(|b| b.cpu_per_gb / least_cpu).unwrap_or(f64::NAN);
         // A missing sample (NaN) compares false either way: missed.
@@ -1127,31 +1174,32 @@ fn report(
         }
     }
     if goals {
-        let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
+        let _ = writeln!(s, "\nDetail: MB/s, IOPS, mean latency (µs, depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the client ran, the per cent of the target's CPU spent in user space (the rest is the kernel's: system calls, TCP, io_uring, page cache), and the client's own CPU in cores (each client is single-threaded: near 1.0, the client set the pace).\n");
     } else {
-        let _ = writeln!(s, "\nDetail: MB/s and IOPS of the {n} clients together, mean latency (µs, {n} × depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the clients ran, and the clients' CPU in cores, summed (each client is one thread).\n", n = clients);
+        let _ = writeln!(s, "\nDetail: MB/s and IOPS of the {n} clients together, mean latency (µs, {n} × depth / IOPS: neither iscsi-perf nor qemu-img bench reports percentiles), target CPU seconds per GB and target CPU in cores while the clients ran, the per cent of the target's CPU spent in user space, and the clients' CPU in cores, summed (each client is one thread).\n", n = clients);
     }
     let _ = writeln!(
         s,
-        "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores | client cores |"
+        "| workload | target | MB/s | IOPS | mean lat µs | CPU s/GB | CPU cores | user % | client cores |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for w in selected_workloads() {
         for n in names {
             if let Some(x) = table.get(&(n.clone(), w.key)) {
                 let _ = writeln!(
                     s,
-                    "| {} | {n} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {n} | {} | {} | {} | {} | {} | {} | {} |",
                     w.key,
                     fmt_num(x.mbs),
                     fmt_num(x.iops),
                     fmt_num(x.lat_us),
                     fmt_num(x.cpu_per_gb),
                     fmt_num(x.cpu_cores),
+                    pct(x.user_share),
                     fmt_num(x.client_cores)
                 );
             } else {
-                let _ = writeln!(s, "| {} | {n} | FAIL | | | | | |", w.key);
+                let _ = writeln!(s, "| {} | {n} | FAIL | | | | | | |", w.key);
             }
         }
     }
@@ -1601,14 +1649,12 @@ fn compare_in(
     if !stop.load(Ordering::Relaxed) {
         match start_bootlun(ctx, "bootlun-null", PORT_NULL, "null:1G", &extra) {
             Ok(t) => {
-                for w in [&WORKLOADS[1], &WORKLOADS[2], &WORKLOADS[3], &WORKLOADS[4]] {
+                for w in selected_workloads() {
                     match run_workload(ctx, &t, w, &o) {
-                        Ok(s) => ceilings.push(format!(
-                            "client ceiling, bootlun `null:` LUN, {}: {} IOPS, {} MB/s, client {} cores",
-                            w.label,
-                            fmt_num(s.iops),
-                            fmt_num(s.mbs),
-                            fmt_num(s.client_cores)
+                        Ok(s) => ceilings.push(null_ceiling(
+                            w,
+                            &s,
+                            least_peer_cpu(&names, &table, w.key),
                         )),
                         Err(e) => ceilings.push(format!("null: LUN {}: FAILED {e}", w.key)),
                     }
@@ -1744,7 +1790,51 @@ mod tests {
             cpu_cores: 1.0,
             client_cores: 1.0,
             lat_us: 1.0,
+            user_share: 0.1,
         }
+    }
+
+    /// utime and stime are found after the command name, whatever it
+    /// holds; a line cut short gives nothing.
+    #[test]
+    fn stat_lines_give_user_and_system_ticks() {
+        let line = "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
+                    731 2195 0 0 20 0 3 0 100 1000000 300 18446744073709551615";
+        assert_eq!(parse_stat_times(line), Some((731, 2195)));
+        assert_eq!(parse_stat_times("4242 (x) S 1 2 3"), None);
+        assert_eq!(parse_stat_times("no parenthesis"), None);
+    }
+
+    /// The detail table shows the target's user-space share, and a
+    /// `null:` ceiling line compares its CPU per GB with the lowest peer's
+    /// on the real LUN.
+    #[test]
+    fn detail_rows_and_null_ceilings_show_where_the_cpu_went() {
+        let names = vec![
+            "bootlun".to_string(),
+            "tgt".to_string(),
+            "istgt".to_string(),
+        ];
+        let mut table = Table::new();
+        table.insert(("bootlun".into(), "sw4k-d32"), sample(130.0, 2.0));
+        table.insert(("tgt".into(), "sw4k-d32"), sample(100.0, 3.2));
+        table.insert(("istgt".into(), "sw4k-d32"), sample(90.0, 4.0));
+        let md = report(&names, &table, &[], &[], &[], &[], 1);
+        assert!(
+            md.lines().any(
+                |l| l == "| sw4k-d32 | bootlun | 0.53 | 130 | 1.00 | 2.00 | 1.00 | 10 | 1.00 |"
+            ),
+            "{md}"
+        );
+        let least = least_peer_cpu(&names, &table, "sw4k-d32");
+        assert_eq!(least, 3.2);
+        assert!(least_peer_cpu(&names, &table, "sr1m-d8").is_nan());
+        let w = WORKLOADS.iter().find(|w| w.key == "sw4k-d32").unwrap();
+        let line = null_ceiling(w, &sample(150.0, 1.6), least);
+        assert!(
+            line.ends_with("target 1.60 CPU s/GB (0.50× the lowest peer's on the real LUN), 10 % of it in user space"),
+            "{line}"
+        );
     }
 
     /// The headline row says whether each ratio meets the issue's goal.
