@@ -1066,12 +1066,12 @@ type Table = BTreeMap<(String, &'static str), Sample>;
 
 /// The lowest CPU s/GB any peer (not bootlun) spent on a workload, NaN
 /// without a peer sample.
-fn least_peer_cpu(names: &[String], table: &Table, key: &str) -> f64 {
+fn least_peer_cpu(names: &[String], table: &Table, key: &'static str) -> f64 {
     names
         .iter()
         .filter(|n| *n != "bootlun")
-        .filter_map(|n| table.iter().find(|((t, k), _)| t == n && *k == key))
-        .map(|(_, x)| x.cpu_per_gb)
+        .filter_map(|n| table.get(&(n.clone(), key)))
+        .map(|x| x.cpu_per_gb)
         .fold(f64::NAN, f64::min)
 }
 
