@@ -1064,13 +1064,22 @@ fn headline(w: &Workload, s: &Sample) -> f64 {
 
 type Table = BTreeMap<(String, &'static str), Sample>;
 
-/// The lowest CPU s/GB any peer (not bootlun) spent on a workload, NaN
-/// without a peer sample.
-fn least_peer_cpu(names: &[String], table: &Table, key: &'static str) -> f64 {
+/// The peers' (every target but bootlun) samples of a workload.
+fn peer_samples<'a>(
+    names: &'a [String],
+    table: &'a Table,
+    key: &'static str,
+) -> impl Iterator<Item = &'a Sample> + 'a {
     names
         .iter()
         .filter(|n| *n != "bootlun")
-        .filter_map(|n| table.get(&(n.clone(), key)))
+        .filter_map(move |n| table.get(&(n.clone(), key)))
+}
+
+/// The lowest CPU s/GB any peer spent on a workload, NaN without a peer
+/// sample.
+fn least_peer_cpu(names: &[String], table: &Table, key: &'static str) -> f64 {
+    peer_samples(names, table, key)
         .map(|x| x.cpu_per_gb)
         .fold(f64::NAN, f64::min)
 }
@@ -1136,13 +1145,7 @@ fn report(
             let _ = write!(s, " {} |", v.unwrap_or_else(|| "FAIL".into()));
         }
         let b = table.get(&("bootlun".to_string(), w.key));
-        let peers: Vec<&Sample> = names
-            .iter()
-            .filter(|n| *n != "bootlun")
-            .filter_map(|n| table.get(&(n.clone(), w.key)))
-            .collect();
-        let best = peers
-            .iter()
+        let best = peer_samples(names, table, w.key)
             .map(|x| headline(w, x))
             .fold(f64::NAN, f64::max);
         let least_cpu = least_peer_cpu(names, table, w.key);
@@ -1930,35 +1933,24 @@ CPU Utilization: local/sender 97.2% (0.4%u/96.8%s), remote/receiver 44.5% (1.5%u
             c.args(["-c", script]);
             c
         };
-        let (mut a, mut b) = (sh("printf 'one\\rtwo'"), sh("echo three"));
-        let texts = run_all_bounded(
-            vec![(&mut a, dir.join("a.out")), (&mut b, dir.join("b.out"))],
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        // Two shell scripts side by side, outputs in `dir`.
+        let pair = |a: &str, b: &str, limit: Duration| {
+            run_all_bounded(
+                vec![
+                    (&mut sh(a), dir.join("a.out")),
+                    (&mut sh(b), dir.join("b.out")),
+                ],
+                limit,
+            )
+        };
+        let texts = pair("printf 'one\\rtwo'", "echo three", Duration::from_secs(60)).unwrap();
         assert_eq!(texts, vec!["one\ntwo".to_string(), "three\n".to_string()]);
 
-        let (mut ok, mut bad) = (sh("true"), sh("echo no >&2; exit 3"));
-        let e = run_all_bounded(
-            vec![
-                (&mut ok, dir.join("ok.out")),
-                (&mut bad, dir.join("bad.out")),
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap_err();
+        let e = pair("true", "echo no >&2; exit 3", Duration::from_secs(60)).unwrap_err();
         assert!(e.contains("exit status: 3") && e.contains("no"), "{e}");
 
         // `exec` makes the shell the sleeper, so the kill reaches it.
-        let (mut quick, mut slow) = (sh("true"), sh("exec sleep 600"));
-        let e = run_all_bounded(
-            vec![
-                (&mut quick, dir.join("q.out")),
-                (&mut slow, dir.join("s.out")),
-            ],
-            Duration::from_millis(200),
-        )
-        .unwrap_err();
+        let e = pair("true", "exec sleep 600", Duration::from_millis(200)).unwrap_err();
         assert!(e.contains("still running after 0 s; killed"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
