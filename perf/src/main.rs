@@ -16,6 +16,7 @@
 //! It talks only to 127.0.0.1 and stops only the processes it started, by
 //! PID.
 
+mod profile;
 mod recv;
 
 use std::collections::BTreeMap;
@@ -329,20 +330,15 @@ fn make_lun(path: &Path) -> Result<Backing, String> {
 
 fn make_file(path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
-    let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.set_len(LUN_BYTES)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    // Populate it, so no target pays tmpfs page allocation on first write.
-    let st = Command::new("fallocate")
-        .arg("-l")
-        .arg(LUN_BYTES.to_string())
-        .arg(path)
-        .status();
-    if !matches!(st, Ok(s) if s.success()) {
-        log(format!(
-            "fallocate {} failed; the LUN stays sparse",
-            path.display()
-        ));
+    let mut f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Write every byte, so that no target pays for first touching the
+    // memory during a run. fallocate is not enough on tmpfs: it leaves
+    // its pages to be cleared at first use, and a fault through a mapping
+    // clears them where a write(2) of a whole page does not.
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..LUN_BYTES / chunk.len() as u64 {
+        std::io::Write::write_all(&mut f, &chunk)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -1430,6 +1426,9 @@ fn usage() -> ! {
          \n  --only KEYS     run only these workloads (comma-separated, e.g. sw128k-d32,sw4k-d32);\
          \n                  skips ceilings and sweep, prints the table, leaves perf/RESULTS.md alone\
          \n  --bootlun-args  extra `bootlun serve` flags for the comparison\
+         \n\n       bootlun-perf profile [--targets bootlun,null,tgt,istgt] [--bootlun-args \"FLAGS\"] [KEYS]\
+         \n                  system-wide perf record while each workload (default: all) runs against\
+         \n                  each target; who spent the CPU and on what; writes perf/PROFILE.md\
          \n\nenvironment: BOOTLUN_BIN (use this binary instead of building one), ROUNDS, SECONDS"
     );
     std::process::exit(2)
@@ -1462,6 +1461,47 @@ fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("profile") {
+        let mut targets: Vec<&str> = profile::TARGETS.to_vec();
+        let mut extra = String::new();
+        let mut keys = Vec::new();
+        let mut it = args.iter().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--targets" => {
+                    targets = it
+                        .next()
+                        .unwrap_or_else(|| usage())
+                        .split(',')
+                        .map(|t| {
+                            let t = t.trim();
+                            profile::TARGETS
+                                .into_iter()
+                                .find(|x| *x == t)
+                                .unwrap_or_else(|| {
+                                    eprintln!(
+                                        "--targets {t}: no such target; choose from {}",
+                                        profile::TARGETS.join(", ")
+                                    );
+                                    std::process::exit(2)
+                                })
+                        })
+                        .collect()
+                }
+                "--bootlun-args" => extra = it.next().cloned().unwrap_or_else(|| usage()),
+                k if !k.starts_with('-') => keys.extend(workloads_named(k)),
+                _ => usage(),
+            }
+        }
+        if keys.is_empty() {
+            keys = WORKLOADS.iter().collect();
+        }
+        if let Err(e) = profile(&keys, &targets, &extra) {
+            log(format!("FAILED: {e}"));
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) != Some("compare") {
         usage();
     }
@@ -1489,23 +1529,8 @@ fn main() {
             }
             "--bootlun-args" => extra_args = it.next().cloned().unwrap_or_else(|| usage()),
             "--only" => {
-                let keys: Vec<String> = it
-                    .next()
-                    .unwrap_or_else(|| usage())
-                    .split(',')
-                    .map(|k| k.trim().to_string())
-                    .collect();
-                for k in &keys {
-                    if !WORKLOADS.iter().any(|w| w.key == k) {
-                        let all: Vec<&str> = WORKLOADS.iter().map(|w| w.key).collect();
-                        eprintln!(
-                            "--only {k}: no such workload; choose from {}",
-                            all.join(", ")
-                        );
-                        std::process::exit(2);
-                    }
-                }
-                let _ = ONLY.set(keys);
+                let keys = workloads_named(it.next().unwrap_or_else(|| usage()));
+                let _ = ONLY.set(keys.iter().map(|w| w.key.to_string()).collect());
             }
             _ => usage(),
         }
@@ -1519,6 +1544,21 @@ fn main() {
     }
 }
 
+/// The workloads of a comma-separated list of keys; an unknown key ends
+/// the program with the list to choose from.
+fn workloads_named(list: &str) -> Vec<&'static Workload> {
+    list.split(',')
+        .map(|k| {
+            let k = k.trim();
+            WORKLOADS.iter().find(|w| w.key == k).unwrap_or_else(|| {
+                let all: Vec<&str> = WORKLOADS.iter().map(|w| w.key).collect();
+                eprintln!("{k}: no such workload; choose from {}", all.join(", "));
+                std::process::exit(2)
+            })
+        })
+        .collect()
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -1527,6 +1567,42 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn compare(quick: bool, sweep_on: bool, extra: &str) -> Result<(), String> {
+    let (ctx, stop) = setup()?;
+    let r = compare_in(&ctx, quick, sweep_on, extra, &stop);
+    let _ = std::fs::remove_dir_all(&ctx.work);
+    r
+}
+
+/// `profile`: writes perf/PROFILE.md.
+fn profile(keys: &[&'static Workload], targets: &[&str], extra: &str) -> Result<(), String> {
+    if !which("perf") {
+        return Err("missing: perf (apt-get install linux-perf)".into());
+    }
+    let (ctx, stop) = setup()?;
+    let started = Instant::now();
+    let r = profile::profile_in(&ctx, keys, targets, extra, &stop);
+    let _ = std::fs::remove_dir_all(&ctx.work);
+    let body = r?;
+    let keys: Vec<&str> = keys.iter().map(|w| w.key).collect();
+    let md = format!(
+        "# Where the CPU goes\n\nWritten by `cargo run --release -p bootlun-perf -- profile --targets {} {}`{} on {} cores, loopback, in {} s: a system-wide `perf record -a -F 1999` while the client of each workload runs ({} s per iscsi-perf run), sorted by thread into who spent the samples (target, client, idle) and by function into what on. Shares are of all samples on both cores, so the rows of a table add up to 100.\n{body}",
+        targets.join(","),
+        keys.join(","),
+        if extra.is_empty() { String::new() } else { format!(" with `--bootlun-args \"{extra}\"`") },
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        started.elapsed().as_secs(),
+        env_num("SECONDS", 5)
+    );
+    println!("{md}");
+    std::fs::write(ctx.root.join("perf/PROFILE.md"), md)
+        .map_err(|e| format!("perf/PROFILE.md: {e}"))?;
+    log("wrote perf/PROFILE.md");
+    Ok(())
+}
+
+/// What `compare` and `profile` share: the client tools, a stop flag
+/// raised by SIGINT and SIGTERM, the bootlun binary and a work directory.
+fn setup() -> Result<(Ctx, Arc<AtomicBool>), String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -1536,7 +1612,6 @@ fn compare(quick: bool, sweep_on: bool, extra: &str) -> Result<(), String> {
     for (bin, pkg) in [
         ("qemu-img", "qemu-utils qemu-block-extra"),
         ("iscsi-perf", "libiscsi-bin"),
-        ("fallocate", "util-linux"),
     ] {
         if !which(bin) {
             missing.push(format!("{bin} (apt-get install {pkg})"));
@@ -1576,14 +1651,12 @@ fn compare(quick: bool, sweep_on: bool, extra: &str) -> Result<(), String> {
     let work = std::env::temp_dir().join(&tag);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let ctx = Ctx {
-        root: root.clone(),
-        work: work.clone(),
+        root,
+        work,
         bootlun,
-        tag: tag.clone(),
+        tag,
     };
-    let r = compare_in(&ctx, quick, sweep_on, extra, &stop);
-    let _ = std::fs::remove_dir_all(&work);
-    r
+    Ok((ctx, stop))
 }
 
 fn compare_in(
