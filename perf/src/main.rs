@@ -1872,8 +1872,9 @@ fn compare_in(
     notes.insert(
         0,
         format!(
-            "Run `compare{}{}{}` on {} cores, loopback, {} per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
+            "Run `compare{}{}{}{}` on {} cores, loopback, {} per target; {rounds} round(s) in rotating order, {} s per iscsi-perf run; load average {load_start} at start, {} at end; took {} s.",
             if quick { " --quick" } else { "" },
+            if sweep_on { "" } else { " --no-sweep" },
             if loop_devices() { " --loop" } else { "" },
             if clients() > 1 {
                 format!(" --clients {}", clients())
