@@ -425,17 +425,17 @@ pub(crate) fn profile_in(
     let extra: Vec<&str> = extra.split_whitespace().collect();
     let mut md = String::new();
     for &name in targets {
-        let mut t = match name {
-            "tgt" => start_tgt(ctx)?,
-            "istgt" => start_istgt(ctx)?,
-            "null" => start_bootlun(ctx, "bootlun-null", PORT_NULL, "null:1G", &extra)?,
+        let started = match name {
+            "tgt" => start_tgt(ctx),
+            "istgt" => start_istgt(ctx),
+            "null" => start_bootlun(ctx, "bootlun-null", PORT_NULL, "null:1G", &extra),
             _ => start_bootlun(
                 ctx,
                 "bootlun",
                 PORT_BOOTLUN,
                 &format!("/dev/shm/{}-bootlun.img", ctx.tag),
                 &extra,
-            )?,
+            ),
         };
         let _ = writeln!(
             md,
@@ -446,6 +446,15 @@ pub(crate) fn profile_in(
                 n => format!("{n} (tuned as in `compare`), file LUN"),
             }
         );
+        let mut t = match started {
+            Ok(t) => t,
+            Err(e) => {
+                // A missing peer loses its section, as in `compare`.
+                log(format!("profile {name}: {e}"));
+                let _ = writeln!(md, "Not run: {e}");
+                continue;
+            }
+        };
         let comm = if name == "null" { "bootlun" } else { name };
         for w in keys {
             if stop.load(Ordering::Relaxed) {
