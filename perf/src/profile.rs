@@ -439,7 +439,7 @@ pub(crate) fn profile_in(
         };
         let _ = writeln!(
             md,
-            "\n## {}\n",
+            "\n## {}",
             match name {
                 "null" => "bootlun, `null:` LUN (no I/O)".to_string(),
                 "bootlun" => "bootlun, file LUN".to_string(),
@@ -451,7 +451,7 @@ pub(crate) fn profile_in(
             Err(e) => {
                 // A missing peer loses its section, as in `compare`.
                 log(format!("profile {name}: {e}"));
-                let _ = writeln!(md, "Not run: {e}");
+                let _ = writeln!(md, "\nNot run: {e}");
                 continue;
             }
         };
