@@ -237,24 +237,36 @@ impl Target {
         matches!(self.child.try_wait(), Ok(None))
     }
     fn stop(&mut self) {
-        if self.alive() {
-            let pid = self.pid() as libc::pid_t;
-            // SAFETY: kill(2) takes no pointers; the PID is our own child,
-            // not yet reaped, so it cannot have been reused.
-            unsafe { libc::kill(pid, self.kill_signal) };
-            let start = Instant::now();
-            while self.alive() && start.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.alive() {
-                log(format!("{} (pid {pid}) did not exit; SIGKILL", self.name));
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
+        if self.alive()
+            && !signal_and_reap(&mut self.child, self.kill_signal, Duration::from_secs(10))
+        {
+            log(format!(
+                "{} (pid {}) did not exit; killed",
+                self.name,
+                self.pid()
+            ));
         }
         // After the daemon: a loop device in use would not detach.
         self.lun_store = None;
     }
+}
+
+/// Sends `sig` to our own child and reaps it. A child still running
+/// after `within` is killed (SIGKILL) and reaped, and the answer is false.
+fn signal_and_reap(child: &mut Child, sig: i32, within: Duration) -> bool {
+    // SAFETY: kill(2) takes no pointers; the PID is our own child, not yet
+    // reaped, so it cannot have been reused.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    let start = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && start.elapsed() < within {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exited = !matches!(child.try_wait(), Ok(None));
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    exited
 }
 
 impl Drop for Target {

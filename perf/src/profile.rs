@@ -520,15 +520,8 @@ fn profile_one(
         std::fs::metadata(&data).is_ok_and(|m| m.len() > 0)
     });
     let run = ready.and_then(|()| run_workload(ctx, t, w, o));
-    // SAFETY: kill(2) takes no pointers; the PID is our own unreaped child.
-    unsafe { libc::kill(rec.id() as libc::pid_t, libc::SIGINT) };
-    let start = Instant::now();
-    while matches!(rec.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if matches!(rec.try_wait(), Ok(None)) {
-        let _ = rec.kill();
-        let _ = rec.wait();
+    // SIGINT makes perf record write out its samples and exit.
+    if !signal_and_reap(&mut rec, libc::SIGINT, Duration::from_secs(60)) {
         return Err("perf record did not stop within 60 s of SIGINT".into());
     }
     let s = run?;
