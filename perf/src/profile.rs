@@ -369,35 +369,25 @@ pub(crate) fn section(title: &str, target: &str, lines: &[Line], samples: &str) 
     }
     let total = whos.get(&Who::Target).copied().unwrap_or(0.0);
     if total > 0.0 {
-        let mut top: Vec<&Line> = lines
-            .iter()
-            .filter(|l| who(&l.comm, target) == Who::Target)
-            .collect();
-        // Merge one function's samples across the target's threads.
-        let mut merged: Vec<(String, bool, f64)> = Vec::new();
-        top.sort_by(|a, b| b.pct.total_cmp(&a.pct));
-        for l in top {
-            match merged
-                .iter_mut()
-                .find(|(s, k, _)| *s == l.sym && *k == l.kernel)
-            {
-                Some(m) => m.2 += l.pct,
-                None => merged.push((l.sym.clone(), l.kernel, l.pct)),
-            }
+        // One function's samples, summed over the target's threads.
+        let mut per_fn: BTreeMap<(&str, bool), f64> = BTreeMap::new();
+        for l in lines.iter().filter(|l| who(&l.comm, target) == Who::Target) {
+            *per_fn.entry((l.sym.as_str(), l.kernel)).or_default() += l.pct;
         }
-        merged.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut merged: Vec<((&str, bool), f64)> = per_fn.into_iter().collect();
+        merged.sort_by(|a, b| b.1.total_cmp(&a.1));
         let _ = writeln!(
             s,
             "\nThe target's top functions, per cent of the target's samples:\n"
         );
         let _ = writeln!(s, "| function | kind | % |");
         let _ = writeln!(s, "|---|---|---:|");
-        for (sym, k, p) in merged.iter().take(12) {
+        for &((sym, k), p) in merged.iter().take(12) {
             let _ = writeln!(
                 s,
                 "| `{}` | {} | {:.1} |",
                 sym.replace('|', "\\|"),
-                kind(sym, *k).label(),
+                kind(sym, k).label(),
                 p * 100.0 / total
             );
         }
