@@ -45,6 +45,8 @@ const PORT_ISTGT: u16 = 13262;
 const PORT_ISTGT_UC: u16 = 13263;
 const PORT_NULL: u16 = 13264;
 const PORT_SWEEP: u16 = 13265;
+/// The `--cores` settings the core sweep runs: 1 and 2 reactors.
+const SWEEP_CORES: [&str; 2] = ["0", "0,1"];
 /// The `--poll` modes the core sweep runs.
 const SWEEP_POLL: [&str; 3] = ["busy", "adaptive", "interrupt"];
 /// Issue 9's bar for the default polling against `--poll interrupt`: lose
@@ -1092,7 +1094,7 @@ fn polling_rows(sweep: &[(String, Vec<Option<Sample>>)], sweep_w: &[Workload]) -
     let row = |label: String| sweep.iter().find(|(l, _)| *l == label).map(|(_, r)| r);
     let mark = |ok: bool| if ok { "✓" } else { "✗" };
     let mut out = Vec::new();
-    for n in 1..=2 {
+    for n in SWEEP_CORES.map(|c| c.split(',').count()) {
         let (Some(ad), Some(it)) = (
             row(sweep_label(n, "adaptive")),
             row(sweep_label(n, "interrupt")),
@@ -1829,7 +1831,7 @@ fn compare_in(
     let mut sweep = Vec::new();
     if sweep_on {
         let lun = format!("/dev/shm/{}-sweep.img", ctx.tag);
-        let configs: Vec<(&str, &str)> = ["0", "0,1"]
+        let configs: Vec<(&str, &str)> = SWEEP_CORES
             .into_iter()
             .flat_map(|c| SWEEP_POLL.into_iter().map(move |p| (c, p)))
             .collect();
@@ -1842,7 +1844,7 @@ fn compare_in(
                 if stop.load(Ordering::Relaxed) {
                     break 'sweep;
                 }
-                let label = label(configs[i]);
+                let name = label(configs[i]);
                 match start_bootlun(
                     ctx,
                     "bootlun-sweep",
@@ -1855,7 +1857,7 @@ fn compare_in(
                             match run_workload(ctx, &t, w, &o) {
                                 Ok(s) => {
                                     log(format!(
-                                        "sweep {}/{rounds} {label:<16} {:<11} {:>9} IOPS {:>8} MB/s {:>5} cores (load {})",
+                                        "sweep {}/{rounds} {name:<16} {:<11} {:>9} IOPS {:>8} MB/s {:>5} cores (load {})",
                                         round + 1,
                                         w.key,
                                         fmt_num(s.iops),
@@ -1865,11 +1867,11 @@ fn compare_in(
                                     ));
                                     cells[i][j].push(s);
                                 }
-                                Err(e) => log(format!("sweep {label} {}: FAILED {e}", w.key)),
+                                Err(e) => log(format!("sweep {name} {}: FAILED {e}", w.key)),
                             }
                         }
                     }
-                    Err(e) => log(format!("sweep {label}: {e}")),
+                    Err(e) => log(format!("sweep {name}: {e}")),
                 }
             }
         }

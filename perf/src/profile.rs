@@ -82,7 +82,7 @@ fn who(comm: &str, target: &str) -> Who {
     };
     if is(target_threads) {
         Who::Target
-    } else if is(&["iscsi-perf", "qemu-img", "worker"]) {
+    } else if is(&["iscsi-perf", "qemu-img"]) {
         Who::Client
     } else if is(&["swapper"]) {
         Who::Idle
